@@ -2,6 +2,15 @@
 
 ``import surgery`` selects the Keras 2 API (tf-keras) before TensorFlow is imported and
 applies the compatibility patches in ``patches/`` to stock kerassurgeon 0.2.0 once.
+
+Example::
+
+    import surgery
+    smaller = surgery.delete_channels(model, "block_1_expand", [0, 3, 5])
 """
 from surgery._backend import keras, tf  # noqa: F401  (first: picks the Keras 2 API)
 from surgery.errors import SurgeryError, UnsupportedLayerError  # noqa: F401
+from surgery.registry import register_handler  # noqa: F401
+from surgery.surgeon import Surgeon, delete_channels  # noqa: F401
+from surgery import handlers  # noqa: F401,E402  (registers the built-in handlers)
+from surgery.zeroing import zero_channels  # noqa: F401
