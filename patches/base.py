@@ -13,7 +13,8 @@ class Patch:
     patch is applied. ``replacement`` may be a factory: when ``wraps_original`` is true it
     is called with the original attribute and must return the new one (for patches that
     add a branch in front of stock behaviour). Applying twice is a no-op; reverting
-    restores exactly the object that was there before.
+    restores exactly the object that was there before. Several patches may wrap the same
+attribute; they must then be reverted in the reverse order (``revert_all`` does).
     """
 
     name: str
@@ -27,8 +28,7 @@ class Patch:
 
     @property
     def applied(self) -> bool:
-        return self._installed is not None and \
-            getattr(self.owner(), self.attribute) is self._installed
+        return self._installed is not None
 
     def apply(self) -> None:
         if self.applied:

@@ -14,3 +14,4 @@ from surgery.registry import register_handler  # noqa: F401
 from surgery.surgeon import Surgeon, delete_channels  # noqa: F401
 from surgery import handlers  # noqa: F401,E402  (registers the built-in handlers)
 from surgery.zeroing import zero_channels  # noqa: F401
+from surgery.nesting import flatten_model  # noqa: F401,E402
