@@ -15,3 +15,7 @@ from surgery.surgeon import Surgeon, delete_channels  # noqa: F401
 from surgery import handlers  # noqa: F401,E402  (registers the built-in handlers)
 from surgery.zeroing import zero_channels  # noqa: F401
 from surgery.nesting import flatten_model  # noqa: F401,E402
+from surgery.graph import ChannelGroup, channel_groups  # noqa: F401,E402
+from surgery.plan import PrunePlan, plan  # noqa: F401,E402
+from surgery.apply import apply, prune, verify  # noqa: F401,E402
+from surgery.flops import count_flops  # noqa: F401,E402
