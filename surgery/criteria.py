@@ -44,8 +44,12 @@ __all__ = [
     "thinet",
 ]
 
-Data = Union[tuple, "tf.data.Dataset"]
-Criterion = Callable[..., "dict[str, np.ndarray]"]
+#: ``(x, y)`` numpy arrays (``y`` may be ``None`` for label-free criteria) or a
+#: ``tf.data.Dataset`` of ``(x, y)`` batches.
+Data = Union[tuple, tf.data.Dataset]
+#: ``criterion(model, layer_names, data) -> {layer_name: scores}``; criteria may also take
+#: keyword options (``max_samples=``, ``n_locations=`` ...) that ``channel_scores`` passes on.
+Criterion = Callable[[keras.Model, Sequence[str], Optional[Data]], dict[str, np.ndarray]]
 #: name -> criterion function; fill it with :func:`register_criterion`.
 CRITERIA: dict[str, Criterion] = {}
 
@@ -313,12 +317,11 @@ def _producer_node(model: keras.Model, layer: keras.layers.Layer) -> Any:
 def _consumers(model: keras.Model, node: Any) -> list[tuple[keras.layers.Layer, Any]]:
     """(layer, node) pairs in ``model`` that take the output of ``node`` as an input."""
     out = []
-    for layer in (node.layer,):
-        for nxt in layer._outbound_nodes:
-            if any(p is node for p in nxt.parent_nodes) and any(
-                n is nxt for n in _nodes_in_model(model, nxt.layer)
-            ):
-                out.append((nxt.layer, nxt))
+    for nxt in node.layer._outbound_nodes:
+        if any(p is node for p in nxt.parent_nodes) and any(
+            n is nxt for n in _nodes_in_model(model, nxt.layer)
+        ):
+            out.append((nxt.layer, nxt))
     return out
 
 
@@ -833,6 +836,35 @@ def _consumer_kernel(layer: keras.layers.Layer) -> np.ndarray:
     return k[None, None] if k.ndim == 2 else k
 
 
+def _contribution_gram(patches: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Gram matrix ``X^T X`` of the ThiNet contributions ``X[(n, f), c]`` without always
+    building ``X``.
+
+    ``X[(n, f), c] = sum_w P[n, w, c] K[w, c, f]`` (``w`` = window offset), so
+    ``G[c, d] = sum_{w, v} (P^T P)[(w, c), (v, d)] * (K K^T)[(w, c), (v, d)]``: cheaper
+    than the direct product when the consumer has many filters or a 1x1 window. The
+    cheaper of the two exact forms is used; the direct one runs in bounded chunks.
+    """
+    n, kh, kw, c = patches.shape
+    f = kernel.shape[-1]
+    k = kh * kw
+    direct_cost = n * f * c * (k + c)
+    factored_cost = (n + f) * (k * c) ** 2
+    if factored_cost < direct_cost:
+        p = patches.reshape(n, k * c).astype(np.float64)
+        kf = kernel.reshape(k * c, f).astype(np.float64)
+        return ((p.T @ p) * (kf @ kf.T)).reshape(k, c, k, c).sum(axis=(0, 2))
+    kernel = kernel.astype(np.float64)
+    gram = np.zeros((c, c))
+    chunk = max(1, int(4_000_000 // max(1, f * c * k)))  # about 32 MB of float64 at a time
+    for start in range(0, n, chunk):
+        contrib = np.einsum("nhwc,hwcf->nfc", patches[start:start + chunk].astype(np.float64),
+                            kernel, optimize=True)
+        flat = contrib.reshape(-1, c)
+        gram += flat.T @ flat
+    return gram
+
+
 class _Reservoir:
     """Uniform sample without replacement of at most ``size`` items from a stream: every
     offered item gets a uniform random key and the ``size`` smallest keys are kept."""
@@ -918,14 +950,9 @@ def thinet(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
         for (layer, consumer, _), res in zip(plans, reservoirs):
             if res.items is None:
                 raise ValueError("thinet: data= yielded no examples")
-            kernel = _consumer_kernel(consumer).astype(np.float64)
+            kernel = _consumer_kernel(consumer)
             n_ch = kernel.shape[-2]
-            gram = np.zeros((n_ch, n_ch))
-            for start in range(0, res.items.shape[0], 64):
-                patch = res.items[start:start + 64].astype(np.float64)
-                contrib = np.einsum("nhwc,hwcf->nfc", patch, kernel)
-                flat = contrib.reshape(-1, n_ch)
-                gram += flat.T @ flat
+            gram = _contribution_gram(res.items, kernel)
             order = _greedy_from_gram(gram, n_ch - 1)
             remaining = sorted(set(range(n_ch)) - set(order))
             scores = np.empty(n_ch)

@@ -6,16 +6,19 @@ from surgery.zeroing import max_relative_difference
 
 
 def randomize_weights(model, seed=0):
-    """Give every weight a random value (variances positive) so BN and biases matter."""
+    """Give every weight that starts constant a random value, so that BatchNormalization
+    statistics, biases and slopes all matter (kernels keep their random initialisation;
+    variances stay positive). Moderate scales keep deep models finite in float32."""
     rng = np.random.default_rng(seed)
     values = []
-    for w in model.weights:
-        shape = tuple(w.shape)
-        if "variance" in w.name:
-            values.append(rng.uniform(0.5, 2.0, size=shape))
-        else:
-            values.append(rng.normal(0.0, 0.5, size=shape))
-    model.set_weights([v.astype(w.dtype.as_numpy_dtype) for v, w in zip(values, model.weights)])
+    for w, value in zip(model.weights, model.get_weights()):
+        name = w.name.split("/")[-1]
+        if "variance" in name or "gamma" in name:
+            value = rng.uniform(0.5, 1.5, size=value.shape)
+        elif "kernel" not in name or np.all(value == value.flat[0]):
+            value = rng.normal(0.0, 0.2, size=value.shape)
+        values.append(value.astype(w.dtype.as_numpy_dtype))
+    model.set_weights(values)
     return model
 
 

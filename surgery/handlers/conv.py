@@ -55,3 +55,14 @@ def conv_inputs(layer, mask):
     slices = [kernel[..., kept[g], g * out_per_group:(g + 1) * out_per_group]
               for g in range(groups)]
     return rebuilt(layer, [np.concatenate(slices, axis=-1), *rest]), None
+
+
+@register_handler("Dense")
+def dense_inputs(layer, mask):
+    """Dense reads the last axis: a flat mask (after Flatten) or the channel axis of a
+    feature map (Dense applied per position, as in ConvNeXt)."""
+    keep = channel_vector(mask)
+    if keep.all():
+        return layer, None
+    kernel, *rest = layer.get_weights()
+    return rebuilt(layer, [kernel[keep, :], *rest]), None
