@@ -17,9 +17,9 @@ from typing import Optional
 
 from surgery._backend import keras, tf
 from surgery import registry
+from surgery.handlers.merge import elementwise_merge
 from surgery.handlers.tfop import is_elementwise
 
-ELEMENTWISE_MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 PASS_THROUGH = {
     "BatchNormalization", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "PReLU",
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -172,7 +172,8 @@ def _outbound_segments(layer, node, inbound, groups: _Groups):
         if layer.axis % rank == rank - 1:
             return [seg for segs in inbound for seg in (segs or [])]
         return _unite(layer, inbound, groups)
-    if name in ELEMENTWISE_MERGES or (name == "TFOpLambda" and is_elementwise(layer)):
+    if registry.mask_handler(layer) is elementwise_merge or (
+            name == "TFOpLambda" and is_elementwise(layer) and len(inbound) > 1):
         live = [segs for segs, t in zip(inbound, node.keras_inputs) if _channels(t) > 1]
         return _unite(layer, live, groups) if len(live) > 1 else (live[0] if live else first)
     if name == "Activation" and getattr(layer.activation, "__name__", "") in (

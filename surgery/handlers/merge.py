@@ -9,7 +9,9 @@ import numpy as np
 from surgery.errors import SurgeryError
 from surgery.registry import channel_vector, register_handler
 
-ELEMENTWISE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+# CustomScaleLayer: InceptionResNetV2's ``x + scale * branch``.
+ELEMENTWISE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+               "CustomScaleLayer")
 
 
 def merged_mask(layer, masks):
