@@ -1,0 +1,71 @@
+"""Small helpers shared by the model families: channel rounding and kernel regularisers.
+
+Every model function in this package builds its layers through these helpers so that
+width multipliers round the same way and regularisers are attached the same way.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from surgery._backend import keras
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` without losing more than 10 %.
+
+    This is the rounding rule of the MobileNet papers and ``keras.applications``.
+
+    Example:
+        >>> make_divisible(32 * 0.35)
+        16
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def scaled(channels: int, width: float) -> int:
+    """Scale a channel count by a width multiplier, keeping at least one channel.
+
+    Example:
+        >>> scaled(64, 0.25)
+        16
+    """
+    return max(1, int(round(channels * width)))
+
+
+def kernel_regularizer(
+    l1: float = 0.0, l2: float = 0.0
+) -> Optional[keras.regularizers.Regularizer]:
+    """Return ``L1``, ``L2``, ``L1L2`` or ``None`` for the given penalty factors.
+
+    Example:
+        >>> type(kernel_regularizer(l1=1e-4)).__name__
+        'L1'
+    """
+    if l1 < 0 or l2 < 0:
+        raise ValueError(f"regulariser factors must be >= 0, got l1={l1}, l2={l2}")
+    if l1 and l2:
+        return keras.regularizers.L1L2(l1=l1, l2=l2)
+    if l1:
+        return keras.regularizers.L1(l1)
+    if l2:
+        return keras.regularizers.L2(l2)
+    return None
+
+
+def check_input_shape(input_shape, min_size: int, model_name: str) -> tuple:
+    """Validate an ``(height, width, channels)`` input shape and return it as a tuple."""
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"{model_name}: input_shape must be (height, width, channels), got {input_shape}"
+        )
+    if min(shape[:2]) < min_size or shape[2] < 1:
+        raise ValueError(
+            f"{model_name}: input_shape {shape} is too small; height and width must be "
+            f">= {min_size} and channels >= 1"
+        )
+    return shape
