@@ -19,3 +19,4 @@ from surgery.graph import ChannelGroup, channel_groups  # noqa: F401,E402
 from surgery.plan import PrunePlan, plan  # noqa: F401,E402
 from surgery.apply import apply, prune, verify  # noqa: F401,E402
 from surgery.flops import count_flops  # noqa: F401,E402
+from surgery import criteria  # noqa: F401,E402
