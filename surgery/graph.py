@@ -39,7 +39,8 @@ class ChannelGroup:
 
     ``producers`` are the layers with ``filters``/``units`` whose output channels are this
     group, in topological order; ``followers`` the layers the channels pass through that
-    hold per-channel weights (BatchNormalization, DepthwiseConv2D, …); ``size`` the number
+    hold per-channel weights and read this group alone (BatchNormalization,
+    DepthwiseConv2D, …); ``size`` the number
     of channels; ``blocks`` > 1 when a grouped convolution reads them, so channels must
     leave each of ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so.
     """
@@ -161,8 +162,8 @@ def _outbound_segments(layer, node, inbound, groups: _Groups):
         groups.info[gid].blocks = n_blocks
         return [_Segment(gid)]
     if name.startswith("DepthwiseConv"):
-        for seg in first or ():
-            groups.info[groups.find(seg.gid)].followers.append(layer.name)
+        if first and len(first) == 1 and first[0].multiplier == 1:  # reads one whole group
+            groups.info[groups.find(first[0].gid)].followers.append(layer.name)
         return [_Segment(s.gid, s.multiplier * layer.depth_multiplier) for s in first or ()]
     if name in CHANNEL_MIXING_NORMS:
         groups.skip(first, f"normalised across channels by {_describe(layer)}")
