@@ -8,16 +8,11 @@ the original with the deleted channels zeroed).
 from __future__ import annotations
 
 from surgery._backend import keras
-from surgery.nesting import flatten_model
+from surgery.nesting import flattened
 from surgery.plan import PrunePlan, plan as make_plan
 from surgery.surgeon import Surgeon
 from surgery.zeroing import max_relative_difference, zero_channels
 
-
-def _flat(model: keras.Model) -> keras.Model:
-    if any(isinstance(l, keras.Model) for l in model.layers):
-        return flatten_model(model)
-    return model
 
 
 def apply(model: keras.Model, plan: PrunePlan) -> keras.Model:
@@ -27,7 +22,7 @@ def apply(model: keras.Model, plan: PrunePlan) -> keras.Model:
 
         smaller = surgery.apply(model, surgery.plan(model, ratio=0.3))
     """
-    model = _flat(model)
+    model = flattened(model)
     surgeon = Surgeon(model)
     for name, channels in plan.deletions.items():
         surgeon.add_job("delete_channels", name, channels=channels)
@@ -52,5 +47,5 @@ def verify(model: keras.Model, pruned: keras.Model, plan: PrunePlan, x) -> float
 
         assert surgery.verify(model, smaller, p, x_batch) <= 1e-5
     """
-    zeroed = zero_channels(_flat(model), plan.deletions)
+    zeroed = zero_channels(flattened(model), plan.deletions)
     return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))

@@ -125,12 +125,11 @@ def channel_groups(model: keras.Model) -> list[ChannelGroup]:
         for group in surgery.channel_groups(model):
             print(group.producers, group.size, group.skipped or "prunable")
     """
-    from surgery.nesting import flatten_model
+    from surgery.nesting import flattened
     from surgery.surgeon import require_functional
 
     require_functional(model)
-    if any(isinstance(l, keras.Model) for l in model.layers):
-        model = flatten_model(model)
+    model = flattened(model)
     groups = _Groups()
     segments: dict[int, Optional[list[_Segment]]] = {}
     depth = {n: d for d, nodes in model._nodes_by_depth.items() for n in nodes}

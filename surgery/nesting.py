@@ -78,3 +78,10 @@ def flatten_model(model: keras.Model) -> keras.Model:
     return keras.Model(tf.nest.pack_sequence_as(model._nested_inputs, new_inputs),
                        tf.nest.pack_sequence_as(model._nested_outputs, outputs),
                        name=model.name)
+
+
+def flattened(model: keras.Model) -> keras.Model:
+    """``model`` itself when nothing is nested in it, else :func:`flatten_model` of it."""
+    if any(_is_nested(layer) for layer in model.layers):
+        return flatten_model(model)
+    return model

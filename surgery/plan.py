@@ -18,6 +18,7 @@ import numpy as np
 
 from surgery._backend import keras
 from surgery.criteria import channel_scores
+from surgery.nesting import flattened
 from surgery.graph import ChannelGroup, channel_groups
 from surgery.policies import BelowThreshold, LowestK, get_policy
 
@@ -137,7 +138,7 @@ def plan(model: keras.Model, ratio: Optional[float] = 0.3, criterion="l1",
         raise ValueError(f"scope must be 'local' or 'global', got '{scope}'")
     per_layer = dict(per_layer or {})
     policy_fn = get_policy(policy)
-    model = _flat(model)
+    model = flattened(model)
     unknown = [n for n in list(per_layer) + list(ignore)
                if n not in {l.name for l in model.layers}]
     if unknown:
@@ -198,10 +199,3 @@ def _global_keep_counts(groups, scores, ratio, round_to, min_channels) -> dict[s
     return {g.name: _keep_count(g.size, lost[g.name] / g.size, round_to, min_channels,
                                 g.blocks) for g in groups}
 
-
-def _flat(model: keras.Model) -> keras.Model:
-    from surgery.nesting import flatten_model
-
-    if any(isinstance(l, keras.Model) for l in model.layers):
-        return flatten_model(model)
-    return model

@@ -130,7 +130,8 @@ def test_nested_model_refused_clearly_then_flattened():
         surgery.delete_channels(model, backbone.get_layer("block_1_expand"), [0])
     flat = surgery.flatten_model(model)
     assert max_relative_difference(model(x), flat(x)) < 1e-6
-    assert_equivalent(flat, {"block_2_expand": list(range(0, 48, 3))}, x)
+    assert_equivalent(flat, {"block_2_expand": list(range(0, 48, 3)),
+                             "Conv_1": list(range(0, 1280, 7))}, x)
 
 
 def test_jobs_other_than_delete_channels_still_work():
