@@ -20,3 +20,7 @@ from surgery.plan import PrunePlan, plan  # noqa: F401,E402
 from surgery.apply import apply, prune, verify  # noqa: F401,E402
 from surgery.flops import count_flops  # noqa: F401,E402
 from surgery import criteria  # noqa: F401,E402
+from surgery.export import (  # noqa: F401,E402
+    evaluate_tflite, export_tflite, size_table, size_table_markdown, tflite_predict,
+)
+from surgery.sensitivity import accuracy_vs_flops, sensitivity  # noqa: F401,E402
