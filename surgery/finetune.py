@@ -1,0 +1,322 @@
+"""Fine-tuning after surgery: LR warmup + cosine decay, knowledge distillation, strategies.
+
+This module owns the training half of the pipeline that runs after a model has lost
+channels: :class:`WarmupCosine` (a linear warmup to the peak learning rate, then a cosine
+decay), :class:`Distiller` (a student trained on a blend of the hard labels and the
+temperature-softened outputs of a frozen teacher, Hinton et al. 2015; only the student is
+ever saved), :func:`finetune` (compile + ``fit`` with Keras progress bars, optionally
+distilling, optionally under a ``tf.distribute`` strategy), :func:`evaluate_accuracy`
+(top-1 accuracy as a fraction), and the small helpers that build a strategy by name and
+copy a model into a strategy's scope. It logs and raises; it never prints.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import numpy as np
+
+from surgery._backend import keras, tf
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
+
+__all__ = ["WarmupCosine", "Distiller", "finetune", "evaluate_accuracy", "make_strategy",
+           "clone_into", "set_bn_momentum", "steps_per_epoch", "STRATEGIES"]
+
+
+@keras.utils.register_keras_serializable(package="surgery")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to
+    ``peak_lr * final_fraction`` at ``total_steps`` (constant after that).
+
+    Example:
+        >>> s = WarmupCosine(1e-3, total_steps=100, warmup_steps=10)
+        >>> round(float(s(4)), 6), round(float(s(10)), 6), round(float(s(100)), 6)
+        (0.0005, 0.001, 0.0)
+        >>> WarmupCosine.from_config(s.get_config()).get_config() == s.get_config()
+        True
+    """
+
+    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                 final_fraction: float = 0.0, name: Optional[str] = None):
+        super().__init__()
+        if peak_lr <= 0:
+            raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
+        if total_steps < 1 or warmup_steps < 0:
+            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
+                             f"{total_steps} and {warmup_steps}")
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(min(warmup_steps, total_steps))
+        self.final_fraction = float(final_fraction)
+        self.name = name
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        peak = tf.constant(self.peak_lr, tf.float32)
+        warm = float(max(self.warmup_steps, 1))
+        warmup_lr = peak * (step + 1.0) / warm
+        decay_len = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_len, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        floor = self.final_fraction
+        decay_lr = peak * (floor + (1.0 - floor) * cosine)
+        if self.warmup_steps == 0:
+            return decay_lr
+        return tf.where(step < self.warmup_steps, warmup_lr, decay_lr)
+
+    def get_config(self) -> dict:
+        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "final_fraction": self.final_fraction,
+                "name": self.name}
+
+
+class Distiller(keras.Model):
+    """A student trained on ``alpha`` × soft-target KL (teacher and student outputs softened
+    at ``temperature``, scaled by T², Hinton et al.) + ``(1 − alpha)`` × the hard-label
+    loss; the teacher is frozen. Both models may end in a softmax: their outputs are turned
+    back into logits with ``log`` before softening. Calling the distiller calls the student;
+    save ``distiller.student``.
+
+    Example::
+
+        d = Distiller(pruned, original, temperature=4.0, alpha=0.5)
+        d.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+        d.fit(train, epochs=2)
+        d.student.save("pruned.h5")
+    """
+
+    def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0,
+                 alpha: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.student = student
+        self.teacher = teacher
+        teacher.trainable = False
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._softmax_out = _ends_in_softmax(student)
+        self._teacher_softmax = _ends_in_softmax(teacher)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker] + (self.compiled_metrics.metrics
+                                      if self.compiled_metrics is not None else [])
+
+    def _logits(self, out, is_softmax: bool):
+        return tf.math.log(tf.clip_by_value(out, 1e-7, 1.0)) if is_softmax else out
+
+    def _distill_loss(self, y, student_out, teacher_out):
+        s_logits = self._logits(student_out, self._softmax_out)
+        t_logits = self._logits(teacher_out, self._teacher_softmax)
+        hard = tf.reduce_mean(keras.losses.categorical_crossentropy(
+            y, s_logits, from_logits=True))
+        t = self.temperature
+        soft_t = tf.nn.softmax(t_logits / t)
+        log_soft_s = tf.nn.log_softmax(s_logits / t)
+        kl = tf.reduce_sum(soft_t * (tf.math.log(tf.clip_by_value(soft_t, 1e-7, 1.0))
+                                     - log_soft_s), axis=-1)
+        soft = tf.reduce_mean(kl) * t * t
+        return self.alpha * soft + (1.0 - self.alpha) * hard
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        teacher_out = self.teacher(x, training=False)
+        with tf.GradientTape() as tape:
+            student_out = self.student(x, training=True)
+            loss = self._distill_loss(y, student_out, teacher_out)
+            if self.student.losses:
+                loss += tf.add_n(self.student.losses)
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / tf.cast(replicas, loss.dtype)
+        variables = self.student.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        self.loss_tracker.update_state(loss)
+        self.compiled_metrics.update_state(y, student_out)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        student_out = self.student(x, training=False)
+        teacher_out = self.teacher(x, training=False)
+        self.loss_tracker.update_state(self._distill_loss(y, student_out, teacher_out))
+        self.compiled_metrics.update_state(y, student_out)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def _ends_in_softmax(model: keras.Model) -> bool:
+    last = model.layers[-1]
+    act = getattr(last, "activation", None)
+    if act is not None and getattr(act, "__name__", "") == "softmax":
+        return True
+    return type(last).__name__ == "Softmax"
+
+
+def steps_per_epoch(dataset: tf.data.Dataset) -> int:
+    """Number of batches in ``dataset`` (counted once when the cardinality is unknown).
+
+    Example:
+        >>> steps_per_epoch(tf.data.Dataset.range(10).batch(4))
+        3
+    """
+    n = int(dataset.cardinality())
+    if n >= 0:
+        return n
+    if n == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError("the training dataset is infinite; finite datasets are needed")
+    return sum(1 for _ in dataset)
+
+
+def set_bn_momentum(model: keras.Model, momentum: Optional[float]) -> int:
+    """Set ``momentum`` on every BatchNormalization layer (``None`` leaves them); returns
+    how many were changed. Short fine-tunes need ~0.9: with 0.999 the moving statistics
+    barely move in a few hundred steps, and inference uses stale ones.
+
+    Example:
+        >>> m = keras.Sequential([keras.layers.BatchNormalization(input_shape=(3,))])
+        >>> set_bn_momentum(m, 0.9), m.layers[0].momentum
+        (1, 0.9)
+    """
+    if momentum is None:
+        return 0
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+        elif isinstance(layer, keras.Model):
+            count += set_bn_momentum(layer, momentum)
+    return count
+
+
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+    """A ``tf.distribute`` strategy by name: ``default`` (no distribution), ``mirrored``
+    (all GPUs, else all logical CPU devices), ``multiworker`` (reads ``TF_CONFIG``) or
+    ``tpu``. Raises ``RuntimeError`` with one line when it is unavailable here.
+
+    Example:
+        >>> make_strategy("default").num_replicas_in_sync
+        1
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(
+            devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if name == "multiworker":
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except Exception as exc:  # noqa: BLE001  (TF raises many kinds here)
+            raise RuntimeError(f"multiworker strategy unavailable ({exc}); set TF_CONFIG "
+                               "for every worker") from None
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"no TPU available here ({first})") from None
+
+
+def clone_into(model: keras.Model, strategy: Optional[tf.distribute.Strategy]) -> keras.Model:
+    """A copy of ``model`` (same weights) whose variables live under ``strategy``'s scope;
+    ``model`` itself when there is no strategy or it is the default one.
+
+    Example:
+        >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+        >>> clone_into(m, None) is m
+        True
+    """
+    if strategy is None or _is_default(strategy):
+        return model
+    with strategy.scope():
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+    return copy
+
+
+def _is_default(strategy: tf.distribute.Strategy) -> bool:
+    return type(strategy).__name__ == "_DefaultDistributionStrategy"
+
+
+def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.Dataset] = None,
+             *, epochs: int, lr: float = 1e-3, warmup_epochs: float = 1.0,
+             teacher: Optional[keras.Model] = None, temperature: float = 4.0,
+             alpha: float = 0.5, strategy: Optional[tf.distribute.Strategy] = None,
+             verbose: int = 1, steps: Optional[int] = None) -> keras.callbacks.History:
+    """Train ``model`` in place with Adam and :class:`WarmupCosine` for ``epochs`` epochs
+    (``warmup_epochs`` of them warming up), with Keras progress bars; with ``teacher``,
+    distil from it (:class:`Distiller`). Under ``strategy`` the model (and teacher) must
+    have been built in ``strategy.scope()`` (see :func:`clone_into`). ``steps`` caps the
+    batches per epoch (brief fine-tunes). Returns the Keras ``History``.
+
+    Example::
+
+        history = finetune(pruned, splits.train, splits.val, epochs=3, lr=1e-3,
+                           warmup_epochs=1, teacher=original)
+        acc = evaluate_accuracy(pruned, splits.test)
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    per_epoch = steps_per_epoch(train)
+    if steps is not None:
+        per_epoch = max(1, min(per_epoch, int(steps)))
+    total = max(1, per_epoch * int(epochs))
+    schedule = WarmupCosine(lr, total_steps=total,
+                            warmup_steps=int(round(warmup_epochs * per_epoch)))
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(schedule)
+        if teacher is None:
+            trainee = model
+            trainee.compile(optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+        else:
+            trainee = Distiller(model, teacher, temperature=temperature, alpha=alpha)
+            trainee.compile(optimizer, metrics=["accuracy"])
+    logger.info("fine-tuning %s for %d epochs x %d steps (lr %g, warmup %g epochs%s)",
+                model.name, epochs, per_epoch, lr, warmup_epochs,
+                ", distilling" if teacher is not None else "")
+    data = train.repeat() if steps is not None else train
+    history = trainee.fit(data, validation_data=val, epochs=int(epochs),
+                          steps_per_epoch=per_epoch if steps is not None else None,
+                          verbose=verbose)
+    return history
+
+
+def evaluate_accuracy(model: keras.Model, dataset: tf.data.Dataset) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (``(x, y_onehot)`` or ``(x, y_int)``
+    batches), as a fraction in [0, 1].
+
+    Example::
+
+        acc = evaluate_accuracy(model, splits.test)   # e.g. 0.9722
+    """
+    correct, seen = 0, 0
+    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    for x, y in dataset:
+        pred = np.argmax(predict(x).numpy(), axis=-1)
+        y = np.asarray(y)
+        label = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
+        correct += int(np.sum(pred == label))
+        seen += len(label)
+    if seen == 0:
+        raise ValueError("cannot measure accuracy on an empty dataset")
+    return correct / seen
