@@ -56,6 +56,7 @@ from surgery._backend import keras, tf  # noqa: E402
 from surgery import criteria as _criteria  # noqa: E402
 from surgery.finetune import (STRATEGIES, clone_into, evaluate_accuracy, finetune,
                               make_strategy, set_bn_momentum)
+from surgery.artifacts import write_plots, write_tflite  # noqa: E402
 from surgery.report import (atomic_write, build_report, gzip_size, render_markdown,
                             save_model_atomic, write_report)
 
@@ -156,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed (data split, init, order)")
     g.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write channels.png, sensitivity.png and accuracy_vs_flops.png "
+                        "(sensitivity per group on the validation split)")
+    g.add_argument("--tflite", action="store_true",
+                   help="also export baseline/pruned .tflite (float32, dynamic int8, full "
+                        "int8 calibrated on the training split) with accuracy and sizes")
     return p
 
 
@@ -435,6 +442,12 @@ def run(args: argparse.Namespace) -> RunResult:
             replicas=int(strategy.num_replicas_in_sync), seed=args.seed,
             finetune_epochs=args.finetune_epochs, lr=args.lr,
             warmup_epochs=args.warmup_epochs, pruned_h5=pruned_path, baseline_h5=ref_path)
+        if args.plots:
+            from data_generator import as_arrays
+            values.update(write_plots(base, current, as_arrays(splits.val), out,
+                                      criterion=args.criterion, progress=not args.quiet))
+        if args.tflite:
+            values.update(write_tflite(base, current, splits, out))
         report = build_report(values)
         json_path, md_path = write_report(out, report)
     except BaseException:

@@ -178,6 +178,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     if report.get("baseline_seconds"):
         lines.append(f"| baseline training | {report['baseline_seconds']:.1f} |")
+    if report.get("tflite_table_md"):
+        lines += ["", "TFLite exports:", "", report["tflite_table_md"]]
+    pictures = [report[k] for k in ("channels_png", "sensitivity_png",
+                                    "accuracy_vs_flops_png") if report.get(k)]
+    if pictures:
+        lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pictures]
     return "\n".join(lines) + "\n"
 
 

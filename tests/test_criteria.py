@@ -9,6 +9,7 @@ import pytest
 
 from surgery._backend import keras, tf
 from surgery import criteria as C
+from surgery.criteria._thinet import _consumer_kernel, _contribution_gram, _n_positions, _patches
 
 L = keras.layers
 DEAD = 5  # planted dead channel; not 0, so that "lowest index wins ties" cannot fake a pass
@@ -240,9 +241,9 @@ def test_thinet_contributions_sum_to_the_conv_output(kw):
     x = np.random.default_rng(1).normal(size=(3, 9, 10, 4))
     y = conv(x.astype("float32")).numpy().reshape(-1, 5)
     idx = np.random.default_rng(2).choice(y.shape[0], 40, replace=False)
-    assert C._n_positions(x, conv) == y.shape[0]
-    contrib = np.einsum("nhwc,hwcf->nfc", C._patches(x, conv, idx),
-                        C._consumer_kernel(conv).astype(np.float64))
+    assert _n_positions(x, conv) == y.shape[0]
+    contrib = np.einsum("nhwc,hwcf->nfc", _patches(x, conv, idx),
+                        _consumer_kernel(conv).astype(np.float64))
     np.testing.assert_allclose(contrib.sum(-1) + conv.bias.numpy(), y[idx], atol=1e-4)
 
 
@@ -277,7 +278,7 @@ def test_thinet_gram_paths_agree(shape):
     rng = np.random.default_rng(0)
     patches, kernel = rng.normal(size=(n, kh, kw, c)), rng.normal(size=(kh, kw, c, f))
     flat = np.einsum("nhwc,hwcf->nfc", patches, kernel).reshape(-1, c)
-    np.testing.assert_allclose(C._contribution_gram(patches, kernel), flat.T @ flat,
+    np.testing.assert_allclose(_contribution_gram(patches, kernel), flat.T @ flat,
                                rtol=1e-9, atol=1e-9)
 
 

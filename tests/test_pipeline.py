@@ -39,9 +39,13 @@ def test_warmup_cosine_shape_and_config():
 
 def test_end_to_end_artifacts(tmp_path):
     out = tmp_path / "run"
-    result = pf.run(_args("--flops-target", "0.4", "--out", str(out)))
-    for name in ("pruned.h5", "baseline.h5", "plan.json", "report.json", "report.md"):
+    result = pf.run(_args("--flops-target", "0.4", "--out", str(out), "--plots", "--tflite"))
+    for name in ("pruned.h5", "baseline.h5", "plan.json", "report.json", "report.md",
+                 "channels.png", "sensitivity.png", "accuracy_vs_flops.png",
+                 "pruned.tflite", "pruned_int8.tflite", "pruned_dynamic.tflite"):
         assert (out / name).is_file(), name
+    import matplotlib.image
+    assert matplotlib.image.imread(out / "sensitivity.png").shape[0] > 100
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temp files left
     reloaded = keras.models.load_model(result.pruned_path, compile=False)
     x, _ = dg.as_arrays(dg.load_splits("digits", image_size=(16, 16), channels=1).test, 40)
@@ -57,6 +61,10 @@ def test_end_to_end_artifacts(tmp_path):
     assert report["h5_bytes"] == os.path.getsize(out / "pruned.h5")
     assert 0 < report["h5_gzip_bytes"] < report["h5_bytes"] * 1.1
     assert report["prune_seconds"] >= 0 and report["finetune_seconds"] > 0
+    assert 0.0 <= report["acc_tflite_int8"] <= 1.0
+    sizes = {row["label"]: row["bytes"] for row in report["tflite"]}
+    assert sizes["pruned"] < sizes["baseline"] and sizes["pruned + int8"] < sizes["pruned"]
+    assert "TFLite exports" in (out / "report.md").read_text()
     assert report["acc_finetuned"] == pytest.approx(evaluate_accuracy(
         reloaded, dg.load_splits("digits", image_size=(16, 16), channels=1).test))
     plan = json.loads((out / "plan.json").read_text())
