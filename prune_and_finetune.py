@@ -33,23 +33,9 @@ from typing import Optional, Sequence
 
 
 
-def _import_tensorflow_quietly() -> None:
-    """Run from the shell: TensorFlow's C++ start-up chatter (CUDA probing on machines
-    without a GPU) is written to file descriptor 2 before any log level applies; hide it
-    so that an error leaves exactly one line on stderr. Python errors still show."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        from surgery._backend import tf as _tf
-        _tf.config.list_physical_devices()  # initialises the devices while muted
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 if __name__ == "__main__":
-    _import_tensorflow_quietly()
+    from quiet_tf import import_tensorflow_quietly
+    import_tensorflow_quietly()
 
 import surgery  # noqa: E402,F401  (selects the Keras 2 API before TensorFlow is imported)
 from surgery._backend import keras, tf  # noqa: E402

@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["surgery", "surgery.*", "patches", "patches.*",
                                     "models", "models.*"]),
-    py_modules=["data_generator", "train", "prune_and_finetune"],
+    py_modules=["data_generator", "train", "prune_and_finetune", "quiet_tf"],
     # kerassurgeon==0.2.0 is required too but must be installed with --no-deps
     # (see requirements.txt); listing it here would make pip resolve its bogus pins.
     install_requires=[

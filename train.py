@@ -39,27 +39,15 @@ PENALTIES = ("l1", "l2", "gl_filter", "gl_channel", "gl_all", "bn_l1", "angular_
              "angular_channel")
 
 
-def _import_tensorflow_quietly() -> None:
-    """From the shell, hide TensorFlow's C++ start-up chatter on file descriptor 2 (CUDA
-    probing) so that a user error leaves exactly one line on stderr."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        from surgery._backend import tf as _tf
-        _tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 if __name__ == "__main__":
-    _import_tensorflow_quietly()
+    from quiet_tf import import_tensorflow_quietly
+    import_tensorflow_quietly()
 
 from surgery._backend import keras, tf  # noqa: E402  (first: selects the Keras 2 API)
 
 from surgery import regularizers as _regularizers  # noqa: E402  (registers the penalties)
 from surgery import sparsity as _sparsity  # noqa: E402
+from surgery.report import save_model_atomic  # noqa: E402
 
 logger = logging.getLogger(PROG)
 
@@ -326,20 +314,6 @@ def _compile(model: keras.Model, optimizer) -> None:
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
 
 
-def _atomic_save(model: keras.Model, path: str) -> None:
-    """Write ``model`` to ``path`` as .h5 via a temporary file in the same folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp.h5")
-    try:
-        with warnings.catch_warnings():  # "HDF5 is legacy": .h5 is this project's format
-            warnings.simplefilter("ignore", UserWarning)
-            model.save(tmp, save_format="h5", include_optimizer=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _steps(dataset) -> int:
     n = int(tf.data.experimental.cardinality(dataset))
     if n < 1:
@@ -476,7 +450,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         summary["sparsity"] = _sparsity.total_sparsity(model)[0]
 
     summary["test_accuracy"] = float(model.evaluate(splits.test, verbose=0)[1])
-    _atomic_save(model, path)
+    save_model_atomic(model, path)
     return summary
 
 

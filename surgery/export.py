@@ -12,16 +12,15 @@ datasets into arrays and labels into class ids, which :mod:`surgery.sensitivity`
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import logging
 import os
-import tempfile
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
+from surgery.atomic import write_atomically  # noqa: F401  (re-exported)
 from surgery._backend import keras, tf
 
 logger = logging.getLogger(__name__)
@@ -132,32 +131,6 @@ def _representative_examples(data: RepresentativeData, limit: int) -> Iterator[l
             yielded += 1
     if yielded == 0:
         raise ValueError("representative_data holds no examples")
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> str:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it there.
-
-    Readers never see a half-written file; on error the temporary file is removed.
-
-    Example::
-
-        write_atomically("model.tflite", lambda tmp: open(tmp, "wb").write(data))
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def _write_bytes(path: str, content: bytes) -> str:

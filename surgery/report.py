@@ -14,9 +14,10 @@ import gzip
 import json
 import logging
 import os
-import tempfile
 import warnings
 from typing import Any, Mapping, Optional, Union
+
+from surgery.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +39,12 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[str, bytes]) -> str:
         >>> open(p).read()
         'hi'
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+    return write_atomically(path, write)
 
 
 def save_model_atomic(model, path: Union[str, os.PathLike],
@@ -68,20 +62,12 @@ def save_model_atomic(model, path: Union[str, os.PathLike],
         raise ValueError(f"refusing to overwrite the input model {forbid}")
     if forbid is not None and os.path.abspath(path) == os.path.abspath(os.fspath(forbid)):
         raise ValueError(f"refusing to overwrite the input model {forbid}")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".h5",
-                               dir=folder)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings():  # "HDF5 is legacy": .h5 is what this project ships
             warnings.simplefilter("ignore", UserWarning)
             model.save(tmp, save_format="h5", include_optimizer=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomically(path, write)
 
 
 def gzip_size(path: Union[str, os.PathLike], level: int = 9) -> int:
