@@ -234,9 +234,12 @@ def _plan_kwargs(args, criterion, data, scope=None) -> dict:
 
 
 def search_ratio(model: keras.Model, removed_target: float, flops_ref: int, *,
-                 max_ratio: float = 0.9, iterations: int = 12, **plan_kwargs):
+                 max_ratio: float = 0.9, iterations: int = 12, nearest: bool = False,
+                 **plan_kwargs):
     """Smallest plan ratio (bisection) whose surgery removes at least ``removed_target``
-    of ``flops_ref`` FLOPs; returns ``(ratio, plan, pruned_model)``. Raises
+    of ``flops_ref`` FLOPs; returns ``(ratio, plan, pruned_model)``. With ``nearest``, the
+    probed ratio whose removed fraction is closest to the target, above or below (kept
+    widths rounded with ``round_to`` make FLOPs jump with the ratio). Raises
     :class:`UsageError` when even ``max_ratio`` does not get there.
 
     Example::
@@ -254,18 +257,22 @@ def search_ratio(model: keras.Model, removed_target: float, flops_ref: int, *,
         raise UsageError(f"FLOPs target unreachable: removing {removed_target:.0%} of FLOPs "
                          f"needs more than --max-ratio {max_ratio} (which removes "
                          f"{removed:.1%})")
-    best = (max_ratio, p, m)
+    best, below = (max_ratio, p, m), None
+    miss = {max_ratio: removed - removed_target}
     lo, hi = 0.0, max_ratio
     for _ in range(iterations):
         mid = (lo + hi) / 2
         removed, p, m = probe(mid)
         logger.info("ratio %.4f removes %.2f%% of FLOPs", mid, 100 * removed)
+        miss[mid] = removed - removed_target
         if removed >= removed_target:
             hi, best = mid, (mid, p, m)
             if removed - removed_target < 0.005:
                 break
         else:
-            lo = mid
+            lo, below = mid, (mid, p, m)
+    if nearest and below is not None and -miss[below[0]] < miss[best[0]]:
+        return below
     return best
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -261,12 +261,14 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
              *, epochs: int, lr: float = 1e-3, warmup_epochs: float = 1.0,
              teacher: Optional[keras.Model] = None, temperature: float = 4.0,
              alpha: float = 0.5, strategy: Optional[tf.distribute.Strategy] = None,
-             verbose: int = 1, steps: Optional[int] = None) -> keras.callbacks.History:
+             verbose: int = 1, steps: Optional[int] = None,
+             callbacks: Sequence[keras.callbacks.Callback] = ()) -> keras.callbacks.History:
     """Train ``model`` in place with Adam and :class:`WarmupCosine` for ``epochs`` epochs
     (``warmup_epochs`` of them warming up), with Keras progress bars; with ``teacher``,
     distil from it (:class:`Distiller`). Under ``strategy`` the model (and teacher) must
     have been built in ``strategy.scope()`` (see :func:`clone_into`). ``steps`` caps the
-    batches per epoch (brief fine-tunes). Returns the Keras ``History``.
+    batches per epoch (brief fine-tunes); ``callbacks`` go to ``fit`` (e.g. tfmot's
+    :func:`surgery.sparsity.pruning_callbacks`). Returns the Keras ``History``.
 
     Example::
 
@@ -297,7 +299,7 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
     data = train.repeat() if steps is not None else train
     history = trainee.fit(data, validation_data=val, epochs=int(epochs),
                           steps_per_epoch=per_epoch if steps is not None else None,
-                          verbose=verbose)
+                          verbose=verbose, callbacks=list(callbacks))
     return history
 
 
