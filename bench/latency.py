@@ -3,8 +3,9 @@
 For each model (``weights=None``, 224x224x3) this script builds:
 
 * ``original``: the model as built;
-* ``pruned -X%``: channel-pruned with ``surgery`` until at least X % of the FLOPs are gone
-  (uniform per-group ratio found by bisection, kept widths rounded to multiples of 8);
+* ``pruned -Y%``: channel-pruned with ``surgery`` at the uniform per-group ratio (found by
+  bisection, kept widths rounded to multiples of 8) whose FLOPs cut is nearest each target
+  X %; labelled with the cut Y it actually makes;
 * ``tfmot @ pruned -X%``: tfmot's ``prune_low_magnitude`` with constant sparsity chosen so
   that its non-zero parameters equal the channel-pruned model's parameters, stripped.
 

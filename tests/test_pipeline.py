@@ -146,3 +146,27 @@ def test_user_errors_exit_2_one_line_no_files(tmp_path, capsys, case):
     assert err.startswith("prune_and_finetune: error:")
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["corrupt.h5"]
+
+
+def test_search_ratio_nearest_is_the_probe_closest_to_the_target():
+    """Rounded widths make FLOPs jump with the ratio: ``nearest`` must return the probed
+    ratio whose cut is closest to the target, above or below, and the default the
+    smallest that reaches it."""
+    import surgery
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    outputs = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    flops = surgery.count_flops(model)
+    target = 0.45
+    at_least, _, m_at_least = pf.search_ratio(model, target, flops, round_to=4)
+    closest, _, m_closest = pf.search_ratio(model, target, flops, round_to=4, nearest=True)
+    cut = lambda m: 1 - surgery.count_flops(m) / flops  # noqa: E731
+    assert cut(m_at_least) >= target
+    assert abs(cut(m_closest) - target) <= abs(cut(m_at_least) - target)
+    # every kept width is a multiple of 4, so the cuts on either side are far apart and
+    # the one nearest to 0.45 (12 of 16 kept, about 40 % cut) lies below it
+    assert cut(m_closest) < target < cut(m_at_least)
+    assert closest < at_least
