@@ -13,7 +13,8 @@ channel-pruned model; its FLOPs do not change. Printed: one markdown table per m
 test accuracy mean ± std over the seeds; ``--json`` keeps every run and ``--plot`` draws
 accuracy against the FLOPs removed.
 
-Run (about 17 minutes on a 2-core CPU; each extra target adds as much again)::
+Run (2 020 s measured on a 2-core CPU, with the test suite beside it for 15 minutes; each
+extra target adds about as much again)::
 
     python bench/accuracy.py --json bench/results/accuracy.json --plot bench/results/accuracy.png
     python bench/accuracy.py --models resnet18 --seeds 0 --targets 0.3 0.5 0.7
