@@ -170,3 +170,16 @@ def test_search_ratio_nearest_is_the_probe_closest_to_the_target():
     # the one nearest to 0.45 (12 of 16 kept, about 40 % cut) lies below it
     assert cut(m_closest) < target < cut(m_at_least)
     assert closest < at_least
+
+
+def test_finetune_passes_callbacks_to_fit():
+    """``callbacks=`` must reach ``fit``: a callback counting batches sees every step."""
+    seen = []
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    x = np.random.default_rng(0).normal(size=(24, 4)).astype("float32")
+    y = np.eye(2, dtype="float32")[np.arange(24) % 2]
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))
+    finetune(model, train, epochs=2, verbose=0, callbacks=[counter])
+    assert len(seen) == 6
