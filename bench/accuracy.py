@@ -1,7 +1,8 @@
 """Accuracy against FLOPs on real data: channel-pruning criteria, distillation, and tfmot.
 
 On ``digits`` (the 8x8 handwritten digits shipped with scikit-learn, upsampled to 32x32
-for MobileNetV2 and 16x16 for ResNet-18, split per seed into train/val/test), for each
+for MobileNetV2 and kept at 8x8 for the CIFAR-style ResNet-18, split per seed into
+train/val/test), for each
 model and seed this script trains a baseline, then for each FLOPs reduction (``--targets``,
 50 % by default) and each criterion (``l1``, ``bn_gamma``, ``thinet``, ``taylor``) plans a
 uniform per-group ratio with ``surgery.plan(scope="local")`` (so every criterion removes
@@ -13,8 +14,8 @@ channel-pruned model; its FLOPs do not change. Printed: one markdown table per m
 test accuracy mean ± std over the seeds; ``--json`` keeps every run and ``--plot`` draws
 accuracy against the FLOPs removed.
 
-Run (2 020 s measured on a 2-core CPU, with the test suite beside it for 15 minutes; each
-extra target adds about as much again)::
+Run (935 s measured on a 2-core CPU with nothing else running; each extra target adds
+about 70 % as much again, the baselines being shared)::
 
     python bench/accuracy.py --json bench/results/accuracy.json --plot bench/results/accuracy.png
     python bench/accuracy.py --models resnet18 --seeds 0 --targets 0.3 0.5 0.7
@@ -39,7 +40,7 @@ logger = logging.getLogger("bench.accuracy")
 CRITERIA = ("l1", "bn_gamma", "thinet", "taylor")
 MODELS = {  # name: (models.MODELS key, keyword arguments, input side, label)
     "mobilenet_v2": ("mobilenet_v2", {"alpha": 0.35}, 32, "MobileNetV2 (α 0.35, 32×32)"),
-    "resnet18": ("resnet18", {"width": 0.25}, 16, "ResNet-18 (width 0.25, 16×16)"),
+    "resnet18": ("resnet18", {"width": 0.25}, 8, "ResNet-18 (width 0.25, 8×8)"),
 }
 TFMOT = "tfmot (same params)"
 
@@ -273,8 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--targets", nargs="+", type=float, default=[0.5],
-                        help="fractions of FLOPs to remove (each adds as much time again "
-                             "as the default 0.5)")
+                        help="fractions of FLOPs to remove (each adds about 70 %% of the "
+                             "default run's time)")
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
     for field in dataclasses.fields(Budget):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default),
