@@ -2,17 +2,18 @@
 
 On ``digits`` (the 8x8 handwritten digits shipped with scikit-learn, upsampled to 32x32
 for MobileNetV2 and kept at 8x8 for the CIFAR-style ResNet-18, split per seed into
-train/val/test), for each
-model and seed this script trains a baseline, then for each FLOPs reduction (``--targets``,
-50 % by default) and each criterion (``l1``, ``bn_gamma``, ``thinet``, ``taylor``) plans a
-uniform per-group ratio with ``surgery.plan(scope="local")`` (so every criterion removes
-exactly the same FLOPs; residual streams are left whole, see :func:`coupled_layers`), cuts
-the channels and fine-tunes for the same budget with and without distilling from the
-baseline (see ``_masked_finetune.py`` for how one traced training step serves every cut). Beside them, tfmot's ``prune_low_magnitude`` (polynomial schedule over the same
-budget) is trained from the same baseline to the same number of non-zero parameters as the
-channel-pruned model; its FLOPs do not change. Printed: one markdown table per model with
-test accuracy mean ± std over the seeds; ``--json`` keeps every run and ``--plot`` draws
-accuracy against the FLOPs removed.
+train/val/test), for each model and seed this script trains a baseline, then for each
+FLOPs reduction (``--targets``, 50 % by default) and each criterion (``l1``,
+``bn_gamma``, ``thinet``, ``taylor``) plans a uniform per-group ratio with
+``surgery.plan(scope="local")`` (so every criterion removes exactly the same FLOPs;
+residual streams are left whole, see :func:`coupled_layers`), cuts the channels and
+fine-tunes for the same budget with and without distilling from the baseline (see
+``_masked_finetune.py`` for how one traced training step serves every cut). Beside them,
+tfmot's ``prune_low_magnitude`` (polynomial schedule over the same budget) is trained
+from the same baseline to the same number of non-zero parameters as the channel-pruned
+model; its FLOPs do not change. Printed: one markdown table per model with test accuracy
+mean ± std over the seeds; ``--json`` keeps every run and ``--plot`` draws accuracy
+against the FLOPs removed.
 
 Run (935 s measured on a 2-core CPU with nothing else running; each extra target adds
 about 70 % as much again, the baselines being shared)::
