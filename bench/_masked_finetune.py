@@ -6,11 +6,12 @@ differently-cut models would mostly measure graph building. :class:`MaskedFinetu
 instead trains the *full-width* model with the plan's channels held at exact zeros (the
 same zeros as :func:`surgery.zero_channels`, the equivalence oracle of the tests), which
 is the same training as training the cut model: the optimizer multiplies each gradient by
-its keep-mask, and Adam's update of a weight whose gradients were all zero is exactly zero,
-so the held weights never move (masking the weights after each batch from a callback
-instead cost as much as the training step itself). After training, :func:`surgery.apply`
-cuts the channels for real; the accuracy reported is the cut model's, and the largest relative difference between the cut and
-masked models' outputs is returned beside it so any broken equivalence shows.
+its keep-mask, and Adam's update of a weight whose gradients were all zero is exactly
+zero, so the held weights never move (masking the weights after each batch from a
+callback instead cost as much as the training step itself). After training,
+:func:`surgery.apply` cuts the channels for real; the accuracy reported is the cut
+model's, and the largest relative difference between the cut and masked models' outputs
+is returned beside it so any broken equivalence shows.
 
 Example::
 
