@@ -39,11 +39,11 @@ if __name__ == "__main__":
 
 import surgery  # noqa: E402,F401  (selects the Keras 2 API before TensorFlow is imported)
 from surgery._backend import keras, tf  # noqa: E402
-from surgery import criteria as _criteria  # noqa: E402
-from surgery.finetune import (STRATEGIES, clone_into, evaluate_accuracy, finetune,
+from surgery.pruning import criteria as _criteria  # noqa: E402
+from surgery.pipeline.finetune import (STRATEGIES, clone_into, evaluate_accuracy, finetune,
                               make_strategy, set_bn_momentum)
-from surgery.artifacts import write_plots, write_tflite  # noqa: E402
-from surgery.report import (atomic_write, build_report, gzip_size, render_markdown,
+from surgery.pipeline.artifacts import write_plots, write_tflite  # noqa: E402
+from surgery.pipeline.report import (atomic_write, build_report, gzip_size, render_markdown,
                             save_model_atomic, write_report)
 
 logger = logging.getLogger("prune_and_finetune")

@@ -3,8 +3,8 @@
 ``data_generator.py``, with the sparse-training options that prepare a model for surgery.
 
 It builds (or ``--restore``s) a model, optionally adds sparsity penalties
-(``surgery.regularizers.add_penalties``), optionally wraps it for tfmot magnitude pruning
-(constant / polynomial schedule or m:n structure, ``surgery.sparsity``), trains it with SGD
+(``surgery.pipeline.regularizers.add_penalties``), optionally wraps it for tfmot magnitude pruning
+(constant / polynomial schedule or m:n structure, ``surgery.pipeline.sparsity``), trains it with SGD
 or Adam under a cosine / step / piecewise learning-rate schedule with linear warmup, and
 optionally prunes it unstructured after training and fine-tunes with the mask kept. Keras
 progress bars show training; ``train_log.csv`` (CSVLogger) and TensorBoard logs (``logs/``)
@@ -45,9 +45,9 @@ if __name__ == "__main__":
 
 from surgery._backend import keras, tf  # noqa: E402  (first: selects the Keras 2 API)
 
-from surgery import regularizers as _regularizers  # noqa: E402  (registers the penalties)
-from surgery import sparsity as _sparsity  # noqa: E402
-from surgery.report import save_model_atomic  # noqa: E402
+from surgery.pipeline import regularizers as _regularizers  # noqa: E402  (registers the penalties)
+from surgery.pipeline import sparsity as _sparsity  # noqa: E402
+from surgery.pipeline.report import save_model_atomic  # noqa: E402
 
 logger = logging.getLogger(PROG)
 
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, default=0.0,
                    help="linear learning-rate warmup length in epochs (0 = none)")
 
-    g = p.add_argument_group("sparsity penalties (0 = off; surgery.regularizers)")
+    g = p.add_argument_group("sparsity penalties (0 = off; surgery.pipeline.regularizers)")
     g.add_argument("--l1", type=float, default=0.0, help="L1 on conv/dense kernels")
     g.add_argument("--l2", type=float, default=0.0, help="L2 on conv/dense kernels")
     g.add_argument("--gl-filter", type=float, default=0.0,
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--angular-channel", type=float, default=0.0,
                    help="strength x sum over input-channel pairs of cos^2")
 
-    g = p.add_argument_group("tfmot magnitude pruning during training (surgery.sparsity)")
+    g = p.add_argument_group("tfmot magnitude pruning during training (surgery.pipeline.sparsity)")
     g.add_argument("--prune-schedule", choices=("constant", "polynomial"), default=None,
                    help="turn tfmot pruning on with this schedule (default: off; "
                         "--m-by-n alone implies constant)")
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tfmot structured sparsity, e.g. 2,4 (M zeros in each N weights; "
                         "default: off)")
 
-    g = p.add_argument_group("unstructured pruning after training (surgery.sparsity)")
+    g = p.add_argument_group("unstructured pruning after training (surgery.pipeline.sparsity)")
     g.add_argument("--unstructured-threshold", type=float, default=None, metavar="T",
                    help="zero kernel weights with |w| < T, then fine-tune (default: off)")
     g.add_argument("--unstructured-ratio", type=float, default=None, metavar="R",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from surgery import keras
-from surgery import sparsity
+from surgery.pipeline import sparsity
 
 
 def nonzero_params(model: keras.Model) -> int:

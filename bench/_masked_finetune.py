@@ -26,8 +26,8 @@ import numpy as np
 
 import surgery
 from surgery import keras, tf
-from surgery.finetune import Distiller, WarmupCosine, steps_per_epoch
-from surgery.zeroing import max_relative_difference
+from surgery.pipeline.finetune import Distiller, WarmupCosine, steps_per_epoch
+from surgery.engine.zeroing import max_relative_difference
 
 
 class _MaskedAdam(keras.optimizers.legacy.Adam):
@@ -55,7 +55,7 @@ class MaskedFinetuner:
     def __init__(self, base: keras.Model, train: tf.data.Dataset, *, epochs: int, lr: float,
                  warmup_epochs: float = 1.0, teacher: Optional[keras.Model] = None,
                  bn_momentum: Optional[float] = 0.9):
-        from surgery.finetune import set_bn_momentum
+        from surgery.pipeline.finetune import set_bn_momentum
 
         self.base, self.train, self.epochs = base, train, int(epochs)
         self.model = keras.models.clone_model(base)

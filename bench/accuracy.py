@@ -86,7 +86,7 @@ def _copy(model):
 
 def _cached(criterion: str, data):
     """``criterion`` scoring each layer once per model, whatever the ratio asked later."""
-    from surgery import criteria
+    from surgery.pruning import criteria
 
     cache: Dict[str, object] = {}
 
@@ -122,8 +122,8 @@ def run_job(model_key: str, seed: int, ratios: Dict[float, float], criteria_name
     seed; returns one row per run."""
     import surgery
     from surgery import keras, tf
-    from surgery import sparsity
-    from surgery.finetune import finetune, set_bn_momentum
+    from surgery.pipeline import sparsity
+    from surgery.pipeline.finetune import finetune, set_bn_momentum
     import data_generator as dg
     from _common import nonzero_params, tfmot_sparsity_for
     from _masked_finetune import MaskedFinetuner
@@ -244,7 +244,7 @@ def plot(rows: List[dict], path: str) -> str:
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from surgery.plots import save_png
+    from surgery.pipeline.plots import save_png
 
     model_keys = list(dict.fromkeys(r["model"] for r in rows))
     figure = Figure(figsize=(5.5 * len(model_keys), 4.2), dpi=100)
@@ -320,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(summarise(rows, args.targets))
     print(f"budget: {dataclasses.asdict(budget)}; {time.perf_counter() - start:.0f} s")
     if args.json:
-        from surgery.atomic import write_atomically
+        from surgery.pipeline.atomic import write_atomically
 
         text = json.dumps(dict(budget=dataclasses.asdict(budget), ratios=ratios, rows=rows),
                           indent=1, default=float)

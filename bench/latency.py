@@ -42,7 +42,7 @@ from quiet_tf import import_tensorflow_quietly  # noqa: E402
 import_tensorflow_quietly()
 import surgery  # noqa: E402  (selects the Keras 2 API first)
 from surgery import keras, tf  # noqa: E402
-from surgery import sparsity  # noqa: E402
+from surgery.pipeline import sparsity  # noqa: E402
 from prune_and_finetune import search_ratio  # noqa: E402
 from _common import nonzero_params, tfmot_sparsity_for  # noqa: E402
 from tqdm import tqdm  # noqa: E402

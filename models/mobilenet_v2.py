@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from surgery._backend import keras
+from surgery.engine import keras2
 
 from ._common import check_input_shape, kernel_regularizer, make_divisible
 
@@ -81,7 +82,7 @@ def _block(x, block_id, expansion, out_channels, stride, reg, body, shortcuts):
     x = body(x, block_id, expansion, out_channels, stride, reg)
     if shortcuts and stride == 1 and inputs.shape[-1] == out_channels:
         x = inputs + x  # deliberately a TFOpLambda, not layers.Add (see module docstring)
-        x._keras_history.layer._name = f"block_{block_id}_add"
+        keras2.name_op(x, f"block_{block_id}_add")
     return x
 
 

@@ -1,26 +1,63 @@
 """Structured channel pruning for Keras models, built on kerassurgeon and tfmot.
 
-``import surgery`` selects the Keras 2 API (tf-keras) before TensorFlow is imported and
-applies the compatibility patches in ``patches/`` to stock kerassurgeon 0.2.0 once.
+``import surgery`` selects the Keras 2 API (tf-keras) before TensorFlow is imported,
+applies the compatibility patches in ``patches/`` to stock kerassurgeon 0.2.0 once, and
+gives the engine (layer rules, channel groups, surgery, zeroing, FLOPs) and pruning
+(criteria, policies, plans, apply/verify). Pipeline parts (TFLite export, sensitivity
+analysis) load on first use.
 
 Example::
 
     import surgery
     smaller = surgery.delete_channels(model, "block_1_expand", [0, 3, 5])
 """
-from surgery._backend import keras, tf  # noqa: F401  (first: picks the Keras 2 API)
-from surgery.errors import SurgeryError, UnsupportedLayerError  # noqa: F401
-from surgery.registry import register_handler  # noqa: F401
-from surgery.surgeon import Surgeon, delete_channels  # noqa: F401
-from surgery import handlers  # noqa: F401,E402  (registers the built-in handlers)
-from surgery.zeroing import zero_channels  # noqa: F401
-from surgery.nesting import flatten_model  # noqa: F401,E402
-from surgery.graph import ChannelGroup, channel_groups  # noqa: F401,E402
-from surgery.plan import PrunePlan, plan  # noqa: F401,E402
-from surgery.apply import apply, prune, verify  # noqa: F401,E402
-from surgery.flops import count_flops  # noqa: F401,E402
-from surgery import criteria  # noqa: F401,E402
-from surgery.export import (  # noqa: F401,E402
-    evaluate_tflite, export_tflite, size_table, size_table_markdown, tflite_predict,
-)
-from surgery.sensitivity import accuracy_vs_flops, sensitivity  # noqa: F401,E402
+from __future__ import annotations
+
+import importlib
+
+from surgery._backend import keras, tf  # first: picks the Keras 2 API
+from surgery.errors import SurgeryError, UnsupportedLayerError
+from surgery.engine.rules import LayerRule, register_rule, rule_for
+from surgery.engine.handlers import register_handler
+from surgery.engine.surgeon import Surgeon, delete_channels
+from surgery.engine.zeroing import zero_channels
+from surgery.engine.flatten import flatten_model
+from surgery.engine.groups import ChannelGroup, channel_groups
+from surgery.engine.flops import count_flops
+from surgery.pruning.planning import PrunePlan, plan
+from surgery.pruning.execution import apply, prune, verify
+from surgery.pruning import criteria
+
+# Pipeline functions offered at top level, imported on first use (TFLite and matplotlib
+# are slow to import and most engine users never need them).
+_LAZY = {
+    "export_tflite": "surgery.pipeline.export",
+    "evaluate_tflite": "surgery.pipeline.export",
+    "tflite_predict": "surgery.pipeline.export",
+    "size_table": "surgery.pipeline.export",
+    "size_table_markdown": "surgery.pipeline.export",
+    "sensitivity": "surgery.pipeline.sensitivity",
+    "accuracy_vs_flops": "surgery.pipeline.sensitivity",
+}
+
+__all__ = [
+    "keras", "tf",
+    "SurgeryError", "UnsupportedLayerError",
+    "LayerRule", "register_rule", "rule_for", "register_handler",
+    "Surgeon", "delete_channels", "zero_channels", "flatten_model",
+    "ChannelGroup", "channel_groups", "count_flops",
+    "PrunePlan", "plan", "apply", "prune", "verify", "criteria",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'surgery' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

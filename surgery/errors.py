@@ -11,18 +11,18 @@ class SurgeryError(ValueError):
 class UnsupportedLayerError(SurgeryError):
     """A layer that channel deletion reaches but no handler knows how to cut.
 
-    The message names the layer, its class, and the two ways out: register a handler
-    for the class with ``surgery.register_handler``, or keep the channels that reach it
+    The message names the layer, its class, and the two ways out: register a rule for
+    the class with ``surgery.register_rule``, or keep the channels that reach it
     with ``ignore=``.
     """
 
     def __init__(self, layer, detail: str = ""):
         self.layer_name = getattr(layer, "name", str(layer))
-        self.layer_class = type(layer).__name__
+        self.layer_class = getattr(layer, "class_name", None) or type(layer).__name__
         message = (
             f"layer '{self.layer_name}' ({self.layer_class}) is not supported by channel "
-            f"surgery{': ' + detail if detail else ''}. Register a handler for it with "
-            f"@surgery.register_handler('{self.layer_class}'), or leave the channels that "
+            f"surgery{': ' + detail if detail else ''}. Register a rule for it with "
+            f"@surgery.register_rule('{self.layer_class}'), or leave the channels that "
             f"reach it alone with ignore=[...]."
         )
         super().__init__(message)

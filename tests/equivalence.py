@@ -2,7 +2,7 @@
 import numpy as np
 
 import surgery
-from surgery.zeroing import max_relative_difference
+from surgery.engine.zeroing import max_relative_difference
 
 
 def randomize_weights(model, seed=0):

@@ -1,4 +1,4 @@
-"""Tests for surgery.criteria: channel-importance criteria, selection and the registry."""
+"""Tests for surgery.pruning.criteria: channel-importance criteria, selection and the registry."""
 from __future__ import annotations
 
 import itertools
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from surgery._backend import keras, tf
-from surgery import criteria as C
-from surgery.criteria._thinet import _consumer_kernel, _contribution_gram, _n_positions, _patches
+from surgery.pruning import criteria as C
+from surgery.pruning.criteria._thinet import _contribution_gram, _n_positions, _patches
 
 L = keras.layers
 DEAD = 5  # planted dead channel; not 0, so that "lowest index wins ties" cannot fake a pass
@@ -93,7 +93,7 @@ def test_bn_gamma_zero_gamma_ranks_last():
 
 def test_bn_gamma_falls_back_to_l1_with_one_warning(caplog):
     model = tiny_model()
-    with caplog.at_level(logging.WARNING, logger="surgery.criteria"):
+    with caplog.at_level(logging.WARNING, logger="surgery.pruning.criteria"):
         scores = C.bn_gamma(model, ["c1", "c2"])
     np.testing.assert_allclose(scores["c2"], C.l1(model, ["c2"])["c2"])
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -241,9 +241,11 @@ def test_thinet_contributions_sum_to_the_conv_output(kw):
     x = np.random.default_rng(1).normal(size=(3, 9, 10, 4))
     y = conv(x.astype("float32")).numpy().reshape(-1, 5)
     idx = np.random.default_rng(2).choice(y.shape[0], 40, replace=False)
-    assert _n_positions(x, conv) == y.shape[0]
-    contrib = np.einsum("nhwc,hwcf->nfc", _patches(x, conv, idx),
-                        _consumer_kernel(conv).astype(np.float64))
+    window = dict(kernel=conv.kernel.numpy(), strides=conv.strides,
+                  dilation=conv.dilation_rate, padding=conv.padding)
+    assert _n_positions(x, window) == y.shape[0]
+    contrib = np.einsum("nhwc,hwcf->nfc", _patches(x, window, idx),
+                        window["kernel"].astype(np.float64))
     np.testing.assert_allclose(contrib.sum(-1) + conv.bias.numpy(), y[idx], atol=1e-4)
 
 
@@ -289,7 +291,7 @@ def test_thinet_falls_back_to_l1_without_consumer(caplog):
     b = L.Conv2D(4, 3, padding="same", name="b")(x)
     out = L.Conv2D(2, 1, name="tail")(L.Add()([a, b]))
     model = keras.Model(x, out)
-    with caplog.at_level(logging.WARNING, logger="surgery.criteria"):
+    with caplog.at_level(logging.WARNING, logger="surgery.pruning.criteria"):
         scores = C.thinet(model, ["a", "tail"], tiny_data(8)[:1] + (None,))
     np.testing.assert_allclose(scores["a"], C.l1(model, ["a"])["a"])
     assert "'a'" in caplog.text and "'tail'" in caplog.text

@@ -7,7 +7,7 @@ import pytest
 
 import surgery
 from surgery import keras
-from surgery.export import (evaluate_tflite, export_tflite, size_table, size_table_markdown,
+from surgery.pipeline.export import (evaluate_tflite, export_tflite, size_table, size_table_markdown,
                             tflite_input_dtype, tflite_predict, write_atomically)
 import data_generator
 import models

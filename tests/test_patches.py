@@ -14,7 +14,7 @@ import patches
 import surgery
 from surgery import keras
 from equivalence import randomize_weights
-from surgery.zeroing import max_relative_difference
+from surgery.engine.zeroing import max_relative_difference
 
 from kerassurgeon import operations, utils
 

@@ -14,8 +14,8 @@ import pytest
 from surgery._backend import keras, tf
 import data_generator as dg
 import prune_and_finetune as pf
-from surgery.finetune import Distiller, WarmupCosine, evaluate_accuracy, finetune
-from surgery.report import REQUIRED_KEYS
+from surgery.pipeline.finetune import Distiller, WarmupCosine, evaluate_accuracy, finetune
+from surgery.pipeline.report import REQUIRED_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "lenet5", "--image-size", "16", "--baseline-epochs", "1",

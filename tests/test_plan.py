@@ -7,7 +7,7 @@ import pytest
 import surgery
 from surgery import keras
 from equivalence import randomize_weights
-from surgery.plan import _keep_count
+from surgery.pruning.planning import _keep_count
 
 L = keras.layers
 X32 = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
@@ -70,7 +70,7 @@ def test_every_policy_gives_a_valid_model_with_shortcuts_cut_alike(mobilenet, po
 def test_intersection_removes_only_channels_every_member_proposed(mobilenet):
     k_ratio = 0.3
     p = surgery.plan(mobilenet, ratio=k_ratio, policy="intersection")
-    scores = surgery.criteria.channel_scores(
+    scores = surgery.pruning.criteria.channel_scores(
         mobilenet, [m for g in p.groups for m in g], "l1")
     for members in p.groups:
         chosen = set(p.deletions.get(members[0], ()))
@@ -85,7 +85,7 @@ def test_intersection_removes_only_channels_every_member_proposed(mobilenet):
 
 def test_deepest_follows_the_deepest_member(mobilenet):
     p = surgery.plan(mobilenet, ratio=0.5, policy="deepest")
-    scores = surgery.criteria.channel_scores(mobilenet, ["block_5_project"], "l1")
+    scores = surgery.pruning.criteria.channel_scores(mobilenet, ["block_5_project"], "l1")
     deleted = p.deletions["block_3_project"]
     expected = np.sort(np.argsort(scores["block_5_project"], kind="stable")[:len(deleted)])
     assert deleted == expected.tolist()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from surgery._backend import keras, tf
-from surgery.regularizers import (AngularDissimilarity, CombinedRegularizer, GroupLasso,
+from surgery.pipeline.regularizers import (AngularDissimilarity, CombinedRegularizer, GroupLasso,
                                   add_penalties)
 
 layers = keras.layers

@@ -9,8 +9,8 @@ from matplotlib.figure import Figure
 
 import surgery
 from surgery import keras
-from surgery.plots import plot_accuracy_vs_flops, plot_channels, plot_sensitivity
-from surgery.sensitivity import accuracy, accuracy_vs_flops, sensitivity
+from surgery.pipeline.plots import plot_accuracy_vs_flops, plot_channels, plot_sensitivity
+from surgery.pipeline.sensitivity import accuracy, accuracy_vs_flops, sensitivity
 import data_generator
 import models
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from surgery._backend import keras
-from surgery.sparsity import (MaskCallback, prunable_kernels, prune_low_magnitude_model,
+from surgery.pipeline.sparsity import (MaskCallback, prunable_kernels, prune_low_magnitude_model,
                               prune_unstructured, pruning_callbacks, strip, tfmot_prunable,
                               total_sparsity)
 

@@ -8,7 +8,7 @@ import pytest
 import surgery
 from surgery import keras, tf
 from equivalence import assert_equivalent, randomize_weights
-from surgery.zeroing import max_relative_difference
+from surgery.engine.zeroing import max_relative_difference
 
 L = keras.layers
 X = np.random.default_rng(0).normal(size=(3, 16, 16, 3)).astype("float32")
@@ -72,7 +72,7 @@ def test_unsupported_layer_names_layer_class_and_the_way_out():
     with pytest.raises(surgery.UnsupportedLayerError) as info:
         surgery.delete_channels(model, "c1", [0])
     message = str(info.value)
-    assert "'wobble' (Wobble)" in message and "register_handler" in message
+    assert "'wobble' (Wobble)" in message and "register_rule" in message
     assert "ignore=" in message
 
 
@@ -86,8 +86,8 @@ def test_register_handler_for_a_user_layer():
 
     @surgery.register_handler(ChannelScale)
     def channel_scale(layer, mask):
-        keep = surgery.registry.channel_vector(mask)
-        return surgery.registry.rebuilt(layer, [layer.get_weights()[0][keep]]), mask
+        keep = surgery.engine.handlers.channel_vector(mask)
+        return surgery.engine.handlers.rebuilt(layer, [layer.get_weights()[0][keep]]), mask
 
     inp = L.Input((16, 16, 3))
     x = L.Conv2D(6, 3, name="producer")(inp)

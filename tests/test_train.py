@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from surgery._backend import keras
-from surgery.regularizers import CombinedRegularizer, GroupLasso
-from surgery.sparsity import prunable_kernels, total_sparsity
+from surgery.pipeline.regularizers import CombinedRegularizer, GroupLasso
+from surgery.pipeline.sparsity import prunable_kernels, total_sparsity
 
 import train
 

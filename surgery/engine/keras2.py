@@ -1,0 +1,180 @@
+"""The Keras 2 (tf-keras) graph adapter: the only module that touches tf-keras internals.
+
+It owns walking a functional model's nodes in topological order (``_nodes_by_depth``),
+describing each call as a :class:`~surgery.engine.rules.LayerInfo` (class, config,
+weights, shapes, the TF op of a ``TFOpLambda``), replaying a node with other tensors
+(``map_arguments``), making fresh inputs and packing outputs the way the model nests
+them, following a node's consumers, and setting many weights at once. Everything above
+it (groups, surgery, zeroing, flattening, FLOPs, criteria) sees only these functions.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from surgery._backend import keras, tf
+from surgery.errors import SurgeryError
+from surgery.engine.rules import LayerInfo
+
+
+def require_functional(model) -> None:
+    """Refuse models whose graph surgery cannot see (subclassed, or never built)."""
+    if not isinstance(model, keras.Model):
+        raise SurgeryError(f"expected a keras.Model, got {type(model).__name__}")
+    if not getattr(model, "_is_graph_network", False):
+        raise SurgeryError(
+            f"model '{model.name}' ({type(model).__name__}) is not a functional model: a "
+            "subclassed model's graph is Python code that surgery cannot see, and a "
+            "Sequential model must be built with an input shape first. Rebuild it with the "
+            "functional API (keras.Input(...) → layers → keras.Model) or give the Sequential "
+            "model an Input layer.")
+
+
+def is_nested(layer) -> bool:
+    """True for a functional model used as a layer of another model."""
+    return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
+
+
+def key(tensor) -> int:
+    """The identity of a symbolic tensor within one model."""
+    return id(tensor)
+
+
+def _shape(tensor) -> tuple:
+    return tuple(tensor.shape)[1:]
+
+
+class Node:
+    """One call of a layer in a model: its layer, input and output tensors."""
+
+    __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "_info")
+
+    def __init__(self, node):
+        self._node = node
+        self.layer = node.outbound_layer
+        self.is_input = node.is_input
+        self.inputs = [] if node.is_input else list(node.keras_inputs)
+        self.outputs = tf.nest.flatten(node.outputs)
+        self._info: Optional[LayerInfo] = None
+
+    @property
+    def identity(self) -> int:
+        """Tells two calls of the same layer apart."""
+        return id(self._node)
+
+    @property
+    def input_keys(self) -> list:
+        return [key(t) for t in self.inputs]
+
+    @property
+    def output_keys(self) -> list:
+        return [key(t) for t in self.outputs]
+
+    @property
+    def info(self) -> LayerInfo:
+        if self._info is None:
+            layer = self.layer
+            self._info = LayerInfo(
+                class_name=type(layer).__name__, name=layer.name, config=layer.get_config(),
+                input_shapes=[_shape(t) for t in self.inputs],
+                output_shape=_shape(self.outputs[0]), op=getattr(layer, "symbol", None),
+                layer=layer, load_weights=layer.get_weights)
+        return self._info
+
+    def call(self, layer, tensors: Sequence) -> list:
+        """Call ``layer`` with this node's original arguments, its tensors replaced;
+        returns the output tensors as a flat list."""
+        table: dict[str, list] = {}
+        for old, new in zip(self.inputs, tensors):
+            table.setdefault(str(id(old)), []).append(new)
+        args, kwargs = self._node.map_arguments(table)
+        return tf.nest.flatten(layer(*args, **kwargs))
+
+
+def nodes(model) -> list[Node]:
+    """The model's nodes in topological order (input nodes included)."""
+    depth = {n: d for d, ns in model._nodes_by_depth.items() for n in ns}
+    return [Node(n) for n in sorted(depth, key=depth.get, reverse=True)]
+
+
+def walk(model, visit: Callable[[Node, list], Any], start: Callable[[Any], Any]) -> dict:
+    """Visit every node once in topological order; ``visit(node, inbound_values)`` returns
+    one value for all outputs, or a list with one per output. ``start(tensor)`` gives the
+    values of the model's inputs. Returns ``{tensor key: value}``."""
+    values = {key(t): start(t) for t in model.inputs}
+    for node in nodes(model):
+        if node.is_input:
+            continue
+        result = visit(node, [values.get(k) for k in node.input_keys])
+        keys = node.output_keys
+        if not isinstance(result, list) or len(keys) == 1 and len(result) != 1:
+            result = [result] * len(keys)
+        for k, value in zip(keys, result):
+            values[k] = value
+    return values
+
+
+def fresh_inputs(model) -> list:
+    """New ``Input`` tensors like the model's, with the same names."""
+    new = []
+    for old in model.inputs:
+        layer = old._keras_history.layer
+        new.append(keras.Input(batch_shape=old.shape, dtype=old.dtype, name=layer.name,
+                               sparse=getattr(layer, "sparse", False),
+                               ragged=getattr(layer, "ragged", False)))
+    return new
+
+
+def input_names(model) -> list[str]:
+    return [t._keras_history.layer.name for t in model.inputs]
+
+
+def build_model(model, inputs: list, outputs: list) -> keras.Model:
+    """A functional model nesting ``inputs``/``outputs`` the way ``model`` does."""
+    return keras.Model(tf.nest.pack_sequence_as(model._nested_inputs, inputs),
+                       tf.nest.pack_sequence_as(model._nested_outputs, outputs),
+                       name=model.name)
+
+
+def new_layer(layer, config: Optional[dict] = None):
+    """A fresh layer of ``layer``'s class from ``config`` (its own config by default)."""
+    return type(layer).from_config(layer.get_config() if config is None else config)
+
+
+def set_weights(pairs: Iterable[tuple]) -> None:
+    """Set ``(layer, weights)`` pairs in one batch (layers must be built)."""
+    keras.backend.batch_set_value(
+        [pair for layer, weights in pairs for pair in zip(layer.weights, weights)])
+
+
+def clone(model) -> keras.Model:
+    """A copy of ``model`` with its own layers and the same weights."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def nodes_of(model, layer) -> list[Node]:
+    """The calls of ``layer`` that belong to ``model``."""
+    return [n for n in nodes(model) if n.layer is layer and not n.is_input]
+
+
+def consumers(model, node: Node) -> list[Node]:
+    """The calls in ``model`` that read an output of ``node``."""
+    outs = set(node.output_keys)
+    return [n for n in nodes(model) if not n.is_input and outs & set(n.input_keys)]
+
+
+def output_layer(model):
+    """The layer that makes the model's first output."""
+    return model.outputs[0]._keras_history.layer
+
+
+def submodel(model, tensors: list) -> keras.Model:
+    """A model from ``model``'s inputs to the given internal tensors (for probing)."""
+    return keras.Model(model.inputs, tensors)
+
+
+def name_op(tensor, name: str) -> None:
+    """Name the layer that made ``tensor`` (an op such as ``x + y``, which tf-keras names
+    ``tf.__operators__.add``)."""
+    tensor._keras_history.layer._name = name

@@ -1,0 +1,275 @@
+"""The layer-rule contract: what one layer family tells the rest of the plugin.
+
+A :class:`LayerRule` describes a layer family in terms both Keras generations share: the
+layer's class name, its config (a dict), its weights (numpy arrays, in ``get_weights()``
+order) and its input/output shapes, all carried by a :class:`LayerInfo` that a graph
+adapter fills in. The rule says how channels flow through the layer (:data:`FLOWS`), and
+gives pure functions for cutting input and output channels, zeroing channels for the
+equivalence oracle, FLOPs, the filter matrix criteria score, and what sparse training
+penalises. Rules never touch a model or a graph.
+
+Masks follow kerassurgeon's convention: boolean arrays shaped like one example of the
+tensor (no batch axis), ``False`` = deleted channel.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from surgery.errors import SurgeryError
+
+#: A layer that makes its own output channels (``filters`` / ``units``) and reads its
+#: inputs through a weight matrix, so deletions upstream end at it.
+PRODUCER = "producer"
+#: Output channel ``c`` depends on input channel ``c`` only (``multiplier`` outputs each).
+CHANNELWISE = "channelwise"
+#: Element-wise merge of several tensors: their channels are coupled.
+MERGE = "merge"
+#: Concatenation: the inputs' channels are stacked.
+CONCAT = "concat"
+#: Values are moved to a new shape; channels follow the data (Reshape, Flatten).
+RESHAPE = "reshape"
+#: Reads its input through weights but makes no prunable channels of its own.
+MIXING = "mixing"
+#: Mixes channels without weights (softmax, LayerNormalization): deletions cannot cross.
+BLOCKING = "blocking"
+FLOWS = (PRODUCER, CHANNELWISE, MERGE, CONCAT, RESHAPE, MIXING, BLOCKING)
+
+
+@dataclasses.dataclass
+class LayerInfo:
+    """One call of a layer (or non-layer operation), as a graph adapter describes it.
+
+    ``input_shapes`` / ``output_shape`` exclude the batch axis; ``op`` names the function
+    of an operation layer (``"math.add"`` for tf-keras's ``TFOpLambda``); ``layer`` is the
+    live layer object, for rules registered through the old handler API only.
+    """
+
+    class_name: str
+    name: str
+    config: dict
+    input_shapes: list
+    output_shape: tuple
+    op: Optional[str] = None
+    layer: Any = None
+    load_weights: Optional[Callable[[], list]] = None
+    _weights: Optional[list] = None
+
+    @property
+    def weights(self) -> list:
+        if self._weights is None:
+            self._weights = [np.asarray(w) for w in self.load_weights()] \
+                if self.load_weights else []
+        return self._weights
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.input_shapes[0]) if self.input_shapes else ()
+
+    def replaced(self, config: dict, weights: Optional[list]) -> "LayerInfo":
+        """The same call with a new config and weights (to compose input and output cuts)."""
+        return dataclasses.replace(self, config=config, _weights=weights,
+                                   load_weights=None if weights is not None else
+                                   self.load_weights)
+
+    def describe(self) -> str:
+        return f"'{self.name}' ({self.class_name})"
+
+
+# ---- helpers shared by rules ----------------------------------------------------------
+
+def channel_vector(mask: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The per-channel keep vector of a full-shaped mask (channels on ``axis``)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim == 0:
+        return mask.reshape(1)
+    moved = np.moveaxis(mask, axis, -1).reshape(-1, mask.shape[axis])
+    return moved[0]
+
+
+def mask_for_shape(keep: np.ndarray, shape: Sequence[int], axis: int = -1) -> np.ndarray:
+    """A full-shaped mask (``shape`` without batch) whose channel axis is ``keep``."""
+    shape = tuple(int(s) for s in shape)
+    view = [1] * len(shape)
+    view[axis] = len(keep)
+    return np.broadcast_to(np.asarray(keep, bool).reshape(view), shape).copy()
+
+
+def with_config(config: dict, **changes) -> dict:
+    new = dict(config)
+    new.update(changes)
+    return new
+
+
+def merged_mask(info: LayerInfo, masks: Sequence[np.ndarray], strict: bool = True
+                ) -> np.ndarray:
+    """The outbound mask of an element-wise merge of ``masks`` (broadcast together).
+
+    Every input must lose the same channels; one-channel inputs broadcast (a scalar gate).
+    With ``strict=False`` (zeroing) the channels any input loses are lost.
+    """
+    masks = [np.asarray(m, dtype=bool) for m in masks]
+    keeps = [channel_vector(m) for m in masks if m.ndim and m.shape[-1] != 1]
+    if strict and any(not np.array_equal(keeps[0], k) for k in keeps[1:]):
+        lost = [np.flatnonzero(~k).tolist() for k in keeps]
+        raise SurgeryError(
+            f"layer {info.describe()} merges inputs that lose different channels ({lost}); "
+            "coupled layers must lose the same channels — use surgery.plan, which groups "
+            "them, or delete the same channels from each input.")
+    shape = np.broadcast_shapes(*[m.shape for m in masks])
+    return np.logical_and.reduce([np.broadcast_to(m, shape) for m in masks])
+
+
+class LayerRule:
+    """How one layer family handles channels. Subclass it and register it with
+    :func:`surgery.register_rule`; override what differs from a weightless channel-wise
+    layer (the default).
+
+    Example — a layer that scales each channel by a learned vector::
+
+        @surgery.register_rule("ChannelScale")
+        class ChannelScaleRule(surgery.LayerRule):
+            flow = "channelwise"
+
+            def cut_inputs(self, info, masks):
+                keep = channel_vector(masks[0])
+                return info.config, [info.weights[0][keep]]
+
+            def zero_inputs(self, info, keep):
+                return None            # zeros stay zeros after a scale
+    """
+
+    #: one of :data:`FLOWS`; :meth:`flow_of` may refine it from the config
+    flow: str = CHANNELWISE
+    #: the layer is the identity at inference (Dropout, GaussianNoise, …)
+    identity_at_inference: bool = False
+    #: index of the weight sparse training prunes (``None``: nothing)
+    kernel_index: Optional[int] = None
+    #: what :mod:`surgery.pipeline.regularizers` penalises: ``"kernel"``, ``"depthwise"``,
+    #: ``"gamma"`` or ``None``
+    penalty: Optional[str] = None
+
+    # ---- how channels flow -------------------------------------------------------------
+    def flow_of(self, info: LayerInfo) -> str:
+        return self.flow
+
+    def blocked(self, info: LayerInfo) -> str:
+        """Why deleted channels cannot cross this layer (for ``BLOCKING`` flows)."""
+        return f"normalised across channels by {info.describe()}"
+
+    def channel_axis(self, info: LayerInfo) -> int:
+        """The channel axis of its output, counted without the batch axis."""
+        return 0 if info.config.get("data_format") == "channels_first" else -1
+
+    def multiplier(self, info: LayerInfo) -> int:
+        """Output channels per input channel (DepthwiseConv2D's ``depth_multiplier``)."""
+        return 1
+
+    def has_channel_weights(self, info: LayerInfo) -> bool:
+        """True when it keeps weights per input channel (BatchNormalization, PReLU)."""
+        return False
+
+    def concat_axis(self, info: LayerInfo) -> int:
+        """For ``CONCAT``: the axis joined, counted without the batch axis."""
+        return -1
+
+    # ---- producers ---------------------------------------------------------------------
+    def channels(self, info: LayerInfo) -> int:
+        """How many output channels it owns (``filters`` / ``units``)."""
+        for key in ("filters", "units"):
+            if key in info.config:
+                return int(info.config[key])
+        return int(info.output_shape[-1])
+
+    def blocks(self, info: LayerInfo) -> int:
+        """Grouped convolutions: channels must leave each of this many slices equally."""
+        return 1
+
+    def cut_outputs(self, info: LayerInfo, channels: Sequence[int]) -> tuple:
+        """``(config, weights)`` without output ``channels`` (sorted indices)."""
+        raise NotImplementedError(f"{type(self).__name__} has no output channels to cut")
+
+    def zero_outputs(self, info: LayerInfo, channels: Sequence[int]) -> list:
+        """Weights with which output ``channels`` are exactly zero for every input."""
+        raise NotImplementedError(f"{type(self).__name__} cannot zero output channels")
+
+    def filter_matrix(self, info: LayerInfo) -> np.ndarray:
+        """The weights that make each output channel, as ``(channels, fan)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no filter matrix")
+
+    # ---- consumers and channel-wise layers ---------------------------------------------
+    def cut_inputs(self, info: LayerInfo, masks: list) -> Optional[tuple]:
+        """``(config, weights)`` for inputs shaped by ``masks`` (one per tensor input);
+        ``None`` when the layer holds nothing that depends on its input channels."""
+        return None
+
+    def zero_inputs(self, info: LayerInfo, keep: np.ndarray) -> Optional[list]:
+        """Weights with which zero input channels (``~keep``) give zero outputs, or
+        ``None`` when they already do (BatchNormalization's ``beta`` would not)."""
+        return None
+
+    def propagate(self, info: LayerInfo, masks: list, strict: bool = True
+                  ) -> Optional[np.ndarray]:
+        """The outbound mask for inbound ``masks``; ``None`` when the layer consumes the
+        deletion (producers, mixing layers)."""
+        flow = self.flow_of(info)
+        if flow in (PRODUCER, MIXING):
+            return None
+        if flow == MERGE:
+            live = [m for m, s in zip(masks, info.input_shapes) if len(s)]
+            return merged_mask(info, live, strict)
+        if flow == CONCAT:
+            axis = self.concat_axis(info) % len(info.output_shape)
+            return np.concatenate(masks, axis=axis)
+        if flow == RESHAPE:
+            return reshaped_mask(info, masks[0])
+        if flow == BLOCKING:
+            from surgery.errors import UnsupportedLayerError
+            raise UnsupportedLayerError(info, self.blocked(info))
+        axis = self.channel_axis(info)
+        keep = np.repeat(channel_vector(masks[0], axis), self.multiplier(info))
+        return mask_for_shape(keep, info.output_shape, axis)
+
+    # ---- costs and criteria ------------------------------------------------------------
+    def flops(self, info: LayerInfo) -> int:
+        """FLOPs of one call at batch 1 (2 × multiply-accumulates; 0 for cheap layers)."""
+        return 0
+
+    def activation(self, info: LayerInfo) -> str:
+        """The element-wise activation the layer applies last (``""`` for none)."""
+        act = info.config.get("activation", "")
+        return act if isinstance(act, str) else ""
+
+    def identity(self, info: LayerInfo) -> bool:
+        """True when the layer passes values on unchanged at inference, up to a fixed
+        per-channel affine map (dropout, BatchNormalization, a linear activation)."""
+        return self.identity_at_inference
+
+    def relu_like(self, info: LayerInfo) -> bool:
+        """True when its output is exactly zero wherever its input is not positive."""
+        return False
+
+    def channel_scale(self, info: LayerInfo) -> Optional[np.ndarray]:
+        """The learned per-channel scale (BatchNormalization's gamma), if any."""
+        return None
+
+    def linear_window(self, info: LayerInfo) -> Optional[dict]:
+        """For ThiNet: the layer as a sliding linear window over its input —
+        ``kernel`` ``(kh, kw, in, out)``, ``strides``, ``dilation``, ``padding`` — or
+        ``None`` when it is not one."""
+        return None
+
+
+def reshaped_mask(info: LayerInfo, mask: np.ndarray) -> np.ndarray:
+    """Reshape a mask like the data; the kept entries along the new last axis must form
+    whole channels."""
+    out = np.reshape(np.broadcast_to(mask, info.input_shape), info.output_shape)
+    return out
+
+
+def rows_consistent(full: np.ndarray) -> bool:
+    """True when every position of a mask keeps the same channels."""
+    flat = full.reshape(-1, full.shape[-1]) if full.ndim else full.reshape(1, 1)
+    return bool(np.all(flat == flat[:1]))

@@ -1,0 +1,124 @@
+"""What the criteria need to know about a model, asked of the layer rules and the graph
+adapter: which layers can be scored and their filter matrices, a layer's call in the
+model and its consumers, and the single-consumer chain walks used by ``apoz``,
+``bn_gamma`` and ``thinet``. It reads models only and keeps no per-layer table.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from surgery.engine import keras2
+from surgery.engine.rules import CHANNELWISE, LayerRule, rule_for
+from surgery.errors import SurgeryError
+from surgery.pruning.criteria._registry import logger
+
+
+def _scorable(info) -> bool:
+    rule = rule_for(info)
+    return rule is not None and type(rule).filter_matrix is not LayerRule.filter_matrix
+
+
+def _call(model, layer) -> keras2.Node:
+    """The layer's first call in ``model`` (data-driven criteria use that one)."""
+    calls = keras2.nodes_of(model, layer)
+    if not calls:
+        raise SurgeryError(f"layer {layer.name!r} is not connected in model {model.name!r}")
+    if len(calls) > 1:
+        logger.warning("layer %r is called %d times in model %r; data-driven criteria use "
+                       "its first call", layer.name, len(calls), model.name)
+    return calls[0]
+
+
+def _resolve_layers(model, names: Sequence[str]) -> list:
+    if isinstance(names, str):
+        raise SurgeryError(f"layer_names must be a sequence of names, got the string {names!r}")
+    keras2.require_functional(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    layers = []
+    for name in names:
+        if name not in by_name:
+            raise SurgeryError(
+                f"unknown layer {name!r}: model {model.name!r} has no top-level layer of that "
+                "name (see model.summary(); layers of nested models must be named in them)")
+        layer = by_name[name]
+        calls = keras2.nodes_of(model, layer)
+        if not calls or not _scorable(calls[0].info):
+            raise SurgeryError(
+                f"layer {name!r} ({type(layer).__name__}) has no prunable output channels; "
+                "criteria score layers whose rule gives a filter matrix (convolutions, "
+                "Dense, recurrent layers, …)")
+        layers.append(layer)
+    return layers
+
+
+def _info(model, layer):
+    return keras2.nodes_of(model, layer)[0].info
+
+
+def _filter_matrix(model, layer) -> np.ndarray:
+    """The layer's weights as ``(out_channels, fan)``: one row per output channel."""
+    info = _info(model, layer)
+    return np.asarray(rule_for(info).filter_matrix(info))
+
+
+def _n_out_channels(model, layer) -> int:
+    return int(_filter_matrix(model, layer).shape[0])
+
+
+def _channel_axis(model, layer) -> int:
+    info = _info(model, layer)
+    return 1 if rule_for(info).channel_axis(info) == 0 else -1
+
+
+def _follow_chain(model, node: keras2.Node, passthrough: Callable[[Any], bool],
+                  target: Callable[[Any], bool]) -> Optional[keras2.Node]:
+    """Walk the single-consumer chain from ``node`` through calls for which
+    ``passthrough(info)`` holds to the first call with ``target(info)``; ``None`` when
+    the chain forks, ends or hits anything else."""
+    current = node
+    for _ in range(len(model.layers) + 1):
+        consumers = keras2.consumers(model, current)
+        if len(consumers) != 1:
+            return None
+        nxt = consumers[0]
+        if target(nxt.info):
+            return nxt
+        if not passthrough(nxt.info):
+            return None
+        current = nxt
+    return None
+
+
+def _activation(info) -> str:
+    rule = rule_for(info)
+    return rule.activation(info) if rule is not None else ""
+
+
+def _is_relu_like(info) -> bool:
+    """True for calls whose output is exactly zero wherever the input is not positive."""
+    rule = rule_for(info)
+    return rule is not None and rule.relu_like(info)
+
+
+def _is_identity_like(info) -> bool:
+    rule = rule_for(info)
+    return rule is not None and rule.identity(info)
+
+
+def _keeps_channels(info) -> bool:
+    """Channel ``c`` in, channel ``c`` out (a one-to-one channel-wise layer)."""
+    rule = rule_for(info)
+    return rule is not None and rule.flow_of(info) == CHANNELWISE and \
+        rule.multiplier(info) == 1
+
+
+def _channel_scale(info) -> Optional[np.ndarray]:
+    rule = rule_for(info)
+    return None if rule is None else rule.channel_scale(info)
+
+
+def _linear_window(info) -> Optional[dict]:
+    rule = rule_for(info)
+    return None if rule is None else rule.linear_window(info)

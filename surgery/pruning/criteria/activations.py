@@ -1,0 +1,165 @@
+"""Activation-based criteria: ``apoz`` (zeros after the ReLU) and ``taylor`` (first-order
+Taylor, activation times loss gradient).
+
+Both run the model once, in inference mode, over at most ``max_samples`` examples of
+``data=`` and score every requested layer in that one pass through a probe model built
+on the layers' output tensors. This module also owns what ``taylor`` needs about the
+model's output: whether it is already a probability and the per-example cross-entropy.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from surgery._backend import keras, tf
+from surgery.pruning.criteria._data import _iter_batches, _reduce_to_channels, _require_data
+from surgery.engine import keras2
+from surgery.pruning.criteria._graph import (
+    _activation, _call, _channel_axis, _follow_chain, _is_identity_like, _is_relu_like,
+    _resolve_layers,
+)
+from surgery.pruning.criteria._registry import (
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, Data, register_criterion,
+)
+
+def _apoz_tensor(model: keras.Model, layer: keras.layers.Layer) -> tuple[Any, int]:
+    """The tensor whose zeros APoZ counts for ``layer`` and its channel axis."""
+    node = _call(model, layer)
+    axis = _channel_axis(model, layer)
+    if _activation(node.info) in ("relu", "relu6"):
+        return node.outputs[0], axis
+    hit = _follow_chain(model, node, _is_identity_like, _is_relu_like)
+    if hit is None:
+        return node.outputs[0], axis
+    return hit.outputs[0], axis
+
+
+@register_criterion("apoz", needs_data=True)
+def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = None, *,
+         max_samples: int = DEFAULT_MAX_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE,
+         **options: Any) -> dict[str, np.ndarray]:
+    """``s_f = 1 - APoZ_f``, APoZ = Average Percentage of Zeros (Hu et al. 2016).
+
+    ``APoZ_f = mean over examples and positions of [a_f == 0]`` where ``a`` is the output
+    of the ReLU that follows the layer: its own ``activation='relu'|'relu6'``, or the first
+    ``ReLU`` / ``Activation('relu'|'relu6')`` reached through a single-consumer chain of
+    BatchNormalization / Dropout-like / linear pass-throughs. Without such an activation
+    the layer's own output is used (exact zeros only). One pass over at most
+    ``max_samples`` examples of ``data`` for all layers.
+
+    >>> import numpy as np
+    >>> from surgery._backend import keras
+    >>> from surgery.pruning.criteria import apoz
+    >>> x = keras.Input((8, 8, 3)); c = keras.layers.Conv2D(4, 3, activation="relu", name="c")
+    >>> model = keras.Model(x, c(x))
+    >>> k, b = c.get_weights(); k[..., 3] = 0; c.set_weights([k, b])
+    >>> xs = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    >>> int(np.argmin(apoz(model, ["c"], (xs, None))["c"]))
+    3
+    """
+    _require_data("apoz", data)
+    layers = _resolve_layers(model, layer_names)
+    targets = [_apoz_tensor(model, layer) for layer in layers]
+    probe = keras2.submodel(model, [t for t, _ in targets])
+    zeros: list[Optional[np.ndarray]] = [None] * len(layers)
+    totals = [0] * len(layers)
+    for x, _ in _iter_batches(data, max_samples, batch_size):
+        outs = probe(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for i, (t, (_, axis)) in enumerate(zip(outs, targets)):
+            flat, _ = _reduce_to_channels(t.numpy(), axis)
+            z = (flat == 0).sum(axis=0).astype(np.float64)
+            zeros[i] = z if zeros[i] is None else zeros[i] + z
+            totals[i] += flat.shape[0]
+    if any(z is None for z in zeros):
+        raise ValueError("apoz: data= yielded no examples")
+    return {layer.name: 1.0 - z / total for layer, z, total in zip(layers, zeros, totals)}
+
+
+def _output_is_probability(model: keras.Model) -> bool:
+    layer = keras2.output_layer(model)
+    calls = keras2.nodes_of(model, layer)
+    if not calls:
+        return False
+    info = calls[-1].info
+    return _activation(info) in ("softmax", "sigmoid")
+
+
+def _per_example_loss(y: Any, pred: Any, probabilities: bool) -> Any:
+    """Cross-entropy of ``pred`` vs ``y`` (one-hot or integer labels), one value per element."""
+    pred = tf.convert_to_tensor(pred)
+    y = tf.convert_to_tensor(y)
+    n_classes = pred.shape[-1]
+    if n_classes == 1:
+        y = tf.reshape(tf.cast(y, pred.dtype), tf.shape(pred))
+        return keras.losses.binary_crossentropy(y, pred, from_logits=not probabilities)
+    sparse = y.shape.rank < pred.shape.rank or (y.shape[-1] == 1 and n_classes != 1)
+    if sparse:
+        y = tf.cast(tf.reshape(y, tf.shape(pred)[:-1]), tf.int64)
+        return keras.losses.sparse_categorical_crossentropy(
+            y, pred, from_logits=not probabilities)
+    return keras.losses.categorical_crossentropy(
+        tf.cast(y, pred.dtype), pred, from_logits=not probabilities)
+
+
+@register_criterion("taylor", needs_data=True)
+def taylor(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = None, *,
+           max_samples: int = DEFAULT_MAX_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE,
+           **options: Any) -> dict[str, np.ndarray]:
+    """First-order Taylor importance (Molchanov et al., ICLR 2017), on the layer's output.
+
+    ``s_f = 1/N sum_n | sum_p a[n, p, f] * dL_n/da[n, p, f] |``: for each example ``n``
+    the product of the output activation and the gradient of that example's loss w.r.t.
+    it, summed over spatial positions ``p``, in absolute value, averaged over examples
+    (equation 8 of the paper, up to the constant 1/positions). ``L`` is the categorical
+    cross-entropy of the model's (single) output against ``y`` (one-hot or integer
+    labels; from logits unless the output layer applies softmax/sigmoid; binary
+    cross-entropy for one-unit outputs). The model runs in inference mode, once over at
+    most ``max_samples`` examples, for all layers together.
+
+    >>> import numpy as np
+    >>> from surgery._backend import keras
+    >>> from surgery.pruning.criteria import taylor
+    >>> x = keras.Input((8, 8, 3)); c = keras.layers.Conv2D(4, 3, name="c")
+    >>> h = keras.layers.GlobalAveragePooling2D()(c(x))
+    >>> model = keras.Model(x, keras.layers.Dense(2)(h))
+    >>> k, b = c.get_weights(); k[..., 0] = 0; c.set_weights([k, b])
+    >>> rng = np.random.default_rng(0)
+    >>> data = (rng.normal(size=(16, 8, 8, 3)).astype("float32"), rng.integers(0, 2, 16))
+    >>> int(np.argmin(taylor(model, ["c"], data)["c"]))
+    0
+    """
+    _require_data("taylor", data)
+    layers = _resolve_layers(model, layer_names)
+    if len(model.outputs) != 1:
+        raise ValueError(
+            f"taylor needs a single-output model; model {model.name!r} has "
+            f"{len(model.outputs)} outputs (score a single-output sub-model instead)"
+        )
+    probabilities = _output_is_probability(model)
+    acts = [_call(model, layer).outputs[0] for layer in layers]
+    axes = [_channel_axis(model, layer) for layer in layers]
+    probe = keras2.submodel(model, acts + [model.outputs[0]])
+    sums: list[Optional[np.ndarray]] = [None] * len(layers)
+    seen = 0
+    for x, y in _iter_batches(data, max_samples, batch_size):
+        if y is None:
+            raise ValueError("taylor needs labels: pass data= as (x, y) or (x, y) batches")
+        x = tf.nest.map_structure(tf.convert_to_tensor, x)
+        with tf.GradientTape() as tape:
+            for leaf in tf.nest.flatten(x):
+                if leaf.dtype.is_floating:
+                    tape.watch(leaf)
+            outs = probe(x, training=False)
+            loss = tf.reduce_sum(_per_example_loss(y, outs[-1], probabilities))
+        grads = tape.gradient(loss, outs[:-1], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        n = int(outs[0].shape[0])
+        for i, (a, g, axis) in enumerate(zip(outs[:-1], grads, axes)):
+            prod = np.moveaxis((a * g).numpy().astype(np.float64), axis, -1)
+            per_example = np.abs(prod.reshape(n, -1, prod.shape[-1]).sum(axis=1)).sum(axis=0)
+            sums[i] = per_example if sums[i] is None else sums[i] + per_example
+        seen += n
+    if seen == 0:
+        raise ValueError("taylor: data= yielded no examples")
+    return {layer.name: s / seen for layer, s in zip(layers, sums)}

@@ -1,0 +1,234 @@
+"""Prune plans: which channels every layer loses, decided group by group.
+
+This module owns :func:`plan` and :class:`PrunePlan`. It asks :mod:`surgery.engine.groups` for the
+channel groups, :mod:`surgery.pruning.criteria` for per-layer channel scores, and
+:mod:`surgery.pruning.policies` for how members of a group agree, and applies the user's budget
+(``ratio`` or ``threshold``, ``per_layer`` ratios, ``ignore``, ``round_to``,
+``min_channels``, ``local`` or ``global`` scope). The plan is plain data: it serialises to
+JSON and is carried out by :func:`surgery.apply`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from surgery._backend import keras
+from surgery.engine import keras2
+from surgery.engine.flatten import flattened
+from surgery.engine.groups import ChannelGroup, analyse
+from surgery.engine.rules import LayerRule, rule_for
+from surgery.pruning.criteria import channel_scores
+from surgery.pruning.policies import BelowThreshold, LowestK, get_policy
+
+
+@dataclasses.dataclass
+class PrunePlan:
+    """What a surgery will delete.
+
+    ``deletions``: layer name -> sorted channel indices, for every layer with ``filters``
+    or ``units`` that loses channels; ``groups``: the producer names of each group (all
+    members of a group have the same entry in ``deletions``); ``skipped``: group or layer
+    -> why it was left alone; ``sizes``: group name -> channels before; ``settings``: the
+    arguments the plan was made with.
+    """
+
+    deletions: dict[str, list[int]]
+    groups: list[list[str]]
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    settings: dict = dataclasses.field(default_factory=dict)
+    labels: list[str] = dataclasses.field(default_factory=list)
+    removed: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PrunePlan":
+        data = json.loads(text)
+        data["deletions"] = {k: [int(i) for i in v] for k, v in data["deletions"].items()}
+        return cls(**data)
+
+    @property
+    def channels_removed(self) -> int:
+        if self.removed:
+            return sum(self.removed.values())
+        return sum(len(self.deletions.get(g[0], ())) for g in self.groups)
+
+    def summary(self) -> str:
+        """A table of channels before -> after per group."""
+        rows = [("group", "layers", "before", "after", "note")]
+        labels = self.labels or [members[0] for members in self.groups]
+        for name, members in zip(labels, self.groups):
+            size = self.sizes.get(name, 0)
+            lost = self.removed.get(name, len(self.deletions.get(members[0], ())))
+            rows.append((name, str(len(members)), str(size), str(size - lost), ""))
+        for name, reason in self.skipped.items():
+            size = self.sizes.get(name, 0)
+            rows.append((name, "", str(size), str(size), "skipped: " + reason))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def _keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks: int) -> int:
+    keep = size - math.floor(size * ratio + 1e-9)
+    keep = math.ceil(keep / round_to) * round_to
+    keep = max(keep, min_channels, blocks)
+    keep = math.ceil(keep / blocks) * blocks
+    return min(size, keep)
+
+
+def _member_scores(group: ChannelGroup, scores, policy: str) -> dict[str, np.ndarray]:
+    """One score per group channel for each member (a producer split between groups
+    contributes the channels it has in this group)."""
+    members = {p: np.array([np.mean(np.asarray(scores[p], np.float64)[rows])
+                            for rows in group.channels[p]]) for p in group.producers}
+    if policy == "depthwise" and group.followers:
+        dw = [f for f in group.followers if f in scores and
+              np.size(scores[f]) % group.size == 0]
+        if dw:
+            raw = np.asarray(scores[dw[0]], np.float64)
+            members[dw[0]] = raw.reshape(group.size, -1).sum(axis=1)
+    return members
+
+
+def _scored_followers(model: keras.Model, groups) -> list[str]:
+    """The first follower of each group that criteria can score (a depthwise conv)."""
+    infos = {n.layer.name: n.info for n in keras2.nodes(model) if not n.is_input}
+    names = []
+    for g in groups:
+        for f in g.followers:
+            rule = rule_for(infos[f])
+            if type(rule).filter_matrix is not LayerRule.filter_matrix:
+                names.append(f)
+                break
+    return names
+
+
+def _labels(groups) -> list[str]:
+    """A unique name per group: its first producer, with the channels it holds when that
+    producer is split between groups."""
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[g.name] = counts.get(g.name, 0) + 1
+    labels = []
+    for g in groups:
+        if counts[g.name] > 1:
+            rows = g.channels[g.name]
+            labels.append(f"{g.name}[{rows[0][0]}:{rows[-1][-1] + 1}]")
+        else:
+            labels.append(g.name)
+    return labels
+
+
+def _trim(chosen, combined: np.ndarray, size: int, round_to: int, min_channels: int,
+          blocks: int) -> np.ndarray:
+    """Threshold mode: give back the best-scored channels until the budget rules hold."""
+    order = sorted((int(c) for c in chosen), key=lambda c: combined[c])  # worst first
+    n_delete = size - _keep_count(size, len(order) / size, round_to, min_channels, blocks)
+    if blocks == 1:
+        return np.sort(np.array(order[:n_delete], int))
+    width = size // blocks
+    by_block = [[c for c in order if c // width == b] for b in range(blocks)]
+    per_block = min(n_delete // blocks, min(len(b) for b in by_block))
+    return np.sort(np.array([c for b in by_block for c in b[:per_block]], int))
+
+
+def plan(model: keras.Model, ratio: Optional[float] = 0.3, criterion="l1",
+         policy: str = "aggregate", *, threshold: Optional[float] = None,
+         per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
+         round_to: int = 1, min_channels: int = 1, scope: str = "local",
+         data=None) -> PrunePlan:
+    """Decide which channels to delete, group by group.
+
+    ``ratio``: fraction of each group's channels to delete (or of all channels with
+    ``scope="global"``, ranked across groups by normalised importance); ``threshold``:
+    instead, delete channels whose score is below it; ``per_layer``: ratios for the groups
+    containing the named layers; ``ignore``: layers whose groups are left alone;
+    ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
+    With ``threshold`` given, ``ratio`` is ignored. Output channels that reach a model
+    output (the classifier) are never pruned.
+
+    Example::
+
+        p = surgery.plan(model, ratio=0.5, criterion="l1", policy="intersection")
+        print(p.summary())
+        smaller = surgery.apply(model, p)
+    """
+    if threshold is None and (ratio is None or not 0 <= ratio < 1):
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    if scope not in ("local", "global"):
+        raise ValueError(f"scope must be 'local' or 'global', got '{scope}'")
+    per_layer = dict(per_layer or {})
+    policy_fn = get_policy(policy)
+    model = flattened(model)
+    unknown = [n for n in list(per_layer) + list(ignore)
+               if n not in {l.name for l in model.layers}]
+    if unknown:
+        raise ValueError(f"per_layer/ignore name layers that the model does not have: {unknown}")
+    groups, skipped_layers = analyse(model)
+    labels = dict(zip(map(id, groups), _labels(groups)))
+    result = PrunePlan({}, [], settings=dict(
+        ratio=ratio, criterion=criterion if isinstance(criterion, str) else criterion.__name__,
+        policy=policy, threshold=threshold, per_layer=per_layer, ignore=list(ignore),
+        round_to=round_to, min_channels=min_channels, scope=scope))
+    active = []
+    for g in groups:
+        label = labels[id(g)]
+        result.sizes[label] = g.size
+        hit = set(ignore) & set(g.producers + g.followers)
+        if g.skipped or hit:
+            result.skipped[label] = g.skipped or f"ignored ({', '.join(sorted(hit))})"
+        else:
+            active.append(g)
+    result.skipped.update(skipped_layers)
+    names = list(dict.fromkeys(p for g in active for p in g.producers))
+    if policy == "depthwise":
+        names += [n for n in _scored_followers(model, active) if n not in names]
+    scores = channel_scores(model, names, criterion, data) if names else {}
+
+    keep_counts = _global_keep_counts(active, scores, ratio, round_to, min_channels) \
+        if scope == "global" and threshold is None else {}
+    for g in active:
+        members = _member_scores(g, scores, policy)
+        depthwise = next((m for m in members if m not in g.producers), None)
+        if threshold is not None:
+            proposer = BelowThreshold(threshold)
+            chosen = policy_fn(members, proposer, depthwise)
+            chosen = _trim(np.asarray(chosen, int), proposer.combine(members), g.size,
+                           round_to, min_channels, g.blocks)
+        else:
+            group_ratio = max((per_layer[p] for p in g.producers if p in per_layer),
+                              default=ratio)
+            keep = keep_counts.get(id(g)) or _keep_count(g.size, group_ratio, round_to,
+                                                          min_channels, g.blocks)
+            chosen = policy_fn(members, LowestK(g.size - keep, g.blocks), depthwise)
+        result.groups.append(list(g.producers))
+        result.labels.append(labels[id(g)])
+        result.removed[labels[id(g)]] = len(chosen)
+        for p in g.producers:
+            lost = g.member_channels(p, chosen)
+            if lost:
+                result.deletions[p] = sorted(set(result.deletions.get(p, [])) | set(lost))
+    return result
+
+
+def _global_keep_counts(groups, scores, ratio, round_to, min_channels) -> dict[str, int]:
+    """One ranking across groups: how many channels each group keeps."""
+    ranked = []
+    for i, g in enumerate(groups):
+        combined = LowestK(0).combine(_member_scores(g, scores, "aggregate"))
+        ranked += [(float(s), i) for s in combined]
+    budget = math.floor(sum(g.size for g in groups) * ratio)
+    lost = [0] * len(groups)
+    for _, i in sorted(ranked)[:budget]:
+        lost[i] += 1
+    return {id(g): _keep_count(g.size, lost[i] / g.size, round_to, min_channels, g.blocks)
+            for i, g in enumerate(groups)}
+
