@@ -30,8 +30,9 @@ def count_flops(model, per_layer: bool = False) -> Union[int, dict[str, int]]:
         if keras2.is_nested(node.layer):
             inner = count_flops(node.layer, per_layer=True)
         else:
-            rule = rule_for(node.info)
-            inner = {node.layer.name: rule.flops(node.info)} if rule is not None else {}
+            info = node.info
+            rule = rule_for(info)
+            inner = {node.layer.name: rule.flops(info)} if rule is not None else {}
         for name, flops in inner.items():
             if flops:
                 counts[name] = counts.get(name, 0) + int(flops)

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from surgery.engine import keras2
+from surgery.engine.rules.base import concrete
 from surgery.engine.rules import (
     BLOCKING, CHANNELWISE, CONCAT, MERGE, MIXING, PRODUCER, RESHAPE, rule_for,
 )
@@ -110,7 +111,7 @@ class _Analysis:
     def visit(self, node: keras2.Node, inbound: list):
         info = node.info
         rule = rule_for(info)
-        out_size = int(info.output_shape[-1]) if info.output_shape else 1
+        out_size = int(info.output_shape[-1] or 1) if info.output_shape else 1
         if rule is None:
             reason = f"reaches {info.describe()}, which no layer rule supports"
             for ids in inbound:
@@ -162,8 +163,9 @@ class _Analysis:
         return self.new(out_size, reason)
 
     def _reshaped(self, info, ids: np.ndarray) -> np.ndarray:
-        full = np.broadcast_to(ids, tuple(info.input_shape[:-1]) + (len(ids),))
-        out = full.reshape(info.output_shape) if info.output_shape else full.reshape(-1)
+        full = np.broadcast_to(ids, concrete(info.input_shape[:-1]) + (len(ids),))
+        out = full.reshape(concrete(info.output_shape)) if info.output_shape else \
+            full.reshape(-1)
         rows = out.reshape(-1, out.shape[-1]) if out.ndim else out.reshape(1, 1)
         if not np.all(rows == rows[:1]):
             reason = f"channel axis reshaped by {info.describe()}"

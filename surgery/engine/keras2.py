@@ -9,6 +9,7 @@ it (groups, surgery, zeroing, flattening, FLOPs, criteria) sees only these funct
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from surgery._backend import keras, tf
@@ -46,7 +47,7 @@ def _shape(tensor) -> tuple:
 class Node:
     """One call of a layer in a model: its layer, input and output tensors."""
 
-    __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "_info")
+    __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "__weakref__")
 
     def __init__(self, node):
         self._node = node
@@ -54,7 +55,6 @@ class Node:
         self.is_input = node.is_input
         self.inputs = [] if node.is_input else list(node.keras_inputs)
         self.outputs = tf.nest.flatten(node.outputs)
-        self._info: Optional[LayerInfo] = None
 
     @property
     def identity(self) -> int:
@@ -71,14 +71,13 @@ class Node:
 
     @property
     def info(self) -> LayerInfo:
-        if self._info is None:
-            layer = self.layer
-            self._info = LayerInfo(
-                class_name=type(layer).__name__, name=layer.name, config=layer.get_config(),
-                input_shapes=[_shape(t) for t in self.inputs],
-                output_shape=_shape(self.outputs[0]), op=getattr(layer, "symbol", None),
-                layer=layer, load_weights=layer.get_weights)
-        return self._info
+        """The call described for the layer rules (read afresh: weights may change)."""
+        layer = self.layer
+        return LayerInfo(
+            class_name=type(layer).__name__, name=layer.name, config=layer.get_config(),
+            input_shapes=[_shape(t) for t in self.inputs],
+            output_shape=_shape(self.outputs[0]), op=getattr(layer, "symbol", None),
+            layer=layer, load_weights=layer.get_weights)
 
     def call(self, layer, tensors: Sequence) -> list:
         """Call ``layer`` with this node's original arguments, its tensors replaced;
@@ -90,10 +89,18 @@ class Node:
         return tf.nest.flatten(layer(*args, **kwargs))
 
 
+_NODES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def nodes(model) -> list[Node]:
-    """The model's nodes in topological order (input nodes included)."""
-    depth = {n: d for d, ns in model._nodes_by_depth.items() for n in ns}
-    return [Node(n) for n in sorted(depth, key=depth.get, reverse=True)]
+    """The model's nodes in topological order (input nodes included). A functional
+    model's graph never changes, so the list is computed once per model."""
+    cached = _NODES.get(model)
+    if cached is None:
+        depth = {n: d for d, ns in model._nodes_by_depth.items() for n in ns}
+        cached = [Node(n) for n in sorted(depth, key=depth.get, reverse=True)]
+        _NODES[model] = cached
+    return cached
 
 
 def walk(model, visit: Callable[[Node, list], Any], start: Callable[[Any], Any]) -> dict:

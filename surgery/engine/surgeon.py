@@ -27,6 +27,7 @@ from surgery._backend import keras
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine import keras2
 from surgery.engine.rules import rule_for
+from surgery.engine.rules.base import concrete
 
 patches.apply_all()
 import kerassurgeon  # noqa: E402  (after the patches, which import it quietly)
@@ -90,12 +91,13 @@ class Surgeon(kerassurgeon.Surgeon):
 
     def _checked_channels(self, layer, channels) -> list[int]:
         node = next(n for n in self._nodes if n.layer is layer and not n.is_input)
-        rule = rule_for(node.info)
-        if rule is None or rule.flow_of(node.info) != "producer":
+        info = node.info
+        rule = rule_for(info)
+        if rule is None or rule.flow_of(info) != "producer":
             raise UnsupportedLayerError(
                 layer, "it has no output channels (filters or units) of its own to delete; "
                        "delete them at the layer that produces them")
-        total = rule.channels(node.info)
+        total = rule.channels(info)
         if channels is None:
             raise SurgeryError(f"delete_channels on layer '{layer.name}' needs channels=[...]")
         chosen = sorted({int(c) for c in np.asarray(list(channels)).reshape(-1)})
@@ -162,7 +164,7 @@ class Surgeon(kerassurgeon.Surgeon):
             raise UnsupportedLayerError(info, detail)
         replacement, mask = None, None
         if live:
-            full = [np.ones(shape, bool) if m is None else m
+            full = [np.ones(concrete(shape), bool) if m is None else m
                     for m, shape in zip(masks, info.input_shapes)]
             replacement = rule.cut_inputs(info, full)
             mask = rule.propagate(info, full)
@@ -172,7 +174,7 @@ class Surgeon(kerassurgeon.Surgeon):
             current = info if replacement is None else info.replaced(*replacement)
             replacement = rule.cut_outputs(current, channels)
             axis = rule.channel_axis(info)
-            mask = np.ones(info.output_shape, bool)
+            mask = np.ones(concrete(info.output_shape), bool)
             np.moveaxis(mask, axis, -1)[..., channels] = False
         return self._layer_for(node.layer, replacement), mask
 

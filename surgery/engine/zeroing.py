@@ -16,6 +16,7 @@ import numpy as np
 
 from surgery.engine import keras2
 from surgery.engine.rules import PRODUCER, channel_vector, rule_for
+from surgery.engine.rules.base import concrete
 
 
 def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
@@ -38,7 +39,7 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
         rule = rule_for(info)
         out = None
         if rule is not None and any(m is not None for m in masks):
-            full = [np.ones(s, bool) if m is None else m
+            full = [np.ones(concrete(s), bool) if m is None else m
                     for m, s in zip(masks, info.input_shapes)]
             out = rule.propagate(info, full, strict=False)
             if rule.flow_of(info) != PRODUCER:
@@ -50,7 +51,7 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
         channels = list(deletions.get(info.name, ()))
         if channels and rule is not None and rule.flow_of(info) == PRODUCER:
             changed[node.layer] = rule.zero_outputs(info, channels)
-            out = np.ones(info.output_shape, bool)
+            out = np.ones(concrete(info.output_shape), bool)
             np.moveaxis(out, rule.channel_axis(info), -1)[..., channels] = False
         if out is not None and out.all():
             out = None

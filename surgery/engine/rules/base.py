@@ -89,9 +89,15 @@ def channel_vector(mask: np.ndarray, axis: int = -1) -> np.ndarray:
     return moved[0]
 
 
+def concrete(shape: Sequence) -> tuple:
+    """A mask shape for a tensor shape: unknown sizes (``None``) become 1, along which
+    masks broadcast."""
+    return tuple(1 if s is None else int(s) for s in shape)
+
+
 def mask_for_shape(keep: np.ndarray, shape: Sequence[int], axis: int = -1) -> np.ndarray:
     """A full-shaped mask (``shape`` without batch) whose channel axis is ``keep``."""
-    shape = tuple(int(s) for s in shape)
+    shape = concrete(shape)
     view = [1] * len(shape)
     view[axis] = len(keep)
     return np.broadcast_to(np.asarray(keep, bool).reshape(view), shape).copy()
@@ -265,8 +271,8 @@ class LayerRule:
 def reshaped_mask(info: LayerInfo, mask: np.ndarray) -> np.ndarray:
     """Reshape a mask like the data; the kept entries along the new last axis must form
     whole channels."""
-    out = np.reshape(np.broadcast_to(mask, info.input_shape), info.output_shape)
-    return out
+    full = np.broadcast_to(mask, concrete(info.input_shape))
+    return np.reshape(full, concrete(info.output_shape))
 
 
 def rows_consistent(full: np.ndarray) -> bool:
