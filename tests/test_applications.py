@@ -30,6 +30,18 @@ FAMILIES = {
 }
 
 
+# Parameters after plan(ratio=0.3) + apply before the layer-rules refactor (issue 13): the
+# cut must be no smaller now. InceptionResNetV2 skipped 50 groups and NASNet 10 then;
+# MobileNetV3 skipped its hard-swish and scaled-residual groups.
+PARAMS_AFTER_BEFORE_RULES = {
+    "ConvNeXt": 20061347, "DenseNet": 3569215, "EfficientNet": 2057824,
+    "EfficientNetV2": 2981739, "Inception": 10754520, "InceptionResNet": 35994060,
+    "MobileNet": 113732, "MobileNetV2": 219779, "MobileNetV3": 1280210, "NASNet": 2383050,
+    "RegNetX": 1245889, "RegNetY": 1500424, "ResNet": 11641456, "ResNetRS": 16607376,
+    "ResNetV2": 11625392, "VGG": 16517096, "Xception": 10311867,
+}
+
+
 def logits(model):
     """The model without its final softmax, so outputs are not saturated."""
     last = model.layers[-1]
@@ -50,6 +62,7 @@ def test_family_prunes_with_equivalence(family):
     p = surgery.plan(model, ratio=0.3)
     pruned = surgery.apply(model, p)
     assert pruned.count_params() < model.count_params()
+    assert pruned.count_params() <= PARAMS_AFTER_BEFORE_RULES[family]
     assert surgery.count_flops(pruned) < surgery.count_flops(model)
     error = surgery.verify(model, pruned, p, x)
     assert error <= 1e-5, f"{family}: pruned differs from zeroed original by {error:.3g}"

@@ -95,6 +95,7 @@ class _Analysis:
         self.followers: list[tuple[np.ndarray, str]] = []
         self.blocks: list[tuple[np.ndarray, int]] = []
         self.skipped_layers: dict[str, str] = {}
+        self.calls: dict[str, list] = {}  # shared layer -> its first call's inbound ids
 
     def new(self, n: int, reason: Optional[str] = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -122,6 +123,11 @@ class _Analysis:
             return self.new(out_size, f"produced by {info.describe()}")
         flow = rule.flow_of(info)
         first = inbound[0] if inbound else None
+        if node.layer.weights and inbound:  # a shared layer reads every call's channels
+            seen = self.calls.setdefault(info.name, inbound)  # through the same weights
+            for a, b in zip(seen, inbound if seen is not inbound else ()):
+                if a is not None and b is not None and len(a) == len(b):
+                    self.unite([a, b])
         if flow == PRODUCER:
             if info.name not in self.owner:
                 self.owner[info.name] = (self.uf.new(rule.channels(info)), info.name)

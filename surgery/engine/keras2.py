@@ -155,9 +155,30 @@ def set_weights(pairs: Iterable[tuple]) -> None:
 
 def clone(model) -> keras.Model:
     """A copy of ``model`` with its own layers and the same weights."""
-    copy = keras.models.clone_model(model)
+    try:
+        copy = keras.models.clone_model(model)
+    except (TypeError, ValueError):  # e.g. ``0.5 * x`` in float64: clone_model recasts the
+        return _replayed(model)      # constant to float32; replaying keeps the call's args
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _replayed(model) -> keras.Model:
+    """A copy of ``model`` made by calling fresh layers with each node's own arguments."""
+    built: dict = {}
+    pairs: list = []
+
+    def visit(node, tensors):
+        if node.layer not in built:
+            built[node.layer] = new_layer(node.layer)
+            pairs.append((built[node.layer], node.layer.get_weights()))
+        return node.call(built[node.layer], tensors)
+
+    inputs = fresh_inputs(model)
+    start = {key(old): new for old, new in zip(model.inputs, inputs)}
+    values = walk(model, visit, lambda t: start[key(t)])
+    set_weights(pairs)
+    return build_model(model, inputs, [values[key(t)] for t in model.outputs])
 
 
 def nodes_of(model, layer) -> list[Node]:

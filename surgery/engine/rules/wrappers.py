@@ -119,12 +119,14 @@ class BidirectionalRule(LayerRule):
             raise SurgeryError(f"layer {info.describe()}: each direction must keep a unit")
         fconfig, fweights = frule.cut_outputs(f, fch) if len(fch) else (f.config, f.weights)
         bconfig, bweights = brule.cut_outputs(b, bch) if len(bch) else (b.config, b.weights)
-        if len(fch) != len(bch) and key == "layer":
-            raise SurgeryError(f"layer {info.describe()} shares one config for both "
-                               "directions, so both must lose as many units")
         config = _rewrap(info.config, "layer", fconfig)
         if key == "backward_layer":
             config = _rewrap(config, key, bconfig)
+        elif len(fch) != len(bch):
+            # the directions lose different units: give the backward layer its own config
+            # (as tf-keras recreates it from the forward one: go_backwards flipped)
+            bconfig = dict(bconfig, go_backwards=not bconfig.get("go_backwards", False))
+            config["backward_layer"] = dict(info.config["layer"], config=bconfig)
         return config, list(fweights) + list(bweights)
 
     def zero_outputs(self, info, channels):

@@ -1,0 +1,463 @@
+"""Coverage of the layer rules (issue 13, points 4–5): every family is planned, pruned and
+checked against the zeroing oracle in float64 (relative error ≤ 1e-8), with proof that
+the zeroing moved the outputs and that parameters dropped."""
+import warnings
+
+import numpy as np
+import pytest
+
+import surgery
+from surgery import keras, tf
+from surgery.engine import keras2
+from surgery.engine.rules import LayerRule, channel_vector
+from surgery.engine.zeroing import max_relative_difference
+from equivalence import randomize_weights
+
+L = keras.layers
+TOL = 1e-8
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    keras.backend.clear_session()
+    keras.backend.set_floatx("float64")
+    try:
+        yield
+    finally:
+        keras.backend.set_floatx("float32")
+        keras.backend.clear_session()
+
+
+def normal(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape)
+
+
+def make(inputs, outputs, seed=0):
+    return randomize_weights(keras.Model(inputs, outputs), seed=seed)
+
+
+def head(x, units=3):
+    """A consumer conv and a classifier: the classifier's units reach the output and are
+    never pruned, so the layers under test are the ones that lose channels."""
+    return L.Dense(units, name="classifier")(x)
+
+
+def check(model, x, ratio=0.5, expect=(), tol=TOL, **plan_kwargs):
+    """Plan, apply and verify; the zeroing must move the outputs and params must drop.
+    Returns ``(plan, pruned, zeroed)``."""
+    p = surgery.plan(model, ratio=ratio, **plan_kwargs)
+    for name in expect:
+        assert p.deletions.get(name), f"{name} lost no channels: {p.deletions}, {p.skipped}"
+    pruned = surgery.apply(model, p)
+    error = surgery.verify(model, pruned, p, x)
+    assert error <= tol, f"pruned differs from the zeroed original by {error:.3g}"
+    zeroed = surgery.zero_channels(model, p.deletions)
+    moved = max_relative_difference(model(x), zeroed(x))
+    assert moved > 1e-3, f"zeroing moved the outputs by {moved:.3g} only"
+    assert pruned.count_params() < model.count_params()
+    assert pruned.output_shape == model.output_shape
+    return p, pruned, zeroed
+
+
+def deleted_units_are_zero(zeroed, name, channels, x):
+    out = keras2.submodel(zeroed, [zeroed.get_layer(name).output])(x)
+    out = np.asarray(out)
+    assert np.all(out[..., channels] == 0.0), f"{name}: deleted units are not exactly 0"
+    kept = np.delete(out, channels, axis=-1)
+    assert np.any(kept != 0.0)
+
+
+# ---- recurrent layers ------------------------------------------------------------------
+
+RNNS = {
+    "lstm": lambda u, **k: L.LSTM(u, **k),
+    "gru": lambda u, **k: L.GRU(u, reset_after=True, **k),
+    "gru_v1": lambda u, **k: L.GRU(u, reset_after=False, **k),
+    "simple": lambda u, **k: L.SimpleRNN(u, **k),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_recurrent_units_stacked_with_sequences(kind):
+    rnn = RNNS[kind]
+    inp = L.Input((5, 4))
+    x = rnn(8, return_sequences=True, name="rnn1")(inp)
+    x = rnn(6, return_sequences=True, name="rnn2")(x)
+    x = rnn(5, name="rnn3")(x)
+    model = make(inp, head(L.Dense(7, name="fc")(x)))
+    x = normal(3, 5, 4)
+    p, pruned, zeroed = check(model, x, expect=("rnn1", "rnn2", "rnn3", "fc"))
+    for name in ("rnn1", "rnn2", "rnn3"):
+        deleted_units_are_zero(zeroed, name, p.deletions[name], x)
+        assert pruned.get_layer(name).units == model.get_layer(name).units - \
+            len(p.deletions[name])
+
+
+@pytest.mark.parametrize("kind", sorted(RNNS))
+def test_recurrent_units_feeding_a_time_distributed_dense(kind):
+    inp = L.Input((6, 3))
+    x = L.Dense(6, name="embed")(inp)                  # Dense per time step
+    x = RNNS[kind](7, return_sequences=True, name="rnn")(x)
+    x = L.Dense(4, name="per_step")(x)
+    model = make(inp, head(L.Flatten()(x)))
+    x = normal(2, 6, 3)
+    p, _, zeroed = check(model, x, expect=("embed", "rnn", "per_step"))
+    deleted_units_are_zero(zeroed, "rnn", p.deletions["rnn"], x)
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum"])
+def test_bidirectional_lstm(merge_mode):
+    inp = L.Input((5, 4))
+    x = L.Conv1D(6, 2, padding="same", name="conv")(inp)
+    x = L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode=merge_mode,
+                        name="bi")(x)
+    x = L.Bidirectional(L.LSTM(4), merge_mode=merge_mode, name="bi2")(x)
+    model = make(inp, head(x))
+    groups = {name for g in surgery.plan(model, ratio=0.5).groups for name in g}
+    p = surgery.plan(model, ratio=0.5)
+    for name in ("bi", "bi2"):
+        assert name in groups or name in p.skipped, f"{name} silently absent"
+    p, pruned, zeroed = check(model, normal(3, 5, 4), expect=("conv", "bi", "bi2"))
+    deleted_units_are_zero(zeroed, "bi", p.deletions["bi"], normal(3, 5, 4))
+    width = model.get_layer("bi").output_shape[-1] - len(p.deletions["bi"])
+    assert pruned.get_layer("bi").output_shape[-1] == width
+
+
+def test_time_distributed_conv_and_dense():
+    inp = L.Input((3, 8, 8, 2))
+    x = L.TimeDistributed(L.Conv2D(6, 3, padding="same"), name="td_conv")(inp)
+    x = L.TimeDistributed(L.BatchNormalization(), name="td_bn")(x)
+    x = L.TimeDistributed(L.MaxPooling2D(), name="td_pool")(x)
+    x = L.TimeDistributed(L.Conv2D(5, 3), name="td_conv2")(x)
+    x = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_gap")(x)
+    x = L.TimeDistributed(L.Dense(6), name="td_dense")(x)
+    x = L.LSTM(4, name="rnn")(x)
+    model = make(inp, head(x))
+    p = surgery.plan(model, ratio=0.5)
+    listed = {n for g in p.groups for n in g} | set(p.skipped)
+    for name in ("td_conv", "td_conv2", "td_dense"):
+        assert name in listed, f"{name} silently absent"
+    check(model, normal(2, 3, 8, 8, 2), expect=("td_conv", "td_conv2", "td_dense", "rnn"))
+
+
+# ---- TensorFlow element-wise ops (TFOpLambda) ------------------------------------------
+
+OPS = {
+    "hard_swish": lambda x: x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0),
+    "swish_sigmoid": lambda x: x * tf.nn.sigmoid(x),
+    "swish": lambda x: tf.nn.swish(x),
+    "silu": lambda x: tf.nn.silu(x),
+    "relu": lambda x: tf.nn.relu(x),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_single_input_tf_ops_pass_channels(op):
+    inp = L.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
+    x = OPS[op](x)
+    x = L.Conv2D(5, 3, name="consumer")(x)
+    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
+    assert any(type(l).__name__ == "TFOpLambda" for l in model.layers)
+    p = surgery.plan(model, ratio=0.5)
+    assert not any("producer" in k for k in p.skipped), p.skipped
+    check(model, normal(2, 8, 8, 3), expect=("producer", "consumer"))
+
+
+def test_scaled_residual():
+    inp = L.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="stem")(inp)
+    y = L.Conv2D(6, 3, padding="same", name="branch")(tf.nn.relu(x))
+    x = x + 0.5 * y
+    y = L.Conv2D(6, 1, name="branch2")(x)
+    x = tf.math.add(x, y * 0.25)
+    x = L.Conv2D(5, 3, name="consumer")(x)
+    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
+    p = surgery.plan(model, ratio=0.5)
+    assert ["stem", "branch", "branch2"] in p.groups, p.groups
+    assert not any(k in ("stem", "branch") for k in p.skipped), p.skipped
+    check(model, normal(2, 8, 8, 3), expect=("stem", "branch", "branch2", "consumer"))
+
+
+# ---- Permute ---------------------------------------------------------------------------
+
+def test_permute_keeping_the_channel_axis_last():
+    inp = L.Input((8, 6, 3))
+    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
+    x = L.Permute((2, 1, 3))(x)
+    x = L.Conv2D(5, 3, name="consumer")(x)
+    model = make(inp, head(L.Flatten()(x)))
+    check(model, normal(2, 8, 6, 3), expect=("producer", "consumer"))
+
+
+def test_permute_moving_the_channel_axis_is_skipped_with_a_reason():
+    inp = L.Input((8, 6, 3))
+    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
+    x = L.Permute((3, 1, 2), name="move")(x)
+    model = make(inp, head(L.Flatten()(L.Conv2D(4, 1, name="consumer")(x))))
+    p = surgery.plan(model, ratio=0.5)
+    assert "producer" in p.skipped and "move" in p.skipped["producer"], p.skipped
+    assert "producer" not in p.deletions
+
+
+# ---- spatial layers --------------------------------------------------------------------
+
+SPATIAL = {
+    1: [lambda: L.UpSampling1D(2), lambda: L.ZeroPadding1D((1, 2)),
+        lambda: L.Cropping1D((1, 1)), lambda: L.MaxPooling1D(2),
+        lambda: L.AveragePooling1D(2, padding="same"), lambda: L.GlobalMaxPooling1D(),
+        lambda: L.GlobalAveragePooling1D()],
+    2: [lambda: L.UpSampling2D(2), lambda: L.UpSampling2D(2, interpolation="bilinear"),
+        lambda: L.ZeroPadding2D(((1, 0), (2, 1))), lambda: L.Cropping2D(((1, 2), (0, 1))),
+        lambda: L.MaxPooling2D(2), lambda: L.AveragePooling2D(3, 1, padding="same"),
+        lambda: L.GlobalMaxPooling2D(), lambda: L.GlobalAveragePooling2D(keepdims=True)],
+    3: [lambda: L.UpSampling3D(2), lambda: L.ZeroPadding3D(1),
+        lambda: L.Cropping3D(((1, 0), (0, 1), (1, 1))), lambda: L.MaxPooling3D(2),
+        lambda: L.AveragePooling3D(2, padding="same"), lambda: L.GlobalMaxPooling3D(),
+        lambda: L.GlobalAveragePooling3D()],
+}
+CONV = {1: L.Conv1D, 2: L.Conv2D, 3: L.Conv3D}
+SIZE = {1: (12,), 2: (8, 8), 3: (6, 6, 6)}
+CASES = [(d, i) for d in SPATIAL for i in range(len(SPATIAL[d]))]
+
+
+@pytest.mark.parametrize("dims,index", CASES,
+                         ids=[f"{d}d-{type(SPATIAL[d][i]()).__name__}-{i}" for d, i in CASES])
+def test_spatial_layer_between_producer_and_consumer(dims, index):
+    if dims == 3 and "Pooling" in type(SPATIAL[dims][index]()).__name__:
+        keras.backend.set_floatx("float32")  # TensorFlow has no float64 3-D pooling on CPU
+    inp = L.Input(SIZE[dims] + (3,))
+    x = CONV[dims](6, 3, padding="same", name="producer")(inp)
+    x = L.ELU()(x)
+    x = SPATIAL[dims][index]()(x)
+    if len(x.shape) > 2:
+        x = L.Flatten()(CONV[dims](4, 1, name="consumer")(x))
+    else:
+        x = L.Dense(4, name="consumer")(x)
+    model = make(inp, head(x))
+    check(model, normal(2, *SIZE[dims], 3).astype(keras.backend.floatx()),
+          expect=("producer",), tol=TOL if keras.backend.floatx() == "float64" else 1e-5)
+
+
+# ---- LayerScale ------------------------------------------------------------------------
+
+def test_layer_scale_on_an_unnormalised_channel_axis():
+    from tf_keras.src.applications.convnext import LayerScale  # not exported by tf-keras
+    inp = L.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
+    x = LayerScale(0.5, 6, name="scale")(x)
+    x = L.Dense(8, name="pointwise")(x)                      # ConvNeXt's MLP
+    x = LayerScale(1e-1, 8, name="scale2")(L.Activation("gelu")(x))
+    x = L.Conv2D(4, 3, name="consumer")(x)
+    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
+    p, pruned, _ = check(model, normal(2, 8, 8, 3), expect=("producer", "pointwise"))
+    assert pruned.get_layer("scale").get_weights()[0].shape == (6 - len(p.deletions["producer"]),)
+    assert pruned.get_layer("scale2").projection_dim == 8 - len(p.deletions["pointwise"])
+
+
+# ---- sub-group splitting ---------------------------------------------------------------
+
+def test_concatenate_added_to_a_single_conv_splits_it():
+    inp = L.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="conv_a")(inp)
+    b = L.Conv2D(6, 3, padding="same", name="conv_b")(inp)
+    c = L.Conv2D(10, 3, padding="same", name="conv_c")(inp)
+    x = L.Add()([L.Concatenate()([a, b]), c])
+    x = L.Conv2D(4, 3, name="consumer")(L.ReLU()(x))
+    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
+    groups = [g for g in surgery.channel_groups(model) if "conv_c" in g.producers]
+    assert sorted(g.producers for g in groups) == [["conv_a", "conv_c"], ["conv_b", "conv_c"]]
+    p, pruned, _ = check(model, normal(2, 8, 8, 3), expect=("conv_a", "conv_b", "conv_c"))
+    lost = p.deletions["conv_c"]
+    assert [c for c in lost if c < 4] == p.deletions["conv_a"]
+    assert [c - 4 for c in lost if c >= 4] == p.deletions["conv_b"]
+    assert pruned.get_layer("conv_c").filters == 10 - len(lost)
+    assert len(p.groups) == len(set(p.labels))
+
+
+# ---- shared layers ---------------------------------------------------------------------
+
+def test_shared_conv_on_two_inputs_stays_shared():
+    one, two = L.Input((8, 8, 3)), L.Input((8, 8, 3))
+    shared = L.Conv2D(6, 3, padding="same", name="shared")
+    x = L.Concatenate()([shared(one), L.ReLU()(shared(two))])
+    x = L.Conv2D(4, 3, name="consumer")(x)
+    model = make([one, two], head(L.GlobalAveragePooling2D()(x)))
+    xs = [normal(2, 8, 8, 3, seed=1), normal(2, 8, 8, 3, seed=2)]
+    p, pruned, _ = check(model, xs, expect=("shared", "consumer"))
+    assert sum(g.count("shared") for g in p.groups) == 1
+    assert sum(line.split()[0] == "shared" for line in p.summary().splitlines()) == 1
+    layer = pruned.get_layer("shared")
+    assert len(layer.inbound_nodes) == 2
+    assert [n for n in pruned.layers if n.name == "shared"] == [layer]
+    assert layer.filters == 6 - len(p.deletions["shared"])
+
+
+def test_shared_conv_reading_two_producers():
+    inp = L.Input((8, 8, 3))
+    a = L.Conv2D(6, 3, padding="same", name="a")(inp)
+    b = L.Conv2D(6, 1, name="b")(inp)
+    shared = L.Conv2D(5, 3, padding="same", name="shared")
+    x = L.Add()([shared(a), shared(L.ReLU()(b))])
+    x = L.Conv2D(4, 3, name="consumer")(x)
+    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
+    p, pruned, _ = check(model, normal(2, 8, 8, 3), expect=("a", "b", "shared"))
+    assert p.deletions["a"] == p.deletions["b"]
+    assert len(pruned.get_layer("shared").inbound_nodes) == 2
+
+
+# ---- custom layers ---------------------------------------------------------------------
+
+class ChannelScale(L.Layer):
+    """Multiplies each channel by a learned factor."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],),
+                                     initializer="ones")
+
+    def call(self, x):
+        return x * self.scale
+
+
+class Pointwise(L.Layer):
+    """A custom producer: a per-position linear map of the channel axis."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="kernel", shape=(input_shape[-1], self.units))
+        self.b = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+
+    def call(self, x):
+        return tf.tensordot(x, self.w, axes=1) + self.b
+
+    def get_config(self):
+        return dict(super().get_config(), units=self.units)
+
+
+@surgery.register_rule("ChannelScale")
+class ChannelScaleRule(LayerRule):
+    flow = "channelwise"
+
+    def has_channel_weights(self, info):
+        return True
+
+    def cut_inputs(self, info, masks):
+        keep = channel_vector(masks[0])
+        return None if keep.all() else (info.config, [info.weights[0][keep]])
+
+
+@surgery.register_rule("Pointwise")
+class PointwiseRule(LayerRule):
+    flow = "producer"
+    kernel_index = 0
+
+    def channels(self, info):
+        return int(info.config["units"])
+
+    def cut_outputs(self, info, channels):
+        kernel, bias = info.weights
+        return (dict(info.config, units=int(info.config["units"]) - len(channels)),
+                [np.delete(kernel, channels, -1), np.delete(bias, channels)])
+
+    def zero_outputs(self, info, channels):
+        kernel, bias = (w.copy() for w in info.weights)
+        kernel[:, channels] = 0
+        bias[channels] = 0
+        return [kernel, bias]
+
+    def cut_inputs(self, info, masks):
+        keep = channel_vector(masks[0])
+        return None if keep.all() else (info.config, [info.weights[0][keep], info.weights[1]])
+
+    def filter_matrix(self, info):
+        return info.weights[0].T
+
+    def flops(self, info):
+        return 2 * int(np.prod(info.output_shape[:-1])) * int(info.input_shape[-1]) * \
+            int(info.config["units"])
+
+
+def custom_model():
+    inp = L.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="conv")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    x = ChannelScale(name="cscale")(L.ReLU()(x))
+    x = Pointwise(7, name="pw")(x)
+    x = L.ReLU()(ChannelScale(name="cscale2")(x))
+    x = L.Conv2D(4, 3, name="consumer")(x)
+    return make(inp, head(L.GlobalAveragePooling2D()(L.ReLU()(x))), seed=3)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_gamma", "fpgm", "apoz", "taylor",
+                                       "thinet"])
+def test_custom_rules_with_every_criterion(criterion):
+    model = custom_model()
+    x = normal(8, 8, 8, 3, seed=4)
+    y = keras.utils.to_categorical(np.arange(8) % 3, 3)
+    p, pruned, _ = check(model, x, criterion=criterion, data=(x, y),
+                         expect=("conv", "pw", "consumer"))
+    assert pruned.get_layer("pw").units == 7 - len(p.deletions["pw"])
+    assert pruned.get_layer("cscale2").get_weights()[0].shape == (pruned.get_layer("pw").units,)
+    flops = surgery.count_flops(model, per_layer=True)
+    assert flops["pw"] == 2 * 64 * 6 * 7
+    assert surgery.count_flops(pruned) < surgery.count_flops(model)
+
+
+def test_register_handler_still_works_and_add_keeps_uniting():
+    from surgery.engine.rules import register_rule, rule_for
+    from surgery.engine.handlers import rebuilt
+
+    class HandledScale(ChannelScale):
+        pass
+
+    old_add = rule_for("Add")
+    calls = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+
+            @surgery.register_handler("HandledScale")
+            def handled(layer, mask):
+                keep = channel_vector(mask)
+                return rebuilt(layer, [layer.get_weights()[0][keep]]), mask
+
+            @surgery.register_handler("Add")
+            def add(layer, masks):
+                calls.append(layer.name)
+                return layer, surgery.engine.rules.merged_mask(None, masks, strict=False)
+
+        inp = L.Input((8, 8, 3))
+        a = L.Conv2D(6, 3, padding="same", name="a")(inp)
+        b = L.Conv2D(6, 1, name="b")(inp)
+        x = HandledScale(name="hs")(L.Add(name="join")([a, b]))
+        x = L.Conv2D(4, 3, name="consumer")(x)
+        model = make(inp, head(L.GlobalAveragePooling2D()(x)))
+        p, pruned, _ = check(model, normal(2, 8, 8, 3), expect=("a", "b"))
+        assert ["a", "b"] in p.groups
+        assert "join" in calls
+        assert pruned.get_layer("hs").get_weights()[0].shape == (6 - len(p.deletions["a"]),)
+    finally:
+        register_rule("Add")(old_add)
+        surgery.engine.rules._RULES.pop("HandledScale", None)
+    assert rule_for("Add") is old_add
+
+
+# ---- MobileNetV3Small ------------------------------------------------------------------
+
+def test_mobilenet_v3_small_loses_at_least_40_percent_of_its_parameters():
+    keras.backend.set_floatx("float32")
+    model = keras.applications.MobileNetV3Small(input_shape=(224, 224, 3), weights=None,
+                                                classes=1000, classifier_activation=None)
+    randomize_weights(model, seed=1)
+    x = np.random.default_rng(0).uniform(0, 255, size=(1, 224, 224, 3)).astype("float32")
+    p = surgery.plan(model, ratio=0.3)
+    pruned = surgery.apply(model, p)
+    cut = 1 - pruned.count_params() / model.count_params()
+    print(f"MobileNetV3Small: {cut:.1%} of parameters cut, {len(p.skipped)} skipped")
+    assert cut >= 0.40, (cut, p.skipped)
+    assert surgery.verify(model, pruned, p, x) <= 1e-5
+    moved = max_relative_difference(model(x), surgery.zero_channels(model, p.deletions)(x))
+    assert moved > 1e-3
