@@ -12,6 +12,7 @@ from typing import Union
 import numpy as np
 
 from surgery._backend import keras, tf
+from surgery.arguments import check_model
 
 
 def _macs(layer, in_shape, out_shape) -> int:
@@ -44,6 +45,7 @@ def count_flops(model: keras.Model, per_layer: bool = False) -> Union[int, dict[
         before, after = surgery.count_flops(model), surgery.count_flops(smaller)
         by_layer = surgery.count_flops(model, per_layer=True)
     """
+    check_model(model, "count_flops")
     counts: dict[str, int] = {}
     nodes = {n for depth_nodes in model._nodes_by_depth.values() for n in depth_nodes}
     for layer in model.layers:

@@ -125,9 +125,11 @@ def channel_groups(model: keras.Model) -> list[ChannelGroup]:
         for group in surgery.channel_groups(model):
             print(group.producers, group.size, group.skipped or "prunable")
     """
+    from surgery.arguments import check_model
     from surgery.nesting import flattened
     from surgery.surgeon import require_functional
 
+    check_model(model, "channel_groups")
     require_functional(model)
     model = flattened(model)
     groups = _Groups()

@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from surgery._backend import keras, tf
+from surgery.arguments import check_model
 
 _MIXING = ("Conv1D", "Conv2D", "Conv3D", "Dense", "SeparableConv1D", "SeparableConv2D",
            "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "Flatten",
@@ -79,6 +80,7 @@ def zero_channels(model: keras.Model, deletions: Mapping[str, Sequence[int]]) ->
         pruned = surgery.delete_channels(model, "block_1_expand", [0, 3])
         np.testing.assert_allclose(zeroed.predict(x), pruned.predict(x), rtol=1e-5)
     """
+    check_model(model, "zero_channels")
     clone = _clone(model)
     depth = {n: d for d, nodes in clone._nodes_by_depth.items() for n in nodes}
     keeps: dict[int, Optional[np.ndarray]] = {}
