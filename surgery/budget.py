@@ -178,8 +178,10 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
     warning). ``plan_kwargs`` go to ``plan_fn`` (default :func:`surgery.plan`):
     criterion, policy, scope, round_to, min_channels, ignore, per_layer (those groups keep
     their ratio), data. ``settings`` of the result records ``flops_target``,
-    ``flops_removed`` (the fraction reached), ``flops_before``, ``flops_after`` and
-    ``ratio`` (the uniform ratio the search bracketed from below).
+    ``flops_removed`` (the fraction reached), ``flops_reachable`` (whether ``max_ratio``
+    removes at least the target), ``flops_before``, ``flops_after`` and
+    ``ratio`` (of the two uniform ratios bracketing the target, the one whose plan comes
+    nearer; the returned plan may differ from it, filled group by group).
 
     Example::
 
@@ -254,11 +256,13 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
         if filled is not None and abs(removed(filled) - flops_target) < \
                 abs(best_cut - flops_target):
             best, best_cut = filled, removed(filled)
+    uniform = lo if abs(lo_cut - flops_target) <= abs(hi_cut - flops_target) else hi
     best.settings.update(
-        ratio=lo if best is lo_plan else hi if best is hi_plan else lo,
+        ratio=uniform,
         criterion=criterion if isinstance(criterion, str) else
         getattr(criterion, "__name__", str(criterion)),
         scope=scope, flops_target=float(flops_target), flops_removed=round(best_cut, 6),
+        flops_reachable=bool(hi_cut >= flops_target),
         flops_before=int(reference), flops_after=int(est.flops_of_plan(best)))
     if abs(best_cut - flops_target) > tolerance:
         logger.warning(
