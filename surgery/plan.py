@@ -126,8 +126,8 @@ def plan(model: keras.Model, ratio: Optional[float] = 0.3, criterion="l1",
     containing the named layers; ``ignore``: layers whose groups are left alone;
     ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
     With ``threshold`` given, ``ratio`` is ignored. ``flops_target``: instead, remove
-    that fraction of ``count_flops(model)`` (see :mod:`surgery.budget`). Output channels that reach a model
-    output (the classifier) are never pruned.
+    that fraction of ``count_flops(model)`` (see :mod:`surgery.budget`). Output channels
+    that reach a model output (the classifier) are never pruned.
 
     Example::
 
