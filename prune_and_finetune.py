@@ -3,7 +3,7 @@
 
 This module owns the pipeline a user runs from the shell: load a trained ``.h5`` (or train
 a baseline first), measure it, plan which channels to delete (by ``--ratio`` or by a FLOPs
-target ``--flops-target``, found by bisection over plan ratios), cut them with
+target ``--flops-target``, planned by ``surgery.plan(flops_target=...)``), cut them with
 :func:`surgery.apply`, fine-tune with LR warmup + cosine decay (optionally distilling from
 the original, optionally under a ``tf.distribute`` strategy, optionally in ``--iterative``
 rounds or ``--layerwise`` one group at a time), measure again, and write ``pruned.h5``,
@@ -112,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ratio", type=float, default=None,
                    help="fraction of channels to delete (instead of --flops-target)")
     g.add_argument("--flops-target", type=float, default=0.5,
-                   help="fraction of FLOPs to remove; the plan ratio is found by bisection "
-                        "(ignored when --ratio is given)")
+                   help="fraction of FLOPs to remove, within 2 points where the model's "
+                        "channels allow (ignored when --ratio is given)")
     g.add_argument("--max-ratio", type=float, default=0.9,
-                   help="largest channel ratio the --flops-target search may use")
+                   help="largest uniform channel ratio the --flops-target search may use")
     g.add_argument("--scope", default="global", choices=("local", "global"),
                    help="rank channels within each group (local) or across groups (global)")
     g.add_argument("--round-to", type=int, default=1, help="kept widths are multiples of this")
@@ -233,47 +233,38 @@ def _plan_kwargs(args, criterion, data, scope=None) -> dict:
                 min_channels=args.min_channels, scope=scope or args.scope, data=data)
 
 
-def search_ratio(model: keras.Model, removed_target: float, flops_ref: int, *,
-                 max_ratio: float = 0.9, iterations: int = 12, nearest: bool = False,
-                 **plan_kwargs):
-    """Smallest plan ratio (bisection) whose surgery removes at least ``removed_target``
-    of ``flops_ref`` FLOPs; returns ``(ratio, plan, pruned_model)``. With ``nearest``, the
-    probed ratio whose removed fraction is closest to the target, above or below (kept
-    widths rounded with ``round_to`` make FLOPs jump with the ratio). Raises
-    :class:`UsageError` when even ``max_ratio`` does not get there.
+def plan_flops_target(model: keras.Model, removed_target: float, flops_ref: int, *,
+                      max_ratio: float = 0.9, apply: bool = True, **plan_kwargs):
+    """A plan removing ``removed_target`` of ``flops_ref`` FLOPs (``flops_ref`` may be an
+    earlier, larger model's count: iterative rounds), by ``surgery.plan(flops_target=)``;
+    returns ``(ratio, plan, pruned_model)`` (the model is ``None`` without ``apply``), where
+    ``ratio`` is the uniform plan ratio nearest the target (``--layerwise`` uses it). Raises
+    :class:`UsageError` when even ``max_ratio`` falls short of the target by more than 2
+    points; a plan that misses only because the channels are coarse is logged as a warning
+    by :mod:`surgery.pruning.budget` and returned.
 
     Example::
 
-        ratio, p, smaller = search_ratio(model, 0.5, surgery.count_flops(model),
-                                         criterion="l1", scope="global")
+        ratio, p, smaller = plan_flops_target(model, 0.5, surgery.count_flops(model),
+                                              criterion="l1", scope="global")
     """
-    def probe(r):
-        p = surgery.plan(model, ratio=r, **plan_kwargs)
-        m = surgery.apply(model, p) if p.deletions else model
-        return 1.0 - surgery.count_flops(m) / flops_ref, p, m
+    from surgery.pruning.budget import DEFAULT_TOLERANCE, plan_for_flops
 
-    removed, p, m = probe(max_ratio)
-    if removed < removed_target:
+    flops_now = surgery.count_flops(model)
+    relative = 1.0 - (1.0 - removed_target) * flops_ref / flops_now
+    if relative <= 0:  # already there (an earlier round overshot)
+        p = surgery.plan(model, ratio=0.0, **plan_kwargs)
+        return 0.0, p, model if apply else None
+    p = plan_for_flops(model, min(relative, 0.999), plan_fn=surgery.plan,
+                       max_ratio=max_ratio, **plan_kwargs)
+    removed = 1.0 - p.settings["flops_after"] / flops_ref
+    if removed < removed_target - DEFAULT_TOLERANCE and not p.settings["flops_reachable"]:
         raise UsageError(f"FLOPs target unreachable: removing {removed_target:.0%} of FLOPs "
-                         f"needs more than --max-ratio {max_ratio} (which removes "
+                         f"needs more than --max-ratio {max_ratio} (the nearest plan removes "
                          f"{removed:.1%})")
-    best, below = (max_ratio, p, m), None
-    miss = {max_ratio: removed - removed_target}
-    lo, hi = 0.0, max_ratio
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        removed, p, m = probe(mid)
-        logger.info("ratio %.4f removes %.2f%% of FLOPs", mid, 100 * removed)
-        miss[mid] = removed - removed_target
-        if removed >= removed_target:
-            hi, best = mid, (mid, p, m)
-            if removed - removed_target < 0.005:
-                break
-        else:
-            lo, below = mid, (mid, p, m)
-    if nearest and below is not None and -miss[below[0]] < miss[best[0]]:
-        return below
-    return best
+    if not apply:
+        return p.settings["ratio"], p, None
+    return p.settings["ratio"], p, (surgery.apply(model, p) if p.deletions else model)
 
 
 def _prune_once(model, args, data, flops_ref, removed_target=None, ratio=None, scope=None,
@@ -283,8 +274,8 @@ def _prune_once(model, args, data, flops_ref, removed_target=None, ratio=None, s
     if ratio is not None:
         p = surgery.plan(model, ratio=ratio, **kwargs)
         return ratio, p, (surgery.apply(model, p) if p.deletions else model)
-    return search_ratio(model, removed_target, flops_ref, max_ratio=args.max_ratio,
-                        iterations=0 if check_only else 12, **kwargs)
+    return plan_flops_target(model, removed_target, flops_ref, max_ratio=args.max_ratio,
+                             apply=not check_only, **kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -431,6 +422,8 @@ def run(args: argparse.Namespace) -> RunResult:
             data=str(args.data), input_shape=list(splits.input_shape),
             criterion=args.criterion, policy=args.policy, scope=args.scope,
             ratio=args.ratio, flops_target=target, iterative=args.iterative,
+            flops_removed=round(1.0 - flops_after / max(flops_before, 1), 6),
+            plan_ratio=_plan_ratio(plans),
             layerwise=args.layerwise, distill=args.distill, strategy=args.strategy,
             replicas=int(strategy.num_replicas_in_sync), seed=args.seed,
             finetune_epochs=args.finetune_epochs, lr=args.lr,
@@ -449,6 +442,13 @@ def run(args: argparse.Namespace) -> RunResult:
         raise
     return RunResult(out, pruned_path, plan_path, json_path, md_path, report, current,
                      baseline_path)
+
+
+def _plan_ratio(plans):
+    """The uniform plan ratio of the run (one per round when they differ)."""
+    ratios = [p.settings.get("ratio") for p in plans]
+    ratios = [None if r is None else round(float(r), 6) for r in ratios]
+    return ratios[0] if len(set(ratios)) == 1 else ratios
 
 
 def _criterion_data(args, splits):

@@ -191,15 +191,14 @@ def run_job(model_key: str, seed: int, ratios: Dict[float, float], criteria_name
 # ----------------------------------------------------------------------------- the grid
 
 def uniform_ratios(model_key: str, targets: List[float], budget: Budget) -> Dict[float, float]:
-    """The per-group ratio removing at least each target fraction of FLOPs (architecture
-    only: a local uniform ratio cuts the same channel counts whatever the criterion)."""
+    """The per-group ratio whose cut is nearest each target fraction of FLOPs
+    (``surgery.plan(flops_target=)``'s ``settings["ratio"]``; architecture only: a local
+    uniform ratio cuts the same channel counts whatever the criterion)."""
     import surgery
-    from prune_and_finetune import search_ratio
 
     model = _build(model_key, _splits(model_key, 0, budget.batch_size))
-    flops = surgery.count_flops(model)
-    return {t: search_ratio(model, t, flops, scope="local", criterion="l1", min_channels=2,
-                            iterations=10, nearest=True, ignore=coupled_layers(model))[0]
+    return {t: surgery.plan(model, flops_target=t, scope="local", criterion="l1",
+                            min_channels=2, ignore=coupled_layers(model)).settings["ratio"]
             for t in targets}
 
 

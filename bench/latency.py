@@ -43,7 +43,6 @@ import_tensorflow_quietly()
 import surgery  # noqa: E402  (selects the Keras 2 API first)
 from surgery import keras, tf  # noqa: E402
 from surgery.pipeline import sparsity  # noqa: E402
-from prune_and_finetune import search_ratio  # noqa: E402
 from _common import nonzero_params, tfmot_sparsity_for  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -70,9 +69,10 @@ class Variant:
 def channel_pruned(model: keras.Model, removed: float, flops_ref: int, round_to: int
                    ) -> keras.Model:
     """``model`` with about ``removed`` of ``flops_ref`` FLOPs cut away by surgery."""
-    _, _, pruned = search_ratio(model, removed, flops_ref, scope="local", criterion="l1",
-                                round_to=round_to, iterations=10, nearest=True)
-    return pruned
+    assert surgery.count_flops(model) == flops_ref
+    p = surgery.plan(model, flops_target=removed, scope="local", criterion="l1",
+                     round_to=round_to)
+    return surgery.apply(model, p)
 
 
 def tfmot_pruned(model: keras.Model, nonzero: int) -> keras.Model:

@@ -22,6 +22,9 @@ def count_flops(model, per_layer: bool = False) -> Union[int, dict[str, int]]:
         before, after = surgery.count_flops(model), surgery.count_flops(smaller)
         by_layer = surgery.count_flops(model, per_layer=True)
     """
+    from surgery.pruning.arguments import check_model
+
+    check_model(model, "count_flops")
     keras2.require_functional(model)
     counts: dict[str, int] = {}
     for node in keras2.nodes(model):

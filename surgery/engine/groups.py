@@ -239,6 +239,8 @@ def channel_groups(model) -> list[ChannelGroup]:
             print(group.producers, group.size, group.skipped or "prunable")
     """
     from surgery.engine.flatten import flattened
+    from surgery.pruning.arguments import check_model
 
+    check_model(model, "channel_groups")
     keras2.require_functional(model)
     return analyse(flattened(model))[0]

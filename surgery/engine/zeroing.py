@@ -28,6 +28,9 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
         pruned = surgery.delete_channels(model, "block_1_expand", [0, 3])
         np.testing.assert_allclose(zeroed.predict(x), pruned.predict(x), rtol=1e-5)
     """
+    from surgery.pruning.arguments import check_model
+
+    check_model(model, "zero_channels")
     keras2.require_functional(model)
     clone = keras2.clone(model)
     changed: dict = {}  # layer -> new weights

@@ -149,6 +149,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in rows]
+    if report.get("flops_target") is not None:  # --flops-target: what was asked, and got
+        reached = report.get("flops_removed",
+                             1.0 - report["flops_after"] / max(report["flops_before"], 1))
+        lines += ["", "| FLOPs target | value |", "|---|---:|",
+                  f"| FLOPs to remove (target) | {report['flops_target'] * 100:.1f} % |",
+                  f"| FLOPs removed (reached) | {reached * 100:.1f} % |"]
+        if report.get("plan_ratio") is not None:
+            lines.append(f"| plan ratio | {report['plan_ratio']} |")
     lines += [
         "",
         "| accuracy (test split) | value |",

@@ -8,6 +8,7 @@ the original with the deleted channels zeroed).
 from __future__ import annotations
 
 from surgery._backend import keras
+from surgery.pruning.arguments import check_model
 from surgery.engine.flatten import flattened
 from surgery.pruning.planning import PrunePlan, plan as make_plan
 from surgery.engine.surgeon import Surgeon
@@ -22,6 +23,11 @@ def apply(model: keras.Model, plan: PrunePlan) -> keras.Model:
 
         smaller = surgery.apply(model, surgery.plan(model, ratio=0.3))
     """
+    check_model(model, "apply")
+    if not isinstance(plan, PrunePlan):
+        from surgery.errors import SurgeryError
+        raise SurgeryError(f"apply(plan=...): plan must be a PrunePlan from surgery.plan(...) "
+                           f"or PrunePlan.from_json(text), got {type(plan).__name__}")
     model = flattened(model)
     surgeon = Surgeon(model)
     for name, channels in plan.deletions.items():
@@ -36,6 +42,7 @@ def prune(model: keras.Model, **plan_kwargs) -> keras.Model:
 
         smaller = surgery.prune(model, ratio=0.5, criterion="l1", round_to=8)
     """
+    check_model(model, "prune")
     return apply(model, make_plan(model, **plan_kwargs))
 
 
@@ -47,5 +54,7 @@ def verify(model: keras.Model, pruned: keras.Model, plan: PrunePlan, x) -> float
 
         assert surgery.verify(model, smaller, p, x_batch) <= 1e-5
     """
+    check_model(model, "verify")
+    check_model(pruned, "verify(pruned=...)")
     zeroed = zero_channels(flattened(model), plan.deletions)
     return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))

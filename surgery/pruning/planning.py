@@ -23,6 +23,8 @@ from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
 from surgery.pruning.criteria import channel_scores
 from surgery.pruning.policies import BelowThreshold, LowestK, get_policy
+from surgery.pruning.arguments import check_plan_arguments
+from surgery.pruning.budget import plan_for_flops
 
 
 @dataclasses.dataclass
@@ -144,7 +146,7 @@ def plan(model: keras.Model, ratio: Optional[float] = 0.3, criterion="l1",
          policy: str = "aggregate", *, threshold: Optional[float] = None,
          per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
          round_to: int = 1, min_channels: int = 1, scope: str = "local",
-         data=None) -> PrunePlan:
+         data=None, flops_target: Optional[float] = None) -> PrunePlan:
     """Decide which channels to delete, group by group.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -152,8 +154,9 @@ def plan(model: keras.Model, ratio: Optional[float] = 0.3, criterion="l1",
     instead, delete channels whose score is below it; ``per_layer``: ratios for the groups
     containing the named layers; ``ignore``: layers whose groups are left alone;
     ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
-    With ``threshold`` given, ``ratio`` is ignored. Output channels that reach a model
-    output (the classifier) are never pruned.
+    With ``threshold`` given, ``ratio`` is ignored. ``flops_target``: instead, remove
+    that fraction of ``count_flops(model)`` (see :mod:`surgery.pruning.budget`). Output channels
+    that reach a model output (the classifier) are never pruned.
 
     Example::
 
@@ -161,6 +164,11 @@ def plan(model: keras.Model, ratio: Optional[float] = 0.3, criterion="l1",
         print(p.summary())
         smaller = surgery.apply(model, p)
     """
+    # --- argument checks and the FLOPs budget: surgery.pruning.arguments, surgery.pruning.budget ---
+    check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target)  # noqa: E501
+    if flops_target is not None:
+        return plan_for_flops(model, flops_target, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data)  # noqa: E501
+    # ---
     if threshold is None and (ratio is None or not 0 <= ratio < 1):
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
     if scope not in ("local", "global"):

@@ -13,6 +13,8 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
+from surgery.errors import SurgeryError
+
 Policy = Callable[..., np.ndarray]
 POLICIES: dict[str, Policy] = {}
 
@@ -94,4 +96,5 @@ def get_policy(name: str) -> Policy:
     try:
         return POLICIES[name]
     except KeyError:
-        raise ValueError(f"unknown policy '{name}'; known: {sorted(POLICIES)}") from None
+        raise SurgeryError(f"unknown policy {name!r}; known policies: "
+                           f"{', '.join(sorted(POLICIES))} (pass one as policy=)") from None

@@ -26,6 +26,7 @@ import numpy as np
 
 from surgery._backend import keras, tf  # noqa: F401
 from surgery.pruning.criteria._data import _no_data_message
+from surgery.errors import SurgeryError
 from surgery.pruning.criteria._graph import _n_out_channels, _resolve_layers
 from surgery.pruning.criteria._registry import (  # noqa: F401
     CRITERIA, DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, Criterion, Data, get_criterion, logger,
@@ -81,7 +82,7 @@ def channel_scores(
     layers = _resolve_layers(model, names)
     fn = get_criterion(criterion)
     if getattr(fn, "needs_data", False) and data is None:
-        raise ValueError(_no_data_message(getattr(fn, "__name__", str(criterion))))
+        raise SurgeryError(_no_data_message(getattr(fn, "__name__", str(criterion))))
     result = fn(model, names, data, **options)
     if not isinstance(result, dict):
         raise ValueError(

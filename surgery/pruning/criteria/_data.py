@@ -15,17 +15,19 @@ import numpy as np
 
 from surgery._backend import tf
 from surgery.pruning.criteria._registry import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, Data
+from surgery.errors import SurgeryError
 
 def _no_data_message(name: str) -> str:
     return (
-        f"criterion {name!r} is data-driven: pass data= as an (x, y) tuple of numpy arrays or "
-        "a tf.data.Dataset of (x, y) batches (a few hundred examples are enough)"
+        f"criterion {name!r} is data-driven and needs data=: pass data= as an (x, y) tuple "
+        "of numpy arrays or a tf.data.Dataset of (x, y) batches (a few hundred examples "
+        "are enough)"
     )
 
 
 def _require_data(name: str, data: Optional[Data]) -> None:
     if data is None:
-        raise ValueError(_no_data_message(name))
+        raise SurgeryError(_no_data_message(name))
 
 
 def _n_examples(x: Any) -> int:

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from surgery._backend import keras, tf
+from surgery.errors import SurgeryError
 
 #: One logger for the whole package, named as the single module it replaced.
 logger = logging.getLogger("surgery.pruning.criteria")
@@ -74,13 +75,13 @@ def get_criterion(name_or_fn: Union[str, Criterion]) -> Criterion:
     >>> get_criterion("nope")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown criterion 'nope'; known criteria: ...
+    surgery.errors.SurgeryError: unknown criterion 'nope'; known criteria: ...
     """
     if callable(name_or_fn):
         return name_or_fn
     if isinstance(name_or_fn, str) and name_or_fn in CRITERIA:
         return CRITERIA[name_or_fn]
-    raise ValueError(
+    raise SurgeryError(
         f"unknown criterion {name_or_fn!r}; known criteria: {', '.join(sorted(CRITERIA))} "
         "(or pass a callable, or register one with surgery.pruning.criteria.register_criterion)"
     )

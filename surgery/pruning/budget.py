@@ -1,0 +1,333 @@
+"""FLOPs budgets: a prune plan that removes a given fraction of a model's FLOPs.
+
+This module owns :func:`plan_for_flops`, which ``surgery.plan(model, flops_target=F)``
+calls. It never runs surgery while searching: :class:`FlopsEstimator` walks the model's
+graph once and expresses the channel count of every tensor as a linear function of the
+kept widths of the plan's channel groups, so the FLOPs that :func:`surgery.count_flops`
+would report for the pruned model are a cheap, exact polynomial of those widths.
+
+The search bisects one uniform plan ratio (with the caller's criterion, policy, scope and
+rounding) to bracket the target, then fills the gap greedily: between the two bracketing
+plans, it takes one rounding unit of channels at a time from the group whose next
+channels have the least importance per FLOP saved, and stops at the step nearest to the
+target. Where channels are too coarse to land within ``tolerance`` (LeNet-5), it returns
+the nearest plan and logs a warning saying what it reached.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from surgery._backend import keras
+
+logger = logging.getLogger(__name__)
+
+#: Plans closer than this to the FLOPs target are accepted without a warning.
+DEFAULT_TOLERANCE = 0.02
+#: The largest uniform ratio the bracketing search tries.
+DEFAULT_MAX_RATIO = 0.95
+
+
+def _keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks: int) -> int:
+    """The kept width ``plan`` gives a group of ``size`` channels at ``ratio`` (its rule)."""
+    keep = size - math.floor(size * ratio + 1e-9)
+    keep = math.ceil(keep / round_to) * round_to
+    keep = max(keep, min_channels, blocks)
+    keep = math.ceil(keep / blocks) * blocks
+    return min(size, keep)
+
+
+def _call_flops(info, rule, in_channels: int, out_channels: int) -> float:
+    """The rule's FLOPs of one call with other input and output channel counts."""
+    config = dict(info.config)
+    for key in ("filters", "units"):
+        if key in config:
+            config[key] = out_channels
+    changed = dataclasses.replace(
+        info, config=config,
+        input_shapes=[tuple(s[:-1]) + (in_channels,) for s in info.input_shapes],
+        output_shape=tuple(info.output_shape[:-1]) + (out_channels,))
+    return float(rule.flops(changed))
+
+
+class FlopsEstimator:
+    """Exact :func:`surgery.count_flops` of a model pruned to given group widths.
+
+    ``plan`` (a :class:`PrunePlan`) names the prunable groups (``groups``, ``labels``,
+    ``sizes``). Each tensor's channel count is ``coef @ [kept widths..., 1]``; each
+    counted call's FLOPs is ``A·in·out + B·in + C·out + D`` of its input and output
+    channel counts, with the coefficients read off the layer rules at the unpruned
+    widths.
+
+    Example::
+
+        est = FlopsEstimator(model, p)
+        est.flops_of_plan(p) == surgery.count_flops(surgery.apply(model, p))
+    """
+
+    def __init__(self, model: keras.Model, plan):
+        from surgery.engine import keras2
+        from surgery.engine.rules import CONCAT, PRODUCER, rule_for
+
+        self.groups = [list(g) for g in plan.groups]
+        self.labels = list(plan.labels) or [g[0] for g in self.groups]
+        n = len(self.groups) + 1  # last entry: the constant term
+        self.sizes = np.array([float(plan.sizes[label]) for label in self.labels])
+        membership: dict[str, list[int]] = {}
+        for i, members in enumerate(self.groups):
+            for p in members:
+                membership.setdefault(p, []).append(i)
+
+        def constant(channels: int) -> np.ndarray:
+            v = np.zeros(n)
+            v[-1] = channels
+            return v
+
+        rows_in, rows_out, coefs = [], [], []
+
+        def visit(node, in_vecs):
+            info = node.info
+            rule = rule_for(info)
+            out_ch = int(info.output_shape[-1]) if info.output_shape else 1
+            ins = [int(s[-1]) if len(s) else 1 for s in info.input_shapes]
+            in_vecs = [constant(c) if v is None else v for v, c in zip(in_vecs, ins)]
+            flow = rule.flow_of(info) if rule is not None else None
+            if flow == PRODUCER and info.name in membership:
+                out = constant(out_ch)
+                for g in membership[info.name]:
+                    out[g] += 1.0
+                    out[-1] -= self.sizes[g]
+            elif rule is None or flow == PRODUCER:
+                out = constant(out_ch)
+            elif flow == CONCAT and rule.concat_axis(info) == len(info.output_shape) - 1:
+                out = np.sum(in_vecs, axis=0)
+            else:
+                live = [(v, c) for v, c in zip(in_vecs, ins) if np.any(v[:-1])]
+                out = constant(out_ch) if not live else live[0][0] * (out_ch / live[0][1])
+            if rule is not None and ins and rule.flops(info):
+                i0, o0 = ins[0], out_ch
+
+                def m(i, o):
+                    return _call_flops(info, rule, i, o) / 2
+
+                f00, f10, f01, f11 = m(i0, o0), m(2 * i0, o0), m(i0, 2 * o0), m(2 * i0, 2 * o0)
+                a = (f11 - f10 - f01 + f00) / (i0 * o0)
+                b = (f10 - f00) / i0 - a * o0
+                c = (f01 - f00) / o0 - a * i0
+                d = f00 - a * i0 * o0 - b * i0 - c * o0
+                rows_in.append(in_vecs[0])
+                rows_out.append(out)
+                coefs.append((a, b, c, d))
+            return out
+
+        keras2.walk(model, visit, lambda t: None)
+        self._in = np.array(rows_in).reshape(-1, n)
+        self._out = np.array(rows_out).reshape(-1, n)
+        self._abcd = np.array(coefs).reshape(-1, 4)
+        self.total = self.flops(self.sizes)
+
+    def flops(self, kept) -> float:
+        """FLOPs with group ``g`` keeping ``kept[g]`` channels; ``kept`` may be a matrix of
+        rows (one estimate per row)."""
+        kept = np.asarray(kept, np.float64)
+        full = np.concatenate([kept, np.ones(kept.shape[:-1] + (1,))], axis=-1)
+        i, o = full @ self._in.T, full @ self._out.T
+        a, b, c, d = self._abcd.T
+        return 2 * (a * i * o + b * i + c * o + d).sum(axis=-1)
+
+    def kept(self, plan) -> np.ndarray:
+        """The kept width of every group under ``plan``."""
+        labels = list(plan.labels) or [g[0] for g in plan.groups]
+        return np.array([self.sizes[g] - plan.removed.get(
+            labels[g], len(plan.deletions.get(members[0], ())))
+            for g, members in enumerate(self.groups)])
+
+    def flops_of_plan(self, plan) -> int:
+        return int(round(float(self.flops(self.kept(plan)))))
+
+
+def _cached(criterion):
+    """``criterion`` scoring each layer once, however many plans ask (data passes are slow)."""
+    from surgery.pruning.criteria import get_criterion
+
+    fn = get_criterion(criterion)
+    cache: dict[str, np.ndarray] = {}
+
+    def cached(model, layer_names, data=None, **options):
+        missing = [n for n in layer_names if n not in cache]
+        if missing:
+            cache.update(fn(model, missing, data, **options))
+        return {n: cache[n] for n in layer_names}
+
+    cached.__name__ = criterion if isinstance(criterion, str) else \
+        getattr(criterion, "__name__", "criterion")
+    cached.needs_data = getattr(fn, "needs_data", False)
+    return cached
+
+
+def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional[Callable] = None,
+                   tolerance: float = DEFAULT_TOLERANCE, max_ratio: float = DEFAULT_MAX_RATIO,
+                   iterations: int = 14, **plan_kwargs):
+    """A plan whose surgery removes ``flops_target`` of ``count_flops(model)``, within
+    ``tolerance`` where the model's channels allow it (else the nearest plan, and a
+    warning). ``plan_kwargs`` go to ``plan_fn`` (default :func:`surgery.plan`):
+    criterion, policy, scope, round_to, min_channels, ignore, per_layer (those groups keep
+    their ratio), data. ``settings`` of the result records ``flops_target``,
+    ``flops_removed`` (the fraction reached), ``flops_reachable`` (whether ``max_ratio``
+    removes at least the target), ``flops_before``, ``flops_after`` and
+    ``ratio`` (of the two uniform ratios bracketing the target, the one whose plan comes
+    nearer; the returned plan may differ from it, filled group by group).
+
+    Example::
+
+        p = plan_for_flops(model, 0.5, criterion="l1", round_to=8)
+        p.settings["flops_removed"]  # 0.49.. to 0.51..
+    """
+    from surgery.engine.flatten import flattened
+    from surgery.engine.flops import count_flops
+    from surgery.engine.groups import channel_groups
+    from surgery.errors import SurgeryError
+    from surgery.pruning.arguments import check_fraction, check_model
+
+    if plan_fn is None:
+        from surgery.pruning.planning import plan as plan_fn
+    check_model(model, "plan")
+    check_fraction("flops_target", flops_target, low_open=True,
+                   hint="e.g. flops_target=0.5 removes half of the FLOPs")
+    if plan_kwargs.get("threshold") is not None:
+        raise SurgeryError("flops_target and threshold both choose how much to prune: pass "
+                           "one of them (threshold=None with flops_target)")
+    plan_kwargs.pop("threshold", None)
+    plan_kwargs.pop("ratio", None)
+    criterion = plan_kwargs.pop("criterion", "l1")
+    fixed = dict(plan_kwargs.pop("per_layer", None) or {})
+    scope = plan_kwargs.pop("scope", "local")
+    plan_kwargs["criterion"] = _cached(criterion)
+    model = flattened(model)
+
+    def make(ratio, per_layer=None, local=False):
+        p = plan_fn(model, ratio=ratio, per_layer={**(per_layer or {}), **fixed},
+                    scope="local" if local else scope, **plan_kwargs)
+        return p
+
+    lo_plan = make(0.0)
+    all_groups = channel_groups(model)
+    est = FlopsEstimator(model, lo_plan)
+    reference = count_flops(model)
+    if int(round(est.total)) != reference:  # pragma: no cover  (a graph the walk misreads)
+        raise SurgeryError(f"flops_target: cannot predict the FLOPs of model '{model.name}' "
+                           f"({int(est.total)} vs {reference}); plan with ratio= instead")
+
+    def removed(p) -> float:
+        return 1.0 - est.flops_of_plan(p) / reference
+
+    # 1. bracket the target with one uniform ratio
+    lo, hi = 0.0, max_ratio
+    hi_plan = make(hi)
+    lo_cut, hi_cut = 0.0, removed(hi_plan)
+    if hi_cut >= flops_target:
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            p = make(mid)
+            cut = removed(p)
+            logger.debug("ratio %.4f removes %.2f%% of FLOPs", mid, 100 * cut)
+            if cut >= flops_target:
+                hi, hi_plan, hi_cut = mid, p, cut
+            else:
+                lo, lo_plan, lo_cut = mid, p, cut
+            if hi_cut - lo_cut < tolerance / 4:
+                break
+    else:
+        lo, lo_plan, lo_cut = hi, hi_plan, hi_cut
+    best, best_cut = min(((lo_plan, lo_cut), (hi_plan, hi_cut)),
+                         key=lambda pc: abs(pc[1] - flops_target))
+
+    # 2. fill the gap greedily, by importance per FLOP saved
+    if abs(best_cut - flops_target) > tolerance / 10 and hi_cut >= flops_target:
+        blocks = {g.name: g.blocks for g in all_groups if g.producers}
+        filled = _fill(model, est, lo_plan, hi_plan, flops_target, reference, fixed,
+                       plan_kwargs, make, blocks)
+        if filled is not None and abs(removed(filled) - flops_target) < \
+                abs(best_cut - flops_target):
+            best, best_cut = filled, removed(filled)
+    uniform = lo if abs(lo_cut - flops_target) <= abs(hi_cut - flops_target) else hi
+    best.settings.update(
+        ratio=uniform,
+        criterion=criterion if isinstance(criterion, str) else
+        getattr(criterion, "__name__", str(criterion)),
+        scope=scope, flops_target=float(flops_target), flops_removed=round(best_cut, 6),
+        flops_reachable=bool(hi_cut >= flops_target),
+        flops_before=int(reference), flops_after=int(est.flops_of_plan(best)))
+    if abs(best_cut - flops_target) > tolerance:
+        logger.warning(
+            "flops_target=%.3f: the nearest plan removes %.1f%% of FLOPs (%d of %d), more "
+            "than %.0f points away; model '%s' has too few channels (or round_to/"
+            "min_channels/ignore leave too few) to land closer", flops_target,
+            100 * best_cut, reference - est.flops_of_plan(best), reference,
+            100 * tolerance, model.name)
+    return best
+
+
+def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed,
+          plan_kwargs, make, blocks_of):
+    """From ``lo_plan`` (below the target) toward ``hi_plan`` (at or above it), one
+    rounding unit of one group at a time; returns the plan nearest the target."""
+    from surgery.pruning.criteria import channel_scores
+    from surgery.pruning.policies import normalised
+
+    round_to = plan_kwargs.get("round_to", 1) or 1
+    min_channels = plan_kwargs.get("min_channels", 1)
+    lo_k, hi_k = est.kept(lo_plan), est.kept(hi_plan)
+    movable = [g for g in range(len(est.groups)) if hi_k[g] < lo_k[g]
+               and not set(est.groups[g]) & set(fixed)]
+    if not movable:
+        return None
+    names = [p for g in movable for p in est.groups[g]]
+    scores = channel_scores(model, names, plan_kwargs["criterion"], plan_kwargs.get("data"))
+    ranked, steps = {}, {}
+    for g in movable:
+        members = est.groups[g]
+        size = int(est.sizes[g])
+        whole = [p for p in members if np.size(scores[p]) == size] or members[:0]
+        combined = sum(normalised(scores[p]) for p in whole) / len(whole) if whole else \
+            np.arange(size, dtype=np.float64)
+        ranked[g] = np.sort(combined)
+        blocks = blocks_of.get(members[0], 1)
+        widths = {_keep_count(size, d / size, round_to, min_channels, blocks)
+                  for d in range(size + 1)}
+        steps[g] = sorted((w for w in widths if hi_k[g] <= w < lo_k[g]), reverse=True)
+    kept = lo_k.astype(np.float64).copy()
+    goal = (1.0 - target) * reference
+    current = float(est.flops(kept))
+    history = [(abs(current - goal), kept.copy())]
+    while current > goal:
+        options = [g for g in movable if steps[g]]
+        if not options:
+            break
+        trial = np.repeat(kept[None, :], len(options), axis=0)
+        for row, g in enumerate(options):
+            trial[row, g] = steps[g][0]
+        saved = current - est.flops(trial)
+        cost = []
+        for row, g in enumerate(options):
+            size = int(est.sizes[g])
+            gone = ranked[g][size - int(kept[g]):size - int(steps[g][0])].sum()
+            cost.append(gone / max(saved[row], 1e-9))
+        row = int(np.argmin(cost))
+        g = options[row]
+        kept[g] = steps[g].pop(0)
+        current = float(current - saved[row])
+        history.append((abs(current - goal), kept.copy()))
+    kept = min(history, key=lambda h: h[0])[1]
+    per_layer = {}
+    for g, members in enumerate(est.groups):
+        if set(members) & set(fixed):
+            continue
+        size = est.sizes[g]
+        per_layer[members[0]] = float((size - kept[g] + 0.5) / size)  # floor() -> exact
+    return make(0.0, per_layer, local=True)
+
