@@ -31,6 +31,14 @@ def _select_keras2() -> None:
 
 _select_keras2()
 
+if "tensorflow" not in sys.modules:
+    from surgery import _startup  # imports no TensorFlow
+
+    if _startup.launched_as_cli():  # keras-surgery: oneDNN guard, quiet C++ start-up
+        _startup.avoid_onednn_crash()
+        _startup.muted_stderr_import(
+            lambda: __import__("tensorflow").config.list_physical_devices())
+
 import tensorflow as tf  # noqa: E402  (must follow the environment choice above)
 import tf_keras as keras  # noqa: E402
 

@@ -24,7 +24,7 @@ from typing import Iterable, Union
 
 import numpy as np
 
-import patches
+from surgery import patches
 from surgery._backend import keras, tf
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery import registry
