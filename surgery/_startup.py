@@ -5,11 +5,13 @@ TensorFlow is loaded (the top-level shims ``train.py`` / ``prune_and_finetune.py
 by file path, before ``import surgery``; ``surgery._backend`` calls it when the process was
 started as ``keras-surgery`` or ``python -m surgery.cli...``).
 
-* :func:`avoid_onednn_crash` — TensorFlow 2.21's oneDNN CPU kernels segfault when fitting
-  some shapes on AVX-512 CPUs (e.g. a 1x1 stride-2 ``Conv2D`` reading a 64x64x8 input).
-  Limiting oneDNN to AVX2 kernels (``DNNL_MAX_CPU_ISA=AVX2``) avoids it. The CLIs call it
-  at start-up; Python users call ``surgery.avoid_onednn_crash()`` before any model runs, or
-  set ``DNNL_MAX_CPU_ISA=AVX2`` (or ``TF_ENABLE_ONEDNN_OPTS=0``) in the environment.
+* :func:`avoid_onednn_crash` — TensorFlow 2.21's oneDNN CPU kernels crash the process
+  (segfault, or heap corruption) when fitting some shapes on AVX-512 CPUs, e.g. a 1x1
+  stride-2 ``Conv2D`` reading a 64x64x8 input, or the emotion CNN of the ``fer`` package.
+  ``TF_ENABLE_ONEDNN_OPTS=0`` avoids both (``DNNL_MAX_CPU_ISA=AVX2`` avoids the first but
+  not the second, measured). TensorFlow reads it once, when it is imported. The CLIs call
+  this at start-up; Python users set ``KERAS_SURGERY_AVOID_ONEDNN_CRASH=1`` (then
+  ``import surgery`` calls it before importing TensorFlow) or ``TF_ENABLE_ONEDNN_OPTS=0``.
 * :func:`import_tensorflow_quietly` — TensorFlow writes CUDA-probing lines to file
   descriptor 2 on machines without a GPU, before any log level applies; the CLIs import it
   with that descriptor muted so a user error leaves exactly one line on stderr.
@@ -41,30 +43,37 @@ def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def avoid_onednn_crash(environ=None) -> Optional[str]:
-    """Run oneDNN with AVX2 kernels on AVX-512 CPUs, avoiding TensorFlow 2.21's segfault.
+    """Turn TensorFlow's oneDNN CPU kernels off on AVX-512 CPUs, before TensorFlow loads.
 
-    Sets ``DNNL_MAX_CPU_ISA=AVX2`` when the CPU has AVX-512 and neither
-    ``DNNL_MAX_CPU_ISA`` nor ``TF_ENABLE_ONEDNN_OPTS`` is set; otherwise changes nothing.
-    oneDNN reads the variable when it runs its first kernel, so call this before importing
-    TensorFlow, or at the latest before any model computes anything (build, fit, predict);
-    after that it has no effect. Costs some CPU speed (see the README's measurement).
+    Sets ``TF_ENABLE_ONEDNN_OPTS=0`` when the CPU has AVX-512 and neither
+    ``DNNL_MAX_CPU_ISA`` nor ``TF_ENABLE_ONEDNN_OPTS`` is set (a user's own choice wins);
+    otherwise changes nothing. TensorFlow reads the variable when it is imported, so this
+    only helps before ``import tensorflow``: afterwards it changes nothing, logs a warning
+    and returns None. Costs some CPU training speed (see the README's measurement).
     Returns the value it set, or None when it left the environment alone.
 
     Example::
 
-        import surgery
-        surgery.avoid_onednn_crash()   # first thing, before any model runs
+        KERAS_SURGERY_AVOID_ONEDNN_CRASH=1 python my_script.py   # import surgery calls it
     """
     env = os.environ if environ is None else environ
     if any(name in env for name in ONEDNN_VARIABLES):
         return None
     if not cpu_has_avx512():
         return None
-    env["DNNL_MAX_CPU_ISA"] = "AVX2"
     if "tensorflow" in sys.modules:
-        _log.debug("DNNL_MAX_CPU_ISA=AVX2 set after TensorFlow was imported; it only takes "
-                   "effect if no oneDNN kernel has run yet")
-    return "AVX2"
+        _log.warning("TensorFlow is already imported, so its oneDNN kernels can no longer be "
+                     "turned off; set TF_ENABLE_ONEDNN_OPTS=0 (or "
+                     "KERAS_SURGERY_AVOID_ONEDNN_CRASH=1) before starting Python")
+        return None
+    env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    return "0"
+
+
+def requested_by_environment(environ=None) -> bool:
+    """Whether ``KERAS_SURGERY_AVOID_ONEDNN_CRASH`` asks for :func:`avoid_onednn_crash`."""
+    env = os.environ if environ is None else environ
+    return env.get("KERAS_SURGERY_AVOID_ONEDNN_CRASH", "").lower() in ("1", "true", "yes")
 
 
 def launched_as_cli() -> bool:
