@@ -24,3 +24,4 @@ from surgery.export import (  # noqa: F401,E402
     evaluate_tflite, export_tflite, size_table, size_table_markdown, tflite_predict,
 )
 from surgery.sensitivity import accuracy_vs_flops, sensitivity  # noqa: F401,E402
+from surgery.model_files import check_model_file, load_model_checked  # noqa: F401,E402

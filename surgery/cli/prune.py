@@ -42,6 +42,8 @@ from surgery import criteria as _criteria  # noqa: E402
 from surgery.finetune import (STRATEGIES, clone_into, evaluate_accuracy, finetune,
                               make_strategy, set_bn_momentum)
 from surgery.artifacts import write_plots, write_tflite  # noqa: E402
+from surgery.data import DataError  # noqa: E402
+from surgery.h5size import saved_h5_sizes  # noqa: E402
 from surgery.report import (atomic_write, build_report, gzip_size, render_markdown,
                             save_model_atomic, write_report)
 
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-path", default=None,
                    help="trained Keras .h5 to prune; when omitted, a --model baseline is "
                         "trained first for --baseline-epochs")
+    g.add_argument("--trust-model-code", action="store_true",
+                   help="load --model-path even if it holds code that loading runs (a "
+                        "Lambda layer's bytecode); only for files you trust")
     g.add_argument("--model", default="mobilenet_v2",
                    help="architecture for the baseline (models.MODELS name)")
     g.add_argument("--alpha", type=float, default=0.35,
@@ -183,9 +188,13 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"model file not found: {args.model_path}")
 
 
-def _load_model(path: str) -> keras.Model:
+def _load_model(path: str, trust_code: bool = False) -> keras.Model:
+    try:  # refuse files whose loading would run code (Lambda bytecode) unless trusted
+        surgery.check_model_file(path, trust_code=trust_code)
+    except surgery.SurgeryError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
     try:
-        model = keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as exc:  # noqa: BLE001  (h5py/keras raise many kinds for bad files)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot load {path} as a Keras .h5 model ({reason})") from None
@@ -319,7 +328,7 @@ def run(args: argparse.Namespace) -> RunResult:
 
     _validate(args)
     keras.utils.set_random_seed(args.seed)
-    loaded = _load_model(args.model_path) if args.model_path else None
+    loaded = _load_model(args.model_path, args.trust_model_code) if args.model_path else None
     splits = _load_data(args, tuple(loaded.input_shape[1:]) if loaded is not None else None)
     if loaded is not None and loaded.output_shape[-1] != splits.num_classes:
         raise UsageError(f"{args.model_path} has {loaded.output_shape[-1]} outputs but data "
@@ -412,6 +421,9 @@ def run(args: argparse.Namespace) -> RunResult:
         if loaded is None:
             baseline_path = save_model_atomic(base, os.path.join(out, "baseline.h5"))
         ref_path = in_path or baseline_path
+        # "before" size like the pruned one: saved the same way, no optimizer state
+        ref_sizes = (os.path.getsize(baseline_path), gzip_size(baseline_path)) \
+            if baseline_path else saved_h5_sizes(base)
         save_model_atomic(current, pruned_path, forbid=in_path)
         plan_text = plans[0].to_json() if len(plans) == 1 else \
             json.dumps(_merge_plans(plans), indent=1, sort_keys=True)
@@ -421,8 +433,7 @@ def run(args: argparse.Namespace) -> RunResult:
             flops_before=int(flops_before), flops_after=int(flops_after),
             acc_baseline=acc_baseline, acc_pruned=acc_pruned, acc_finetuned=acc_finetuned,
             h5_bytes=os.path.getsize(pruned_path), h5_gzip_bytes=gzip_size(pruned_path),
-            h5_bytes_baseline=os.path.getsize(ref_path),
-            h5_gzip_bytes_baseline=gzip_size(ref_path),
+            h5_bytes_baseline=ref_sizes[0], h5_gzip_bytes_baseline=ref_sizes[1],
             prune_seconds=round(prune_seconds, 3),
             finetune_seconds=round(finetune_seconds, 3),
             baseline_seconds=round(baseline_seconds, 3),
@@ -518,7 +529,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except surgery.SurgeryError as exc:
+    except (surgery.SurgeryError, DataError) as exc:  # library and data errors: one line
         print(f"{PROG}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(render_markdown(result.report), end="")

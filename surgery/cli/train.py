@@ -47,6 +47,9 @@ from surgery._backend import keras, tf  # noqa: E402  (first: selects the Keras 
 from surgery import regularizers as _regularizers  # noqa: E402  (registers the penalties)
 from surgery import sparsity as _sparsity  # noqa: E402
 from surgery.report import save_model_atomic  # noqa: E402
+from surgery.data import DataError  # noqa: E402
+from surgery.errors import SurgeryError  # noqa: E402
+from surgery.model_files import check_model_file  # noqa: E402
 
 logger = logging.getLogger(PROG)
 
@@ -151,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--restore", default=None, metavar="H5",
                    help="continue training the model in this .h5 instead of building "
                         "--model (fresh optimizer; default: none)")
+    g.add_argument("--trust-model-code", action="store_true",
+                   help="load --restore even if it holds code that loading runs (a Lambda "
+                        "layer's bytecode); only for files you trust")
     g.add_argument("--data", default="digits",
                    help="data source: digits, mnist, cifar10, cifar100, an npy folder or an "
                         "image folder")
@@ -329,8 +335,13 @@ def _load_inputs(args: argparse.Namespace):
     image_size = (args.image_size, args.image_size) if args.image_size else None
     channels = None
     if args.restore:
+        try:  # refuse files whose loading would run code (Lambda bytecode) unless trusted
+            check_model_file(args.restore, trust_code=args.trust_model_code)
+        except SurgeryError as exc:
+            raise UsageError(f"--restore: {str(exc).splitlines()[0]}") from None
         try:
-            restored = keras.models.load_model(args.restore, compile=False)
+            restored = keras.models.load_model(args.restore, compile=False,
+                                               safe_mode=not args.trust_model_code)
         except Exception as exc:  # corrupt file, unknown custom layer, not an .h5, …
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"--restore {args.restore!r}: cannot load ({first})") from None
@@ -473,6 +484,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (SurgeryError, DataError) as exc:  # library and data errors: one line
+        print(f"{PROG}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     line = f"test accuracy {summary['test_accuracy']:.4f}"
     if "acc_after_pruning" in summary:
