@@ -1,7 +1,12 @@
 """Packaging for the Keras model-surgery plugin.
 
+Installs the ``surgery`` package only (the checkout's ``train.py``, ``prune_and_finetune.py``,
+``data_generator.py``, ``quiet_tf.py``, ``models/`` and ``patches/`` are shims for working
+from a checkout and are not installed) and the ``keras-surgery`` console script.
+
 Install with the README's command: the pinned requirements first, then kerassurgeon 0.2.0
-without its broken metadata, then this package with --no-deps.
+without its broken metadata, then this package with --no-deps. ``install_requires`` gives
+ranges that include the pins of requirements.txt, so the plugin fits existing environments.
 """
 from setuptools import find_packages, setup
 
@@ -9,18 +14,17 @@ setup(
     name="keras-surgery",
     version="0.1.0",
     description="Structured channel pruning for Keras models on top of kerassurgeon and tfmot",
-    python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["surgery", "surgery.*", "patches", "patches.*",
-                                    "models", "models.*"]),
-    py_modules=["data_generator", "train", "prune_and_finetune", "quiet_tf"],
+    python_requires=">=3.11,<3.14",
+    packages=find_packages(include=["surgery", "surgery.*"]),
     # kerassurgeon==0.2.0 is required too but must be installed with --no-deps
     # (see requirements.txt); listing it here would make pip resolve its bogus pins.
     install_requires=[
-        "tensorflow==2.21.0",
-        "tf-keras==2.21.0",
-        "tensorflow-model-optimization==0.8.1",
-        "numpy==2.4.6",
-        "h5py==3.14.0",
-        "importlib-metadata==8.7.0",
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "tensorflow-model-optimization>=0.8.1,<0.9",
+        "numpy>=1.26,<3",
+        "h5py>=3.11,<4",
+        "importlib-metadata>=6",
     ],
+    entry_points={"console_scripts": ["keras-surgery=surgery.cli.main:main"]},
 )

@@ -27,6 +27,7 @@ from surgery.engine.flops import count_flops
 from surgery.pruning.planning import PrunePlan, plan
 from surgery.pruning.execution import apply, prune, verify
 from surgery.pruning import criteria
+from surgery.model_files import check_model_file, load_model_checked
 
 # Pipeline functions offered at top level, imported on first use (TFLite and matplotlib
 # are slow to import and most engine users never need them).
@@ -47,6 +48,7 @@ __all__ = [
     "Surgeon", "delete_channels", "zero_channels", "flatten_model",
     "ChannelGroup", "channel_groups", "count_flops",
     "PrunePlan", "plan", "apply", "prune", "verify", "criteria",
+    "check_model_file", "load_model_checked",
     *_LAZY,
 ]
 

@@ -31,6 +31,15 @@ def _select_keras2() -> None:
 
 _select_keras2()
 
+if "tensorflow" not in sys.modules:
+    from surgery import _startup  # imports no TensorFlow
+
+    if _startup.launched_as_cli() or _startup.requested_by_environment():
+        _startup.avoid_onednn_crash()  # TensorFlow 2.21 oneDNN crash on AVX-512 CPUs
+    if _startup.launched_as_cli():  # keras-surgery: quiet C++ start-up, one-line errors
+        _startup.muted_stderr_import(
+            lambda: __import__("tensorflow").config.list_physical_devices())
+
 import tensorflow as tf  # noqa: E402  (must follow the environment choice above)
 import tf_keras as keras  # noqa: E402
 

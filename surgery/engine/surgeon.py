@@ -22,7 +22,7 @@ from typing import Iterable, Union
 
 import numpy as np
 
-import patches
+from surgery import patches
 from surgery._backend import keras
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine import keras2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from patches.base import Patch
+from surgery.patches.base import Patch
 
 
 def _utils():
