@@ -48,20 +48,28 @@ def test_random_graph_pruning_is_exact(blocks, widths, seed, ratio, policy):
     keras.backend.clear_session()
     model = build(blocks, widths, seed)
     rng = np.random.default_rng(seed)
-    groups = [g for g in surgery.channel_groups(model) if not g.skipped and g.size > 1]
+    analysed = surgery.channel_groups(model)
+    groups = [g for g in analysed if not g.skipped and g.size > 1]
     chosen = [g.name for g in groups if rng.random() < 0.7] or [groups[0].name]
     ratios = {name: ratio for name in chosen}
     p = surgery.plan(model, ratio=0.0, policy=policy, per_layer=ratios)
     pruned = surgery.apply(model, p)
     x = rng.normal(size=(2, 12, 12, 3)).astype("float32")
     assert surgery.verify(model, pruned, p, x) <= 1e-5
-    # a Concatenate added to a single conv splits it between groups: only producers that
-    # belong to one group must lose exactly the group's channels
-    count = Counter(m for members in p.groups for m in members)
-    for members in p.groups:
-        single = [m for m in members if count[m] == 1]
-        assert len({tuple(p.deletions.get(m, ())) for m in single}) <= 1
+    # every member of a group loses the same group channels. A producer may hold several
+    # channels per group channel (after a depthwise multiplier) or be split between groups
+    # (a Concatenate added to it), so compare group positions, not channel indices; a
+    # producer in exactly one group must lose no channel outside them
+    count = Counter(m for g in analysed for m in g.producers)
+    for g in analysed:
+        lost = []
+        for m in g.producers:
+            gone = set(p.deletions.get(m, ()))
+            lost.append({i for i, rows in enumerate(g.channels[m]) if set(rows) <= gone})
+            if count[m] == 1:
+                assert gone == set(g.member_channels(m, lost[-1])), (m, gone)
+        assert all(positions == lost[0] for positions in lost), (g.producers, lost)
     assert p.deletions and pruned.count_params() < model.count_params()
     # the zeroing must move the outputs, or the check above proves nothing
     moved = max_relative_difference(model(x), surgery.zero_channels(model, p.deletions)(x))
-    assert moved > 1e-4, f"zeroing {p.deletions} moved the outputs by {moved:.3g} only"
+    assert moved > 1e-3, f"zeroing {p.deletions} moved the outputs by {moved:.3g} only"
