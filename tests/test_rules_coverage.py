@@ -53,7 +53,8 @@ def check(model, x, ratio=0.5, expect=(), tol=TOL, **plan_kwargs):
     assert error <= tol, f"pruned differs from the zeroed original by {error:.3g}"
     zeroed = surgery.zero_channels(model, p.deletions)
     moved = max_relative_difference(model(x), zeroed(x))
-    assert moved > 1e-3, f"zeroing moved the outputs by {moved:.3g} only"
+    # far above the tolerance (the least important channels, e.g. by taylor, move little)
+    assert moved > max(1e-4, 10 * tol), f"zeroing moved the outputs by {moved:.3g} only"
     assert pruned.count_params() < model.count_params()
     assert pruned.output_shape == model.output_shape
     return p, pruned, zeroed
