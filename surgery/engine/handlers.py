@@ -43,7 +43,7 @@ class HandlerRule(LayerRule):
     def cut_inputs(self, info, masks):
         if self.mask_handler is None:
             return self.base.cut_inputs(info, masks) if self.base else None
-        new_layer, self._last_mask = self.mask_handler(
+        new_layer, _ = self.mask_handler(
             info.layer, masks[0] if len(masks) == 1 else masks)
         return None if new_layer is info.layer else new_layer
 

@@ -32,15 +32,6 @@ DEFAULT_TOLERANCE = 0.02
 DEFAULT_MAX_RATIO = 0.95
 
 
-def _keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks: int) -> int:
-    """The kept width ``plan`` gives a group of ``size`` channels at ``ratio`` (its rule)."""
-    keep = size - math.floor(size * ratio + 1e-9)
-    keep = math.ceil(keep / round_to) * round_to
-    keep = max(keep, min_channels, blocks)
-    keep = math.ceil(keep / blocks) * blocks
-    return min(size, keep)
-
-
 def _call_flops(info, rule, in_channels: int, out_channels: int) -> float:
     """The rule's FLOPs of one call with other input and output channel counts."""
     config = dict(info.config)
@@ -277,6 +268,7 @@ def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed
     """From ``lo_plan`` (below the target) toward ``hi_plan`` (at or above it), one
     rounding unit of one group at a time; returns the plan nearest the target."""
     from surgery.pruning.criteria import channel_scores
+    from surgery.pruning.planning import _keep_count
     from surgery.pruning.policies import normalised
 
     round_to = plan_kwargs.get("round_to", 1) or 1

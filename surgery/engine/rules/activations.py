@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from surgery.engine.rules import BLOCKING, CHANNELWISE, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector
+from surgery.engine.rules.base import ChannelWeightsRule
 
 _RELU = ("relu", "relu6")
 _CHANNEL_MIXING = ("softmax", "log_softmax")
@@ -50,18 +50,5 @@ class SoftmaxRule(LayerRule):
 
 
 @register_rule("PReLU")
-class PReLURule(LayerRule):
-    flow = CHANNELWISE
-
-    def has_channel_weights(self, info) -> bool:
-        return True
-
-    def cut_inputs(self, info, masks):
-        keep = channel_vector(masks[0])
-        if keep.all():
-            return None
-        (alpha,) = info.weights
-        return info.config, [alpha[..., keep]]
-
-    def zero_inputs(self, info, keep):
-        return None  # PReLU(0) = 0 whatever the slope
+class PReLURule(ChannelWeightsRule):
+    """One slope per channel; PReLU(0) = 0 whatever the slope."""

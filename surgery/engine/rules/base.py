@@ -103,6 +103,16 @@ def mask_for_shape(keep: np.ndarray, shape: Sequence[int], axis: int = -1) -> np
     return np.broadcast_to(np.asarray(keep, bool).reshape(view), shape).copy()
 
 
+def zeroed(weights: list, channels, kernel: int = 0, axis: int = -1) -> list:
+    """Copies of ``weights`` with output ``channels`` zeroed in the kernel at index
+    ``kernel`` (along ``axis``) and in the bias that follows it, if any."""
+    weights = [w.copy() for w in weights]
+    np.moveaxis(weights[kernel], axis, -1)[..., channels] = 0
+    if len(weights) > kernel + 1:
+        weights[kernel + 1][channels] = 0
+    return weights
+
+
 def with_config(config: dict, **changes) -> dict:
     new = dict(config)
     new.update(changes)
@@ -279,3 +289,20 @@ def rows_consistent(full: np.ndarray) -> bool:
     """True when every position of a mask keeps the same channels."""
     flat = full.reshape(-1, full.shape[-1]) if full.ndim else full.reshape(1, 1)
     return bool(np.all(flat == flat[:1]))
+
+
+class ChannelWeightsRule(LayerRule):
+    """A channel-wise layer holding weights whose last axis is the channel axis
+    (BatchNormalization, PReLU, LayerScale): a deleted channel deletes its entries, and
+    a zero channel stays zero unless :meth:`zero_inputs` says otherwise."""
+
+    flow = CHANNELWISE
+
+    def has_channel_weights(self, info: LayerInfo) -> bool:
+        return True
+
+    def cut_inputs(self, info: LayerInfo, masks: list) -> Optional[tuple]:
+        keep = channel_vector(masks[0])
+        if keep.all():
+            return None
+        return info.config, [w[..., keep] for w in info.weights]

@@ -11,7 +11,7 @@ import numpy as np
 
 from surgery.errors import SurgeryError
 from surgery.engine.rules import CHANNELWISE, PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector, with_config
+from surgery.engine.rules.base import channel_vector, with_config, zeroed
 
 
 def positions(shape) -> int:
@@ -59,11 +59,7 @@ class ConvRule(LayerRule):
                 _without(info.weights, channels, -1))
 
     def zero_outputs(self, info, channels):
-        weights = [w.copy() for w in info.weights]
-        weights[0][..., channels] = 0
-        if len(weights) > 1:
-            weights[1][channels] = 0
-        return weights
+        return zeroed(info.weights, channels)
 
     def cut_inputs(self, info, masks):
         axis = 0 if info.config.get("data_format") == "channels_first" else -1
@@ -119,11 +115,7 @@ class ConvTransposeRule(LayerRule):
             weights
 
     def zero_outputs(self, info, channels):
-        weights = [w.copy() for w in info.weights]
-        weights[0][..., channels, :] = 0
-        if len(weights) > 1:
-            weights[1][channels] = 0
-        return weights
+        return zeroed(info.weights, channels, axis=-2)
 
     def cut_inputs(self, info, masks):
         keep = channel_vector(masks[0])
@@ -157,11 +149,7 @@ class SeparableConvRule(LayerRule):
             weights
 
     def zero_outputs(self, info, channels):
-        weights = [w.copy() for w in info.weights]
-        weights[1][..., channels] = 0
-        if len(weights) > 2:
-            weights[2][channels] = 0
-        return weights
+        return zeroed(info.weights, channels, kernel=1)
 
     def cut_inputs(self, info, masks):
         keep = channel_vector(masks[0])

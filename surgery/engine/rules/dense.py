@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from surgery.engine.rules import PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector, with_config
+from surgery.engine.rules.base import channel_vector, with_config, zeroed
 from surgery.engine.rules.convolutions import positions
 
 
@@ -21,11 +21,7 @@ class DenseRule(LayerRule):
             weights
 
     def zero_outputs(self, info, channels):
-        weights = [w.copy() for w in info.weights]
-        weights[0][:, channels] = 0
-        if len(weights) > 1:
-            weights[1][channels] = 0
-        return weights
+        return zeroed(info.weights, channels)
 
     def cut_inputs(self, info, masks):
         keep = channel_vector(masks[0])

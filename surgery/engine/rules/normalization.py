@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from surgery.engine.rules import BLOCKING, CHANNELWISE, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector
+from surgery.engine.rules import BLOCKING, LayerRule, register_rule
+from surgery.engine.rules.base import ChannelWeightsRule, with_config
 
 
 def _bn_slots(config) -> list[str]:
@@ -20,18 +20,8 @@ def _bn_slots(config) -> list[str]:
 
 
 @register_rule(("BatchNormalization", "SyncBatchNormalization"))
-class BatchNormalizationRule(LayerRule):
-    flow = CHANNELWISE
+class BatchNormalizationRule(ChannelWeightsRule):
     penalty = "gamma"
-
-    def has_channel_weights(self, info) -> bool:
-        return True
-
-    def cut_inputs(self, info, masks):
-        keep = channel_vector(masks[0])
-        if keep.all():
-            return None
-        return info.config, [w[keep] for w in info.weights]
 
     def zero_inputs(self, info, keep):
         weights = [w.copy() for w in info.weights]
@@ -50,22 +40,14 @@ class BatchNormalizationRule(LayerRule):
 
 
 @register_rule("LayerScale")
-class LayerScaleRule(LayerRule):
+class LayerScaleRule(ChannelWeightsRule):
     """ConvNeXt's ``x * gamma`` per channel."""
 
-    flow = CHANNELWISE
-
-    def has_channel_weights(self, info) -> bool:
-        return True
-
     def cut_inputs(self, info, masks):
-        keep = channel_vector(masks[0])
-        if keep.all():
-            return None
-        config = dict(info.config)
-        if "projection_dim" in config:
-            config["projection_dim"] = int(keep.sum())
-        return config, [w[..., keep] for w in info.weights]
+        cut = super().cut_inputs(info, masks)
+        if cut is None or "projection_dim" not in info.config:
+            return cut
+        return with_config(info.config, projection_dim=len(cut[1][0])), cut[1]
 
 
 @register_rule(("LayerNormalization", "GroupNormalization", "UnitNormalization"))
