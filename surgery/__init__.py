@@ -1,9 +1,11 @@
 """Structured channel pruning for Keras models, built on kerassurgeon and tfmot.
 
-``import surgery`` selects the Keras 2 API (tf-keras) before TensorFlow is imported,
-applies the compatibility patches in ``patches/`` to stock kerassurgeon 0.2.0 once, and
-gives the engine (layer rules, channel groups, surgery, zeroing, FLOPs) and pruning
-(criteria, policies, plans, apply/verify). Pipeline parts (TFLite export, sensitivity
+In a fresh process ``import surgery`` selects the Keras 2 API (tf-keras) before TensorFlow
+is imported; in a process that already imported Keras 3 or TensorFlow it changes nothing,
+and Keras 3 models go through the Keras 3 graph adapter. ``surgery.Surgeon``
+(kerassurgeon, with the compatibility patches in ``patches/`` applied once) loads on first
+use. It gives the engine (layer rules, channel groups, surgery, zeroing, FLOPs) and
+pruning (criteria, policies, plans, apply/verify). Pipeline parts (TFLite export, sensitivity
 analysis) load on first use.
 
 Example::
@@ -15,23 +17,28 @@ from __future__ import annotations
 
 import importlib
 
-from surgery._backend import keras, tf  # first: picks the Keras 2 API
+from surgery._backend import keras, legacy_tf_keras, tf  # first: picks the Keras 2 API
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine.rules import LayerRule, register_rule, rule_for
 from surgery.engine.handlers import register_handler
-from surgery.engine.surgeon import Surgeon, delete_channels
 from surgery.engine.zeroing import zero_channels
 from surgery.engine.flatten import flatten_model
 from surgery.engine.groups import ChannelGroup, channel_groups
 from surgery.engine.flops import count_flops
 from surgery.pruning.planning import PrunePlan, plan
-from surgery.pruning.execution import apply, prune, verify
+from surgery.pruning.execution import apply, delete_channels, prune, verify
 from surgery.pruning import criteria
 from surgery.model_files import check_model_file, load_model_checked
+
+if legacy_tf_keras():  # tf.keras is Keras 2: kerassurgeon works, patch it now, as always
+    import patches as _patches
+
+    _patches.apply_all()
 
 # Pipeline functions offered at top level, imported on first use (TFLite and matplotlib
 # are slow to import and most engine users never need them).
 _LAZY = {
+    "Surgeon": "surgery.engine.surgeon",  # Keras 2 only: loads kerassurgeon
     "export_tflite": "surgery.pipeline.export",
     "evaluate_tflite": "surgery.pipeline.export",
     "tflite_predict": "surgery.pipeline.export",

@@ -1,32 +1,45 @@
-"""Selection of the Keras 2 API (tf-keras) that kerassurgeon and tfmot are written for.
+"""Which Keras generations a process uses, and the Keras 2 API (tf-keras) the
+kerassurgeon-based parts are written for.
 
 TensorFlow 2.16+ ships Keras 3 as ``tf.keras``; the Keras 2 API lives in the ``tf-keras``
-package and is chosen by ``TF_USE_LEGACY_KERAS=1``, which TensorFlow reads once, when it is
-first imported. This module owns that choice: it sets the variable when TensorFlow has not
-been imported yet, and refuses to go on when TensorFlow was already imported with Keras 3,
-because every layer class would then be the wrong one. Everything else in the project takes
-``tf`` and ``keras`` from here.
+package and is chosen by ``TF_USE_LEGACY_KERAS=1``, which TensorFlow reads when it is first
+imported. In a fresh process (neither TensorFlow nor Keras 3 imported yet) this module sets
+the variable, as the plugin always has, so ``tf.keras`` is Keras 2. In a process that has
+already chosen (``import keras`` or ``import tensorflow`` came first) it changes nothing:
+``tf_keras`` and Keras 3 live side by side, Keras 3 models are handled by the Keras 3 graph
+adapter, and only the parts that need ``tf.keras`` to be Keras 2 (kerassurgeon's
+``Surgeon``) refuse to load, through :func:`require_legacy_tf_keras`. Everything else in
+the project takes ``tf`` and ``keras`` (tf-keras) from here.
 """
 from __future__ import annotations
 
 import os
 import sys
 
+from surgery.errors import SurgeryError
+
 _LEGACY_VALUES = ("1", "true", "yes")
 
 
 def _select_keras2() -> None:
-    if "tensorflow" not in sys.modules:
+    if "tensorflow" not in sys.modules and "keras" not in sys.modules:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        return
-    if os.environ.get("TF_USE_LEGACY_KERAS", "").lower() not in _LEGACY_VALUES:
-        raise ImportError(
-            "TensorFlow was imported before `surgery` without TF_USE_LEGACY_KERAS=1, so "
-            "tf.keras is Keras 3, which kerassurgeon and tfmot do not support. Import "
-            "`surgery` before TensorFlow, or set TF_USE_LEGACY_KERAS=1 in the environment "
-            "before starting Python."
-        )
+
+
+def legacy_tf_keras() -> bool:
+    """True when ``tf.keras`` is Keras 2 (tf-keras) in this process."""
+    return os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in _LEGACY_VALUES
+
+
+def require_legacy_tf_keras(what: str) -> None:
+    """Refuse a Keras-2-only part (``what``) in a process whose ``tf.keras`` is Keras 3."""
+    if not legacy_tf_keras():
+        raise SurgeryError(
+            f"{what} needs tf.keras to be Keras 2 (tf-keras), but this process imported "
+            "Keras 3 or TensorFlow before `surgery` without TF_USE_LEGACY_KERAS=1. Import "
+            "`surgery` first or start Python with TF_USE_LEGACY_KERAS=1 — or, for Keras 3 "
+            "models, use surgery.plan / surgery.apply / surgery.prune, which need neither.")
 
 
 _select_keras2()
@@ -43,4 +56,4 @@ if "tensorflow" not in sys.modules:
 import tensorflow as tf  # noqa: E402  (must follow the environment choice above)
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["tf", "keras"]
+__all__ = ["tf", "keras", "legacy_tf_keras", "require_legacy_tf_keras"]

@@ -8,7 +8,7 @@ kept unique) so the result is one flat functional model computing the same funct
 """
 from __future__ import annotations
 
-from surgery.engine import keras2
+from surgery.engine.adapters import adapter_for
 
 
 def flatten_model(model):
@@ -23,8 +23,9 @@ def flatten_model(model):
                                   keras.layers.Dense(10)])
         flat = surgery.flatten_model(model)   # MobileNetV2's layers are now reachable
     """
-    keras2.require_functional(model)
-    used_names: set[str] = set(keras2.input_names(model))
+    adapter = adapter_for(model)
+    adapter.require_functional(model)
+    used_names: set[str] = set(adapter.input_names(model))
     copies: list = []
     cache: dict = {}
 
@@ -36,30 +37,32 @@ def flatten_model(model):
                 config["name"] = f"{name}_{i}"
                 i += 1
             used_names.add(config["name"])
-            cache[layer] = keras2.new_layer(layer, config)
-            copies.append((cache[layer], layer.get_weights()))
+            cache[layer] = adapter.new_layer(layer, config)
+            if hasattr(layer, "get_weights"):  # Keras 3 operations hold no weights
+                copies.append((cache[layer], layer.get_weights()))
         return cache[layer]
 
     def replay(sub, inputs):
-        start = {keras2.key(t): new for t, new in zip(sub.inputs, inputs)}
+        start = {adapter.key(t): new for t, new in zip(adapter.inputs(sub), inputs)}
 
         def visit(node, tensors):
-            if keras2.is_nested(node.layer):
+            if adapter.is_nested(node.layer):
                 return replay(node.layer, tensors)
             return node.call(copy_of(node.layer), tensors)
 
-        values = keras2.walk(sub, visit, lambda t: start[keras2.key(t)])
-        return [values[keras2.key(t)] for t in sub.outputs]
+        values = adapter.walk(sub, visit, lambda t: start[adapter.key(t)])
+        return [values[adapter.key(t)] for t in adapter.outputs(sub)]
 
-    new_inputs = keras2.fresh_inputs(model)
+    new_inputs = adapter.fresh_inputs(model)
     outputs = replay(model, new_inputs)
-    keras2.set_weights(copies)
-    return keras2.build_model(model, new_inputs, outputs)
+    adapter.set_weights(copies)
+    return adapter.build_model(model, new_inputs, outputs)
 
 
 def flattened(model):
     """``model`` itself when nothing is nested in it, else :func:`flatten_model` of it."""
-    keras2.require_functional(model)
-    if any(keras2.is_nested(layer) for layer in model.layers):
+    adapter = adapter_for(model)
+    adapter.require_functional(model)
+    if any(adapter.is_nested(layer) for layer in model.layers):
         return flatten_model(model)
     return model

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Union
 
-from surgery.engine import keras2
 from surgery.engine.rules import rule_for
 
 
@@ -24,13 +23,13 @@ def count_flops(model, per_layer: bool = False) -> Union[int, dict[str, int]]:
     """
     from surgery.pruning.arguments import check_model
 
-    check_model(model, "count_flops")
-    keras2.require_functional(model)
+    adapter = check_model(model, "count_flops")
+    adapter.require_functional(model)
     counts: dict[str, int] = {}
-    for node in keras2.nodes(model):
+    for node in adapter.nodes(model):
         if node.is_input:
             continue
-        if keras2.is_nested(node.layer):
+        if adapter.is_nested(node.layer):
             inner = count_flops(node.layer, per_layer=True)
         else:
             info = node.info

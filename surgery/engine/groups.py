@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from surgery.engine import keras2
+from surgery.engine.adapters import adapter_for
 from surgery.engine.rules.base import concrete
 from surgery.engine.rules import (
     BLOCKING, CHANNELWISE, CONCAT, MERGE, MIXING, PRODUCER, RESHAPE, rule_for,
@@ -109,7 +109,7 @@ class _Analysis:
             for a, b in zip(first.tolist(), other.tolist()):
                 self.uf.union(a, b)
 
-    def visit(self, node: keras2.Node, inbound: list):
+    def visit(self, node, inbound: list):
         info = node.info
         rule = rule_for(info)
         out_size = int(info.output_shape[-1] or 1) if info.output_shape else 1
@@ -118,7 +118,7 @@ class _Analysis:
             for ids in inbound:
                 if ids is not None:
                     self.skips.append((ids, reason))
-            if node.layer.weights:
+            if getattr(node.layer, "weights", None):
                 self.skipped_layers[info.name] = f"no layer rule for {info.class_name}"
             return self.new(out_size, f"produced by {info.describe()}")
         flow = rule.flow_of(info)
@@ -218,13 +218,14 @@ class _Analysis:
 def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
     """The channel groups of a flat functional model, and the layers left alone because
     no rule cuts their output channels (name -> reason)."""
-    keras2.require_functional(model)
+    adapter = adapter_for(model)
+    adapter.require_functional(model)
     analysis = _Analysis()
-    values = keras2.walk(model, analysis.visit,
-                         lambda t: analysis.new(int(t.shape[-1]) if t.shape.rank else 1,
-                                                "model input"))
-    for t in model.outputs:
-        ids = values.get(keras2.key(t))
+    values = adapter.walk(model, analysis.visit,
+                          lambda t: analysis.new(int(t.shape[-1]) if len(t.shape) else 1,
+                                                 "model input"))
+    for t in adapter.outputs(model):
+        ids = values.get(adapter.key(t))
         if ids is not None:
             analysis.skips.append((ids, "reaches a model output"))
     return analysis.groups(), analysis.skipped_layers
@@ -241,6 +242,5 @@ def channel_groups(model) -> list[ChannelGroup]:
     from surgery.engine.flatten import flattened
     from surgery.pruning.arguments import check_model
 
-    check_model(model, "channel_groups")
-    keras2.require_functional(model)
+    check_model(model, "channel_groups").require_functional(model)
     return analyse(flattened(model))[0]

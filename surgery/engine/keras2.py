@@ -206,3 +206,11 @@ def name_op(tensor, name: str) -> None:
     """Name the layer that made ``tensor`` (an op such as ``x + y``, which tf-keras names
     ``tf.__operators__.add``)."""
     tensor._keras_history.layer._name = name
+
+
+def inputs(model) -> list:
+    return list(model.inputs)
+
+
+def outputs(model) -> list:
+    return list(model.outputs)

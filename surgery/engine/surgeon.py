@@ -23,12 +23,12 @@ from typing import Iterable, Union
 import numpy as np
 
 from surgery import patches
-from surgery._backend import keras
+from surgery._backend import keras, require_legacy_tf_keras
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine import keras2
-from surgery.engine.rules import rule_for
-from surgery.engine.rules.base import concrete
+from surgery.engine.cutting import checked_channels, cut
 
+require_legacy_tf_keras("surgery.Surgeon (kerassurgeon)")
 patches.apply_all()
 import kerassurgeon  # noqa: E402  (after the patches, which import it quietly)
 
@@ -91,27 +91,7 @@ class Surgeon(kerassurgeon.Surgeon):
 
     def _checked_channels(self, layer, channels) -> list[int]:
         node = next(n for n in self._nodes if n.layer is layer and not n.is_input)
-        info = node.info
-        rule = rule_for(info)
-        if rule is None or rule.flow_of(info) != "producer":
-            raise UnsupportedLayerError(
-                layer, "it has no output channels (filters or units) of its own to delete; "
-                       "delete them at the layer that produces them")
-        total = rule.channels(info)
-        if channels is None:
-            raise SurgeryError(f"delete_channels on layer '{layer.name}' needs channels=[...]")
-        chosen = sorted({int(c) for c in np.asarray(list(channels)).reshape(-1)})
-        bad = [c for c in chosen if not 0 <= c < total]
-        if bad:
-            raise SurgeryError(
-                f"channel indices {bad} are out of range for layer '{layer.name}' "
-                f"({type(layer).__name__}), which has {total} channels (0..{total - 1}).")
-        if len(chosen) == total:
-            raise SurgeryError(
-                f"deleting all {total} channels of layer '{layer.name}' "
-                f"({type(layer).__name__}) would disconnect the model; keep at least one "
-                "(surgery.plan's min_channels does this).")
-        return chosen
+        return checked_channels(node.info, channels)
 
     # ---- the pass ----------------------------------------------------------------------
     def operate(self) -> keras.Model:
@@ -155,27 +135,7 @@ class Surgeon(kerassurgeon.Surgeon):
 
     def _cut(self, node, masks, channels):
         """The new layer for this call and its outbound mask."""
-        info = node.info
-        rule = rule_for(info)
-        live = any(m is not None for m in masks)
-        if rule is None and (live or channels):
-            detail = ("it is a model nested inside the model; flatten it first with "
-                      "surgery.flatten_model(model)" if keras2.is_nested(node.layer) else "")
-            raise UnsupportedLayerError(info, detail)
-        replacement, mask = None, None
-        if live:
-            full = [np.ones(concrete(shape), bool) if m is None else m
-                    for m, shape in zip(masks, info.input_shapes)]
-            replacement = rule.cut_inputs(info, full)
-            mask = rule.propagate(info, full)
-        if channels:
-            if replacement is not None and not isinstance(replacement, tuple):
-                raise SurgeryError(f"layer {info.describe()}: a handler already rebuilt it")
-            current = info if replacement is None else info.replaced(*replacement)
-            replacement = rule.cut_outputs(current, channels)
-            axis = rule.channel_axis(info)
-            mask = np.ones(concrete(info.output_shape), bool)
-            np.moveaxis(mask, axis, -1)[..., channels] = False
+        replacement, mask = cut(node.info, masks, channels, keras2.is_nested(node.layer))
         return self._layer_for(node.layer, replacement), mask
 
     def _layer_for(self, layer, replacement):

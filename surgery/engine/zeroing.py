@@ -14,7 +14,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from surgery.engine import keras2
 from surgery.engine.rules import PRODUCER, channel_vector, rule_for
 from surgery.engine.rules.base import concrete
 
@@ -30,9 +29,9 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
     """
     from surgery.pruning.arguments import check_model
 
-    check_model(model, "zero_channels")
-    keras2.require_functional(model)
-    clone = keras2.clone(model)
+    adapter = check_model(model, "zero_channels")
+    adapter.require_functional(model)
+    clone = adapter.clone(model)
     changed: dict = {}  # layer -> new weights
 
     def visit(node, masks):
@@ -60,8 +59,8 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
             out = None
         return out
 
-    keras2.walk(clone, visit, lambda t: None)
-    keras2.set_weights(changed.items())
+    adapter.walk(clone, visit, lambda t: None)
+    adapter.set_weights(changed.items())
     return clone
 
 

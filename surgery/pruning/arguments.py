@@ -19,17 +19,16 @@ from typing import Mapping, Optional, Sequence
 from surgery.errors import SurgeryError
 
 
-def check_model(model, function: str = "surgery") -> None:
-    """Raise :class:`SurgeryError` unless ``model`` is a ``keras.Model`` object.
+def check_model(model, function: str = "surgery"):
+    """The graph adapter for ``model``; :class:`SurgeryError` unless it is a Keras model
+    (tf-keras / Keras 2, or Keras 3 on any backend).
 
     Example::
 
         check_model("model.h5", "plan")  # SurgeryError: ... keras.models.load_model(...)
     """
-    from surgery._backend import keras
+    from surgery.engine.adapters import adapter_for
 
-    if isinstance(model, keras.Model):
-        return
     if model is None:
         raise SurgeryError(f"{function}(model=None): model must be a keras.Model; build one, or "
                            "load a saved one with keras.models.load_model(path)")
@@ -37,9 +36,12 @@ def check_model(model, function: str = "surgery") -> None:
         raise SurgeryError(
             f"{function}(model={os.fsdecode(model)!r}): model must be a keras.Model, not a "
             "path; load it first with keras.models.load_model(path, compile=False)")
-    raise SurgeryError(f"{function}(model=...): model must be a keras.Model, got "
-                       f"{type(model).__name__}; build it with the Keras functional API or "
-                       "load it with keras.models.load_model(path)")
+    try:
+        return adapter_for(model)
+    except SurgeryError:
+        raise SurgeryError(f"{function}(model=...): model must be a keras.Model (tf-keras or "
+                           f"Keras 3), got {type(model).__name__}; build it with the Keras "
+                           "functional API or load it with keras.models.load_model(path)") from None
 
 
 def _is_number(value) -> bool:

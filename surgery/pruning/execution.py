@@ -1,23 +1,40 @@
 """Carrying out a plan, and checking the result.
 
-This module owns :func:`apply` (one :class:`~surgery.engine.surgeon.Surgeon` pass over a
-:class:`~surgery.plan.PrunePlan`, weights copied, input untouched), :func:`prune` (plan +
-apply) and :func:`verify` (the equivalence check of DESIGN.md: the pruned model against
-the original with the deleted channels zeroed).
+This module owns :func:`apply` (one surgery pass over a
+:class:`~surgery.plan.PrunePlan`, weights copied, input untouched: kerassurgeon's
+interface through :class:`~surgery.engine.surgeon.Surgeon` for tf-keras models, a
+``clone_model`` rebuild for Keras 3 models), :func:`delete_channels`, :func:`prune`
+(plan + apply) and :func:`verify` (the equivalence check of DESIGN.md: the pruned model
+against the original with the deleted channels zeroed).
 """
 from __future__ import annotations
 
-from surgery._backend import keras
+from typing import Iterable, Mapping, Sequence
+
+from surgery.engine import keras2
+from surgery.engine.adapters import adapter_for, same_adapter
+from surgery.engine.cutting import delete_by_rebuild
 from surgery.pruning.arguments import check_model
 from surgery.engine.flatten import flattened
-from surgery.pruning.planning import PrunePlan, plan as make_plan
-from surgery.engine.surgeon import Surgeon
 from surgery.engine.zeroing import max_relative_difference, zero_channels
+from surgery.pruning.planning import PrunePlan, plan as make_plan
 
 
+def _delete(model, deletions: Mapping[str, Sequence[int]]):
+    adapter = adapter_for(model)
+    if adapter is not keras2:
+        return delete_by_rebuild(model, deletions, adapter)
+    from surgery.engine.surgeon import Surgeon  # Keras 2 only: loads kerassurgeon
 
-def apply(model: keras.Model, plan: PrunePlan) -> keras.Model:
-    """A new, smaller model with ``plan.deletions`` cut out; ``model`` is untouched.
+    surgeon = Surgeon(model)
+    for name, channels in deletions.items():
+        surgeon.add_job("delete_channels", name, channels=channels)
+    return surgeon.operate()
+
+
+def apply(model, plan: PrunePlan):
+    """A new, smaller model with ``plan.deletions`` cut out; ``model`` is untouched. The
+    result is a model of the same Keras generation as ``model``.
 
     Example::
 
@@ -28,14 +45,26 @@ def apply(model: keras.Model, plan: PrunePlan) -> keras.Model:
         from surgery.errors import SurgeryError
         raise SurgeryError(f"apply(plan=...): plan must be a PrunePlan from surgery.plan(...) "
                            f"or PrunePlan.from_json(text), got {type(plan).__name__}")
-    model = flattened(model)
-    surgeon = Surgeon(model)
-    for name, channels in plan.deletions.items():
-        surgeon.add_job("delete_channels", name, channels=channels)
-    return surgeon.operate()
+    return _delete(flattened(model), plan.deletions)
 
 
-def prune(model: keras.Model, **plan_kwargs) -> keras.Model:
+def delete_channels(model, layer, channels: Iterable[int]):
+    """Delete ``channels`` from ``layer`` (a name or a layer) and the weights that read
+    them downstream.
+
+    Example::
+
+        smaller = surgery.delete_channels(model, "conv1", [0, 5, 7])
+    """
+    if adapter_for(model) is keras2:
+        from surgery.engine.surgeon import delete_channels as keras2_delete
+
+        return keras2_delete(model, layer, channels)
+    name = layer if isinstance(layer, str) else layer.name
+    return delete_by_rebuild(model, {name: list(channels)}, adapter_for(model))
+
+
+def prune(model, **plan_kwargs):
     """``apply(model, plan(model, **plan_kwargs))``.
 
     Example::
@@ -46,7 +75,7 @@ def prune(model: keras.Model, **plan_kwargs) -> keras.Model:
     return apply(model, make_plan(model, **plan_kwargs))
 
 
-def verify(model: keras.Model, pruned: keras.Model, plan: PrunePlan, x) -> float:
+def verify(model, pruned, plan: PrunePlan, x) -> float:
     """Max relative output difference between ``pruned`` and ``model`` with the planned
     channels zeroed (0 for an exact cut; float32 models should give ≤ 1e-5).
 
@@ -56,5 +85,6 @@ def verify(model: keras.Model, pruned: keras.Model, plan: PrunePlan, x) -> float
     """
     check_model(model, "verify")
     check_model(pruned, "verify(pruned=...)")
+    same_adapter(model, pruned)
     zeroed = zero_channels(flattened(model), plan.deletions)
     return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))

@@ -16,8 +16,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from surgery._backend import keras
-from surgery.engine import keras2
+from surgery.engine.adapters import adapter_for
 from surgery.engine.flatten import flattened
 from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
@@ -100,9 +99,10 @@ def _member_scores(group: ChannelGroup, scores, policy: str) -> dict[str, np.nda
     return members
 
 
-def _scored_followers(model: keras.Model, groups) -> list[str]:
+def _scored_followers(model, groups) -> list[str]:
     """The first follower of each group that criteria can score (a depthwise conv)."""
-    infos = {n.layer.name: n.info for n in keras2.nodes(model) if not n.is_input}
+    infos = {n.layer.name: n.info for n in adapter_for(model).nodes(model)
+             if not n.is_input}
     names = []
     for g in groups:
         for f in g.followers:
@@ -142,7 +142,7 @@ def _trim(chosen, combined: np.ndarray, size: int, round_to: int, min_channels: 
     return np.sort(np.array([c for b in by_block for c in b[:per_block]], int))
 
 
-def plan(model: keras.Model, ratio: Optional[float] = 0.3, criterion="l1",
+def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          policy: str = "aggregate", *, threshold: Optional[float] = None,
          per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
          round_to: int = 1, min_channels: int = 1, scope: str = "local",

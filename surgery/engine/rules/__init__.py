@@ -55,6 +55,10 @@ def rule_for(layer_or_name) -> Optional[LayerRule]:
     if isinstance(layer_or_name, str):
         key = layer_or_name
     elif isinstance(layer_or_name, LayerInfo):
+        # a Keras 3 non-layer operation: its own rule first, else the same-named layer's
+        own = _RULES.get(f"ops.{layer_or_name.op}") if layer_or_name.op else None
+        if own is not None:
+            return own
         key = layer_or_name.class_name
     else:
         key = type(layer_or_name).__name__
@@ -68,6 +72,6 @@ def registered() -> list[str]:
 
 # Importing the families registers the built-in rules.
 from surgery.engine.rules import (  # noqa: E402,F401
-    activations, convolutions, dense, merging, normalization, preprocessing, recurrent,
-    reshaping, spatial, tf_ops, wrappers,
+    activations, convolutions, dense, keras_ops, merging, normalization, preprocessing,
+    recurrent, reshaping, spatial, tf_ops, wrappers,
 )

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from surgery.engine import keras2
+from surgery.engine.adapters import adapter_for
 from surgery.engine.rules import CHANNELWISE, LayerRule, rule_for
 from surgery.errors import SurgeryError
 from surgery.pruning.criteria._registry import logger
@@ -20,9 +20,9 @@ def _scorable(info) -> bool:
     return rule is not None and type(rule).filter_matrix is not LayerRule.filter_matrix
 
 
-def _call(model, layer) -> keras2.Node:
+def _call(model, layer) -> Any:
     """The layer's first call in ``model`` (data-driven criteria use that one)."""
-    calls = keras2.nodes_of(model, layer)
+    calls = adapter_for(model).nodes_of(model, layer)
     if not calls:
         raise SurgeryError(f"layer {layer.name!r} is not connected in model {model.name!r}")
     if len(calls) > 1:
@@ -34,7 +34,7 @@ def _call(model, layer) -> keras2.Node:
 def _resolve_layers(model, names: Sequence[str]) -> list:
     if isinstance(names, str):
         raise SurgeryError(f"layer_names must be a sequence of names, got the string {names!r}")
-    keras2.require_functional(model)
+    adapter_for(model).require_functional(model)
     by_name = {layer.name: layer for layer in model.layers}
     layers = []
     for name in names:
@@ -43,7 +43,7 @@ def _resolve_layers(model, names: Sequence[str]) -> list:
                 f"unknown layer {name!r}: model {model.name!r} has no top-level layer of that "
                 "name (see model.summary(); layers of nested models must be named in them)")
         layer = by_name[name]
-        calls = keras2.nodes_of(model, layer)
+        calls = adapter_for(model).nodes_of(model, layer)
         if not calls or not _scorable(calls[0].info):
             raise SurgeryError(
                 f"layer {name!r} ({type(layer).__name__}) has no prunable output channels; "
@@ -54,7 +54,7 @@ def _resolve_layers(model, names: Sequence[str]) -> list:
 
 
 def _info(model, layer):
-    return keras2.nodes_of(model, layer)[0].info
+    return adapter_for(model).nodes_of(model, layer)[0].info
 
 
 def _filter_matrix(model, layer) -> np.ndarray:
@@ -72,14 +72,14 @@ def _channel_axis(model, layer) -> int:
     return 1 if rule_for(info).channel_axis(info) == 0 else -1
 
 
-def _follow_chain(model, node: keras2.Node, passthrough: Callable[[Any], bool],
-                  target: Callable[[Any], bool]) -> Optional[keras2.Node]:
+def _follow_chain(model, node, passthrough: Callable[[Any], bool],
+                  target: Callable[[Any], bool]) -> Optional[Any]:
     """Walk the single-consumer chain from ``node`` through calls for which
     ``passthrough(info)`` holds to the first call with ``target(info)``; ``None`` when
     the chain forks, ends or hits anything else."""
     current = node
     for _ in range(len(model.layers) + 1):
-        consumers = keras2.consumers(model, current)
+        consumers = adapter_for(model).consumers(model, current)
         if len(consumers) != 1:
             return None
         nxt = consumers[0]

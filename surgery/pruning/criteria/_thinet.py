@@ -14,7 +14,7 @@ import numpy as np
 
 from surgery._backend import keras
 from surgery.pruning.criteria._data import _iter_batches, _require_data
-from surgery.engine import keras2
+from surgery.engine.adapters import adapter_for
 from surgery.pruning.criteria._graph import (
     _call, _follow_chain, _keeps_channels, _linear_window, _n_out_channels, _resolve_layers,
 )
@@ -213,7 +213,7 @@ def thinet(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
         plans.append((layer, window, hit.inputs[0]))
     out: dict[str, np.ndarray] = {}
     if plans:
-        probe = keras2.submodel(model, [t for _, _, t in plans])
+        probe = adapter_for(model).submodel(model, [t for _, _, t in plans])
         reservoirs = [_Reservoir(n_locations, rng) for _ in plans]
         for x, _ in _iter_batches(data, max_samples, batch_size):
             outs = probe(x, training=False)

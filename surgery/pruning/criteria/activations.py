@@ -14,7 +14,7 @@ import numpy as np
 
 from surgery._backend import keras, tf
 from surgery.pruning.criteria._data import _iter_batches, _reduce_to_channels, _require_data
-from surgery.engine import keras2
+from surgery.engine.adapters import adapter_for
 from surgery.pruning.criteria._graph import (
     _activation, _call, _channel_axis, _follow_chain, _is_identity_like, _is_relu_like,
     _resolve_layers,
@@ -61,7 +61,7 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
     _require_data("apoz", data)
     layers = _resolve_layers(model, layer_names)
     targets = [_apoz_tensor(model, layer) for layer in layers]
-    probe = keras2.submodel(model, [t for t, _ in targets])
+    probe = adapter_for(model).submodel(model, [t for t, _ in targets])
     zeros: list[Optional[np.ndarray]] = [None] * len(layers)
     totals = [0] * len(layers)
     for x, _ in _iter_batches(data, max_samples, batch_size):
@@ -78,8 +78,8 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
 
 
 def _output_is_probability(model: keras.Model) -> bool:
-    layer = keras2.output_layer(model)
-    calls = keras2.nodes_of(model, layer)
+    layer = adapter_for(model).output_layer(model)
+    calls = adapter_for(model).nodes_of(model, layer)
     if not calls:
         return False
     info = calls[-1].info
@@ -140,7 +140,7 @@ def taylor(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
     probabilities = _output_is_probability(model)
     acts = [_call(model, layer).outputs[0] for layer in layers]
     axes = [_channel_axis(model, layer) for layer in layers]
-    probe = keras2.submodel(model, acts + [model.outputs[0]])
+    probe = adapter_for(model).submodel(model, acts + [model.outputs[0]])
     sums: list[Optional[np.ndarray]] = [None] * len(layers)
     seen = 0
     for x, y in _iter_batches(data, max_samples, batch_size):

@@ -1,0 +1,100 @@
+"""Cutting one call with its layer rule, and channel surgery by rebuilding a model.
+
+This module owns :func:`cut` — what a call becomes when deleted channels reach its inputs
+(its rule's ``cut_inputs`` / ``propagate``) and when its own output channels are deleted
+(``cut_outputs``) — shared by both Keras generations, and :func:`delete_by_rebuild`, the
+surgery pass for graph adapters that rebuild a whole model at once (Keras 3: masks walked
+through the rules, then one ``clone_model`` with the new configs and sliced weights).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from surgery.errors import SurgeryError, UnsupportedLayerError
+from surgery.engine.rules import PRODUCER, rule_for
+from surgery.engine.rules.base import concrete
+
+
+def cut(info, masks: list, channels: Optional[Sequence[int]], nested: bool = False
+        ) -> tuple:
+    """``(replacement, outbound mask)`` of one call: ``replacement`` is ``None`` (layer
+    unchanged), ``(config, weights)``, or a layer object from an old-style handler."""
+    rule = rule_for(info)
+    live = any(m is not None for m in masks)
+    if rule is None and (live or channels):
+        detail = ("it is a model nested inside the model; flatten it first with "
+                  "surgery.flatten_model(model)" if nested else "")
+        raise UnsupportedLayerError(info, detail)
+    replacement, mask = None, None
+    if live:
+        full = [np.ones(concrete(shape), bool) if m is None else m
+                for m, shape in zip(masks, info.input_shapes)]
+        replacement = rule.cut_inputs(info, full)
+        mask = rule.propagate(info, full)
+    if channels:
+        if replacement is not None and not isinstance(replacement, tuple):
+            raise SurgeryError(f"layer {info.describe()}: a handler already rebuilt it")
+        current = info if replacement is None else info.replaced(*replacement)
+        replacement = rule.cut_outputs(current, channels)
+        axis = rule.channel_axis(info)
+        mask = np.ones(concrete(info.output_shape), bool)
+        np.moveaxis(mask, axis, -1)[..., channels] = False
+    return replacement, mask
+
+
+def checked_channels(info, channels) -> list[int]:
+    """``channels`` as sorted unique indices, refused when out of range or all of them."""
+    rule = rule_for(info)
+    if rule is None or rule.flow_of(info) != PRODUCER:
+        raise UnsupportedLayerError(
+            info, "it has no output channels (filters or units) of its own to delete; "
+                  "delete them at the layer that produces them")
+    total = rule.channels(info)
+    if channels is None:
+        raise SurgeryError(f"delete_channels on layer '{info.name}' needs channels=[...]")
+    chosen = sorted({int(c) for c in np.asarray(list(channels)).reshape(-1)})
+    bad = [c for c in chosen if not 0 <= c < total]
+    if bad:
+        raise SurgeryError(
+            f"channel indices {bad} are out of range for layer {info.describe()}, which "
+            f"has {total} channels (0..{total - 1}).")
+    if len(chosen) == total:
+        raise SurgeryError(
+            f"deleting all {total} channels of layer {info.describe()} would disconnect "
+            "the model; keep at least one (surgery.plan's min_channels does this).")
+    return chosen
+
+
+def delete_by_rebuild(model, deletions: Mapping[str, Sequence[int]], adapter):
+    """A new model without the output channels in ``deletions`` (layer name -> indices),
+    built by ``adapter.rebuild``; ``model`` is untouched."""
+    adapter.require_functional(model)
+    names = {n.layer.name for n in adapter.nodes(model) if not n.is_input}
+    unknown = sorted(set(deletions) - names)
+    if unknown:
+        raise SurgeryError(f"model '{model.name}' has no layers named {unknown}; "
+                           "deletions must name layers of the model (see model.summary())")
+    replaced: dict[int, tuple] = {}
+    checked: dict[str, list[int]] = {}
+
+    def visit(node, masks):
+        info = node.info
+        channels = deletions.get(info.name) or None
+        if channels is not None and info.name not in checked:
+            checked[info.name] = checked_channels(info, channels)
+        if channels is not None:
+            channels = checked[info.name]
+        replacement, mask = cut(info, masks, channels, adapter.is_nested(node.layer))
+        if replacement is not None:
+            if not isinstance(replacement, tuple):
+                raise SurgeryError(
+                    f"layer {info.describe()} is cut by an old-style handler that returns "
+                    "a layer object, which works for tf-keras models only; register a "
+                    "surgery.LayerRule for it instead")
+            replaced.setdefault(id(node.layer), replacement)
+        return mask
+
+    adapter.walk(model, visit, lambda t: None)
+    return adapter.rebuild(model, replaced)

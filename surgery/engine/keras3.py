@@ -1,0 +1,255 @@
+"""The Keras 3 graph adapter: the only module that touches Keras 3 graph internals.
+
+It offers the same small interface as :mod:`surgery.engine.keras2`, for models built
+with Keras 3 on any backend: walking a functional model's nodes in topological order
+(``Functional._nodes_by_depth``; a Sequential model through its inner functional graph),
+including calls of non-layer operations (``x + y`` is a ``keras.src.ops.numpy.Add``,
+``ops.relu6`` a ``Relu6``), describing each call as a
+:class:`~surgery.engine.rules.LayerInfo`, replaying a call with other tensors
+(``Node.arguments.fill_in``), fresh inputs, models nesting inputs/outputs like another, and
+:func:`rebuild`, which replays the whole model through the public
+``keras.models.clone_model(clone_function=...)`` with new configs for the layers a surgery
+changed (Keras re-infers every downstream shape) and then sets their sliced weights.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import keras
+from keras import tree
+
+from surgery.errors import SurgeryError
+from surgery.engine.rules import LayerInfo
+
+#: attributes of non-layer operations that rules read as config (``Concatenate``'s axis)
+_OP_ATTRIBUTES = ("axis", "axes", "newshape", "new_shape")
+
+
+def _graph(model):
+    """The functional graph of a model (a built Sequential keeps one inside)."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model if hasattr(model, "_nodes_by_depth") else None
+
+
+def require_functional(model) -> None:
+    """Refuse models whose graph surgery cannot see (subclassed, or never built)."""
+    if not isinstance(model, keras.Model):
+        raise SurgeryError(f"expected a keras.Model, got {type(model).__name__}")
+    if _graph(model) is None:
+        raise SurgeryError(
+            f"model '{model.name}' ({type(model).__name__}) is not a functional model: a "
+            "subclassed model's graph is Python code that surgery cannot see, and a "
+            "Sequential model must be built with an input shape first. Rebuild it with the "
+            "functional API (keras.Input(...) → layers → keras.Model) or give the Sequential "
+            "model a keras.Input first.")
+
+
+def is_nested(layer) -> bool:
+    """True for a functional or Sequential model used as a layer of another model."""
+    return isinstance(layer, keras.Model) and _graph(layer) is not None
+
+
+def key(tensor) -> int:
+    """The identity of a symbolic tensor within one model."""
+    return id(tensor)
+
+
+def _shape(tensor) -> tuple:
+    return tuple(tensor.shape)[1:]
+
+
+def _config(op) -> dict:
+    try:
+        config = op.get_config()
+    except Exception:  # noqa: BLE001 — an op without a config is described by its name
+        config = {"name": op.name}
+    if not isinstance(op, keras.layers.Layer):
+        for attr in _OP_ATTRIBUTES:
+            if attr not in config and hasattr(op, attr):
+                config[attr] = getattr(op, attr)
+    return config
+
+
+def _no_weights() -> list:
+    return []
+
+
+class Node:
+    """One call of a layer or operation in a model: the operation, its tensors."""
+
+    __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "__weakref__")
+
+    def __init__(self, node):
+        self._node = node
+        self.layer = node.operation
+        self.is_input = node.is_input
+        self.inputs = [] if node.is_input else list(node.input_tensors)
+        self.outputs = list(node.outputs)
+
+    @property
+    def identity(self) -> int:
+        """Tells two calls of the same layer apart."""
+        return id(self._node)
+
+    @property
+    def input_keys(self) -> list:
+        return [key(t) for t in self.inputs]
+
+    @property
+    def output_keys(self) -> list:
+        return [key(t) for t in self.outputs]
+
+    @property
+    def info(self) -> LayerInfo:
+        """The call described for the layer rules (read afresh: weights may change)."""
+        op = self.layer
+        is_layer = isinstance(op, keras.layers.Layer)
+        return LayerInfo(
+            class_name=type(op).__name__, name=op.name, config=_config(op),
+            input_shapes=[_shape(t) for t in self.inputs],
+            output_shape=_shape(self.outputs[0]) if self.outputs else (),
+            op=None if is_layer else type(op).__name__, layer=op,
+            load_weights=op.get_weights if is_layer else _no_weights)
+
+    def call(self, layer, tensors: Sequence) -> list:
+        """Call ``layer`` with this node's original arguments, its tensors replaced;
+        returns the output tensors as a flat list."""
+        table = {id(old): new for old, new in zip(self.inputs, tensors)}
+        args, kwargs = self._node.arguments.fill_in(table)
+        return tree.flatten(layer(*args, **kwargs))
+
+
+_NODES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def nodes(model) -> list[Node]:
+    """The model's calls in topological order (input nodes included), computed once per
+    model (a functional graph never changes)."""
+    cached = _NODES.get(model)
+    if cached is None:
+        by_depth = _graph(model)._nodes_by_depth
+        cached = [Node(n) for d in sorted(by_depth, reverse=True) for n in by_depth[d]]
+        _NODES[model] = cached
+    return cached
+
+
+def inputs(model) -> list:
+    return list(_graph(model).inputs)
+
+
+def outputs(model) -> list:
+    return list(_graph(model).outputs)
+
+
+def walk(model, visit: Callable[[Node, list], Any], start: Callable[[Any], Any]) -> dict:
+    """Visit every call once in topological order; ``visit(node, inbound_values)`` returns
+    one value for all outputs, or a list with one per output. ``start(tensor)`` gives the
+    values of the model's inputs. Returns ``{tensor key: value}``."""
+    values = {key(t): start(t) for t in inputs(model)}
+    for node in nodes(model):
+        if node.is_input:
+            continue
+        result = visit(node, [values.get(k) for k in node.input_keys])
+        keys = node.output_keys
+        if not isinstance(result, list) or len(keys) == 1 and len(result) != 1:
+            result = [result] * len(keys)
+        for k, value in zip(keys, result):
+            values[k] = value
+    return values
+
+
+def input_names(model) -> list[str]:
+    return [t._keras_history.operation.name for t in inputs(model)]
+
+
+def fresh_inputs(model) -> list:
+    """New ``Input`` tensors like the model's, with the same names."""
+    return [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
+            for t, name in zip(inputs(model), input_names(model))]
+
+
+def build_model(model, new_inputs: list, new_outputs: list):
+    """A functional model nesting ``new_inputs``/``new_outputs`` the way ``model`` does."""
+    graph = _graph(model)
+    return keras.Model(tree.pack_sequence_as(graph._inputs_struct, new_inputs),
+                       tree.pack_sequence_as(graph._outputs_struct, new_outputs),
+                       name=model.name)
+
+
+def new_layer(layer, config: Optional[dict] = None):
+    """A fresh layer of ``layer``'s class from ``config`` (its own config by default)."""
+    return type(layer).from_config(layer.get_config() if config is None else config)
+
+
+def set_weights(pairs: Iterable[tuple]) -> None:
+    """Set ``(layer, weights)`` pairs (layers must be built)."""
+    for layer, weights in pairs:
+        if weights:
+            layer.set_weights(list(weights))
+
+
+def clone(model):
+    """A copy of ``model`` with its own layers and the same weights."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def rebuild(model, replaced: Mapping[int, tuple]):
+    """A copy of ``model`` in which the layers in ``replaced`` (``id(layer)`` ->
+    ``(config, weights)``) are rebuilt from the new config and given the new weights
+    (``None``: built fresh from the config); every other layer keeps its config and
+    weights. Keras infers every downstream shape while replaying the graph."""
+    made: dict[int, tuple] = {}
+
+    def clone_function(layer):
+        config = replaced[id(layer)][0] if id(layer) in replaced else None
+        try:
+            new = new_layer(layer, config)
+        except Exception as err:  # a config Keras cannot build: say which layer
+            raise SurgeryError(f"rebuilding layer '{layer.name}' ({type(layer).__name__}) "
+                               f"after channel deletion failed: {err}") from err
+        made[id(layer)] = (layer, new)
+        return new
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone_function)
+    except SurgeryError:
+        raise
+    except Exception as err:  # a cut that Keras cannot wire up
+        raise SurgeryError(f"rebuilding model '{model.name}' after channel deletion "
+                           f"failed: {err}") from err
+    pairs = []
+    for layer_id, (layer, new) in made.items():
+        if not isinstance(layer, keras.layers.Layer):
+            continue
+        weights = replaced[layer_id][1] if layer_id in replaced else None
+        if weights is None and layer_id not in replaced:
+            weights = layer.get_weights()
+        if weights:
+            pairs.append((new, weights))
+    set_weights(pairs)
+    return copy
+
+
+def nodes_of(model, layer) -> list[Node]:
+    """The calls of ``layer`` that belong to ``model``."""
+    return [n for n in nodes(model) if n.layer is layer and not n.is_input]
+
+
+def consumers(model, node: Node) -> list[Node]:
+    """The calls in ``model`` that read an output of ``node``."""
+    outs = set(node.output_keys)
+    return [n for n in nodes(model) if not n.is_input and outs & set(n.input_keys)]
+
+
+def output_layer(model):
+    """The layer (or operation) that makes the model's first output."""
+    return outputs(model)[0]._keras_history.operation
+
+
+def submodel(model, tensors: list):
+    """A model from ``model``'s inputs to the given internal tensors (for probing)."""
+    return keras.Model(inputs(model), tensors)
