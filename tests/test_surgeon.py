@@ -156,8 +156,12 @@ def test_import_selects_keras2_when_tensorflow_is_not_imported_yet():
     assert out.stdout.strip().startswith("tf_keras")
 
 
-def test_import_after_keras3_tensorflow_is_a_clear_error():
-    out = run_python("import os; os.environ.pop('TF_USE_LEGACY_KERAS', None); "
-                     "import tensorflow; import surgery")
-    assert out.returncode != 0
-    assert "TF_USE_LEGACY_KERAS=1" in out.stderr and "Import `surgery` before" in out.stderr
+def test_import_after_keras3_tensorflow_keeps_keras3_and_refuses_surgeon_clearly():
+    out = run_python(
+        "import os; os.environ.pop('TF_USE_LEGACY_KERAS', None); "
+        "import tensorflow as tf; import surgery; import keras; "
+        "assert tf.keras.Model is keras.Model, 'surgery changed what tf.keras is'; "
+        "assert 'TF_USE_LEGACY_KERAS' not in os.environ\n"
+        "try:\n    surgery.Surgeon\nexcept surgery.SurgeryError as err:\n    print(err)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TF_USE_LEGACY_KERAS=1" in out.stdout and "Import `surgery` first" in out.stdout
