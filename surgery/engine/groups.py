@@ -123,7 +123,7 @@ class _Analysis:
             return self.new(out_size, f"produced by {info.describe()}")
         flow = rule.flow_of(info)
         first = inbound[0] if inbound else None
-        if node.layer.weights and inbound:  # a shared layer reads every call's channels
+        if getattr(node.layer, "weights", None) and inbound:  # a shared layer reads every call's channels
             seen = self.calls.setdefault(info.name, inbound)  # through the same weights
             for a, b in zip(seen, inbound if seen is not inbound else ()):
                 if a is not None and b is not None and len(a) == len(b):

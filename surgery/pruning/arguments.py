@@ -39,9 +39,9 @@ def check_model(model, function: str = "surgery"):
     try:
         return adapter_for(model)
     except SurgeryError:
-        raise SurgeryError(f"{function}(model=...): model must be a keras.Model (tf-keras or "
-                           f"Keras 3), got {type(model).__name__}; build it with the Keras "
-                           "functional API or load it with keras.models.load_model(path)") from None
+        raise SurgeryError(f"{function}(model=...): model must be a keras.Model, got "
+                           f"{type(model).__name__}; build it (tf-keras or Keras 3) with the "
+                           "Keras functional API or load it with keras.models.load_model(path)") from None
 
 
 def _is_number(value) -> bool:
