@@ -25,6 +25,9 @@ setup(
         "numpy>=1.26,<3",
         "h5py>=3.11,<4",
         "importlib-metadata>=6",
+        "keras>=3.10,<4",  # Keras 3 models: surgery.engine.keras3
     ],
+    # Keras 3's other backends (KERAS_BACKEND=jax|torch); CPU builds are enough.
+    extras_require={"jax": ["jax>=0.4.30"], "torch": ["torch>=2.4"]},
     entry_points={"console_scripts": ["keras-surgery=surgery.cli.main:main"]},
 )

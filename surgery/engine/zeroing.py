@@ -64,11 +64,18 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
     return clone
 
 
+def to_numpy(value) -> np.ndarray:
+    """``value`` (a NumPy array, or a TensorFlow, JAX or PyTorch tensor) as float64 NumPy."""
+    if hasattr(value, "detach"):  # a PyTorch tensor may require grad and live off the CPU
+        value = value.detach().cpu()
+    return np.asarray(value, np.float64)
+
+
 def max_relative_difference(a, b) -> float:
     """max |a - b| / max |a| over all outputs (0 when both are all zero)."""
     a = a if isinstance(a, (list, tuple)) else [a]
     b = b if isinstance(b, (list, tuple)) else [b]
-    num = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-              for x, y in zip(a, b))
-    den = max(float(np.max(np.abs(np.asarray(x, np.float64)))) for x in a)
+    a, b = [to_numpy(x) for x in a], [to_numpy(y) for y in b]
+    num = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+    den = max(float(np.max(np.abs(x))) for x in a)
     return num / den if den > 0 else num
