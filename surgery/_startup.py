@@ -18,10 +18,11 @@ started as ``keras-surgery`` or ``python -m surgery.cli...``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 _log = logging.getLogger("surgery.startup")
 
@@ -86,30 +87,41 @@ def launched_as_cli() -> bool:
     return any(a == "-m" and b.startswith("surgery.cli") for a, b in zip(orig, orig[1:]))
 
 
-def import_tensorflow_quietly() -> None:
-    """Import ``surgery`` (so TensorFlow with the Keras 2 API) and initialise its devices with
-    stderr muted; Python errors raised afterwards still show."""
+@contextlib.contextmanager
+def muted_stderr() -> Iterator[None]:
+    """Mute file descriptor 2 (what TensorFlow's and TFLite's C++ code writes to) inside
+    the block; Python exceptions raised in it still show after it ends."""
+    sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        from surgery._backend import tf
-        tf.config.list_physical_devices()
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def quiet_tensorflow_logging() -> None:
+    """Only errors from TensorFlow's Python logger (no retracing warnings), and no copy of
+    them through the root logger's handler."""
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.setLevel(logging.ERROR)
+    tf_logger.propagate = False
+
+
+def import_tensorflow_quietly() -> None:
+    """Import ``surgery`` (so TensorFlow with the Keras 2 API) and initialise its devices with
+    stderr muted; Python errors raised afterwards still show."""
+    with muted_stderr():
+        from surgery._backend import tf
+        tf.config.list_physical_devices()
 
 
 def muted_stderr_import(import_fn) -> None:
     """Call ``import_fn`` with file descriptor 2 muted (used by ``surgery._backend``)."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with muted_stderr():
         import_fn()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def cli_startup() -> None:

@@ -196,3 +196,27 @@ def test_finetune_passes_callbacks_to_fit():
     counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))
     finetune(model, train, epochs=2, verbose=0, callbacks=[counter])
     assert len(seen) == 6
+
+
+def test_cli_output_quiet_and_complete(tmp_path):
+    """--quiet leaves the report and the artifacts line only (no TensorFlow warnings, no
+    TFLite progress bars or converter chatter); the artifacts line names every file
+    written; without --quiet the baseline training is logged as such."""
+    out = tmp_path / "run"
+    quiet = subprocess.run([sys.executable, os.path.join(ROOT, "prune_and_finetune.py")]
+                           + TINY + ["--out", str(out), "--plots", "--tflite"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    both = quiet.stdout + quiet.stderr
+    for noise in ("tflite:", "retrac", "WARNING", "inference_type", "XNNPACK", "%|"):
+        assert noise not in both, noise
+    last = quiet.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"artifacts in {out}: ")
+    named = set(last.split(": ", 1)[1].split(", "))
+    assert named == set(os.listdir(out)) and len(named) == 12
+    loud = subprocess.run([sys.executable, os.path.join(ROOT, "prune_and_finetune.py")]
+                          + [a for a in TINY if a != "--quiet"] + ["--out", str(tmp_path / "l")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "training the baseline lenet5" in loud.stdout
+    assert loud.stdout.count("fine-tuning lenet5") == 1

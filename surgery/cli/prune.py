@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -38,6 +39,7 @@ from typing import Optional, Sequence
 
 import surgery  # noqa: E402,F401  (selects the Keras 2 API before TensorFlow is imported)
 from surgery._backend import keras, tf  # noqa: E402
+from surgery._startup import muted_stderr, quiet_tensorflow_logging  # noqa: E402
 from surgery.pruning import criteria as _criteria  # noqa: E402
 from surgery.pipeline.finetune import (STRATEGIES, clone_into, evaluate_accuracy, finetune,
                               make_strategy, set_bn_momentum)
@@ -68,6 +70,7 @@ class RunResult:
     report: dict
     model: keras.Model
     baseline_path: Optional[str] = None
+    files: tuple = ()  # every file the run wrote, relative to ``out``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,10 +356,10 @@ def run(args: argparse.Namespace) -> RunResult:
 
     baseline_seconds = 0.0
     if loaded is None:
-        logger.info("training baseline %s for %d epochs", args.model, args.baseline_epochs)
         t0 = time.perf_counter()
         finetune(base, splits.train, splits.val, epochs=args.baseline_epochs,
-                 lr=args.baseline_lr, warmup_epochs=1, **_train_kwargs(args, strategy))
+                 lr=args.baseline_lr, warmup_epochs=1, stage="training the baseline",
+                 **_train_kwargs(args, strategy))
         baseline_seconds = time.perf_counter() - t0
     acc_baseline = evaluate_accuracy(base, splits.test)
     params_before = base.count_params()
@@ -441,17 +444,24 @@ def run(args: argparse.Namespace) -> RunResult:
         if args.plots:
             from surgery.data import as_arrays
             values.update(write_plots(base, current, as_arrays(splits.val), out,
-                                      criterion=args.criterion, progress=not args.quiet))
+                                      criterion=args.criterion, progress=not args.quiet,
+                                      chosen_flops=flops_after))
         if args.tflite:
-            values.update(write_tflite(base, current, splits, out))
+            with muted_stderr() if args.quiet else contextlib.nullcontext():
+                values.update(write_tflite(base, current, splits, out,
+                                           progress=not args.quiet))
         report = build_report(values)
         json_path, md_path = write_report(out, report)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
+    written = [baseline_path, pruned_path, plan_path, json_path, md_path]
+    written += [v for k, v in values.items() if k.endswith("_png")]
+    written += [row["path"] for row in values.get("tflite", ())]
+    files = tuple(os.path.relpath(p, out) for p in written if p)
     return RunResult(out, pruned_path, plan_path, json_path, md_path, report, current,
-                     baseline_path)
+                     baseline_path, files)
 
 
 def _plan_ratio(plans):
@@ -524,6 +534,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    if args.quiet:  # TensorFlow's own warnings (retracing, ...) too
+        quiet_tensorflow_logging()
     try:
         result = run(args)
     except UsageError as exc:
@@ -533,7 +545,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     print(render_markdown(result.report), end="")
-    print(f"artifacts in {result.out}: pruned.h5, plan.json, report.json, report.md")
+    print(f"artifacts in {result.out}: {', '.join(result.files)}")
     return 0
 
 

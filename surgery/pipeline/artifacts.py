@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 from surgery._backend import keras
 from surgery.pipeline.export import evaluate_tflite, export_tflite, size_table, size_table_markdown
@@ -22,12 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 def write_plots(base: keras.Model, pruned: keras.Model, data, folder: str, *,
-                criterion: str = "l1", ratios=(0.3, 0.5, 0.7), progress: bool = True
-                ) -> dict[str, Any]:
+                criterion: str = "l1", ratios=(0.3, 0.5, 0.7), progress: bool = True,
+                chosen_flops: Optional[int] = None) -> dict[str, Any]:
     """Channels before/after, sensitivity per group, accuracy vs FLOPs (PNG files).
 
     ``data`` is an ``(x, y)`` tuple (a validation split); sensitivity and accuracy-vs-FLOPs
     are measured on ``base`` without fine-tuning, as PaddleSlim's sensitivity tool does.
+    ``chosen_flops`` (the FLOPs of the run's pruned model) is marked on the FLOPs plot.
     """
     paths = {"channels_png": str(plot_channels(base, pruned,
                                                os.path.join(folder, "channels.png")))}
@@ -37,14 +38,16 @@ def write_plots(base: keras.Model, pruned: keras.Model, data, folder: str, *,
     rows = accuracy_vs_flops(base, data, (0.0,) + tuple(ratios), criterion=criterion,
                              progress=progress)
     paths["accuracy_vs_flops_png"] = str(plot_accuracy_vs_flops(
-        rows, os.path.join(folder, "accuracy_vs_flops.png")))
+        rows, os.path.join(folder, "accuracy_vs_flops.png"), chosen_flops=chosen_flops,
+        title=f"validation accuracy vs FLOPs, uniform {criterion} cuts before fine-tuning\n"
+              "(point labels: pruning ratio)"))
     return dict(paths, sensitivity={g: {str(r): a for r, a in v.items()}
                                     for g, v in result.items()},
                 accuracy_vs_flops=rows)
 
 
-def write_tflite(base: keras.Model, pruned: keras.Model, splits, folder: str
-                 ) -> dict[str, Any]:
+def write_tflite(base: keras.Model, pruned: keras.Model, splits, folder: str, *,
+                 progress: bool = True) -> dict[str, Any]:
     """Baseline and pruned float32, pruned dynamic-range and int8 ``.tflite`` files, the
     accuracy of each on the test split, and their raw and gzipped sizes."""
     files = {
@@ -56,7 +59,8 @@ def write_tflite(base: keras.Model, pruned: keras.Model, splits, folder: str
             pruned, os.path.join(folder, "pruned_int8.tflite"), quantize="int8",
             representative_data=splits.train),
     }
-    accuracy = {label: evaluate_tflite(path, splits.test) for label, path in files.items()}
+    accuracy = {label: evaluate_tflite(path, splits.test, progress=progress)
+                for label, path in files.items()}
     rows = size_table(files)
     for row in rows:
         row["accuracy"] = accuracy[row["label"]]

@@ -262,13 +262,15 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
              teacher: Optional[keras.Model] = None, temperature: float = 4.0,
              alpha: float = 0.5, strategy: Optional[tf.distribute.Strategy] = None,
              verbose: int = 1, steps: Optional[int] = None,
-             callbacks: Sequence[keras.callbacks.Callback] = ()) -> keras.callbacks.History:
+             callbacks: Sequence[keras.callbacks.Callback] = (),
+             stage: str = "fine-tuning") -> keras.callbacks.History:
     """Train ``model`` in place with Adam and :class:`WarmupCosine` for ``epochs`` epochs
     (``warmup_epochs`` of them warming up), with Keras progress bars; with ``teacher``,
     distil from it (:class:`Distiller`). Under ``strategy`` the model (and teacher) must
     have been built in ``strategy.scope()`` (see :func:`clone_into`). ``steps`` caps the
     batches per epoch (brief fine-tunes); ``callbacks`` go to ``fit`` (e.g. tfmot's
-    :func:`surgery.sparsity.pruning_callbacks`). Returns the Keras ``History``.
+    :func:`surgery.sparsity.pruning_callbacks`); ``stage`` names the run in the log.
+    Returns the Keras ``History``.
 
     Example::
 
@@ -293,8 +295,8 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
         else:
             trainee = Distiller(model, teacher, temperature=temperature, alpha=alpha)
             trainee.compile(optimizer, metrics=["accuracy"])
-    logger.info("fine-tuning %s for %d epochs x %d steps (lr %g, warmup %g epochs%s)",
-                model.name, epochs, per_epoch, lr, warmup_epochs,
+    logger.info("%s %s for %d epochs x %d steps (lr %g, warmup %g epochs%s)",
+                stage, model.name, epochs, per_epoch, lr, warmup_epochs,
                 ", distilling" if teacher is not None else "")
     data = train.repeat() if steps is not None else train
     history = trainee.fit(data, validation_data=val, epochs=int(epochs),

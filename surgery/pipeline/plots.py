@@ -142,10 +142,12 @@ def plot_sensitivity(result: Mapping[str, Mapping[float, float]], path: str, *,
 
 def plot_accuracy_vs_flops(rows: Sequence[Mapping[str, float]], path: str, *,
                            ax: Optional[Axes] = None, title: Optional[str] = None,
-                           label: Optional[str] = None) -> PlotPath:
+                           label: Optional[str] = None,
+                           chosen_flops: Optional[float] = None) -> PlotPath:
     """Accuracy against MFLOPs, each point labelled with its ratio
     (:func:`surgery.accuracy_vs_flops`). Call it again with the same ``ax`` to compare
-    criteria or policies (``label=`` names the line).
+    criteria or policies (``label=`` names the line). ``chosen_flops`` draws a dashed
+    line at the FLOPs of the cut that was kept.
 
     Example::
 
@@ -163,11 +165,14 @@ def plot_accuracy_vs_flops(rows: Sequence[Mapping[str, float]], path: str, *,
         if "ratio" in r:
             ax.annotate(f"{r['ratio']:g}", (f, a), textcoords="offset points", xytext=(4, 4),
                         fontsize=8)
+    if chosen_flops is not None:
+        ax.axvline(chosen_flops / 1e6, color="tab:red", linestyle="--",
+                   label=f"chosen cut ({chosen_flops / 1e6:.3g} MFLOPs)")
     ax.set_xlabel("MFLOPs (per example)")
     ax.set_ylabel("accuracy")
     ax.set_title(title or "accuracy vs FLOPs (labels: pruning ratio)")
     ax.grid(alpha=0.3)
-    if label:
+    if label or chosen_flops is not None:
         ax.legend()
     return save_png(ax, path)
 
