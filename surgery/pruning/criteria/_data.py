@@ -16,6 +16,7 @@ import numpy as np
 from surgery._backend import tf
 from surgery.pruning.criteria._registry import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, Data
 from surgery.errors import SurgeryError
+from surgery.pruning.arguments import check_values
 
 def _no_data_message(name: str) -> str:
     return (
@@ -71,6 +72,7 @@ def _iter_batches(
                 return
         return
     x_all, y_all = split(data)
+    check_values("channel_scores", "data", (x_all, y_all))
     total = min(_n_examples(x_all), limit)
     for start in range(0, int(total), int(batch_size)):
         stop = min(start + int(batch_size), int(total))
