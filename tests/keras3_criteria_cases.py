@@ -117,7 +117,7 @@ def criteria_results(keras, surgery):
 def refusals(keras, surgery, model):
     import tf_keras
 
-    from surgery.pipeline import sparsity
+    from surgery.pipeline import regularizers, sparsity
     from surgery.pruning.criteria import channel_scores
 
     x, _ = data(4)
@@ -127,6 +127,7 @@ def refusals(keras, surgery, model):
         "sparsity_wrap": _error(lambda: sparsity.prune_low_magnitude_model(model)),
         "sparsity_callbacks": _error(lambda: sparsity.pruning_callbacks()),
         "sparsity_unstructured": _error(lambda: sparsity.prune_unstructured(model, ratio=.5)),
+        "penalties": _error(lambda: regularizers.add_penalties(model, l1=1e-4)),
         "tfmot_after": "tensorflow_model_optimization" in sys.modules,
         "verify_mixed": _error(lambda: surgery.verify(model, other, plan, x)),
         "verify_symbolic": _error(lambda: surgery.verify(

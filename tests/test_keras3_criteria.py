@@ -105,12 +105,12 @@ def test_tf_data_dataset_equals_arrays_on_tensorflow(report):
             np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-7)
 
 
-def test_tfmot_sparsity_is_refused_and_never_loaded(report):
+def test_keras2_only_parts_are_refused_and_tfmot_never_loaded(report):
     assert not report["tfmot_on_import"], "import surgery must not import tfmot"
     r = report["refusals"]
     assert not r["tfmot_after"], "the refusals must come before importing tfmot"
-    for key in ("sparsity_wrap", "sparsity_unstructured"):
-        assert r[key].startswith("SurgeryError: surgery.pipeline.sparsity."), r[key]
+    for key in ("sparsity_wrap", "sparsity_unstructured", "penalties"):
+        assert r[key].startswith("SurgeryError: surgery.pipeline."), r[key]
         assert "tf-keras (Keras 2) models only" in r[key] and "surgery.plan" in r[key]
     assert r["sparsity_callbacks"].startswith(
         "SurgeryError: surgery.pipeline.sparsity.pruning_callbacks"), r["sparsity_callbacks"]

@@ -25,9 +25,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from surgery._backend import keras, require_legacy_tf_keras, tf  # noqa: F401  (first)
+from surgery._backend import (  # noqa: F401  (first: selects the Keras 2 API)
+    keras, require_legacy_tf_keras, require_tf_keras_model, tf,
+)
 from surgery.engine.rules import rule_for
-from surgery.errors import SurgeryError
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +50,8 @@ def _tfmot(what: str):
 
 
 def _require_tf_keras_model(model, what: str) -> None:
-    """Refuse a model that is not a tf-keras (Keras 2) model, naming the way out."""
-    if isinstance(model, keras.Model):
-        return
-    kind = f"{type(model).__module__}.{type(model).__name__}"
-    hint = ("for a Keras 3 model use structured pruning (surgery.plan / surgery.apply), "
-            "or rebuild/load the model with tf-keras (TF_USE_LEGACY_KERAS=1)"
-            if kind.startswith("keras.") else "pass a tf-keras keras.Model")
-    raise SurgeryError(f"surgery.pipeline.sparsity.{what} works on tf-keras (Keras 2) "
-                       f"models only (tfmot and the weight masks are Keras 2 code), got "
-                       f"{kind}; {hint}")
+    require_tf_keras_model(model, f"surgery.pipeline.sparsity.{what} (tfmot and the weight "
+                                  "masks are Keras 2 code)")
 
 
 # --------------------------------------------------------------------------- helpers

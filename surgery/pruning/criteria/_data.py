@@ -3,8 +3,9 @@
 It owns the "needs data" error message and check, and :func:`_iter_batches`, which turns
 ``data=`` (an ``(x, y)`` tuple of arrays, ``y`` possibly ``None``, or a ``tf.data.Dataset``
 of ``(x, y)`` batches) into ``(x, y)`` batches holding at most ``max_samples`` examples,
-so that every criterion makes a single bounded pass; plus :func:`_reduce_to_channels`,
-which flattens an activation to ``(positions, channels)``.
+so that every criterion makes a single bounded pass (a symbolic tensor in ``data=`` is
+refused); plus :func:`_reduce_to_channels`, which flattens an activation to
+``(positions, channels)``.
 """
 from __future__ import annotations
 

@@ -156,9 +156,9 @@ def _products_jax(model, probe, tensors: Sequence, x: Any, y: Any,
     adapter = adapter_for(model)
     acts = forward(model, probe, x)
     targets = {adapter.key(t): i for i, t in enumerate(tensors)}
-    xs = _as_list(_model_inputs(model, batch_for(model, x)))
-    if isinstance(x, dict):
-        xs = [x[name] for name in adapter.input_names(model)]
+    x = batch_for(model, x)
+    xs = ([x[name] for name in adapter.input_names(model)] if isinstance(x, dict)
+          else _as_list(_model_inputs(model, x)))
     slot = {adapter.key(t): i for i, t in enumerate(adapter.inputs(model))}
     out_key = adapter.key(adapter.outputs(model)[0])
 
