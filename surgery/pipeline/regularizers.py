@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional, Sequence
 
-from surgery._backend import keras, tf
+from surgery._backend import keras, require_tf_keras_model, tf
 from surgery.engine.rules import rule_for
 
 logger = logging.getLogger(__name__)
@@ -245,6 +245,7 @@ def add_penalties(
         >>> len(sparse.losses), len(base.losses)
         (2, 0)
     """
+    require_tf_keras_model(model, "surgery.pipeline.regularizers.add_penalties")
     strengths = dict(l1=l1, l2=l2, gl_filter=gl_filter, gl_channel=gl_channel, gl_all=gl_all,
                      bn_l1=bn_l1, angular_filter=angular_filter,
                      angular_channel=angular_channel)
