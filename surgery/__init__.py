@@ -39,9 +39,11 @@ if legacy_tf_keras():  # tf.keras is Keras 2: kerassurgeon works, patch it now, 
 # are slow to import and most engine users never need them).
 _LAZY = {
     "Surgeon": "surgery.engine.surgeon",  # Keras 2 only: loads kerassurgeon
-    "export_tflite": "surgery.pipeline.export",
-    "evaluate_tflite": "surgery.pipeline.export",
-    "tflite_predict": "surgery.pipeline.export",
+    "export_tflite": "surgery.pipeline.tflite",
+    "evaluate_tflite": "surgery.pipeline.tflite",
+    "tflite_predict": "surgery.pipeline.tflite",
+    "export_onnx": "surgery.pipeline.onnx_export",
+    "onnx_predict": "surgery.pipeline.onnx_export",
     "size_table": "surgery.pipeline.export",
     "size_table_markdown": "surgery.pipeline.export",
     "sensitivity": "surgery.pipeline.sensitivity",
