@@ -224,6 +224,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     0 on success, 2 for errors the user can fix (one line on stderr, no files written).
 
     Example:
+        >>> build_parser().parse_args(["--model", "lenet5"]).epochs
+        10
         >>> main(["--model", "lenet5", "--data", "digits", "--image-size", "32",
         ...       "--epochs", "1", "--out", "/tmp/lenet"])  # doctest: +SKIP
         0
