@@ -116,7 +116,6 @@ def _load_inputs(args: argparse.Namespace):
     return splits, model
 
 
-#: Options that drive tfmot or the tf-keras unstructured pruning: Keras 2 only.
 def run(args: argparse.Namespace) -> Dict[str, object]:
     """Train as ``args`` say; return a summary dict (path, test accuracy, sparsity).
 

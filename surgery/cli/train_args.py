@@ -205,6 +205,7 @@ def validate(args: argparse.Namespace) -> None:
                          "(--unstructured-*) cannot be combined in one run")
 
 
+#: Options that drive tfmot or the tf-keras unstructured pruning: Keras 2 only.
 KERAS2_ONLY = ("prune_schedule", "m_by_n", "target_sparsity", "begin_step", "end_step",
                "prune_frequency", "unstructured_threshold", "unstructured_ratio",
                "unstructured_scope", "finetune_epochs", "finetune_lr")
