@@ -7,8 +7,9 @@ prunes it with ``surgery.plan(ratio=0.3)`` + ``surgery.apply``, exports it and p
 ``RESULT {json}`` line of measurements (max abs errors against Keras, file sizes, the
 messages of the errors raised). On the TensorFlow backend (96×96 input) it writes TFLite
 float32, dynamic-range and int8 files and an ONNX file; on PyTorch (32×32) it exports
-ONNX; on PyTorch and JAX (a small residual CNN: JAX needs the uninstalled ``jax2onnx``)
-it checks that the exports it cannot do are refused clearly.
+ONNX; on JAX (a small residual CNN) TFLite float32 (through jax2tf); on PyTorch and JAX
+it checks that the exports it cannot do (TFLite on PyTorch, ONNX on JAX without the
+uninstalled ``jax2onnx``) are refused clearly.
 """
 import json
 import os
@@ -44,7 +45,7 @@ def main(out: str) -> dict:
     backend = keras.backend.backend()
     size = 96 if backend == "tensorflow" else 32
     keras.utils.set_random_seed(0)
-    if backend == "jax":  # only the refusals are checked: a small model compiles fast
+    if backend == "jax":  # a small model: jax2tf conversion is slow
         model, size = randomize(residual()), 16
     else:
         model = randomize(keras.applications.MobileNetV2(
@@ -82,6 +83,12 @@ def main(out: str) -> dict:
     else:
         report["onnx_refused"] = refused
 
+    if backend == "jax":  # TFLite through jax2tf: float32 must match Keras
+        path = os.path.join(out, "pruned_jax.tflite")
+        timed("float32", lambda: surgery.export_tflite(pruned, path))
+        report["errors"]["float32"] = _max_error(surgery.tflite_predict(path, x, progress=False),
+                                                 expected)
+        return report
     if backend != "tensorflow":
         report["tflite_refused"] = _error(
             lambda: surgery.export_tflite(pruned, os.path.join(out, "refused.tflite")))

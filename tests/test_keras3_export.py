@@ -5,8 +5,9 @@ together: ``KERAS_BACKEND`` is read once at import and this suite's process uses
 tf-keras. On TensorFlow, MobileNetV2 (alpha 0.35, 96×96, logits, random weights and
 BatchNormalization statistics) pruned with ``surgery.plan(ratio=0.3)`` + ``surgery.apply``
 must come out of TFLite float32 and ONNX Runtime within 1e-4 of Keras, and the quantised
-files must run and agree on the class; on PyTorch the ONNX export must match too; on JAX
-(no ``jax2onnx``) and PyTorch, the exports that cannot be done are refused clearly.
+files must run and agree on the class; on PyTorch the ONNX export must match too, on JAX
+the TFLite float32 one; the exports that cannot be done (TFLite on PyTorch, ONNX on JAX
+without ``jax2onnx``) are refused clearly.
 """
 import json
 import os
@@ -88,10 +89,9 @@ def test_onnx_on_torch_matches_keras_and_tflite_is_refused(reports):
     assert report["tflite_written"] is False
 
 
-def test_jax_refuses_tflite_and_names_jax2onnx(reports):
+def test_jax_tflite_matches_keras_and_onnx_names_jax2onnx(reports):
     report, _ = _report(reports, "jax")
-    assert "KERAS_BACKEND=tensorflow" in report["tflite_refused"]
-    assert report["tflite_written"] is False
+    assert report["errors"]["float32"] <= 1e-4, report
     onnx = report.get("onnx_refused")
     if onnx is None:  # jax2onnx installed: the export must then be right
         assert report["errors"]["onnx"] <= 1e-4, report

@@ -1,14 +1,14 @@
 """TensorFlow Lite: converting Keras models and running the ``.tflite`` files.
 
 This module owns :func:`export_tflite`, which converts a model of either Keras
-generation (tf-keras, or Keras 3 on the TensorFlow backend) to float32, dynamic-range
+generation (tf-keras, or Keras 3 on the TensorFlow or JAX backend) to float32, dynamic-range
 int8 weights, or full-integer int8 with int8 inputs and outputs calibrated on
 representative data, and writes the file atomically; and :func:`tflite_predict`,
 :func:`evaluate_tflite` and :func:`tflite_input_dtype`, which run a file with the TFLite
 interpreter one example at a time, (de)quantising int8 inputs and outputs. A Keras 3
 model goes through a SavedModel of its inference call (``training=False``), written with
-Keras 3's public ``keras.export.ExportArchive``; on JAX or PyTorch backends export to ONNX
-instead (:func:`surgery.export_onnx`).
+Keras 3's public ``keras.export.ExportArchive`` (on JAX it converts the call with
+jax2tf); on the PyTorch backend export to ONNX instead (:func:`surgery.export_onnx`).
 """
 from __future__ import annotations
 
@@ -50,11 +50,12 @@ def _keras3_saved_model(model: Any, folder: str) -> None:
     import keras as keras3  # Keras 3: the model is one, so it is imported already
 
     backend = keras3.backend.backend()
-    if backend != "tensorflow":
+    if backend not in ("tensorflow", "jax"):  # JAX: through jax2tf, inside ExportArchive
         raise SurgeryError(
-            f"export_tflite(model=...) needs Keras 3's TensorFlow backend to convert a Keras "
-            f"3 model, but this process runs KERAS_BACKEND={backend!r}. Start Python with "
-            "KERAS_BACKEND=tensorflow (save the model as .keras and load it there), or "
+            f"export_tflite(model=...) needs Keras 3's TensorFlow or JAX backend to convert "
+            f"a Keras 3 model, but this process runs KERAS_BACKEND={backend!r}. Start Python "
+            "with KERAS_BACKEND=tensorflow or jax (save the model as .keras and load it "
+            "there), or "
             "export to ONNX on this backend with surgery.export_onnx(model, path).")
     inputs = getattr(model, "inputs", None)
     if not inputs:
@@ -92,7 +93,8 @@ def export_tflite(model: Any, path: str, quantize: Optional[str] = None,
     """Convert ``model`` to TensorFlow Lite and write it to ``path`` atomically.
 
     Args:
-        model: a Keras model: tf-keras (Keras 2), or Keras 3 on the TensorFlow backend.
+        model: a Keras model: tf-keras (Keras 2), or Keras 3 on the TensorFlow or JAX
+            backend.
         path: the ``.tflite`` file to write; its folder is created if needed.
         quantize: ``None`` (float32), ``"dynamic"`` (dynamic-range: int8 weights, float
             activations) or ``"int8"`` (full-integer: int8 weights, activations, inputs
@@ -108,7 +110,7 @@ def export_tflite(model: Any, path: str, quantize: Optional[str] = None,
 
     Raises:
         ValueError: unknown ``quantize``, or ``"int8"`` without ``representative_data``.
-        SurgeryError: a Keras 3 model on the JAX or PyTorch backend (use
+        SurgeryError: a Keras 3 model on the PyTorch backend (use
             ``KERAS_BACKEND=tensorflow``, or :func:`surgery.export_onnx`).
 
     Example::
