@@ -26,27 +26,26 @@ A = keras.applications
 HEAD = dict(weights=None, classes=3, classifier_activation=None)
 
 
-def _small(build, size=32, **kwargs):
-    return lambda: build(input_shape=(size, size, 3), **HEAD, **kwargs)
-
-
-#: one model per ``keras.applications`` family (ResNet: v1 and v2), smallest input
+#: one model per ``keras.applications`` family (ResNet: v1 and v2): the application,
+#: the smallest input side it accepts, and its options
 MODELS = {
-    "ConvNeXtTiny": _small(A.ConvNeXtTiny),
-    "DenseNet121": _small(A.DenseNet121),
-    "EfficientNetB0": _small(A.EfficientNetB0),
-    "EfficientNetV2B0": _small(A.EfficientNetV2B0),
-    "InceptionResNetV2": _small(A.InceptionResNetV2, 75),
-    "InceptionV3": _small(A.InceptionV3, 75),
-    "MobileNet": _small(A.MobileNet, alpha=0.25),
-    "MobileNetV2": _small(A.MobileNetV2, alpha=0.35),
-    "MobileNetV3Small": _small(A.MobileNetV3Small, alpha=0.75),
-    "NASNetMobile": _small(A.NASNetMobile),
-    "ResNet50": _small(A.ResNet50),
-    "ResNet50V2": _small(A.ResNet50V2),
-    "VGG16": _small(A.VGG16),
-    "Xception": _small(A.Xception, 71),
+    "ConvNeXtTiny": (A.ConvNeXtTiny, 32, {}),
+    "DenseNet121": (A.DenseNet121, 32, {}),
+    "EfficientNetB0": (A.EfficientNetB0, 32, {}),
+    "EfficientNetV2B0": (A.EfficientNetV2B0, 32, {}),
+    "InceptionResNetV2": (A.InceptionResNetV2, 75, {}),
+    "InceptionV3": (A.InceptionV3, 75, {}),
+    "MobileNet": (A.MobileNet, 32, {"alpha": 0.25}),
+    "MobileNetV2": (A.MobileNetV2, 32, {"alpha": 0.35}),
+    "MobileNetV3Small": (A.MobileNetV3Small, 32, {"alpha": 0.75}),
+    "NASNetMobile": (A.NASNetMobile, 32, {}),
+    "ResNet50": (A.ResNet50, 32, {}),
+    "ResNet50V2": (A.ResNet50V2, 32, {}),
+    "VGG16": (A.VGG16, 32, {}),
+    "Xception": (A.Xception, 71, {}),
 }
+#: family modules covered by another one's model (VGG19 is VGG16 with three more convs)
+SAME_FAMILY = {"vgg19": "vgg16"}
 #: the models also pruned on JAX and PyTorch (float32)
 OTHER_BACKENDS = ("ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "MobileNetV2",
                   "ResNet50")
@@ -85,14 +84,15 @@ def run(name, dtype):
     from surgery.engine.zeroing import max_relative_difference
 
     keras.utils.set_random_seed(0)
-    model = randomize(MODELS[name]())
+    build, size, options = MODELS[name]
+    model = randomize(build(input_shape=(size, size, 3), **HEAD, **options))
     x = np.random.default_rng(1).normal(size=(2,) + tuple(model.input_shape[1:]))
     x = x.astype(dtype)
     plan = surgery.plan(model, ratio=0.3)
     pruned = surgery.apply(model, plan)
     result = {
         "dtypes": sorted({str(t.dtype) for t in model.inputs + pruned.outputs}
-                         | {str(w.dtype) for w in pruned.weights}),
+                         | {str(w.dtype) for w in pruned.weights if "int" not in str(w.dtype)}),
         "verify": surgery.verify(model, pruned, plan, x),
         # pruned equals the zeroed original (``verify``), so this is also how far zeroing
         # the planned channels moved the outputs (one zero_channels clone fewer)
@@ -116,18 +116,31 @@ def _width(layer) -> int:
     return int(config.get("filters") or config["units"])
 
 
+def families() -> dict:
+    """``{"all": the modules of keras.applications' model functions, "covered": those of
+    MODELS}`` (``SAME_FAMILY`` applied to both)."""
+    def family(fn):
+        module = fn.__module__.rsplit(".", 1)[-1]
+        return SAME_FAMILY.get(module, module)
+
+    every = {family(getattr(A, n)) for n in dir(A) if n[:1].isupper()}
+    return {"all": sorted(every), "covered": sorted({family(m[0]) for m in MODELS.values()})}
+
+
 def main(backend, names):
     dtype = "float64" if backend == "tensorflow" else "float32"
     keras.config.set_floatx(dtype)
+    print("RESULT " + json.dumps({"model": "_families", **families()}), flush=True)
     for name in names or (MODELS if backend == "tensorflow" else OTHER_BACKENDS):
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         try:
             result = run(name, dtype)
         except Exception as err:  # noqa: BLE001 — report it for this model, go on
             result = {"error": f"{type(err).__name__}: {err}"[:2000],
                       "trace": traceback.format_exc()[-3000:]}
         result.update(model=name, backend=keras.backend.backend(),
-                      seconds=round(time.time() - start, 1))
+                      seconds=round(time.time() - start, 1),
+                      cpu_seconds=round(time.process_time() - cpu, 1))
         print("RESULT " + json.dumps(result), flush=True)
         keras.backend.clear_session()
 
