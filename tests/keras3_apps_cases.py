@@ -2,13 +2,15 @@
 tests/test_keras3_applications.py (one process per backend: ``KERAS_BACKEND`` is read once
 at import, and the suite's own process uses tf-keras).
 
-``python tests/keras3_apps_cases.py BACKEND [MODEL ...]`` imports Keras 3 first, then
-``surgery``; builds each model (weights=None, a small input, 3 classes, logits), gives it
-random non-trivial BatchNormalization statistics, prunes it at ratio 0.3 and prints one
-``RESULT {json}`` line per model with the oracle's difference (``verify``), how far
-pruning moved the outputs (``moved``), parameters before/after and seconds taken (or
-``error``). On TensorFlow the models are built and run in float64, so
-that only a wrong cut, not rounding, can make ``verify`` large.
+``python tests/keras3_apps_cases.py BACKEND [MODEL ...]`` (all of the backend's models by
+default; ``_families`` alone: none) imports Keras 3 first, then ``surgery``, and prints
+the ``keras.applications`` families next to those ``MODELS`` covers. It builds each model
+(weights=None, a small input, 3 classes, logits), gives it random non-trivial
+BatchNormalization statistics, prunes it at ratio 0.3 and prints one ``RESULT {json}``
+line per model with the oracle's difference (``verify``), how far pruning moved the
+outputs (``moved``), parameters before/after and seconds taken (or ``error``). On
+TensorFlow the models are built and run in float64, so that only a wrong cut, not
+rounding, can make ``verify`` large.
 """
 import json
 import os
@@ -132,6 +134,8 @@ def main(backend, names):
     keras.config.set_floatx(dtype)
     print("RESULT " + json.dumps({"model": "_families", **families()}), flush=True)
     for name in names or (MODELS if backend == "tensorflow" else OTHER_BACKENDS):
+        if name == "_families":  # only the families line
+            continue
         start, cpu = time.time(), time.process_time()
         try:
             result = run(name, dtype)

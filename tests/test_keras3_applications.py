@@ -37,19 +37,20 @@ FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pass
 class Children:
     """The child processes, started together; results parsed per backend on demand."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, selected):
         env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
         extra = {"jax": {"JAX_PLATFORMS": "cpu",
                          "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {FAST_XLA}".strip()}}
         self.procs, self.results = {}, {}
-        for backend, models in BACKENDS.items():
+        for backend, models in selected.items():
             log = open(tmp / f"{backend}.log", "w+")
             self.procs[backend] = (log, subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "keras3_apps_cases.py"), backend,
-                 *models], stdout=log, stderr=subprocess.STDOUT, text=True,
+                 *(models or ["_families"])], stdout=log, stderr=subprocess.STDOUT, text=True,
                 env={**env, **extra.get(backend, {}), "KERAS_BACKEND": backend}))
 
     def result(self, backend, model):
+        assert backend in self.procs, f"no {backend} child was started"
         if backend not in self.results:
             log, proc = self.procs[backend]
             try:
@@ -77,9 +78,24 @@ class Children:
             log.close()
 
 
+def _selected(request) -> dict:
+    """``{backend: [models]}`` of this module's tests that pytest will run (``-k`` runs
+    only the children and models it needs)."""
+    selected: dict = {}
+    for item in request.session.items:
+        if item.module is not request.module:
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "backend" in params:
+            selected.setdefault(params["backend"], []).append(params["model"])
+        elif item.name == "test_every_family_is_covered":
+            selected.setdefault("tensorflow", [])
+    return selected
+
+
 @pytest.fixture(scope="module")
-def children(tmp_path_factory):
-    started = Children(tmp_path_factory.mktemp("keras3_apps"))
+def children(tmp_path_factory, request):
+    started = Children(tmp_path_factory.mktemp("keras3_apps"), _selected(request))
     yield started
     started.close()
 
