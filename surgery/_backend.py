@@ -42,6 +42,14 @@ def require_legacy_tf_keras(what: str) -> None:
             "models, use surgery.plan / surgery.apply / surgery.prune, which need neither.")
 
 
+if "tensorflow" not in sys.modules and "keras" not in sys.modules:
+    from surgery import _startup  # imports no TensorFlow
+
+    _prune_argv = _startup.launched_prune_argv()
+    if _prune_argv is not None and _startup.keras_generation(_prune_argv) == 3:
+        _startup.avoid_onednn_crash()  # keras-surgery prune on a Keras 3 model: Keras 3 first
+        _startup.import_keras3_quietly()
+
 _select_keras2()
 
 if "tensorflow" not in sys.modules:
