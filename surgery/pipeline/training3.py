@@ -213,7 +213,7 @@ def finetune(model: keras.Model, train, val=None, *, epochs: int, lr: float = 1e
         return trainee.fit(x, y, batch_size=batch_size, epochs=int(epochs), shuffle=True,
                            validation_data=val, verbose=verbose, callbacks=list(callbacks))
     data = train.repeat() if steps is not None else train
-    return trainee.fit(data, validation_data=val, epochs=int(epochs),
+    return trainee.fit(data, validation_data=val, epochs=int(epochs), shuffle=False,
                        steps_per_epoch=per_epoch if steps is not None else None,
                        verbose=verbose, callbacks=list(callbacks))
 
