@@ -14,6 +14,7 @@ import h5py
 import pytest
 
 import surgery  # noqa: F401  (tf-keras in this process)
+from surgery.models import lenet5
 from surgery._startup import file_keras_generation, keras_generation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,7 +57,7 @@ def trained(tmp_path_factory):
 def test_the_start_up_decision_reads_the_writer_of_each_file(trained, tmp_path):
     folder, _ = trained
     k2 = str(tmp_path / "k2.h5")
-    surgery.models.lenet5(input_shape=(16, 16, 1)).save(k2, save_format="h5")
+    lenet5(input_shape=(16, 16, 1)).save(k2, save_format="h5")
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"not a model")
     assert file_keras_generation(os.path.join(folder, "model.keras")) == 3
@@ -95,7 +96,7 @@ def test_h5_files_are_loaded_by_the_keras_that_wrote_them(trained, tmp_path, wri
         path = os.path.join(trained[0], "model3.h5")
     else:
         path = str(tmp_path / "k2.h5")
-        surgery.models.lenet5(input_shape=(16, 16, 1)).save(path, save_format="h5")
+        lenet5(input_shape=(16, 16, 1)).save(path, save_format="h5")
     out = str(tmp_path / "run")
     proc = _cli(["--model-path", path, "--ratio", "0.3", "--finetune-epochs", "1",
                  "--out", out])
