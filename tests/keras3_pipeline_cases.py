@@ -3,8 +3,9 @@ tf-keras, and KERAS_BACKEND is read once per process).
 
 ``python tests/keras3_pipeline_cases.py make OUT`` imports Keras 3 first (then ``surgery``
 for its data splits), trains a small residual CNN (``x + y`` shortcuts) on 16x16 digits,
-writes ``OUT/model.keras``, ``OUT/model3.h5`` (the same model as a Keras 3 ``.h5``) and
-``OUT/test.npz`` (the test split), and prints one JSON line (test accuracy).
+writes ``OUT/model.keras``, ``OUT/model3.h5`` (the same model as a Keras 3 ``.h5``, which
+Keras 3.15 itself cannot load back: its ``x + y`` operations), ``OUT/plain3.h5`` (an
+untrained Keras 3 LeNet-5 as ``.h5``) and ``OUT/test.npz`` (the test split), and prints one JSON line (test accuracy).
 ``python tests/keras3_pipeline_cases.py load MODEL NPZ`` loads ``MODEL`` in plain Keras 3
 (``surgery`` is never imported) and prints one JSON line: the class of the model, its
 accuracy on ``NPZ`` and the largest difference between two predictions.
@@ -49,6 +50,7 @@ def residual_cnn(classes: int = 10) -> keras.Model:
 
 def make(out: str, epochs: int = 12) -> None:
     from surgery.data import as_arrays, load_splits
+    from surgery.models import lenet5
 
     keras.utils.set_random_seed(0)
     splits = load_splits("digits", image_size=(SIZE, SIZE), channels=1, batch_size=32, seed=0)
@@ -59,7 +61,8 @@ def make(out: str, epochs: int = 12) -> None:
     x, y = as_arrays(splits.test)
     acc = float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == np.argmax(y, -1)))
     model.save(os.path.join(out, "model.keras"))
-    model.save(os.path.join(out, "model3.h5"))
+    model.save(os.path.join(out, "model3.h5"))  # Keras 3.15 cannot reload this one (x + y)
+    lenet5(input_shape=(SIZE, SIZE, 1), keras_module=keras).save(os.path.join(out, "plain3.h5"))
     np.savez(os.path.join(out, "test.npz"), x=x, y=y)
     print(json.dumps({"accuracy": acc}))
 

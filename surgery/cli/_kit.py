@@ -107,10 +107,13 @@ class Kit:
         except Exception as exc:  # noqa: BLE001  (h5py/keras raise many kinds for bad files)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() \
                 else type(exc).__name__
-            raise UsageError(
-                f"cannot load {path} ({_describe(path)}) with {self.label}: {reason}; "
-                "pass a whole model saved by model.save() as .keras (Keras 3) or .h5 (Keras "
-                "2 or 3), with any custom layers registered") from None
+            hint = ("pass a whole model saved by model.save() as .keras (Keras 3) or .h5 "
+                    "(Keras 2 or 3), with any custom layers registered")
+            if self.generation == 3 and written_by == 3 and not path.endswith(".keras"):
+                hint = ("Keras 3 cannot load back an .h5 of a model that uses keras.ops "
+                        "operations (such as x + y): save it with model.save('model.keras')")
+            raise UsageError(f"cannot load {path} ({_describe(path)}) with {self.label}: "
+                             f"{reason}; {hint}") from None
         if not isinstance(model, self.keras.Model):
             raise UsageError(f"{path} does not hold a Keras model")
         return model
