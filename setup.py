@@ -28,6 +28,8 @@ setup(
         "keras>=3.10,<4",  # Keras 3 models: surgery.engine.keras3
     ],
     # Keras 3's other backends (KERAS_BACKEND=jax|torch); CPU builds are enough.
-    extras_require={"jax": ["jax>=0.4.30"], "torch": ["torch>=2.4"]},
+    # ONNX export (surgery.export_onnx): tf2onnx converts, ONNX Runtime runs and verifies.
+    extras_require={"jax": ["jax>=0.4.30"], "torch": ["torch>=2.4"],
+                    "onnx": ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "tf2onnx>=1.16.1,<2"]},
     entry_points={"console_scripts": ["keras-surgery=surgery.cli.main:main"]},
 )

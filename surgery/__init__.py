@@ -31,17 +31,21 @@ from surgery.pruning import criteria
 from surgery.model_files import check_model_file, load_model_checked
 
 if legacy_tf_keras():  # tf.keras is Keras 2: kerassurgeon works, patch it now, as always
-    import patches as _patches
+    from surgery import patches as _patches
 
     _patches.apply_all()
+else:  # a Keras 3 process: .keras files carrying the sparsity penalties load by name
+    import surgery.pipeline.regularizers3  # noqa: F401
 
 # Pipeline functions offered at top level, imported on first use (TFLite and matplotlib
 # are slow to import and most engine users never need them).
 _LAZY = {
     "Surgeon": "surgery.engine.surgeon",  # Keras 2 only: loads kerassurgeon
-    "export_tflite": "surgery.pipeline.export",
-    "evaluate_tflite": "surgery.pipeline.export",
-    "tflite_predict": "surgery.pipeline.export",
+    "export_tflite": "surgery.pipeline.tflite",
+    "evaluate_tflite": "surgery.pipeline.tflite",
+    "tflite_predict": "surgery.pipeline.tflite",
+    "export_onnx": "surgery.pipeline.onnx_export",
+    "onnx_predict": "surgery.pipeline.onnx_export",
     "size_table": "surgery.pipeline.export",
     "size_table_markdown": "surgery.pipeline.export",
     "sensitivity": "surgery.pipeline.sensitivity",

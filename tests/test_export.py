@@ -1,4 +1,5 @@
-"""TFLite export: float32 equivalence, dynamic/int8 quantisation, atomic writes, size table."""
+"""TFLite export: float32 equivalence, dynamic/int8 quantisation, atomic writes, size table;
+ONNX export of tf-keras models checked with ONNX Runtime (Keras 3: test_keras3_export.py)."""
 import gzip
 import os
 
@@ -7,8 +8,10 @@ import pytest
 
 import surgery
 from surgery import keras
-from surgery.pipeline.export import (evaluate_tflite, export_tflite, size_table, size_table_markdown,
-                            tflite_input_dtype, tflite_predict, write_atomically)
+from surgery.pipeline import onnx_export
+from surgery.pipeline.export import (evaluate_tflite, export_onnx, export_tflite, onnx_predict,
+                                     size_table, size_table_markdown, tflite_input_dtype,
+                                     tflite_predict, write_atomically)
 import data_generator
 import models
 
@@ -137,3 +140,62 @@ def test_size_table_reports_real_gzip_sizes_and_pruning_shrinks_the_file(trained
     assert all(label in table for label in entries) and str(base["gzip_bytes"]) in table
     with pytest.raises(FileNotFoundError, match="nowhere"):
         size_table({"nowhere": str(tmp_path / "nowhere.tflite")})
+
+
+def randomize(model, seed=0):
+    """Random BatchNormalization statistics and biases, so outputs are far from zero and a
+    wrong cut, a wrong export or training-mode normalisation shows."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") if i in (0, 3)
+                               else rng.normal(0, 0.2, w.shape).astype("float32")
+                               for i, w in enumerate(weights)])
+        elif len(weights) > 1:
+            layer.set_weights(weights[:1] + [rng.normal(0, 0.1, w.shape).astype("float32")
+                                             for w in weights[1:]])
+    return model
+
+
+def test_onnx_of_a_pruned_keras2_mobilenet_matches_keras(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = randomize(keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=5,
+        classifier_activation=None))
+    pruned = surgery.apply(model, surgery.plan(model, ratio=0.3))
+    x = np.random.default_rng(1).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    expected = pruned.predict(x, verbose=0)
+    assert np.abs(expected).max() > 0.1
+    assert np.abs(model.predict(x, verbose=0) - expected).max() > 1e-2  # the test can fail
+
+    path = surgery.export_onnx(pruned, str(tmp_path / "sub" / "pruned.onnx"), verify_with=x[:4])
+    assert path == str(tmp_path / "sub" / "pruned.onnx")
+    assert os.listdir(tmp_path / "sub") == ["pruned.onnx"]
+    out = surgery.onnx_predict(path, x)
+    assert out.shape == expected.shape and out.dtype == np.float32
+    assert np.abs(out - expected).max() <= 1e-4
+    assert np.array_equal(onnx_predict(path, x, batch_size=3), out)  # batched runs agree
+
+
+def test_export_onnx_refuses_drift_and_bad_arguments(tmp_path, monkeypatch):
+    x_in = keras.Input((3,))
+    tiny = keras.Model(x_in, keras.layers.Dense(2)(x_in))
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    real = onnx_export.onnx_predict
+    monkeypatch.setattr(onnx_export, "onnx_predict",
+                        lambda path, data, **kw: real(path, data, **kw) + 2e-4)
+    with pytest.raises(surgery.SurgeryError, match=r"verify_with=.*atol=0.0001"):
+        export_onnx(tiny, str(tmp_path / "drift.onnx"), verify_with=x)
+    assert os.listdir(tmp_path) == []  # nothing published, no temporary file left
+    path = export_onnx(tiny, str(tmp_path / "loose.onnx"), verify_with=x, atol=1e-3)
+    monkeypatch.undo()
+    assert np.abs(onnx_predict(path, x) - tiny.predict(x, verbose=0)).max() <= 1e-4
+    with pytest.raises(surgery.SurgeryError, match="takes 1 inputs"):
+        onnx_predict(path, [x, x])
+    with pytest.raises(surgery.SurgeryError, match="atol"):
+        export_onnx(tiny, str(tmp_path / "m.onnx"), atol=-1)
+    with pytest.raises(FileNotFoundError, match="export_onnx"):
+        onnx_predict(str(tmp_path / "missing.onnx"), x)
+    with pytest.raises(surgery.SurgeryError, match="keras.Model"):
+        export_onnx(object(), str(tmp_path / "m.onnx"))

@@ -188,3 +188,22 @@ def test_invalid_arguments():
         GroupLasso(-1.0)
     with pytest.raises(ValueError):
         add_penalties(_model(), l1=-1e-3)
+
+
+def test_one_formula_serves_both_generations():
+    """The tf-keras classes are the shared formulas on TF_OPS (Keras 3 runs them on
+    keras.ops: tests/test_keras3_train.py); add_penalties' argument errors name the fix."""
+    from surgery.errors import SurgeryError
+    from surgery.pipeline.regularizers import angular_penalty, group_lasso_penalty
+    from surgery.pipeline.tf_ops import TF_OPS
+
+    w = np.random.default_rng(3).normal(size=(3, 3, 4, 5)).astype("float32")
+    for axis in ("filter", "channel", "all"):
+        assert float(GroupLasso(0.2, axis)(w)) == pytest.approx(
+            float(group_lasso_penalty(w, 0.2, axis, TF_OPS)), rel=1e-6)
+    for axis in ("filter", "channel"):
+        assert float(AngularDissimilarity(0.2, axis)(w)) == pytest.approx(
+            float(angular_penalty(w, 0.2, axis, TF_OPS)), rel=1e-6)
+    base = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(SurgeryError, match="gl_filter must be >= 0"):
+        add_penalties(base, gl_filter=-1.0)

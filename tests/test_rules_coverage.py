@@ -1,6 +1,7 @@
 """Coverage of the layer rules (issue 13, points 4–5): every family is planned, pruned and
 checked against the zeroing oracle in float64 (relative error ≤ 1e-8), with proof that
-the zeroing moved the outputs and that parameters dropped."""
+the zeroing moved the outputs and that parameters dropped. The models are shared with
+the Keras 3 run (tests/test_keras3_coverage.py) through tests/coverage_models.py."""
 import warnings
 
 import numpy as np
@@ -12,9 +13,15 @@ from surgery.engine import keras2
 from surgery.engine.rules import LayerRule, channel_vector
 from surgery.engine.zeroing import max_relative_difference
 from equivalence import randomize_weights
+import coverage_models as cm
+from tf_keras.src.applications.convnext import LayerScale  # not exported by tf-keras
 
 L = keras.layers
-TOL = 1e-8
+TOL = cm.TOL
+#: the tf-keras stack the shared coverage models (tests/coverage_models.py) are built with
+K2 = cm.Stack(keras, {"relu": tf.nn.relu, "relu6": tf.nn.relu6, "sigmoid": tf.nn.sigmoid,
+                      "swish": tf.nn.swish, "silu": tf.nn.silu, "add": tf.math.add},
+              LayerScale)
 
 
 @pytest.fixture(autouse=True)
@@ -70,188 +77,92 @@ def deleted_units_are_zero(zeroed, name, channels, x):
 
 # ---- recurrent layers ------------------------------------------------------------------
 
-RNNS = {
-    "lstm": lambda u, **k: L.LSTM(u, **k),
-    "gru": lambda u, **k: L.GRU(u, reset_after=True, **k),
-    "gru_v1": lambda u, **k: L.GRU(u, reset_after=False, **k),
-    "simple": lambda u, **k: L.SimpleRNN(u, **k),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(RNNS))
+@pytest.mark.parametrize("kind", sorted(cm.RNNS))
 def test_recurrent_units_stacked_with_sequences(kind):
-    rnn = RNNS[kind]
-    inp = L.Input((5, 4))
-    x = rnn(8, return_sequences=True, name="rnn1")(inp)
-    x = rnn(6, return_sequences=True, name="rnn2")(x)
-    x = rnn(5, name="rnn3")(x)
-    model = make(inp, head(L.Dense(7, name="fc")(x)))
-    x = normal(3, 5, 4)
-    p, pruned, zeroed = check(model, x, expect=("rnn1", "rnn2", "rnn3", "fc"))
+    case = cm.recurrent_stacked(K2, kind)
+    model, x = case.model, case.x
+    p, pruned, zeroed = check(model, x, expect=case.expect)
     for name in ("rnn1", "rnn2", "rnn3"):
         deleted_units_are_zero(zeroed, name, p.deletions[name], x)
         assert pruned.get_layer(name).units == model.get_layer(name).units - \
             len(p.deletions[name])
 
 
-@pytest.mark.parametrize("kind", sorted(RNNS))
+@pytest.mark.parametrize("kind", sorted(cm.RNNS))
 def test_recurrent_units_feeding_a_time_distributed_dense(kind):
-    inp = L.Input((6, 3))
-    x = L.Dense(6, name="embed")(inp)                  # Dense per time step
-    x = RNNS[kind](7, return_sequences=True, name="rnn")(x)
-    x = L.Dense(4, name="per_step")(x)
-    model = make(inp, head(L.Flatten()(x)))
-    x = normal(2, 6, 3)
-    p, _, zeroed = check(model, x, expect=("embed", "rnn", "per_step"))
-    deleted_units_are_zero(zeroed, "rnn", p.deletions["rnn"], x)
+    case = cm.recurrent_time_distributed_dense(K2, kind)
+    p, _, zeroed = check(case.model, case.x, expect=case.expect)
+    deleted_units_are_zero(zeroed, "rnn", p.deletions["rnn"], case.x)
 
 
 @pytest.mark.parametrize("merge_mode", ["concat", "sum"])
 def test_bidirectional_lstm(merge_mode):
-    inp = L.Input((5, 4))
-    x = L.Conv1D(6, 2, padding="same", name="conv")(inp)
-    x = L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode=merge_mode,
-                        name="bi")(x)
-    x = L.Bidirectional(L.LSTM(4), merge_mode=merge_mode, name="bi2")(x)
-    model = make(inp, head(x))
-    groups = {name for g in surgery.plan(model, ratio=0.5).groups for name in g}
+    case = cm.bidirectional(K2, merge_mode)
+    model = case.model
     p = surgery.plan(model, ratio=0.5)
+    groups = {name for g in p.groups for name in g}
     for name in ("bi", "bi2"):
         assert name in groups or name in p.skipped, f"{name} silently absent"
-    p, pruned, zeroed = check(model, normal(3, 5, 4), expect=("conv", "bi", "bi2"))
-    deleted_units_are_zero(zeroed, "bi", p.deletions["bi"], normal(3, 5, 4))
+    p, pruned, zeroed = check(model, case.x, expect=case.expect)
+    deleted_units_are_zero(zeroed, "bi", p.deletions["bi"], case.x)
     width = model.get_layer("bi").output_shape[-1] - len(p.deletions["bi"])
     assert pruned.get_layer("bi").output_shape[-1] == width
 
 
 def test_time_distributed_conv_and_dense():
-    inp = L.Input((3, 8, 8, 2))
-    x = L.TimeDistributed(L.Conv2D(6, 3, padding="same"), name="td_conv")(inp)
-    x = L.TimeDistributed(L.BatchNormalization(), name="td_bn")(x)
-    x = L.TimeDistributed(L.MaxPooling2D(), name="td_pool")(x)
-    x = L.TimeDistributed(L.Conv2D(5, 3), name="td_conv2")(x)
-    x = L.TimeDistributed(L.GlobalAveragePooling2D(), name="td_gap")(x)
-    x = L.TimeDistributed(L.Dense(6), name="td_dense")(x)
-    x = L.LSTM(4, name="rnn")(x)
-    model = make(inp, head(x))
-    p = surgery.plan(model, ratio=0.5)
+    case = cm.time_distributed(K2)
+    p = surgery.plan(case.model, ratio=0.5)
     listed = {n for g in p.groups for n in g} | set(p.skipped)
     for name in ("td_conv", "td_conv2", "td_dense"):
         assert name in listed, f"{name} silently absent"
-    check(model, normal(2, 3, 8, 8, 2), expect=("td_conv", "td_conv2", "td_dense", "rnn"))
+    check(case.model, case.x, expect=case.expect)
 
 
 # ---- TensorFlow element-wise ops (TFOpLambda) ------------------------------------------
 
-OPS = {
-    "hard_swish": lambda x: x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0),
-    "swish_sigmoid": lambda x: x * tf.nn.sigmoid(x),
-    "swish": lambda x: tf.nn.swish(x),
-    "silu": lambda x: tf.nn.silu(x),
-    "relu": lambda x: tf.nn.relu(x),
-}
-
-
-@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("op", sorted(cm.OPS))
 def test_single_input_tf_ops_pass_channels(op):
-    inp = L.Input((8, 8, 3))
-    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
-    x = OPS[op](x)
-    x = L.Conv2D(5, 3, name="consumer")(x)
-    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
-    assert any(type(l).__name__ == "TFOpLambda" for l in model.layers)
-    p = surgery.plan(model, ratio=0.5)
+    case = cm.single_input_op(K2, op)
+    assert any(type(l).__name__ == "TFOpLambda" for l in case.model.layers)
+    p = surgery.plan(case.model, ratio=0.5)
     assert not any("producer" in k for k in p.skipped), p.skipped
-    check(model, normal(2, 8, 8, 3), expect=("producer", "consumer"))
+    check(case.model, case.x, expect=case.expect)
 
 
 def test_scaled_residual():
-    inp = L.Input((8, 8, 3))
-    x = L.Conv2D(6, 3, padding="same", name="stem")(inp)
-    y = L.Conv2D(6, 3, padding="same", name="branch")(tf.nn.relu(x))
-    x = x + 0.5 * y
-    y = L.Conv2D(6, 1, name="branch2")(x)
-    x = tf.math.add(x, y * 0.25)
-    x = L.Conv2D(5, 3, name="consumer")(x)
-    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
-    p = surgery.plan(model, ratio=0.5)
+    case = cm.scaled_residual(K2)
+    p = surgery.plan(case.model, ratio=0.5)
     assert ["stem", "branch", "branch2"] in p.groups, p.groups
     assert not any(k in ("stem", "branch") for k in p.skipped), p.skipped
-    check(model, normal(2, 8, 8, 3), expect=("stem", "branch", "branch2", "consumer"))
+    check(case.model, case.x, expect=case.expect)
 
 
 # ---- Permute ---------------------------------------------------------------------------
 
 def test_permute_keeping_the_channel_axis_last():
-    inp = L.Input((8, 6, 3))
-    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
-    x = L.Permute((2, 1, 3))(x)
-    x = L.Conv2D(5, 3, name="consumer")(x)
-    model = make(inp, head(L.Flatten()(x)))
-    check(model, normal(2, 8, 6, 3), expect=("producer", "consumer"))
+    case = cm.permute(K2)
+    check(case.model, case.x, expect=case.expect)
 
 
 def test_permute_moving_the_channel_axis_is_skipped_with_a_reason():
-    inp = L.Input((8, 6, 3))
-    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
-    x = L.Permute((3, 1, 2), name="move")(x)
-    model = make(inp, head(L.Flatten()(L.Conv2D(4, 1, name="consumer")(x))))
-    p = surgery.plan(model, ratio=0.5)
+    p = surgery.plan(cm.permute(K2, (3, 1, 2)).model, ratio=0.5)
     assert "producer" in p.skipped and "move" in p.skipped["producer"], p.skipped
     assert "producer" not in p.deletions
 
 
 # ---- spatial layers --------------------------------------------------------------------
 
-SPATIAL = {
-    1: [lambda: L.UpSampling1D(2), lambda: L.ZeroPadding1D((1, 2)),
-        lambda: L.Cropping1D((1, 1)), lambda: L.MaxPooling1D(2),
-        lambda: L.AveragePooling1D(2, padding="same"), lambda: L.GlobalMaxPooling1D(),
-        lambda: L.GlobalAveragePooling1D()],
-    2: [lambda: L.UpSampling2D(2), lambda: L.UpSampling2D(2, interpolation="bilinear"),
-        lambda: L.ZeroPadding2D(((1, 0), (2, 1))), lambda: L.Cropping2D(((1, 2), (0, 1))),
-        lambda: L.MaxPooling2D(2), lambda: L.AveragePooling2D(3, 1, padding="same"),
-        lambda: L.GlobalMaxPooling2D(), lambda: L.GlobalAveragePooling2D(keepdims=True)],
-    3: [lambda: L.UpSampling3D(2), lambda: L.ZeroPadding3D(1),
-        lambda: L.Cropping3D(((1, 0), (0, 1), (1, 1))), lambda: L.MaxPooling3D(2),
-        lambda: L.AveragePooling3D(2, padding="same"), lambda: L.GlobalMaxPooling3D(),
-        lambda: L.GlobalAveragePooling3D()],
-}
-CONV = {1: L.Conv1D, 2: L.Conv2D, 3: L.Conv3D}
-SIZE = {1: (12,), 2: (8, 8), 3: (6, 6, 6)}
-CASES = [(d, i) for d in SPATIAL for i in range(len(SPATIAL[d]))]
-
-
-@pytest.mark.parametrize("dims,index", CASES,
-                         ids=[f"{d}d-{type(SPATIAL[d][i]()).__name__}-{i}" for d, i in CASES])
+@pytest.mark.parametrize("dims,index", cm.SPATIAL_CASES, ids=cm.SPATIAL_IDS)
 def test_spatial_layer_between_producer_and_consumer(dims, index):
-    if dims == 3 and "Pooling" in type(SPATIAL[dims][index]()).__name__:
-        keras.backend.set_floatx("float32")  # TensorFlow has no float64 3-D pooling on CPU
-    inp = L.Input(SIZE[dims] + (3,))
-    x = CONV[dims](6, 3, padding="same", name="producer")(inp)
-    x = L.ELU()(x)
-    x = SPATIAL[dims][index]()(x)
-    if len(x.shape) > 2:
-        x = L.Flatten()(CONV[dims](4, 1, name="consumer")(x))
-    else:
-        x = L.Dense(4, name="consumer")(x)
-    model = make(inp, head(x))
-    check(model, normal(2, *SIZE[dims], 3).astype(keras.backend.floatx()),
-          expect=("producer",), tol=TOL if keras.backend.floatx() == "float64" else 1e-5)
+    case = cm.spatial(K2, dims, index)
+    check(case.model, case.x, expect=case.expect, tol=case.tol)
 
 
 # ---- LayerScale ------------------------------------------------------------------------
 
 def test_layer_scale_on_an_unnormalised_channel_axis():
-    from tf_keras.src.applications.convnext import LayerScale  # not exported by tf-keras
-    inp = L.Input((8, 8, 3))
-    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
-    x = LayerScale(0.5, 6, name="scale")(x)
-    x = L.Dense(8, name="pointwise")(x)                      # ConvNeXt's MLP
-    x = LayerScale(1e-1, 8, name="scale2")(L.Activation("gelu")(x))
-    x = L.Conv2D(4, 3, name="consumer")(x)
-    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
-    p, pruned, _ = check(model, normal(2, 8, 8, 3), expect=("producer", "pointwise"))
+    case = cm.layer_scale(K2)
+    p, pruned, _ = check(case.model, case.x, expect=case.expect)
     assert pruned.get_layer("scale").get_weights()[0].shape == (6 - len(p.deletions["producer"]),)
     assert pruned.get_layer("scale2").projection_dim == 8 - len(p.deletions["pointwise"])
 
@@ -259,16 +170,11 @@ def test_layer_scale_on_an_unnormalised_channel_axis():
 # ---- sub-group splitting ---------------------------------------------------------------
 
 def test_concatenate_added_to_a_single_conv_splits_it():
-    inp = L.Input((8, 8, 3))
-    a = L.Conv2D(4, 3, padding="same", name="conv_a")(inp)
-    b = L.Conv2D(6, 3, padding="same", name="conv_b")(inp)
-    c = L.Conv2D(10, 3, padding="same", name="conv_c")(inp)
-    x = L.Add()([L.Concatenate()([a, b]), c])
-    x = L.Conv2D(4, 3, name="consumer")(L.ReLU()(x))
-    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
+    case = cm.concatenate_added_to_a_conv(K2)
+    model = case.model
     groups = [g for g in surgery.channel_groups(model) if "conv_c" in g.producers]
     assert sorted(g.producers for g in groups) == [["conv_a", "conv_c"], ["conv_b", "conv_c"]]
-    p, pruned, _ = check(model, normal(2, 8, 8, 3), expect=("conv_a", "conv_b", "conv_c"))
+    p, pruned, _ = check(model, case.x, expect=case.expect)
     lost = p.deletions["conv_c"]
     assert [c for c in lost if c < 4] == p.deletions["conv_a"]
     assert [c - 4 for c in lost if c >= 4] == p.deletions["conv_b"]
@@ -279,13 +185,8 @@ def test_concatenate_added_to_a_single_conv_splits_it():
 # ---- shared layers ---------------------------------------------------------------------
 
 def test_shared_conv_on_two_inputs_stays_shared():
-    one, two = L.Input((8, 8, 3)), L.Input((8, 8, 3))
-    shared = L.Conv2D(6, 3, padding="same", name="shared")
-    x = L.Concatenate()([shared(one), L.ReLU()(shared(two))])
-    x = L.Conv2D(4, 3, name="consumer")(x)
-    model = make([one, two], head(L.GlobalAveragePooling2D()(x)))
-    xs = [normal(2, 8, 8, 3, seed=1), normal(2, 8, 8, 3, seed=2)]
-    p, pruned, _ = check(model, xs, expect=("shared", "consumer"))
+    case = cm.shared_conv_on_two_inputs(K2)
+    p, pruned, _ = check(case.model, case.x, expect=case.expect)
     assert sum(g.count("shared") for g in p.groups) == 1
     assert sum(line.split()[0] == "shared" for line in p.summary().splitlines()) == 1
     layer = pruned.get_layer("shared")
@@ -295,14 +196,8 @@ def test_shared_conv_on_two_inputs_stays_shared():
 
 
 def test_shared_conv_reading_two_producers():
-    inp = L.Input((8, 8, 3))
-    a = L.Conv2D(6, 3, padding="same", name="a")(inp)
-    b = L.Conv2D(6, 1, name="b")(inp)
-    shared = L.Conv2D(5, 3, padding="same", name="shared")
-    x = L.Add()([shared(a), shared(L.ReLU()(b))])
-    x = L.Conv2D(4, 3, name="consumer")(x)
-    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
-    p, pruned, _ = check(model, normal(2, 8, 8, 3), expect=("a", "b", "shared"))
+    case = cm.shared_conv_reading_two_producers(K2)
+    p, pruned, _ = check(case.model, case.x, expect=case.expect)
     assert p.deletions["a"] == p.deletions["b"]
     assert len(pruned.get_layer("shared").inbound_nodes) == 2
 
@@ -472,9 +367,5 @@ def test_mobilenet_v3_small_loses_at_least_40_percent_of_its_parameters():
                    "model; groups do not yet skip (or the oracle model) such channels")
 @pytest.mark.parametrize("op", ["sigmoid", "plus_one"])
 def test_non_zero_preserving_op_before_a_consumer(op):
-    inp = L.Input((8, 8, 3))
-    x = L.Conv2D(6, 3, padding="same", name="producer")(inp)
-    x = L.Activation("sigmoid")(x) if op == "sigmoid" else x + 1.0
-    x = L.Conv2D(4, 3, name="consumer")(x)
-    model = make(inp, head(L.GlobalAveragePooling2D()(x)))
-    check(model, normal(2, 8, 8, 3), expect=("producer",))
+    case = cm.non_zero_preserving_op(K2, op)
+    check(case.model, case.x, expect=case.expect)

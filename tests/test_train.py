@@ -136,3 +136,15 @@ def test_warmup_schedules():
     assert [round(float(step(t)), 4) for t in (39, 40, 70)] == [1.0, 0.1, 0.01]
     piecewise = train.WarmupSchedule(1.0, 100, 10, "piecewise")
     assert [round(float(piecewise(t)), 4) for t in (54, 55, 77, 78)] == [1.0, 0.1, 0.1, 0.01]
+
+
+def test_every_tfmot_and_unstructured_flag_is_refused_on_keras3():
+    """train_args.KERAS2_ONLY must list every flag of the tfmot and unstructured groups, so
+    a Keras 3 run refuses each one in one line (tests/test_keras3_train.py runs one)."""
+    from surgery.cli import train_args
+
+    parser = train_args.build_parser()
+    groups = [g for g in parser._action_groups
+              if g.title and ("tfmot" in g.title or "unstructured" in g.title)]
+    flags = {a.dest for g in groups for a in g._group_actions}
+    assert len(groups) == 2 and flags == set(train_args.KERAS2_ONLY), flags

@@ -23,7 +23,8 @@ from surgery.errors import SurgeryError
 from surgery.engine.rules import LayerInfo
 
 #: attributes of non-layer operations that rules read as config (``Concatenate``'s axis)
-_OP_ATTRIBUTES = ("axis", "axes", "newshape", "new_shape")
+_OP_ATTRIBUTES = ("axis", "axes", "newshape", "new_shape", "pad_width", "mode")
+_PLAIN = (bool, int, float, str, type(None))
 
 
 def _graph(model):
@@ -60,7 +61,7 @@ def _shape(tensor) -> tuple:
     return tuple(tensor.shape)[1:]
 
 
-def _config(op) -> dict:
+def _config(op, node=None) -> dict:
     try:
         config = op.get_config()
     except Exception:  # noqa: BLE001 — an op without a config is described by its name
@@ -69,7 +70,22 @@ def _config(op) -> dict:
         for attr in _OP_ATTRIBUTES:
             if attr not in config and hasattr(op, attr):
                 config[attr] = getattr(op, attr)
+        # plain keyword arguments of the call (``ops.pad``'s ``constant_values``)
+        kwargs = node.arguments.kwargs if node is not None and not node.is_input else {}
+        for name, value in kwargs.items():
+            if isinstance(value, _PLAIN):
+                config.setdefault(name, value)
     return config
+
+
+def _unbuilt(spec):
+    """A layer config without the ``build_config`` of the layers nested in it (a wrapped
+    layer would be built for its old input shape; it builds itself when called)."""
+    if isinstance(spec, dict):
+        return {k: _unbuilt(v) for k, v in spec.items() if k != "build_config"}
+    if isinstance(spec, list):
+        return [_unbuilt(v) for v in spec]
+    return spec
 
 
 def _no_weights() -> list:
@@ -107,7 +123,7 @@ class Node:
         op = self.layer
         is_layer = isinstance(op, keras.layers.Layer)
         return LayerInfo(
-            class_name=type(op).__name__, name=op.name, config=_config(op),
+            class_name=type(op).__name__, name=op.name, config=_config(op, self._node),
             input_shapes=[_shape(t) for t in self.inputs],
             output_shape=_shape(self.outputs[0]) if self.outputs else (),
             op=None if is_layer else type(op).__name__, layer=op,
@@ -179,8 +195,10 @@ def build_model(model, new_inputs: list, new_outputs: list):
 
 
 def new_layer(layer, config: Optional[dict] = None):
-    """A fresh layer of ``layer``'s class from ``config`` (its own config by default)."""
-    return type(layer).from_config(layer.get_config() if config is None else config)
+    """A fresh layer of ``layer``'s class from ``config`` (its own config by default);
+    layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called."""
+    return type(layer).from_config(_unbuilt(layer.get_config() if config is None
+                                            else config))
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:

@@ -27,11 +27,12 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
         pruned = surgery.delete_channels(model, "block_1_expand", [0, 3])
         np.testing.assert_allclose(zeroed.predict(x), pruned.predict(x), rtol=1e-5)
     """
+    from surgery.engine.flatten import flattened
     from surgery.pruning.arguments import check_model
 
     adapter = check_model(model, "zero_channels")
     adapter.require_functional(model)
-    clone = adapter.clone(model)
+    clone = adapter.clone(flattened(model))  # layers of nested models are reachable
     changed: dict = {}  # layer -> new weights
 
     def visit(node, masks):

@@ -25,21 +25,33 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from surgery._backend import keras, tf  # noqa: F401  (first: selects the Keras 2 API)
-from surgery.engine.rules import rule_for
-
-import tensorflow_model_optimization as tfmot  # noqa: E402
-from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: E402
-    prunable_layer,
-    prune_registry,
+from surgery._backend import (  # noqa: F401  (first: selects the Keras 2 API)
+    keras, require_legacy_tf_keras, require_tf_keras_model, tf,
 )
+from surgery.engine.rules import rule_for
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["prune_low_magnitude_model", "pruning_callbacks", "strip", "prune_unstructured",
            "total_sparsity", "MaskCallback", "prunable_kernels", "tfmot_prunable"]
 
-_PLM = tfmot.sparsity.keras
+
+
+def _tfmot(what: str):
+    """tfmot's Keras pruning API and its layer registry modules, imported on first use:
+    tfmot works only where ``tf.keras`` is Keras 2, so ``what`` is refused elsewhere."""
+    require_legacy_tf_keras(f"surgery.pipeline.sparsity.{what} (tfmot sparse training)")
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.sparsity.keras import (
+        prunable_layer, prune_registry,
+    )
+
+    return tfmot.sparsity.keras, prunable_layer, prune_registry
+
+
+def _require_tf_keras_model(model, what: str) -> None:
+    require_tf_keras_model(model, f"surgery.pipeline.sparsity.{what} (tfmot and the weight "
+                                  "masks are Keras 2 code)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -85,6 +97,7 @@ def prunable_kernels(model: keras.Model) -> Dict[str, tf.Variable]:
         >>> list(prunable_kernels(m))
         ['d']
     """
+    _require_tf_keras_model(model, "prunable_kernels")
     kernels: Dict[str, tf.Variable] = {}
     for layer in _iter_layers(model):
         var = _kernel_of(layer)
@@ -100,6 +113,7 @@ def tfmot_prunable(layer: keras.layers.Layer) -> bool:
         >>> tfmot_prunable(keras.layers.Dense(3)), tfmot_prunable(keras.layers.ReLU())
         (True, False)
     """
+    _, prunable_layer, prune_registry = _tfmot("tfmot_prunable")
     if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
         return True
     registry = prune_registry.PruneRegistry
@@ -156,6 +170,8 @@ def prune_low_magnitude_model(
         >>> type(wrapped.layers[0]).__name__
         'PruneLowMagnitude'
     """
+    _require_tf_keras_model(model, "prune_low_magnitude_model")
+    plm = _tfmot("prune_low_magnitude_model")[0]
     target_sparsity = float(target_sparsity)
     if not 0.0 <= target_sparsity < 1.0:
         raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity}")
@@ -167,7 +183,7 @@ def prune_low_magnitude_model(
         end = -1 if end_step is None else int(end_step)
         if end != -1 and end < begin_step:
             raise ValueError(f"end_step ({end}) must be >= begin_step ({begin_step})")
-        pruning_schedule = _PLM.ConstantSparsity(target_sparsity, begin_step, end, frequency)
+        pruning_schedule = plm.ConstantSparsity(target_sparsity, begin_step, end, frequency)
     elif schedule == "polynomial":
         if end_step is None or int(end_step) <= begin_step:
             raise ValueError("schedule 'polynomial' needs end_step > begin_step, got "
@@ -177,7 +193,7 @@ def prune_low_magnitude_model(
         if effective != frequency:
             logger.info("pruning frequency %d -> %d so that step %d is a pruning step",
                         frequency, effective, end)
-        pruning_schedule = _PLM.PolynomialDecay(0.0, target_sparsity, begin_step, end,
+        pruning_schedule = plm.PolynomialDecay(0.0, target_sparsity, begin_step, end,
                                                 frequency=effective)
     else:
         raise ValueError(f"schedule must be 'constant' or 'polynomial', got {schedule!r}")
@@ -196,7 +212,7 @@ def prune_low_magnitude_model(
             return keras.models.clone_model(layer, clone_function=wrap)
         if tfmot_prunable(layer):
             wrapped.append(layer.name)
-            return _PLM.prune_low_magnitude(layer, **params)
+            return plm.prune_low_magnitude(layer, **params)
         return layer
 
     result = keras.models.clone_model(copy, clone_function=wrap)
@@ -219,7 +235,8 @@ def pruning_callbacks(log_dir: Optional[str] = None) -> List[keras.callbacks.Cal
         >>> [type(c).__name__ for c in pruning_callbacks("/tmp/logs")]  # doctest: +SKIP
         ['UpdatePruningStep', 'PruningSummaries']
     """
-    callbacks: List[keras.callbacks.Callback] = [_PLM.UpdatePruningStep()]
+    plm = _tfmot("pruning_callbacks")[0]
+    callbacks: List[keras.callbacks.Callback] = [plm.UpdatePruningStep()]
     if log_dir:
         if importlib.util.find_spec("tensorboard") is None:
             # TensorFlow 2.21 no longer pulls in tensorboard; without it every summary
@@ -227,7 +244,7 @@ def pruning_callbacks(log_dir: Optional[str] = None) -> List[keras.callbacks.Cal
             logger.warning("tensorboard is not installed: no PruningSummaries in %s "
                            "(pip install tensorboard)", log_dir)
         else:
-            callbacks.append(_PLM.PruningSummaries(log_dir=str(log_dir)))
+            callbacks.append(plm.PruningSummaries(log_dir=str(log_dir)))
     return callbacks
 
 
@@ -242,7 +259,8 @@ def strip(model: keras.Model) -> keras.Model:
         >>> type(strip(prune_low_magnitude_model(base)).layers[0]).__name__
         'Dense'
     """
-    return _PLM.strip_pruning(model)
+    _require_tf_keras_model(model, "strip")
+    return _tfmot("strip")[0].strip_pruning(model)
 
 
 # --------------------------------------------------------------------------- unstructured
@@ -274,6 +292,7 @@ def prune_unstructured(
         >>> round(total_sparsity(pruned)[0], 2)
         0.3
     """
+    _require_tf_keras_model(model, "prune_unstructured")
     if (threshold is None) == (ratio is None):
         raise ValueError("prune_unstructured: give exactly one of threshold= or ratio=")
     if scope not in ("layer", "global"):
@@ -329,6 +348,7 @@ def total_sparsity(model: keras.Model) -> Tuple[float, Dict[str, float]]:
         >>> total_sparsity(m)
         (1.0, {'d': 1.0})
     """
+    _require_tf_keras_model(model, "total_sparsity")
     per_layer: Dict[str, float] = {}
     zeros = count = 0
     for name, var in prunable_kernels(model).items():

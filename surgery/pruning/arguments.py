@@ -44,6 +44,26 @@ def check_model(model, function: str = "surgery"):
                            "Keras functional API or load it with keras.models.load_model(path)") from None
 
 
+
+def check_values(function: str, argument: str, value) -> None:
+    """:class:`SurgeryError` when ``value`` (an array or a nest of them) holds a symbolic
+    tensor — a ``keras.Input`` or a layer output, of either Keras generation — where
+    data is needed.
+
+    Example::
+
+        check_values("verify", "x", keras.Input((8,)))  # SurgeryError: ... NumPy array
+    """
+    from surgery._backend import tf
+
+    for leaf in tf.nest.flatten(value):
+        if type(leaf).__name__ == "KerasTensor" or "keras_tensor" in type(leaf).__module__:
+            raise SurgeryError(
+                f"{function}({argument}=...): got a symbolic tensor "
+                f"({type(leaf).__module__}.{type(leaf).__name__}: a keras.Input or a layer "
+                "output) where data is needed; pass a batch of values, e.g. a NumPy array "
+                "like x_test[:8]")
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

@@ -61,7 +61,7 @@ class FlopsEstimator:
     """
 
     def __init__(self, model: keras.Model, plan):
-        from surgery.engine import keras2
+        from surgery.engine.adapters import adapter_for
         from surgery.engine.rules import CONCAT, PRODUCER, rule_for
 
         self.groups = [list(g) for g in plan.groups]
@@ -115,7 +115,7 @@ class FlopsEstimator:
                 coefs.append((a, b, c, d))
             return out
 
-        keras2.walk(model, visit, lambda t: None)
+        adapter_for(model).walk(model, visit, lambda t: None)
         self._in = np.array(rows_in).reshape(-1, n)
         self._out = np.array(rows_out).reshape(-1, n)
         self._abcd = np.array(coefs).reshape(-1, 4)

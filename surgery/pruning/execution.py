@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 from surgery.engine import keras2
 from surgery.engine.adapters import adapter_for, same_adapter
 from surgery.engine.cutting import delete_by_rebuild
-from surgery.pruning.arguments import check_model
+from surgery.pruning.arguments import check_model, check_values
 from surgery.engine.flatten import flattened
 from surgery.engine.zeroing import max_relative_difference, zero_channels
 from surgery.pruning.planning import PrunePlan, plan as make_plan
@@ -86,5 +86,6 @@ def verify(model, pruned, plan: PrunePlan, x) -> float:
     check_model(model, "verify")
     check_model(pruned, "verify(pruned=...)")
     same_adapter(model, pruned)
+    check_values("verify", "x", x)
     zeroed = zero_channels(flattened(model), plan.deletions)
     return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))

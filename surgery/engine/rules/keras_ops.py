@@ -7,7 +7,8 @@ falls back to the layer rule of the same class name (``Add``, ``Multiply``, ``Su
 element-wise operations (and a tensor with scalars) pass channels through; two tensors
 couple their channels like a merge layer. Operations whose name matches a layer but which
 do something else to the channel axis (``ops.average`` reduces, ``ops.reshape`` has a
-fixed shape) block deletions.
+fixed shape) block deletions. ``ops.transpose`` passes channels on while the channel axis
+stays last, ``ops.pad`` while it pads only other axes with zeros (or reflects them).
 """
 from __future__ import annotations
 
@@ -55,3 +56,36 @@ class BlockingOpRule(LayerRule):
 
     def blocked(self, info) -> str:
         return f"Keras operation {info.describe()} does not keep the channel axis"
+
+
+@register_rule("ops.Transpose")
+class TransposeOpRule(LayerRule):
+    """``ops.transpose(x, axes)``: ``axes`` counts the batch axis; ``None`` reverses all."""
+
+    def flow_of(self, info) -> str:
+        axes = info.config.get("axes")
+        rank = len(info.input_shape) + 1
+        return CHANNELWISE if axes is not None and list(axes)[-1] % rank == rank - 1 \
+            else BLOCKING
+
+    def blocked(self, info) -> str:
+        return f"channel axis moved by Keras operation {info.describe()}"
+
+
+@register_rule("ops.Pad")
+class PadOpRule(LayerRule):
+    """``ops.pad(x, pad_width, mode, constant_values)``: a zero channel stays zero when
+    the channel axis is not padded and padding adds zeros or copies the channel."""
+
+    def flow_of(self, info) -> str:
+        widths = info.config.get("pad_width")
+        last = tuple(int(w) for w in widths[-1]) if widths is not None else None
+        constant = info.config.get("constant_values") or 0
+        if last == (0, 0) and (info.config.get("mode", "constant") != "constant"
+                               or constant == 0):
+            return CHANNELWISE
+        return BLOCKING
+
+    def blocked(self, info) -> str:
+        return (f"Keras operation {info.describe()} pads the channel axis or pads with a "
+                "non-zero constant, so a deleted channel would not stay zero")

@@ -101,6 +101,11 @@ class BidirectionalRule(LayerRule):
         mode = info.config.get("merge_mode", "concat")
         return PRODUCER if mode in ("concat", "sum", "ave", "mul") else MIXING
 
+    def blocks(self, info) -> int:
+        """With ``concat``, both directions lose the same number of units: Keras 3 infers
+        the output width as twice the forward layer's."""
+        return 2 if info.config.get("merge_mode", "concat") == "concat" else 1
+
     def _split(self, info, channels):
         units = int(info.config["layer"]["config"]["units"])
         channels = np.asarray(channels, int)

@@ -12,9 +12,13 @@ Conv2DTranspose, SeparableConv2D, Dense, and DepthwiseConv2D whose output channe
 collecting every requested layer in that single pass. It also owns
 :func:`select_channels`, which turns a score vector into the indices to delete. It never
 modifies the model and knows nothing about channel groups or surgery (``surgery.engine.groups``,
-``surgery.plan`` and ``surgery.apply`` do). The registry is in ``_registry``, graph and
-data helpers in ``_graph`` and ``_data``, and the criteria in ``weights``, ``activations``
-and ``thinet``; this ``__init__`` holds the public API and registers them all on import.
+``surgery.plan`` and ``surgery.apply`` do). Every criterion works on tf-keras models and
+on Keras 3 models with the TensorFlow, JAX or PyTorch backend: weights are read as NumPy
+through the layer rules, the model is asked about through its graph adapter, and forward
+passes and ``taylor``'s gradients run in ``_forward`` (one code path per backend). The
+registry is in ``_registry``, graph and data helpers in ``_graph`` and ``_data``, and the
+criteria in ``weights``, ``activations`` and ``thinet``; this ``__init__`` holds the public
+API and registers them all on import.
 """
 from __future__ import annotations
 

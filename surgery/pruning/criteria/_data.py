@@ -3,8 +3,9 @@
 It owns the "needs data" error message and check, and :func:`_iter_batches`, which turns
 ``data=`` (an ``(x, y)`` tuple of arrays, ``y`` possibly ``None``, or a ``tf.data.Dataset``
 of ``(x, y)`` batches) into ``(x, y)`` batches holding at most ``max_samples`` examples,
-so that every criterion makes a single bounded pass; plus :func:`_reduce_to_channels`,
-which flattens an activation to ``(positions, channels)``.
+so that every criterion makes a single bounded pass (a symbolic tensor in ``data=`` is
+refused); plus :func:`_reduce_to_channels`, which flattens an activation to
+``(positions, channels)``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from surgery._backend import tf
 from surgery.pruning.criteria._registry import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, Data
 from surgery.errors import SurgeryError
+from surgery.pruning.arguments import check_values
 
 def _no_data_message(name: str) -> str:
     return (
@@ -71,6 +73,7 @@ def _iter_batches(
                 return
         return
     x_all, y_all = split(data)
+    check_values("channel_scores", "data", (x_all, y_all))
     total = min(_n_examples(x_all), limit)
     for start in range(0, int(total), int(batch_size)):
         stop = min(start + int(batch_size), int(total))

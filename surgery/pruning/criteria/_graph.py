@@ -38,6 +38,10 @@ def _resolve_layers(model, names: Sequence[str]) -> list:
     by_name = {layer.name: layer for layer in model.layers}
     layers = []
     for name in names:
+        if not isinstance(name, str):
+            raise SurgeryError(
+                f"layer_names must hold layer names (strings), got a {type(name).__name__}; "
+                "pass layer.name")
         if name not in by_name:
             raise SurgeryError(
                 f"unknown layer {name!r}: model {model.name!r} has no top-level layer of that "

@@ -15,6 +15,7 @@ import numpy as np
 from surgery._backend import keras
 from surgery.pruning.criteria._data import _iter_batches, _require_data
 from surgery.engine.adapters import adapter_for
+from surgery.pruning.criteria._forward import forward
 from surgery.pruning.criteria._graph import (
     _call, _follow_chain, _keeps_channels, _linear_window, _n_out_channels, _resolve_layers,
 )
@@ -216,10 +217,7 @@ def thinet(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
         probe = adapter_for(model).submodel(model, [t for _, _, t in plans])
         reservoirs = [_Reservoir(n_locations, rng) for _ in plans]
         for x, _ in _iter_batches(data, max_samples, batch_size):
-            outs = probe(x, training=False)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            for (_, window, _), t, res in zip(plans, outs, reservoirs):
-                xin = np.asarray(t.numpy())
+            for (_, window, _), xin, res in zip(plans, forward(model, probe, x), reservoirs):
                 res.offer(_n_positions(xin, window),
                           lambda idx, xin=xin, window=window: _patches(xin, window, idx))
         for (layer, window, _), res in zip(plans, reservoirs):

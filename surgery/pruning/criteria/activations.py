@@ -12,9 +12,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from surgery._backend import keras, tf
+from surgery._backend import keras
 from surgery.pruning.criteria._data import _iter_batches, _reduce_to_channels, _require_data
 from surgery.engine.adapters import adapter_for
+from surgery.pruning.criteria._forward import forward, taylor_probe, taylor_products
 from surgery.pruning.criteria._graph import (
     _activation, _call, _channel_axis, _follow_chain, _is_identity_like, _is_relu_like,
     _resolve_layers,
@@ -65,10 +66,8 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
     zeros: list[Optional[np.ndarray]] = [None] * len(layers)
     totals = [0] * len(layers)
     for x, _ in _iter_batches(data, max_samples, batch_size):
-        outs = probe(x, training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for i, (t, (_, axis)) in enumerate(zip(outs, targets)):
-            flat, _ = _reduce_to_channels(t.numpy(), axis)
+        for i, (t, (_, axis)) in enumerate(zip(forward(model, probe, x), targets)):
+            flat, _ = _reduce_to_channels(t, axis)
             z = (flat == 0).sum(axis=0).astype(np.float64)
             zeros[i] = z if zeros[i] is None else zeros[i] + z
             totals[i] += flat.shape[0]
@@ -84,23 +83,6 @@ def _output_is_probability(model: keras.Model) -> bool:
         return False
     info = calls[-1].info
     return _activation(info) in ("softmax", "sigmoid")
-
-
-def _per_example_loss(y: Any, pred: Any, probabilities: bool) -> Any:
-    """Cross-entropy of ``pred`` vs ``y`` (one-hot or integer labels), one value per element."""
-    pred = tf.convert_to_tensor(pred)
-    y = tf.convert_to_tensor(y)
-    n_classes = pred.shape[-1]
-    if n_classes == 1:
-        y = tf.reshape(tf.cast(y, pred.dtype), tf.shape(pred))
-        return keras.losses.binary_crossentropy(y, pred, from_logits=not probabilities)
-    sparse = y.shape.rank < pred.shape.rank or (y.shape[-1] == 1 and n_classes != 1)
-    if sparse:
-        y = tf.cast(tf.reshape(y, tf.shape(pred)[:-1]), tf.int64)
-        return keras.losses.sparse_categorical_crossentropy(
-            y, pred, from_logits=not probabilities)
-    return keras.losses.categorical_crossentropy(
-        tf.cast(y, pred.dtype), pred, from_logits=not probabilities)
 
 
 @register_criterion("taylor", needs_data=True)
@@ -132,31 +114,25 @@ def taylor(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
     """
     _require_data("taylor", data)
     layers = _resolve_layers(model, layer_names)
-    if len(model.outputs) != 1:
+    n_outputs = len(adapter_for(model).outputs(model))
+    if n_outputs != 1:
         raise ValueError(
             f"taylor needs a single-output model; model {model.name!r} has "
-            f"{len(model.outputs)} outputs (score a single-output sub-model instead)"
+            f"{n_outputs} outputs (score a single-output sub-model instead)"
         )
     probabilities = _output_is_probability(model)
     acts = [_call(model, layer).outputs[0] for layer in layers]
     axes = [_channel_axis(model, layer) for layer in layers]
-    probe = adapter_for(model).submodel(model, acts + [model.outputs[0]])
+    probe = taylor_probe(model, acts)
     sums: list[Optional[np.ndarray]] = [None] * len(layers)
     seen = 0
     for x, y in _iter_batches(data, max_samples, batch_size):
         if y is None:
             raise ValueError("taylor needs labels: pass data= as (x, y) or (x, y) batches")
-        x = tf.nest.map_structure(tf.convert_to_tensor, x)
-        with tf.GradientTape() as tape:
-            for leaf in tf.nest.flatten(x):
-                if leaf.dtype.is_floating:
-                    tape.watch(leaf)
-            outs = probe(x, training=False)
-            loss = tf.reduce_sum(_per_example_loss(y, outs[-1], probabilities))
-        grads = tape.gradient(loss, outs[:-1], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        n = int(outs[0].shape[0])
-        for i, (a, g, axis) in enumerate(zip(outs[:-1], grads, axes)):
-            prod = np.moveaxis((a * g).numpy().astype(np.float64), axis, -1)
+        products = taylor_products(model, probe, acts, x, y, probabilities)
+        n = int(products[0].shape[0])
+        for i, (p, axis) in enumerate(zip(products, axes)):
+            prod = np.moveaxis(p.astype(np.float64), axis, -1)
             per_example = np.abs(prod.reshape(n, -1, prod.shape[-1]).sum(axis=1)).sum(axis=0)
             sums[i] = per_example if sums[i] is None else sums[i] + per_example
         seen += n

@@ -1,0 +1,237 @@
+"""Command line of ``train.py`` (``keras-surgery train``): this module owns its argument
+parser, the checks of flag values and combinations, and the few helpers both Keras
+generations' training share, so that the Keras 2 run (:mod:`surgery.cli.train`) and the
+Keras 3 run (:mod:`surgery.cli.train_keras3`) read one definition. It imports no TensorFlow
+and no Keras.
+
+Errors a user can fix are :class:`UsageError`: one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+PROG = "train.py"
+PENALTIES = ("l1", "l2", "gl_filter", "gl_channel", "gl_all", "bn_l1", "angular_filter",
+             "angular_channel")
+
+class UsageError(Exception):
+    """An error the user can fix; reported as one line and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]}\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help text already states its default."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _m_by_n(text: str):
+    try:
+        m, n = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected M,N such as 2,4, got {text!r}") from None
+    if not 0 < m < n:
+        raise argparse.ArgumentTypeError(f"need 0 < M < N, got {text!r}")
+    return m, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``train.py`` (every flag documented with its default)."""
+    p = _Parser(prog=PROG, formatter_class=_HelpFormatter,
+                description="Train a model of models/ on a data source of data_generator.py, "
+                            "optionally with sparsity penalties, tfmot pruning or "
+                            "unstructured pruning + fine-tuning; writes an .h5.")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=None,
+                   help="model name in models.MODELS (mobilenet_v2, mobilenet_v2_res, "
+                        "mobilenet_v2_vgg, lenet5, vgg16, vgg19, resnet18); "
+                        "required unless --restore (default: none)")
+    g.add_argument("--restore", default=None, metavar="FILE",
+                   help="continue training the model in this .h5 (Keras 2) or .keras / "
+                        "Keras 3 .h5 (Keras 3 process) instead of building --model (fresh "
+                        "optimizer; default: none)")
+    g.add_argument("--trust-model-code", action="store_true",
+                   help="load --restore even if it holds code that loading runs (a Lambda "
+                        "layer's bytecode); only for files you trust")
+    g.add_argument("--data", default="digits",
+                   help="data source: digits, mnist, cifar10, cifar100, an npy folder or an "
+                        "image folder")
+    g.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="resize images to PX x PX (default: the data's own size, or the "
+                        "restored model's input size)")
+    g.add_argument("--augment", action="store_true",
+                   help="random pad-4 crop and horizontal flip on the training split")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed for the split, shuffling, initialisation and augmentation")
+    g.add_argument("--out", default=None,
+                   help="output folder (default: runs/train-MODEL-TIMESTAMP)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=10, help="training epochs")
+    g.add_argument("--batch-size", type=int, default=32, help="batch size")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="sgd (momentum 0.9) or adam")
+    g.add_argument("--init-lr", type=float, default=None,
+                   help="peak learning rate (default: 0.05 for sgd, 0.001 for adam)")
+    g.add_argument("--lr-schedule", choices=("cosine", "step", "piecewise"), default="cosine",
+                   help="decay after warmup: cosine to 0; step: x--lr-decay every "
+                        "--lr-step-epochs; piecewise: x--lr-decay at 50%% and again at 75%% "
+                        "of training")
+    g.add_argument("--lr-step-epochs", type=int, default=None,
+                   help="epochs between decays of the step schedule (default: epochs // 3, "
+                        "at least 1)")
+    g.add_argument("--lr-decay", type=float, default=0.1,
+                   help="factor of the step and piecewise schedules")
+    g.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear learning-rate warmup length in epochs (0 = none)")
+
+    g = p.add_argument_group("sparsity penalties (0 = off; surgery.pipeline.regularizers)")
+    g.add_argument("--l1", type=float, default=0.0, help="L1 on conv/dense kernels")
+    g.add_argument("--l2", type=float, default=0.0, help="L2 on conv/dense kernels")
+    g.add_argument("--gl-filter", type=float, default=0.0,
+                   help="group lasso over output filters")
+    g.add_argument("--gl-channel", type=float, default=0.0,
+                   help="group lasso over input channels")
+    g.add_argument("--gl-all", type=float, default=0.0,
+                   help="group lasso over filters and input channels")
+    g.add_argument("--bn-l1", type=float, default=0.0,
+                   help="L1 on BatchNormalization gamma (network slimming)")
+    g.add_argument("--angular-filter", type=float, default=0.0,
+                   help="strength x sum over filter pairs of cos^2")
+    g.add_argument("--angular-channel", type=float, default=0.0,
+                   help="strength x sum over input-channel pairs of cos^2")
+
+    g = p.add_argument_group("tfmot magnitude pruning during training (surgery.pipeline.sparsity)")
+    g.add_argument("--prune-schedule", choices=("constant", "polynomial"), default=None,
+                   help="turn tfmot pruning on with this schedule (default: off; "
+                        "--m-by-n alone implies constant)")
+    g.add_argument("--target-sparsity", type=float, default=None,
+                   help="final fraction of zeros in each pruned kernel (default: 0.5)")
+    g.add_argument("--begin-step", type=int, default=None,
+                   help="first pruning step in batches (default: 0)")
+    g.add_argument("--end-step", type=int, default=None,
+                   help="last pruning step (default: constant: never stops; polynomial: "
+                        "the last training step)")
+    g.add_argument("--prune-frequency", type=int, default=None,
+                   help="steps between mask updates (default: 100, capped at a tenth of the "
+                        "pruning span)")
+    g.add_argument("--m-by-n", type=_m_by_n, default=None, metavar="M,N",
+                   help="tfmot structured sparsity, e.g. 2,4 (M zeros in each N weights; "
+                        "default: off)")
+
+    g = p.add_argument_group("unstructured pruning after training (surgery.pipeline.sparsity)")
+    g.add_argument("--unstructured-threshold", type=float, default=None, metavar="T",
+                   help="zero kernel weights with |w| < T, then fine-tune (default: off)")
+    g.add_argument("--unstructured-ratio", type=float, default=None, metavar="R",
+                   help="zero the fraction R of smallest kernel weights, then fine-tune "
+                        "(default: off)")
+    g.add_argument("--unstructured-scope", choices=("layer", "global"), default=None,
+                   help="ratio per layer or over all kernels pooled (default: layer)")
+    g.add_argument("--finetune-epochs", type=int, default=None,
+                   help="fine-tuning epochs after unstructured pruning, mask kept "
+                        "(default: 1)")
+    g.add_argument("--finetune-lr", type=float, default=None,
+                   help="fine-tuning peak learning rate (default: --init-lr / 10)")
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check flag values and combinations; raise UsageError with one line."""
+    if (args.model is None) == (args.restore is None):
+        raise UsageError("give exactly one of --model NAME or --restore FILE.h5")
+    if args.restore is not None and not os.path.isfile(args.restore):
+        raise UsageError(f"--restore: no such file {args.restore!r}")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.image_size is not None and args.image_size < 1:
+        raise UsageError(f"--image-size must be >= 1, got {args.image_size}")
+    if args.init_lr is not None and not args.init_lr > 0:
+        raise UsageError(f"--init-lr must be > 0, got {args.init_lr}")
+    if not 0 <= args.warmup_epochs <= args.epochs:
+        raise UsageError(f"--warmup-epochs must be in [0, --epochs], got {args.warmup_epochs}")
+    if args.lr_step_epochs is not None and args.lr_step_epochs < 1:
+        raise UsageError(f"--lr-step-epochs must be >= 1, got {args.lr_step_epochs}")
+    if not 0 < args.lr_decay <= 1:
+        raise UsageError(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    for name in PENALTIES:
+        value = getattr(args, name)
+        if not value >= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+    tfmot_on = args.prune_schedule is not None or args.m_by_n is not None
+    tfmot_flags = [f for f in ("target_sparsity", "begin_step", "end_step", "prune_frequency")
+                   if getattr(args, f) is not None]
+    if tfmot_flags and not tfmot_on:
+        raise UsageError(f"--{tfmot_flags[0].replace('_', '-')} needs --prune-schedule "
+                         "(or --m-by-n)")
+    if args.target_sparsity is not None and not 0 <= args.target_sparsity < 1:
+        raise UsageError(f"--target-sparsity must be in [0, 1), got {args.target_sparsity}")
+    if args.begin_step is not None and args.begin_step < 0:
+        raise UsageError(f"--begin-step must be >= 0, got {args.begin_step}")
+    if args.prune_frequency is not None and args.prune_frequency < 1:
+        raise UsageError(f"--prune-frequency must be >= 1, got {args.prune_frequency}")
+    if args.end_step is not None and args.end_step <= (args.begin_step or 0):
+        raise UsageError(f"--end-step ({args.end_step}) must be > --begin-step")
+
+    unstructured_on = (args.unstructured_threshold is not None
+                       or args.unstructured_ratio is not None)
+    if args.unstructured_threshold is not None and args.unstructured_ratio is not None:
+        raise UsageError("give only one of --unstructured-threshold and --unstructured-ratio")
+    if not unstructured_on:
+        for flag in ("unstructured_scope", "finetune_epochs", "finetune_lr"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} needs --unstructured-threshold "
+                                 "or --unstructured-ratio")
+    if args.unstructured_threshold is not None and not args.unstructured_threshold >= 0:
+        raise UsageError("--unstructured-threshold must be >= 0")
+    if args.unstructured_ratio is not None and not 0 <= args.unstructured_ratio <= 1:
+        raise UsageError("--unstructured-ratio must be in [0, 1]")
+    if args.finetune_epochs is not None and args.finetune_epochs < 1:
+        raise UsageError(f"--finetune-epochs must be >= 1, got {args.finetune_epochs}")
+    if args.finetune_lr is not None and not args.finetune_lr > 0:
+        raise UsageError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
+    if tfmot_on and unstructured_on:
+        raise UsageError("tfmot pruning (--prune-schedule/--m-by-n) and unstructured pruning "
+                         "(--unstructured-*) cannot be combined in one run")
+
+
+#: Options that drive tfmot or the tf-keras unstructured pruning: Keras 2 only.
+KERAS2_ONLY = ("prune_schedule", "m_by_n", "target_sparsity", "begin_step", "end_step",
+               "prune_frequency", "unstructured_threshold", "unstructured_ratio",
+               "unstructured_scope", "finetune_epochs", "finetune_lr")
+
+
+def refuse_keras2_only(args: argparse.Namespace) -> None:
+    """In a Keras 3 process, refuse the tfmot / unstructured options with one line."""
+    for name in KERAS2_ONLY:
+        if getattr(args, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} needs Keras 2 (tf-keras; tfmot has "
+                             "no Keras 3 version): run without --keras 3 / use a .h5 written "
+                             "by Keras 2")
+
+
+def tensorboard_available() -> bool:
+    """TensorBoard event writing needs the ``tensorboard`` package, which TensorFlow 2.21
+    no longer installs with itself; without it the TensorBoard callbacks crash mid-fit."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def steps_per_epoch(dataset) -> int:
+    """Batches in one pass of a ``tf.data`` dataset (counted when its cardinality is
+    unknown), at least 1."""
+    n = int(dataset.cardinality())
+    if n < 1:
+        n = sum(1 for _ in dataset)
+    return max(1, n)

@@ -1,0 +1,85 @@
+"""train.py on Keras 3 (issue 16 item 4): sparse training with the penalties as Keras 3
+regularisers on the TensorFlow and JAX backends, ``.keras`` files that carry them and reload
+on another backend once surgery is imported, ``--restore`` of a ``.keras`` file, and the
+one-line refusal of the tfmot options.
+
+Keras 3 runs in child processes (tests/keras3_train_cases.py): ``KERAS_BACKEND`` is read
+once at import and this suite's process uses tf-keras. The TensorFlow child runs first; the
+JAX child loads its ``.keras`` file before and after importing surgery.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BACKENDS = ("tensorflow", "jax")
+
+
+def _child(backend, *args):
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["KERAS_BACKEND"] = backend
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "keras3_train_cases.py"),
+                           *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    tf_out = tmp_path_factory.mktemp("keras3_train_tf")
+    result = {"tensorflow": _child("tensorflow", tf_out)}
+    jax_out = tmp_path_factory.mktemp("keras3_train_jax")
+    result["jax"] = _child("jax", jax_out, tf_out / "sparse" / "lenet5.keras",
+                           tf_out / "sparse_predictions.npy")
+    return result
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_penalties_equal_numpy_reference(reports, backend):
+    report = reports[backend]
+    assert report["backend"] == backend
+    assert report["reference"] and max(report["reference"].values()) < 1e-5, report["reference"]
+    assert report["sparse"]["losses_vs_numpy"] < 1e-5, report["sparse"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_lasso_training_drives_filters_toward_zero(reports, backend):
+    plain, sparse = reports[backend]["plain"], reports[backend]["sparse"]
+    for run in (plain, sparse):
+        assert run["rc"] == 0, run["stderr"]
+        assert run["type"].startswith("keras.src.models"), run
+        assert "lenet5.keras" in run["files"] and "train_log.csv" in run["files"]
+    assert plain["small_filter_share"] <= 0.05, plain
+    assert sparse["small_filter_share"] >= 0.25, (plain, sparse)
+    assert sparse["filter_norm_sum"] <= 0.6 * plain["filter_norm_sum"], (plain, sparse)
+
+
+def test_keras_file_with_penalties_reloads_on_another_backend_once_surgery_is_imported(reports):
+    load = reports["jax"]["load"]
+    assert load["before_surgery_import"].startswith("TypeError"), load
+    assert "surgery>GroupLasso" in load["before_surgery_import"], load
+    assert load["max_diff"] < 1e-5, load
+    assert "surgery.pipeline.regularizers3.GroupLasso" in load["regularizers"], load
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_restore_continues_a_keras_file(reports, backend):
+    run = reports[backend]["restore"]
+    assert run["rc"] == 0, run["stderr"]
+    assert "lenet5_continued.keras" in run["files"], run
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tfmot_options_are_refused_in_one_line(reports, backend):
+    run = reports[backend]["tfmot"]
+    assert run["rc"] == 2
+    lines = run["stderr"].strip().splitlines()
+    assert len(lines) == 1, run["stderr"]
+    assert lines[0].startswith("train.py: error: --prune-schedule needs Keras 2 (tf-keras")
+    assert "without --keras 3" in lines[0] and ".h5 written by Keras 2" in lines[0]
+    assert not run["exists"], "a refused run must write nothing"
