@@ -57,6 +57,14 @@ def require_tf_keras_model(model, what: str) -> None:
     raise SurgeryError(f"{what} works on tf-keras (Keras 2) models only, got {kind}; {hint}")
 
 
+if "tensorflow" not in sys.modules and "keras" not in sys.modules:
+    from surgery import _startup  # imports no TensorFlow
+
+    _prune_argv = _startup.launched_prune_argv()
+    if _prune_argv is not None and _startup.keras_generation(_prune_argv) == 3:
+        _startup.avoid_onednn_crash()  # keras-surgery prune on a Keras 3 model: Keras 3 first
+        _startup.import_keras3_quietly()
+
 _select_keras2()
 
 if "tensorflow" not in sys.modules:

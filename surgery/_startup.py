@@ -15,6 +15,12 @@ started as ``keras-surgery`` or ``python -m surgery.cli...``).
 * :func:`import_tensorflow_quietly` — TensorFlow writes CUDA-probing lines to file
   descriptor 2 on machines without a GPU, before any log level applies; the CLIs import it
   with that descriptor muted so a user error leaves exactly one line on stderr.
+* :func:`keras_generation` — the one decision which Keras a ``prune`` run uses, made before
+  TensorFlow or Keras is imported: a ``--model-path`` file is loaded by the Keras that wrote
+  it (:func:`file_keras_generation` peeks at it without TensorFlow: ``metadata.json`` of a
+  ``.keras`` zip, the root ``keras_version`` attribute of an ``.h5``); otherwise ``--keras``
+  (default 2) picks it. Keras 3 is then imported first (:func:`import_keras3_quietly`), so
+  ``import surgery`` afterwards leaves ``tf.keras`` alone and the run is a Keras 3 run.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 _log = logging.getLogger("surgery.startup")
 
@@ -124,7 +130,98 @@ def muted_stderr_import(import_fn) -> None:
         import_fn()
 
 
-def cli_startup() -> None:
-    """What every CLI does first: the oneDNN guard, then the quiet TensorFlow import."""
+def file_keras_generation(path: str) -> Optional[int]:
+    """2 or 3: the major version of the Keras that wrote the model file ``path``, read
+    without TensorFlow (``keras_version`` in a ``.keras`` zip's ``metadata.json``, or the
+    root attribute ``keras_version`` of an HDF5 file, which tf-keras and Keras 3 both
+    write); None when the file is missing, not a model file, or says nothing."""
+    import json
+    import zipfile
+
+    version = None
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                version = json.loads(zf.read("metadata.json").decode("utf-8")).get(
+                    "keras_version")
+        else:
+            with open(path, "rb") as fh:
+                if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                    return None
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                version = f.attrs.get("keras_version")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    major = str(version or "").split(".")[0]
+    return int(major) if major in ("2", "3") else None
+
+
+def _flag(argv: Sequence[str], name: str) -> Optional[str]:
+    """The value of ``--name X`` / ``--name=X`` in ``argv`` (the last one wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def keras_generation(argv: Sequence[str]) -> int:
+    """The Keras generation (2 or 3) a ``prune`` run with arguments ``argv`` uses: the one
+    that wrote ``--model-path`` when the file says, else ``--keras`` (default 2). Imports
+    neither TensorFlow nor Keras.
+
+    Example:
+        >>> keras_generation(["--keras", "3"]), keras_generation([])
+        (3, 2)
+    """
+    path = _flag(argv, "--model-path")
+    if path and os.path.isfile(path):
+        found = file_keras_generation(path)
+        if found is not None:
+            return found
+    asked = _flag(argv, "--keras")
+    return 3 if asked == "3" else 2
+
+
+def launched_prune_argv() -> Optional[list]:
+    """The ``prune`` arguments when this process is ``keras-surgery prune`` or
+    ``python -m surgery.cli.prune`` / ``-m surgery.cli.main prune``; else None."""
+    argv = list(sys.argv)
+    orig = list(getattr(sys, "orig_argv", []))
+    module = next((b for a, b in zip(orig, orig[1:]) if a == "-m"), "")
+    if module == "surgery.cli.prune":
+        return argv[1:]
+    if module == "surgery.cli.main" or os.path.basename(argv[0] if argv else "").startswith(
+            "keras-surgery"):
+        return argv[2:] if argv[1:2] == ["prune"] else None
+    return None
+
+
+def import_keras3_quietly() -> None:
+    """Import Keras 3 first (before ``surgery``), with the backend ``KERAS_BACKEND`` names
+    and file descriptor 2 muted, so the process is a Keras 3 process."""
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)  # tf.keras is Keras 3 in this process
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with muted_stderr():
+        import keras  # noqa: F401
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+
+
+def cli_startup(generation: int = 2) -> None:
+    """What every CLI does first: the oneDNN guard, then the quiet import of TensorFlow
+    with the Keras 2 API (``generation`` 2) or of Keras 3 first (``generation`` 3; see
+    :func:`keras_generation`)."""
     avoid_onednn_crash()
+    if generation == 3:
+        import_keras3_quietly()
     import_tensorflow_quietly()

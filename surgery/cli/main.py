@@ -3,7 +3,10 @@
 ``keras-surgery prune ...`` is :func:`surgery.cli.prune.main` (the checkout's
 ``prune_and_finetune.py``) and ``keras-surgery train ...`` is :func:`surgery.cli.train.main`
 (the checkout's ``train.py``); each takes the same flags (``keras-surgery prune --help``).
-Errors a user can fix print one line to stderr and exit with status 2.
+Errors a user can fix print one line to stderr and exit with status 2. For ``prune``, the
+Keras generation (the one that wrote ``--model-path``, else ``--keras``) is chosen while
+``surgery`` is first imported, before TensorFlow or Keras
+(:func:`surgery._startup.keras_generation`, called from ``surgery._backend``).
 
 Example::
 

@@ -5,6 +5,7 @@ width multipliers round the same way and regularisers are attached the same way.
 """
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Optional
 
 from surgery._backend import keras
@@ -36,8 +37,19 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def keras_api(keras_module: Optional[ModuleType] = None) -> ModuleType:
+    """The Keras a model function builds with: ``keras_module`` (e.g. ``import keras``,
+    Keras 3) or, by default, tf-keras (Keras 2). One definition serves both generations.
+
+    Example:
+        >>> keras_api().__name__
+        'tf_keras'
+    """
+    return keras if keras_module is None else keras_module
+
+
 def kernel_regularizer(
-    l1: float = 0.0, l2: float = 0.0
+    l1: float = 0.0, l2: float = 0.0, keras_module: Optional[ModuleType] = None
 ) -> Optional[keras.regularizers.Regularizer]:
     """Return ``L1``, ``L2``, ``L1L2`` or ``None`` for the given penalty factors.
 
@@ -47,12 +59,13 @@ def kernel_regularizer(
     """
     if l1 < 0 or l2 < 0:
         raise ValueError(f"regulariser factors must be >= 0, got l1={l1}, l2={l2}")
+    regularizers = keras_api(keras_module).regularizers
     if l1 and l2:
-        return keras.regularizers.L1L2(l1=l1, l2=l2)
+        return regularizers.L1L2(l1=l1, l2=l2)
     if l1:
-        return keras.regularizers.L1(l1)
+        return regularizers.L1(l1)
     if l2:
-        return keras.regularizers.L2(l2)
+        return regularizers.L2(l2)
     return None
 
 

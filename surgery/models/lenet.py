@@ -6,13 +6,12 @@ classes), with ReLU instead of the original tanh/sigmoid. Layer names: ``conv1``
 """
 from __future__ import annotations
 
-from typing import Sequence
+from types import ModuleType
+from typing import Optional, Sequence
 
 from surgery._backend import keras
 
-from ._common import check_input_shape, kernel_regularizer, scaled
-
-layers = keras.layers
+from ._common import check_input_shape, keras_api, kernel_regularizer, scaled
 
 
 def lenet5(
@@ -20,6 +19,7 @@ def lenet5(
     classes: int = 10,
     width: float = 1.0,
     weight_decay: float = 0.0,
+    keras_module: Optional[ModuleType] = None,
 ) -> keras.Model:
     """LeNet-5 (conv 6 -> pool -> conv 16 -> pool -> dense 120 -> dense 84 -> softmax).
 
@@ -28,14 +28,18 @@ def lenet5(
         classes: number of softmax outputs.
         width: multiplier on every conv and hidden dense width.
         weight_decay: L2 kernel regulariser factor on every conv and dense layer.
+        keras_module: the Keras to build with (``import keras`` for Keras 3; default
+            tf-keras).
 
     Example:
         >>> lenet5().count_params()
         61706
     """
     shape = check_input_shape(input_shape, 12, "lenet5")
-    reg = kernel_regularizer(l2=weight_decay)
-    inputs = keras.Input(shape, name="input")
+    api = keras_api(keras_module)
+    layers = api.layers
+    reg = kernel_regularizer(l2=weight_decay, keras_module=api)
+    inputs = api.Input(shape, name="input")
     x = layers.Conv2D(scaled(6, width), 5, activation="relu", kernel_regularizer=reg,
                       name="conv1")(inputs)
     x = layers.MaxPooling2D(2, name="pool1")(x)
@@ -49,4 +53,4 @@ def lenet5(
                      name="fc2")(x)
     outputs = layers.Dense(classes, activation="softmax", kernel_regularizer=reg,
                            name="predictions")(x)
-    return keras.Model(inputs, outputs, name="lenet5")
+    return api.Model(inputs, outputs, name="lenet5")

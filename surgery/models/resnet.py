@@ -9,31 +9,30 @@ Layer names: ``stage{s}_block{b}_{conv1,bn1,relu1,conv2,bn2,add,out}`` and
 """
 from __future__ import annotations
 
-from typing import Sequence
+from types import ModuleType
+from typing import Optional, Sequence
 
 from surgery._backend import keras
 
-from ._common import check_input_shape, kernel_regularizer, scaled
-
-layers = keras.layers
+from ._common import check_input_shape, keras_api, kernel_regularizer, scaled
 
 RESNET18_STAGES = ((64, 2), (128, 2), (256, 2), (512, 2))
 
 
-def _conv(filters, kernel, stride, reg, name):
+def _conv(layers, filters, kernel, stride, reg, name):
     return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                          kernel_regularizer=reg, name=name)
 
 
-def _basic_block(x, filters, stride, reg, prefix):
+def _basic_block(layers, x, filters, stride, reg, prefix):
     shortcut = x
-    y = _conv(filters, 3, stride, reg, prefix + "_conv1")(x)
+    y = _conv(layers, filters, 3, stride, reg, prefix + "_conv1")(x)
     y = layers.BatchNormalization(name=prefix + "_bn1")(y)
     y = layers.ReLU(name=prefix + "_relu1")(y)
-    y = _conv(filters, 3, 1, reg, prefix + "_conv2")(y)
+    y = _conv(layers, filters, 3, 1, reg, prefix + "_conv2")(y)
     y = layers.BatchNormalization(name=prefix + "_bn2")(y)
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv(filters, 1, stride, reg, prefix + "_shortcut_conv")(x)
+        shortcut = _conv(layers, filters, 1, stride, reg, prefix + "_shortcut_conv")(x)
         shortcut = layers.BatchNormalization(name=prefix + "_shortcut_bn")(shortcut)
     y = layers.Add(name=prefix + "_add")([shortcut, y])
     return layers.ReLU(name=prefix + "_out")(y)
@@ -44,6 +43,7 @@ def resnet18(
     classes: int = 10,
     width: float = 1.0,
     weight_decay: float = 0.0,
+    keras_module: Optional[ModuleType] = None,
 ) -> keras.Model:
     """CIFAR-style ResNet-18 (8 basic blocks, ``layers.Add`` shortcuts).
 
@@ -52,6 +52,8 @@ def resnet18(
         classes: number of softmax outputs.
         width: multiplier on every conv's filters.
         weight_decay: L2 kernel regulariser factor on every conv and the classifier.
+        keras_module: the Keras to build with (``import keras`` for Keras 3; default
+            tf-keras).
 
     Example:
         >>> model = resnet18(width=0.125)
@@ -59,17 +61,19 @@ def resnet18(
         8
     """
     shape = check_input_shape(input_shape, 8, "resnet18")
-    reg = kernel_regularizer(l2=weight_decay)
-    inputs = keras.Input(shape, name="input")
-    x = _conv(scaled(64, width), 3, 1, reg, "stem_conv")(inputs)
+    api = keras_api(keras_module)
+    layers = api.layers
+    reg = kernel_regularizer(l2=weight_decay, keras_module=api)
+    inputs = api.Input(shape, name="input")
+    x = _conv(layers, scaled(64, width), 3, 1, reg, "stem_conv")(inputs)
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage, (filters, blocks) in enumerate(RESNET18_STAGES, start=1):
         for block in range(1, blocks + 1):
             stride = 2 if stage > 1 and block == 1 else 1
-            x = _basic_block(x, scaled(filters, width), stride, reg,
+            x = _basic_block(layers, x, scaled(filters, width), stride, reg,
                              f"stage{stage}_block{block}")
     x = layers.GlobalAveragePooling2D(name="global_average_pooling")(x)
     outputs = layers.Dense(classes, activation="softmax", kernel_regularizer=reg,
                            name="predictions")(x)
-    return keras.Model(inputs, outputs, name="resnet18")
+    return api.Model(inputs, outputs, name="resnet18")

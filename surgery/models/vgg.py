@@ -7,13 +7,12 @@ softmax, scaled by ``width``. Layer names: ``block{s}_conv{i}`` (+ ``_bn``/``_re
 """
 from __future__ import annotations
 
-from typing import Sequence
+from types import ModuleType
+from typing import Optional, Sequence
 
 from surgery._backend import keras
 
-from ._common import check_input_shape, kernel_regularizer, scaled
-
-layers = keras.layers
+from ._common import check_input_shape, keras_api, kernel_regularizer, scaled
 
 # Filters per stage; every stage ends with a 2x2 max-pool.
 VGG_STAGES = {
@@ -22,11 +21,14 @@ VGG_STAGES = {
 }
 
 
-def _vgg(depth, input_shape, classes, width, weight_decay, dropout) -> keras.Model:
+def _vgg(depth, input_shape, classes, width, weight_decay, dropout,
+         keras_module=None) -> keras.Model:
     name = f"vgg{depth}"
+    api = keras_api(keras_module)
+    layers = api.layers
     shape = check_input_shape(input_shape, 32, name)
-    reg = kernel_regularizer(l2=weight_decay)
-    inputs = keras.Input(shape, name="input")
+    reg = kernel_regularizer(l2=weight_decay, keras_module=api)
+    inputs = api.Input(shape, name="input")
     x = inputs
     for stage, filters in enumerate(VGG_STAGES[depth], start=1):
         for i, f in enumerate(filters, start=1):
@@ -45,7 +47,7 @@ def _vgg(depth, input_shape, classes, width, weight_decay, dropout) -> keras.Mod
         x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(classes, activation="softmax", kernel_regularizer=reg,
                            name="predictions")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return api.Model(inputs, outputs, name=name)
 
 
 def vgg16(
@@ -54,15 +56,17 @@ def vgg16(
     width: float = 1.0,
     weight_decay: float = 0.0,
     dropout: float = 0.5,
+    keras_module: Optional[ModuleType] = None,
 ) -> keras.Model:
-    """CIFAR-style VGG-16 with BatchNormalization (13 convs, 5 pools, 2 dense layers).
+    """CIFAR-style VGG-16 with BatchNormalization (13 convs, 5 pools, 2 dense layers);
+    ``keras_module`` is the Keras to build with (``import keras`` for Keras 3).
 
     Example:
         >>> model = vgg16(width=0.125)
         >>> sum(type(l).__name__ == "Conv2D" for l in model.layers)
         13
     """
-    return _vgg(16, input_shape, classes, width, weight_decay, dropout)
+    return _vgg(16, input_shape, classes, width, weight_decay, dropout, keras_module)
 
 
 def vgg19(
@@ -71,12 +75,14 @@ def vgg19(
     width: float = 1.0,
     weight_decay: float = 0.0,
     dropout: float = 0.5,
+    keras_module: Optional[ModuleType] = None,
 ) -> keras.Model:
-    """CIFAR-style VGG-19 with BatchNormalization (16 convs, 5 pools, 2 dense layers).
+    """CIFAR-style VGG-19 with BatchNormalization (16 convs, 5 pools, 2 dense layers);
+    ``keras_module`` is the Keras to build with (``import keras`` for Keras 3).
 
     Example:
         >>> model = vgg19(width=0.125)
         >>> sum(type(l).__name__ == "Conv2D" for l in model.layers)
         16
     """
-    return _vgg(19, input_shape, classes, width, weight_decay, dropout)
+    return _vgg(19, input_shape, classes, width, weight_decay, dropout, keras_module)

@@ -49,8 +49,10 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[str, bytes]) -> str:
 
 def save_model_atomic(model, path: Union[str, os.PathLike],
                       forbid: Optional[Union[str, os.PathLike]] = None) -> str:
-    """Save ``model`` as HDF5 at ``path`` atomically (temp ``.h5`` in the same folder, then
-    ``os.replace``). ``forbid`` is a path that must not be overwritten (the input model).
+    """Save ``model`` at ``path`` atomically (a temporary file in the same folder, then
+    ``os.replace``): a tf-keras model as HDF5, a Keras 3 model in the native ``.keras``
+    format (name ``path`` ``*.keras``). ``forbid`` is a path that must not be overwritten
+    (the input model).
 
     Example::
 
@@ -64,10 +66,35 @@ def save_model_atomic(model, path: Union[str, os.PathLike],
         raise ValueError(f"refusing to overwrite the input model {forbid}")
 
     def write(tmp: str) -> None:
+        if _is_keras3(model):  # Keras 3 saves only to names ending in .keras
+            staged = tmp + ".keras"
+            try:
+                _without_optimizer(model).save(staged)
+                os.replace(staged, tmp)
+            finally:
+                if os.path.exists(staged):
+                    os.remove(staged)
+            return
         with warnings.catch_warnings():  # "HDF5 is legacy": .h5 is what this project ships
             warnings.simplefilter("ignore", UserWarning)
             model.save(tmp, save_format="h5", include_optimizer=False)
     return write_atomically(path, write)
+
+
+def _without_optimizer(model):
+    """A Keras 3 model as saved: a same-weights copy without the optimizer state that a
+    ``.keras`` file would otherwise carry (the ``.h5`` files are saved without it too)."""
+    if getattr(model, "optimizer", None) is None:
+        return model
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _is_keras3(model) -> bool:
+    from surgery.engine.adapters import adapter_for
+
+    return adapter_for(model).__name__.endswith("keras3")
 
 
 def gzip_size(path: Union[str, os.PathLike], level: int = 9) -> int:
@@ -135,14 +162,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         return f"{(after - before) / before * 100:+.1f} %" if before else "n/a"
 
     b = report.get("h5_bytes_baseline")
+    fmt = "." + str(report.get("model_format", "h5"))
     rows = [
         ("parameters", _count(report["params_before"]), _count(report["params_after"]),
          change(report["params_before"], report["params_after"])),
         ("FLOPs", _count(report["flops_before"]), _count(report["flops_after"]),
          change(report["flops_before"], report["flops_after"])),
-        (".h5 size", _bytes(b) if b else "", _bytes(report["h5_bytes"]),
+        (f"{fmt} size", _bytes(b) if b else "", _bytes(report["h5_bytes"]),
          change(b, report["h5_bytes"]) if b else ""),
-        (".h5 gzipped", _bytes(report["h5_gzip_bytes_baseline"])
+        (f"{fmt} gzipped", _bytes(report["h5_gzip_bytes_baseline"])
          if report.get("h5_gzip_bytes_baseline") else "", _bytes(report["h5_gzip_bytes"]),
          change(report["h5_gzip_bytes_baseline"], report["h5_gzip_bytes"])
          if report.get("h5_gzip_bytes_baseline") else ""),

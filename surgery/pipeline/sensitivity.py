@@ -21,6 +21,7 @@ from surgery.pipeline.export import Data, class_ids, data_arrays
 from surgery.engine.flops import count_flops
 from surgery.engine.groups import channel_groups
 from surgery.engine.flatten import flattened
+from surgery.engine.zeroing import to_numpy
 from surgery.pruning.planning import plan as make_plan
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray,
     """Top-1 accuracy of ``model`` on arrays ``x`` and ``y`` (one-hot or integer labels).
 
     Runs the model eagerly in inference mode (no ``predict`` tracing per model, which
-    matters when many pruned models are evaluated once each).
+    matters when many pruned models are evaluated once each); any Keras generation and
+    backend (TensorFlow, JAX or PyTorch outputs).
 
     Example::
 
@@ -49,7 +51,7 @@ def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray,
         out = model(x[start:start + batch_size], training=False)
         if isinstance(out, (list, tuple)):
             out = out[0]
-        predictions.append(np.argmax(np.asarray(out), axis=-1).reshape(-1))
+        predictions.append(np.argmax(to_numpy(out), axis=-1).reshape(-1))
     return float(np.mean(np.concatenate(predictions) == class_ids(y)))
 
 

@@ -1,0 +1,104 @@
+"""Planning for the ``prune`` pipeline: which channels go, for a ratio or a FLOPs target.
+
+This module owns the planning stage of :mod:`surgery.cli._run`, for both Keras
+generations: a criterion cached per (model, layers) so that the FLOPs-target search scores
+each model once, :func:`plan_flops_target` (``surgery.plan(flops_target=...)`` through
+:mod:`surgery.pruning.budget`, relative to the original model's FLOPs in iterative rounds),
+one prune step (plan + :func:`surgery.apply`), the data a data-driven criterion needs, and
+the ``plan.json`` of several rounds.
+"""
+from __future__ import annotations
+
+import json
+
+import surgery
+from surgery.cli._kit import UsageError
+from surgery.pruning import criteria as _criteria
+
+
+def _cached_criterion(name: str):
+    """The criterion ``name``, scoring each (model, layers) pair only once (ratio search)."""
+    fn = _criteria.get_criterion(name)
+    cache: dict = {}
+
+    def cached(model, layer_names, data=None, **options):
+        key = (id(model), tuple(layer_names))
+        if key not in cache:
+            cache[key] = (model, fn(model, layer_names, data, **options))
+        return cache[key][1]
+
+    cached.__name__ = name
+    cached.needs_data = getattr(fn, "needs_data", False)
+    return cached
+
+
+def _plan_kwargs(args, criterion, data, scope=None) -> dict:
+    return dict(criterion=criterion, policy=args.policy, round_to=args.round_to,
+                min_channels=args.min_channels, scope=scope or args.scope, data=data)
+
+
+def plan_flops_target(model, removed_target: float, flops_ref: int, *,
+                      max_ratio: float = 0.9, apply: bool = True, **plan_kwargs):
+    """A plan removing ``removed_target`` of ``flops_ref`` FLOPs (``flops_ref`` may be an
+    earlier, larger model's count: iterative rounds), by ``surgery.plan(flops_target=)``;
+    returns ``(ratio, plan, pruned_model)`` (the model is ``None`` without ``apply``), where
+    ``ratio`` is the uniform plan ratio nearest the target (``--layerwise`` uses it). Raises
+    :class:`UsageError` when even ``max_ratio`` falls short of the target by more than 2
+    points; a plan that misses only because the channels are coarse is logged as a warning
+    by :mod:`surgery.pruning.budget` and returned.
+
+    Example::
+
+        ratio, p, smaller = plan_flops_target(model, 0.5, surgery.count_flops(model),
+                                              criterion="l1", scope="global")
+    """
+    from surgery.pruning.budget import DEFAULT_TOLERANCE, plan_for_flops
+
+    flops_now = surgery.count_flops(model)
+    relative = 1.0 - (1.0 - removed_target) * flops_ref / flops_now
+    if relative <= 0:  # already there (an earlier round overshot)
+        p = surgery.plan(model, ratio=0.0, **plan_kwargs)
+        return 0.0, p, model if apply else None
+    p = plan_for_flops(model, min(relative, 0.999), plan_fn=surgery.plan,
+                       max_ratio=max_ratio, **plan_kwargs)
+    removed = 1.0 - p.settings["flops_after"] / flops_ref
+    if removed < removed_target - DEFAULT_TOLERANCE and not p.settings["flops_reachable"]:
+        raise UsageError(f"FLOPs target unreachable: removing {removed_target:.0%} of FLOPs "
+                         f"needs more than --max-ratio {max_ratio} (the nearest plan removes "
+                         f"{removed:.1%})")
+    if not apply:
+        return p.settings["ratio"], p, None
+    return p.settings["ratio"], p, (surgery.apply(model, p) if p.deletions else model)
+
+
+def _prune_once(model, args, data, flops_ref, removed_target=None, ratio=None, scope=None,
+                check_only=False):
+    crit = _cached_criterion(args.criterion)
+    kwargs = _plan_kwargs(args, crit, data, scope)
+    if ratio is not None:
+        p = surgery.plan(model, ratio=ratio, **kwargs)
+        return ratio, p, (surgery.apply(model, p) if p.deletions else model)
+    return plan_flops_target(model, removed_target, flops_ref, max_ratio=args.max_ratio,
+                             apply=not check_only, **kwargs)
+
+
+def _plan_ratio(plans):
+    """The uniform plan ratio of the run (one per round when they differ)."""
+    ratios = [p.settings.get("ratio") for p in plans]
+    ratios = [None if r is None else round(float(r), 6) for r in ratios]
+    return ratios[0] if len(set(ratios)) == 1 else ratios
+
+
+def _criterion_data(args, splits):
+    fn = _criteria.get_criterion(args.criterion)
+    if not getattr(fn, "needs_data", False):
+        return None
+    from surgery import data as dg
+
+    return dg.as_arrays(splits.train, limit=256)
+
+
+def _merge_plans(plans) -> dict:
+    return {"rounds": [json.loads(p.to_json()) for p in plans]}
+
+

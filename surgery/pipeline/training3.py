@@ -1,0 +1,238 @@
+"""Fine-tuning on Keras 3 (TensorFlow, JAX or PyTorch backend), with Keras 3's own parts.
+
+This module owns the Keras 3 half of the pipeline's training: :class:`WarmupCosine` (linear
+warmup, then cosine decay, a ``keras.optimizers.schedules.LearningRateSchedule`` written
+with ``keras.ops``), :class:`Distiller` (Hinton soft targets from a frozen teacher, written
+as a ``compute_loss`` override with ``keras.ops`` so the backend's own ``fit`` trains it on
+all three backends), :func:`finetune` (compile + ``fit`` with a Keras 3 ``Adam``) and
+:func:`evaluate_accuracy` (top-1 through ``predict``). Data is a ``tf.data.Dataset`` of
+``(x, y_onehot)`` batches (TensorFlow backend) or an ``(x, y)`` tuple of NumPy arrays (any
+backend; :func:`fit_data` turns one into what the running backend takes). Keras 3 must be
+imported before this module; it logs and never prints. The Keras 2 counterpart is
+:mod:`surgery.pipeline.finetune`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional, Sequence, Union
+
+import keras
+import numpy as np
+from keras import ops
+
+logger = logging.getLogger(__name__)
+
+Data = Union[tuple, "object"]  # (x, y) arrays, or a tf.data.Dataset on the TF backend
+
+__all__ = ["WarmupCosine", "Distiller", "finetune", "evaluate_accuracy", "fit_data",
+           "set_bn_momentum"]
+
+
+@keras.saving.register_keras_serializable(package="surgery")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to
+    ``peak_lr * final_fraction`` at ``total_steps`` (constant after that).
+
+    Example:
+        >>> s = WarmupCosine(1e-3, total_steps=100, warmup_steps=10)
+        >>> [round(float(s(i)), 6) for i in (4, 10, 100)]
+        [0.0005, 0.001, 0.0]
+    """
+
+    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                 final_fraction: float = 0.0, name: Optional[str] = None):
+        super().__init__()
+        if peak_lr <= 0:
+            raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
+        if total_steps < 1 or warmup_steps < 0:
+            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
+                             f"{total_steps} and {warmup_steps}")
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(min(warmup_steps, total_steps))
+        self.final_fraction = float(final_fraction)
+        self.name = name
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup_lr = self.peak_lr * (step + 1.0) / float(max(self.warmup_steps, 1))
+        decay_len = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = ops.clip((step - self.warmup_steps) / decay_len, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        floor = self.final_fraction
+        decay_lr = self.peak_lr * (floor + (1.0 - floor) * cosine)
+        if self.warmup_steps == 0:
+            return decay_lr
+        return ops.where(step < self.warmup_steps, warmup_lr, decay_lr)
+
+    def get_config(self) -> dict:
+        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "final_fraction": self.final_fraction,
+                "name": self.name}
+
+
+def _ends_in_softmax(model: keras.Model) -> bool:
+    last = model.layers[-1]
+    act = getattr(last, "activation", None)
+    if act is not None and getattr(act, "__name__", "") == "softmax":
+        return True
+    return type(last).__name__ == "Softmax"
+
+
+class Distiller(keras.Model):
+    """A student trained on ``alpha`` × soft-target KL (both outputs softened at
+    ``temperature``, scaled by T²) + ``(1 − alpha)`` × hard-label cross-entropy, from a
+    frozen teacher; only ``keras.ops``, so ``fit`` runs it on TensorFlow, JAX and PyTorch.
+    Softmax outputs are turned back into logits with ``log``. Save ``distiller.student``.
+
+    Example::
+
+        d = Distiller(pruned, original, temperature=4.0, alpha=0.5)
+        d.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+        d.fit(x, y, epochs=2)
+        d.student.save("pruned.keras")
+    """
+
+    def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0,
+                 alpha: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.student = student
+        self.teacher = teacher
+        teacher.trainable = False
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self._student_softmax = _ends_in_softmax(student)
+        self._teacher_softmax = _ends_in_softmax(teacher)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    @staticmethod
+    def _logits(out, is_softmax: bool):
+        return ops.log(ops.clip(out, 1e-7, 1.0)) if is_softmax else out
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        teacher_out = ops.stop_gradient(self.teacher(x, training=False))
+        s_logits = self._logits(y_pred, self._student_softmax)
+        t_logits = self._logits(teacher_out, self._teacher_softmax)
+        y = ops.cast(y, s_logits.dtype)
+        hard = ops.mean(-ops.sum(y * ops.log_softmax(s_logits, axis=-1), axis=-1))
+        t = self.temperature
+        soft_t = ops.softmax(t_logits / t, axis=-1)
+        kl = ops.sum(soft_t * (ops.log(ops.clip(soft_t, 1e-7, 1.0))
+                               - ops.log_softmax(s_logits / t, axis=-1)), axis=-1)
+        loss = self.alpha * ops.mean(kl) * t * t + (1.0 - self.alpha) * hard
+        for extra in self.losses:  # the student's regularisers
+            loss = loss + ops.sum(ops.cast(extra, loss.dtype))
+        return loss
+
+
+def set_bn_momentum(model: keras.Model, momentum: Optional[float]) -> int:
+    """Set ``momentum`` on every BatchNormalization layer (``None`` leaves them); returns
+    how many were changed (short fine-tunes need ~0.9)."""
+    if momentum is None:
+        return 0
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+        elif isinstance(layer, keras.Model):
+            count += set_bn_momentum(layer, momentum)
+    return count
+
+
+def _is_arrays(data) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2
+
+
+def fit_data(dataset, backend: Optional[str] = None):
+    """``dataset`` (a ``tf.data.Dataset`` of ``(x, y)`` batches) as the running backend's
+    ``fit`` takes it: the dataset itself on TensorFlow, ``(x, y)`` NumPy arrays on JAX and
+    PyTorch (:func:`surgery.data.as_arrays`)."""
+    if dataset is None or _is_arrays(dataset):
+        return dataset
+    if (backend or keras.backend.backend()) == "tensorflow":
+        return dataset
+    from surgery.data import as_arrays
+
+    return as_arrays(dataset)
+
+
+def _batches(data, batch_size: int) -> int:
+    if _is_arrays(data):
+        return max(1, math.ceil(len(data[0]) / batch_size))
+    from surgery.pipeline.finetune import steps_per_epoch  # tf.data: TF backend only
+
+    return steps_per_epoch(data)
+
+
+def finetune(model: keras.Model, train, val=None, *, epochs: int, lr: float = 1e-3,
+             warmup_epochs: float = 1.0, teacher: Optional[keras.Model] = None,
+             temperature: float = 4.0, alpha: float = 0.5, verbose: int = 1,
+             steps: Optional[int] = None, batch_size: int = 32,
+             callbacks: Sequence[keras.callbacks.Callback] = (), seed: int = 0,
+             stage: str = "fine-tuning", strategy=None) -> keras.callbacks.History:
+    """Train a Keras 3 ``model`` in place with ``keras.optimizers.Adam`` and
+    :class:`WarmupCosine` for ``epochs`` epochs, distilling from ``teacher`` when given.
+    ``train``/``val`` are ``(x, y)`` arrays (shuffled each epoch, ``batch_size``) or, on
+    the TensorFlow backend, ``tf.data`` datasets; ``steps`` caps the batches per epoch
+    (brief fine-tunes). ``strategy`` is accepted for the Keras 2 signature and must be None.
+
+    Example::
+
+        finetune(pruned, (x, y), (xv, yv), epochs=3, lr=1e-3, teacher=original)
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    per_epoch = _batches(train, batch_size)
+    if steps is not None:
+        per_epoch = max(1, min(per_epoch, int(steps)))
+    schedule = WarmupCosine(lr, total_steps=max(1, per_epoch * int(epochs)),
+                            warmup_steps=int(round(warmup_epochs * per_epoch)))
+    optimizer = keras.optimizers.Adam(schedule)
+    if teacher is None:
+        trainee = model
+        trainee.compile(optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    else:
+        trainee = Distiller(model, teacher, temperature=temperature, alpha=alpha)
+        trainee.compile(optimizer, metrics=["accuracy"])
+    logger.info("%s %s for %d epochs x %d steps (lr %g, warmup %g epochs%s, %s backend)",
+                stage, model.name, epochs, per_epoch, lr, warmup_epochs,
+                ", distilling" if teacher is not None else "", keras.backend.backend())
+    if _is_arrays(train):
+        x, y = train
+        if steps is not None:  # a brief fine-tune: a random subset of `steps` batches
+            pick = np.random.default_rng(seed).permutation(len(x))[:per_epoch * batch_size]
+            x, y = x[pick], y[pick]
+        return trainee.fit(x, y, batch_size=batch_size, epochs=int(epochs), shuffle=True,
+                           validation_data=val, verbose=verbose, callbacks=list(callbacks))
+    data = train.repeat() if steps is not None else train
+    return trainee.fit(data, validation_data=val, epochs=int(epochs), shuffle=False,
+                       steps_per_epoch=per_epoch if steps is not None else None,
+                       verbose=verbose, callbacks=list(callbacks))
+
+
+def evaluate_accuracy(model: keras.Model, data, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` arrays or a dataset of ``(x, y)`` batches
+    (one-hot or integer labels), through ``model.predict``, as a fraction in [0, 1].
+
+    Example::
+
+        acc = evaluate_accuracy(model, (x_test, y_test))
+    """
+    from surgery.pipeline.export import class_ids, data_arrays
+
+    x, y = data_arrays(data)
+    if len(x) == 0:
+        raise ValueError("cannot measure accuracy on an empty dataset")
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    pred = np.argmax(ops.convert_to_numpy(out), axis=-1).reshape(-1)
+    return float(np.mean(pred == class_ids(y)))
