@@ -15,7 +15,7 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_surgery_plain.ipynb", "02_surgery_pw_dw_pw.ipynb",
-            "03_surgery_mobilenetv2.ipynb"]
+            "03_surgery_mobilenetv2.ipynb", "04_keras3_jax.ipynb"]
 
 
 def _ensure_kernelspec() -> None:
