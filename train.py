@@ -11,7 +11,9 @@ if __name__ == "__main__":
                                          "surgery", "_startup.py"))
     _startup = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_startup)
-    _startup.cli_startup()  # oneDNN guard, then TensorFlow imported with stderr muted
+    # oneDNN guard, then Keras 3 (a Keras 3 --restore file, or --keras 3) or TensorFlow
+    # with the Keras 2 API imported first, with stderr muted
+    _startup.cli_startup(_startup.keras_generation(sys.argv[1:]))
     from surgery.cli.train import main
 
     sys.exit(main())

@@ -60,9 +60,9 @@ def require_tf_keras_model(model, what: str) -> None:
 if "tensorflow" not in sys.modules and "keras" not in sys.modules:
     from surgery import _startup  # imports no TensorFlow
 
-    _prune_argv = _startup.launched_prune_argv()
-    if _prune_argv is not None and _startup.keras_generation(_prune_argv) == 3:
-        _startup.avoid_onednn_crash()  # keras-surgery prune on a Keras 3 model: Keras 3 first
+    _cli_argv = _startup.launched_cli_argv()
+    if _cli_argv is not None and _startup.keras_generation(_cli_argv) == 3:
+        _startup.avoid_onednn_crash()  # keras-surgery prune|train on Keras 3: Keras 3 first
         _startup.import_keras3_quietly()
 
 _select_keras2()

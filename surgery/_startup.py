@@ -171,35 +171,37 @@ def _flag(argv: Sequence[str], name: str) -> Optional[str]:
     return value
 
 
-def keras_generation(argv: Sequence[str]) -> int:
-    """The Keras generation (2 or 3) a ``prune`` run with arguments ``argv`` uses: the one
-    that wrote ``--model-path`` when the file says, else ``--keras`` (default 2). Imports
-    neither TensorFlow nor Keras.
+def keras_generation(argv: Sequence[str],
+                     file_flags: Sequence[str] = ("--model-path", "--restore")) -> int:
+    """The Keras generation (2 or 3) a ``prune`` or ``train`` run with arguments ``argv``
+    uses: the one that wrote the model file (``--model-path`` / ``--restore``) when the
+    file says, else ``--keras`` (default 2). Imports neither TensorFlow nor Keras.
 
     Example:
         >>> keras_generation(["--keras", "3"]), keras_generation([])
         (3, 2)
     """
-    path = _flag(argv, "--model-path")
-    if path and os.path.isfile(path):
-        found = file_keras_generation(path)
-        if found is not None:
-            return found
+    for flag in file_flags:
+        path = _flag(argv, flag)
+        if path and os.path.isfile(path):
+            found = file_keras_generation(path)
+            if found is not None:
+                return found
     asked = _flag(argv, "--keras")
     return 3 if asked == "3" else 2
 
 
-def launched_prune_argv() -> Optional[list]:
-    """The ``prune`` arguments when this process is ``keras-surgery prune`` or
-    ``python -m surgery.cli.prune`` / ``-m surgery.cli.main prune``; else None."""
+def launched_cli_argv() -> Optional[list]:
+    """The subcommand's arguments when this process is ``keras-surgery prune|train`` or
+    ``python -m surgery.cli.prune|train`` / ``-m surgery.cli.main prune|train``; else None."""
     argv = list(sys.argv)
     orig = list(getattr(sys, "orig_argv", []))
     module = next((b for a, b in zip(orig, orig[1:]) if a == "-m"), "")
-    if module == "surgery.cli.prune":
+    if module in ("surgery.cli.prune", "surgery.cli.train"):
         return argv[1:]
     if module == "surgery.cli.main" or os.path.basename(argv[0] if argv else "").startswith(
             "keras-surgery"):
-        return argv[2:] if argv[1:2] == ["prune"] else None
+        return argv[2:] if argv[1:2] in (["prune"], ["train"]) else None
     return None
 
 

@@ -83,3 +83,26 @@ def test_tfmot_options_are_refused_in_one_line(reports, backend):
     assert lines[0].startswith("train.py: error: --prune-schedule needs Keras 2 (tf-keras")
     assert "without --keras 3" in lines[0] and ".h5 written by Keras 2" in lines[0]
     assert not run["exists"], "a refused run must write nothing"
+
+
+def test_command_line_keras3_and_files_loaded_by_their_writer(tmp_path):
+    """`python train.py --keras 3` starts a Keras 3 process and writes a file that Keras 3
+    wrote; `--restore` of that file with `--keras 2` is one line and exit 2."""
+    root = os.path.dirname(HERE)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["KERAS_BACKEND"] = "tensorflow"
+    out = tmp_path / "k3"
+    run = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--keras", "3",
+                          "--model", "lenet5", "--image-size", "16", "--epochs", "1",
+                          "--out", str(out)], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=root)
+    assert run.returncode == 0, run.stderr[-2000:]
+    from surgery._startup import file_keras_generation
+
+    assert file_keras_generation(str(out / "lenet5.keras")) == 3
+    clash = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--restore",
+                            str(out / "lenet5.keras"), "--keras", "2", "--out",
+                            str(tmp_path / "no")], capture_output=True, text=True, env=env,
+                           timeout=600, cwd=root)
+    assert clash.returncode == 2 and len(clash.stderr.strip().splitlines()) == 1, clash.stderr
+    assert "written by Keras 3" in clash.stderr and not (tmp_path / "no").exists()

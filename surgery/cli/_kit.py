@@ -22,8 +22,7 @@ from surgery._startup import file_keras_generation
 from surgery.pipeline.report import gzip_size, save_model_atomic
 
 
-class UsageError(Exception):
-    """A problem the user caused (bad file, name or target): one line, exit status 2."""
+from surgery.cli.usage import UsageError  # noqa: E402  (re-exported for the stages)
 
 
 @dataclasses.dataclass

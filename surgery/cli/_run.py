@@ -25,7 +25,8 @@ from typing import Any, Optional
 import numpy as np
 
 import surgery
-from surgery._startup import file_keras_generation, muted_stderr
+from surgery._startup import muted_stderr
+from surgery.cli import usage
 from surgery.cli._kit import Kit, UsageError, kit_for_process
 from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _prune_once,
                                    plan_flops_target)
@@ -58,16 +59,9 @@ class RunResult:
 def check_generation(args: argparse.Namespace, kit: Kit) -> None:
     """Refuse a ``--keras`` or ``--model-path`` this process's Keras generation cannot
     serve (the start-up chose the generation; see :func:`surgery._startup.keras_generation`)."""
-    written_by = file_keras_generation(args.model_path) if args.model_path else None
-    if args.keras is not None and written_by is not None and args.keras != written_by:
-        raise UsageError(f"--keras {args.keras} conflicts with {args.model_path}, written by "
-                         f"Keras {written_by}; drop --keras (a model file is loaded by the "
-                         "Keras that wrote it)")
-    wanted = written_by or args.keras or 2
-    if wanted != kit.generation:
-        raise UsageError(f"this run needs Keras {wanted} but this process already imported "
-                         f"{kit.label}; start it as `python prune_and_finetune.py ...` or "
-                         "`keras-surgery prune ...`, which choose before importing Keras")
+    usage.check_generation(args.model_path, args.keras, kit.generation,
+                           "prune_and_finetune.py")
+
 
 def _load_data(args: argparse.Namespace, input_shape: Optional[tuple]):
     from surgery import data as dg

@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     In a Keras 3 process (``keras`` imported before ``surgery``, or the start-up chose
     Keras 3) the model is a Keras 3 model trained by :mod:`surgery.cli.train_keras3`.
     """
+    from surgery.cli.usage import check_generation
+
+    check_generation(args.restore, args.keras, 2 if legacy_tf_keras() else 3, "train.py")
     if not legacy_tf_keras():
         refuse_keras2_only(args)
         validate(args)

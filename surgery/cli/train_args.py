@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from surgery.cli.usage import UsageError  # train.UsageError, as before
+
 PROG = "train.py"
 PENALTIES = ("l1", "l2", "gl_filter", "gl_channel", "gl_all", "bn_l1", "angular_filter",
              "angular_channel")
 
-class UsageError(Exception):
-    """An error the user can fix; reported as one line and exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue training the model in this .h5 (Keras 2) or .keras / "
                         "Keras 3 .h5 (Keras 3 process) instead of building --model (fresh "
                         "optimizer; default: none)")
+    g.add_argument("--keras", type=int, default=None, choices=(2, 3),
+                   help="Keras generation of the model built from --model (default 2: "
+                        "tf-keras; 3: Keras 3 on the backend KERAS_BACKEND names); a "
+                        "--restore file is loaded by the Keras that wrote it")
     g.add_argument("--trust-model-code", action="store_true",
                    help="load --restore even if it holds code that loading runs (a Lambda "
                         "layer's bytecode); only for files you trust")
