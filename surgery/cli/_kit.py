@@ -51,7 +51,8 @@ class Kit:
             return make_strategy(name)
         if name != "default":
             raise UsageError(f"--strategy {name} is for Keras 2 (tf.distribute); Keras 3 "
-                             "runs use the default (single-device) strategy")
+                             "runs use the default (single-device) strategy (on JAX, "
+                             "keras.distribution.DataParallel: README, Distribution)")
         return None
 
     def scope(self, strategy):

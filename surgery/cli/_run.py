@@ -18,7 +18,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any, Optional
 
@@ -28,6 +27,7 @@ import surgery
 from surgery._startup import muted_stderr
 from surgery.cli import usage
 from surgery.cli._kit import Kit, UsageError, kit_for_process
+from surgery.cli._workers import artifact_folder, is_chief, worker_name
 from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _prune_once,
                                    plan_flops_target)
 from surgery.pruning import criteria as _criteria
@@ -54,6 +54,8 @@ class RunResult:
     model: Any
     baseline_path: Optional[str] = None
     files: tuple = ()  # every file the run wrote, relative to ``out``
+    chief: bool = True  # False on a non-chief worker: it wrote nothing (paths: the chief's)
+    worker: str = ""  # e.g. "worker 1 of 2" under --strategy multiworker
 
 
 def check_generation(args: argparse.Namespace, kit: Kit) -> None:
@@ -158,6 +160,10 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     _validate(args)
     kit = kit or kit_for_process()
     check_generation(args, kit)
+    try:  # first TensorFlow work: collective ops (multiworker) are configured only here
+        strategy = kit.make_strategy(args.strategy)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     kit.keras.utils.set_random_seed(args.seed)
     loaded = kit.load(args.model_path, args.trust_model_code) if args.model_path else None
     splits = _load_data(args, tuple(loaded.input_shape[1:]) if loaded is not None else None)
@@ -167,10 +173,6 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     if args.tflite and kit.backend != "tensorflow":
         raise UsageError(f"--tflite needs the TensorFlow backend (this run: {kit.label}); "
                          "set KERAS_BACKEND=tensorflow")
-    try:
-        strategy = kit.make_strategy(args.strategy)
-    except (RuntimeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
     train, val, test = (kit.fit_data(d) for d in (splits.train, splits.val, splits.test))
     momentum = args.bn_momentum if args.bn_momentum > 0 else None
     out = args.out or _timestamp_folder()
@@ -252,12 +254,12 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     acc_finetuned = kit.evaluate(current, test)
     flops_after = surgery.count_flops(current)
 
-    created = not os.path.exists(out)
-    try:
-        os.makedirs(out, exist_ok=True)
+    chief, chief_pruned = is_chief(strategy), pruned_path
+    with artifact_folder(out, chief) as folder:  # a deleted scratch folder off the chief
         baseline_path = None
+        pruned_path = os.path.abspath(os.path.join(folder, os.path.basename(pruned_path)))
         if loaded is None:
-            baseline_path = kit.save(base, os.path.join(out, f"baseline.{kit.ext}"))
+            baseline_path = kit.save(base, os.path.join(folder, f"baseline.{kit.ext}"))
         ref_path = in_path or baseline_path
         # "before" size like the pruned one: saved the same way, no optimizer state
         ref_sizes = (os.path.getsize(baseline_path), gzip_size(baseline_path)) \
@@ -265,7 +267,7 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
         kit.save(current, pruned_path, forbid=in_path)
         plan_text = plans[0].to_json() if len(plans) == 1 else \
             json.dumps(_merge_plans(plans), indent=1, sort_keys=True)
-        plan_path = atomic_write(os.path.join(out, "plan.json"), plan_text)
+        plan_path = atomic_write(os.path.join(folder, "plan.json"), plan_text)
         values = dict(
             params_before=int(params_before), params_after=int(current.count_params()),
             flops_before=int(flops_before), flops_after=int(flops_after),
@@ -290,25 +292,26 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
             warmup_epochs=args.warmup_epochs, pruned_h5=pruned_path, baseline_h5=ref_path)
         if args.plots:
             from surgery.data import as_arrays
-            values.update(write_plots(base, current, as_arrays(splits.val), out,
+            values.update(write_plots(base, current, as_arrays(splits.val), folder,
                                       criterion=args.criterion, progress=not args.quiet,
                                       chosen_flops=flops_after))
         if args.tflite:
             with muted_stderr() if args.quiet else contextlib.nullcontext():
-                values.update(write_tflite(base, current, splits, out,
+                values.update(write_tflite(base, current, splits, folder,
                                            progress=not args.quiet))
         report = build_report(values)
-        json_path, md_path = write_report(out, report)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        json_path, md_path = write_report(folder, report)
     written = [baseline_path, pruned_path, plan_path, json_path, md_path]
     written += [v for k, v in values.items() if k.endswith("_png")]
     written += [row["path"] for row in values.get("tflite", ())]
-    files = tuple(os.path.relpath(p, out) for p in written if p)
+    files = tuple(os.path.relpath(p, folder) for p in written if p) if chief else ()
+    if not chief:  # name the chief's files, not the deleted scratch copies
+        baseline_path, plan_path, json_path, md_path = (
+            p and os.path.join(out, os.path.basename(p))
+            for p in (baseline_path, plan_path, json_path, md_path))
+        pruned_path = chief_pruned
     return RunResult(out, pruned_path, plan_path, json_path, md_path, report, current,
-                     baseline_path, files)
+                     baseline_path, files, chief, worker_name(strategy))
 
 
 def _layerwise(base, args, kit, fit_splits, data, flops_ref, target, strategy, ft, momentum,

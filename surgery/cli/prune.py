@@ -162,6 +162,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (surgery.SurgeryError, DataError) as exc:  # library and data errors: one line
         print(f"{PROG}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    if not result.chief:  # a multi-worker run: the chief prints the report
+        print(f"{result.worker}: fine-tuning done in step with the chief, which writes the "
+              f"report and artifacts in {result.out}; this worker wrote nothing there")
+        return 0
     print(render_markdown(result.report), end="")
     print(f"artifacts in {result.out}: {', '.join(result.files)}")
     return 0
