@@ -103,3 +103,23 @@ def test_unreachable_target_returns_the_deepest_cut_with_a_warning(caplog):
     assert len(p.deletions["c1"]) == 3  # min_channels=1 keeps one
     assert p.settings["flops_removed"] < 0.88
     assert any("flops_target=0.900" in r.getMessage() for r in caplog.records)
+
+
+def test_at_least_never_stops_short_of_the_target():
+    """``at_least=True`` (the CLI's promise) reaches the target on every model and ratio
+    where the nearest plan may fall short by a rounding step."""
+    from surgery.pruning.budget import plan_for_flops
+
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
+                                           weights=None, classes=5)
+    short = 0
+    for target in (0.45, 0.57, 0.62):  # the nearest plans of 0.45 and 0.57 fall short
+        nearest = plan_for_flops(model, target)
+        floor = plan_for_flops(model, target, at_least=True)
+        assert floor.settings["flops_removed"] >= target, floor.settings
+        assert floor.settings["flops_removed"] - target <= 0.02, floor.settings
+        pruned = surgery.apply(model, floor)
+        assert 1 - surgery.count_flops(pruned) / surgery.count_flops(model) >= target
+        short += nearest.settings["flops_removed"] < target
+    assert short >= 1, "no target where the nearest plan falls short: the test shows nothing"
+    keras.backend.clear_session()

@@ -59,8 +59,9 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
     if relative <= 0:  # already there (an earlier round overshot)
         p = surgery.plan(model, ratio=0.0, **plan_kwargs)
         return 0.0, p, model if apply else None
+    # at least the target: the CLI promises "--flops-target 0.5 removes half the FLOPs"
     p = plan_for_flops(model, min(relative, 0.999), plan_fn=surgery.plan,
-                       max_ratio=max_ratio, **plan_kwargs)
+                       max_ratio=max_ratio, at_least=True, **plan_kwargs)
     removed = 1.0 - p.settings["flops_after"] / flops_ref
     if removed < removed_target - DEFAULT_TOLERANCE and not p.settings["flops_reachable"]:
         raise UsageError(f"FLOPs target unreachable: removing {removed_target:.0%} of FLOPs "

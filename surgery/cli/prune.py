@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ratio", type=float, default=None,
                    help="fraction of channels to delete (instead of --flops-target)")
     g.add_argument("--flops-target", type=float, default=0.5,
-                   help="fraction of FLOPs to remove, within 2 points where the model's "
-                        "channels allow (ignored when --ratio is given)")
+                   help="fraction of FLOPs to remove: at least this, and within 2 points "
+                        "where the model's channels allow (ignored when --ratio is given)")
     g.add_argument("--max-ratio", type=float, default=0.9,
                    help="largest uniform channel ratio the --flops-target search may use")
     g.add_argument("--scope", default="global", choices=("local", "global"),

@@ -162,7 +162,7 @@ def _cached(criterion):
 
 def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional[Callable] = None,
                    tolerance: float = DEFAULT_TOLERANCE, max_ratio: float = DEFAULT_MAX_RATIO,
-                   iterations: int = 14, **plan_kwargs):
+                   iterations: int = 14, at_least: bool = False, **plan_kwargs):
     """A plan whose surgery removes ``flops_target`` of ``count_flops(model)``, within
     ``tolerance`` where the model's channels allow it (else the nearest plan, and a
     warning). ``plan_kwargs`` go to ``plan_fn`` (default :func:`surgery.plan`):
@@ -171,7 +171,9 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
     ``flops_removed`` (the fraction reached), ``flops_reachable`` (whether ``max_ratio``
     removes at least the target), ``flops_before``, ``flops_after`` and
     ``ratio`` (of the two uniform ratios bracketing the target, the one whose plan comes
-    nearer; the returned plan may differ from it, filled group by group).
+    nearer; the returned plan may differ from it, filled group by group). With
+    ``at_least``, the plan nearest the target among those removing at least it (a
+    promise such as "half the FLOPs" is then never missed by a rounding step).
 
     Example::
 
@@ -234,16 +236,19 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
                 break
     else:
         lo, lo_plan, lo_cut = hi, hi_plan, hi_cut
-    best, best_cut = min(((lo_plan, lo_cut), (hi_plan, hi_cut)),
-                         key=lambda pc: abs(pc[1] - flops_target))
+    candidates = [(lo_plan, lo_cut), (hi_plan, hi_cut)]
+    if at_least and hi_cut >= flops_target:
+        candidates = [pc for pc in candidates if pc[1] >= flops_target]
+    best, best_cut = min(candidates, key=lambda pc: abs(pc[1] - flops_target))
 
     # 2. fill the gap greedily, by importance per FLOP saved
     if abs(best_cut - flops_target) > tolerance / 10 and hi_cut >= flops_target:
         blocks = {g.name: g.blocks for g in all_groups if g.producers}
         filled = _fill(model, est, lo_plan, hi_plan, flops_target, reference, fixed,
-                       plan_kwargs, make, blocks)
+                       plan_kwargs, make, blocks, at_least)
         if filled is not None and abs(removed(filled) - flops_target) < \
-                abs(best_cut - flops_target):
+                abs(best_cut - flops_target) and \
+                (not at_least or removed(filled) >= flops_target):
             best, best_cut = filled, removed(filled)
     uniform = lo if abs(lo_cut - flops_target) <= abs(hi_cut - flops_target) else hi
     best.settings.update(
@@ -264,9 +269,10 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
 
 
 def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed,
-          plan_kwargs, make, blocks_of):
+          plan_kwargs, make, blocks_of, at_least: bool = False):
     """From ``lo_plan`` (below the target) toward ``hi_plan`` (at or above it), one
-    rounding unit of one group at a time; returns the plan nearest the target."""
+    rounding unit of one group at a time; returns the plan nearest the target (with
+    ``at_least``, nearest among those reaching it)."""
     from surgery.pruning.criteria import channel_scores
     from surgery.pruning.planning import _keep_count
     from surgery.pruning.policies import normalised
@@ -295,7 +301,7 @@ def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed
     kept = lo_k.astype(np.float64).copy()
     goal = (1.0 - target) * reference
     current = float(est.flops(kept))
-    history = [(abs(current - goal), kept.copy())]
+    history = [(abs(current - goal), kept.copy(), current <= goal)]
     while current > goal:
         options = [g for g in movable if steps[g]]
         if not options:
@@ -313,8 +319,9 @@ def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed
         g = options[row]
         kept[g] = steps[g].pop(0)
         current = float(current - saved[row])
-        history.append((abs(current - goal), kept.copy()))
-    kept = min(history, key=lambda h: h[0])[1]
+        history.append((abs(current - goal), kept.copy(), current <= goal))
+    reached = [h for h in history if h[2]] if at_least else []
+    kept = min(reached or history, key=lambda h: h[0])[1]
     per_layer = {}
     for g, members in enumerate(est.groups):
         if set(members) & set(fixed):
