@@ -16,10 +16,12 @@ def check_generation(model_path: Optional[str], keras_flag: Optional[int], proce
                      command: str) -> None:
     """Refuse a run that needs another Keras generation than ``process`` (2 or 3, the one
     the start-up imported first; see :func:`surgery._startup.keras_generation`): the
-    generation that wrote ``model_path``, else ``keras_flag``, else 2.
+    generation that wrote ``model_path``, else ``keras_flag``. With neither, the run uses
+    the process's own (a command line starts Keras 2 then; ``main([...])`` called in a
+    Keras 3 process runs on Keras 3).
 
     Example:
-        >>> check_generation(None, 3, 3, "train.py")
+        >>> check_generation(None, None, 3, "train.py")
         >>> check_generation(None, 3, 2, "train.py")
         Traceback (most recent call last):
         ...
@@ -32,7 +34,7 @@ def check_generation(model_path: Optional[str], keras_flag: Optional[int], proce
         raise UsageError(f"--keras {keras_flag} conflicts with {model_path}, written by "
                          f"Keras {written_by}; drop --keras (a model file is loaded by the "
                          "Keras that wrote it)")
-    wanted = written_by or keras_flag or 2
+    wanted = written_by or keras_flag or process
     if wanted != process:
         label = "Keras 2 (tf-keras)" if process == 2 else "Keras 3"
         raise UsageError(f"this run needs Keras {wanted} but this process already imported "

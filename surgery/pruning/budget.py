@@ -172,8 +172,9 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
     removes at least the target), ``flops_before``, ``flops_after`` and
     ``ratio`` (of the two uniform ratios bracketing the target, the one whose plan comes
     nearer; the returned plan may differ from it, filled group by group). With
-    ``at_least``, the plan nearest the target among those removing at least it (a
-    promise such as "half the FLOPs" is then never missed by a rounding step).
+    ``at_least``, the plan nearest the target among those removing at least it and at
+    most ``tolerance`` more (a promise such as "half the FLOPs" is then not missed by a
+    rounding step); where no such plan exists, still the nearest plan, with the warning.
 
     Example::
 
@@ -236,19 +237,26 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
                 break
     else:
         lo, lo_plan, lo_cut = hi, hi_plan, hi_cut
+
+    def enough(cut: float) -> bool:  # at or above the target, by at most the tolerance
+        return flops_target <= cut <= flops_target + tolerance
+
     candidates = [(lo_plan, lo_cut), (hi_plan, hi_cut)]
-    if at_least and hi_cut >= flops_target:
-        candidates = [pc for pc in candidates if pc[1] >= flops_target]
+    if at_least and any(enough(c) for _, c in candidates):
+        candidates = [pc for pc in candidates if enough(pc[1])]
     best, best_cut = min(candidates, key=lambda pc: abs(pc[1] - flops_target))
 
     # 2. fill the gap greedily, by importance per FLOP saved
-    if abs(best_cut - flops_target) > tolerance / 10 and hi_cut >= flops_target:
+    short = at_least and best_cut < flops_target
+    if (abs(best_cut - flops_target) > tolerance / 10 or short) and hi_cut >= flops_target:
         blocks = {g.name: g.blocks for g in all_groups if g.producers}
         filled = _fill(model, est, lo_plan, hi_plan, flops_target, reference, fixed,
-                       plan_kwargs, make, blocks, at_least)
-        if filled is not None and abs(removed(filled) - flops_target) < \
-                abs(best_cut - flops_target) and \
-                (not at_least or removed(filled) >= flops_target):
+                       plan_kwargs, make, blocks, tolerance if at_least else None)
+        nearer = filled is not None and \
+            abs(removed(filled) - flops_target) < abs(best_cut - flops_target)
+        if filled is not None and at_least and enough(removed(filled)) != enough(best_cut):
+            nearer = enough(removed(filled))  # reaching the target beats being nearer
+        if nearer:
             best, best_cut = filled, removed(filled)
     uniform = lo if abs(lo_cut - flops_target) <= abs(hi_cut - flops_target) else hi
     best.settings.update(
@@ -269,10 +277,10 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
 
 
 def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed,
-          plan_kwargs, make, blocks_of, at_least: bool = False):
+          plan_kwargs, make, blocks_of, at_least: Optional[float] = None):
     """From ``lo_plan`` (below the target) toward ``hi_plan`` (at or above it), one
     rounding unit of one group at a time; returns the plan nearest the target (with
-    ``at_least``, nearest among those reaching it)."""
+    ``at_least`` a tolerance: nearest among those reaching the target by at most it)."""
     from surgery.pruning.criteria import channel_scores
     from surgery.pruning.planning import _keep_count
     from surgery.pruning.policies import normalised
@@ -320,7 +328,8 @@ def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed
         kept[g] = steps[g].pop(0)
         current = float(current - saved[row])
         history.append((abs(current - goal), kept.copy(), current <= goal))
-    reached = [h for h in history if h[2]] if at_least else []
+    reached = [h for h in history if h[2] and h[0] <= at_least * reference] \
+        if at_least is not None else []
     kept = min(reached or history, key=lambda h: h[0])[1]
     per_layer = {}
     for g, members in enumerate(est.groups):
