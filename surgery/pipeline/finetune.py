@@ -12,12 +12,14 @@ copy a model into a strategy's scope. It logs and raises; it never prints.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional, Sequence
 
 import numpy as np
 
 from surgery._backend import keras, tf
+from surgery.pipeline.distillation import checked_settings, distillation_loss, ends_in_softmax
+from surgery.pipeline.schedules import WarmupCosineBase
+from surgery.pipeline.tf_ops import TF_OPS
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ __all__ = ["WarmupCosine", "Distiller", "finetune", "evaluate_accuracy", "make_s
 
 
 @keras.utils.register_keras_serializable(package="surgery")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupCosine(WarmupCosineBase, keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to
     ``peak_lr * final_fraction`` at ``total_steps`` (constant after that).
 
@@ -40,38 +42,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         True
     """
 
-    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0,
-                 final_fraction: float = 0.0, name: Optional[str] = None):
-        super().__init__()
-        if peak_lr <= 0:
-            raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
-        if total_steps < 1 or warmup_steps < 0:
-            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
-                             f"{total_steps} and {warmup_steps}")
-        self.peak_lr = float(peak_lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(min(warmup_steps, total_steps))
-        self.final_fraction = float(final_fraction)
-        self.name = name
-
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        peak = tf.constant(self.peak_lr, tf.float32)
-        warm = float(max(self.warmup_steps, 1))
-        warmup_lr = peak * (step + 1.0) / warm
-        decay_len = float(max(self.total_steps - self.warmup_steps, 1))
-        progress = tf.clip_by_value((step - self.warmup_steps) / decay_len, 0.0, 1.0)
-        cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
-        floor = self.final_fraction
-        decay_lr = peak * (floor + (1.0 - floor) * cosine)
-        if self.warmup_steps == 0:
-            return decay_lr
-        return tf.where(step < self.warmup_steps, warmup_lr, decay_lr)
-
-    def get_config(self) -> dict:
-        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "final_fraction": self.final_fraction,
-                "name": self.name}
+        return self.learning_rate(step, TF_OPS)
 
 
 class Distiller(keras.Model):
@@ -92,18 +64,13 @@ class Distiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0,
                  alpha: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.temperature, self.alpha = checked_settings(temperature, alpha)
         self.student = student
         self.teacher = teacher
         teacher.trainable = False
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._softmax_out = _ends_in_softmax(student)
-        self._teacher_softmax = _ends_in_softmax(teacher)
+        self._softmax_out = ends_in_softmax(student)
+        self._teacher_softmax = ends_in_softmax(teacher)
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
@@ -113,21 +80,11 @@ class Distiller(keras.Model):
         return [self.loss_tracker] + (self.compiled_metrics.metrics
                                       if self.compiled_metrics is not None else [])
 
-    def _logits(self, out, is_softmax: bool):
-        return tf.math.log(tf.clip_by_value(out, 1e-7, 1.0)) if is_softmax else out
-
     def _distill_loss(self, y, student_out, teacher_out):
-        s_logits = self._logits(student_out, self._softmax_out)
-        t_logits = self._logits(teacher_out, self._teacher_softmax)
-        hard = tf.reduce_mean(keras.losses.categorical_crossentropy(
-            y, s_logits, from_logits=True))
-        t = self.temperature
-        soft_t = tf.nn.softmax(t_logits / t)
-        log_soft_s = tf.nn.log_softmax(s_logits / t)
-        kl = tf.reduce_sum(soft_t * (tf.math.log(tf.clip_by_value(soft_t, 1e-7, 1.0))
-                                     - log_soft_s), axis=-1)
-        soft = tf.reduce_mean(kl) * t * t
-        return self.alpha * soft + (1.0 - self.alpha) * hard
+        return distillation_loss(y, student_out, teacher_out, TF_OPS,
+                                 temperature=self.temperature, alpha=self.alpha,
+                                 student_softmax=self._softmax_out,
+                                 teacher_softmax=self._teacher_softmax)
 
     def train_step(self, data):
         x, y = data[0], data[1]
@@ -154,13 +111,6 @@ class Distiller(keras.Model):
         self.compiled_metrics.update_state(y, student_out)
         return {m.name: m.result() for m in self.metrics}
 
-
-def _ends_in_softmax(model: keras.Model) -> bool:
-    last = model.layers[-1]
-    act = getattr(last, "activation", None)
-    if act is not None and getattr(act, "__name__", "") == "softmax":
-        return True
-    return type(last).__name__ == "Softmax"
 
 
 def steps_per_epoch(dataset: tf.data.Dataset) -> int:

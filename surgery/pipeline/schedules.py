@@ -1,6 +1,7 @@
-"""Learning-rate schedules of the training CLI: this module owns the warmup + decay formula
-(linear warmup, then cosine, step or piecewise decay), written once against an ``ops``
-namespace, and its tf-keras (Keras 2) schedule class ``WarmupSchedule``.
+"""Learning-rate schedules: this module owns the warmup + decay formulas, each written once
+against an ``ops`` namespace: the training CLI's (linear warmup, then cosine, step or
+piecewise decay) with its tf-keras (Keras 2) schedule class ``WarmupSchedule``, and the
+pipeline's fine-tuning warmup + cosine (:class:`WarmupCosineBase`).
 
 The Keras 3 class of the same name and config (``keras.ops``, any backend) lives in
 :mod:`surgery.cli.train_keras3`; both hold their arguments and formula in
@@ -15,7 +16,47 @@ from typing import Dict
 from surgery._backend import keras
 from surgery.pipeline.tf_ops import TF_OPS
 
-__all__ = ["WarmupScheduleBase", "WarmupSchedule"]
+__all__ = ["WarmupScheduleBase", "WarmupSchedule", "WarmupCosineBase"]
+
+
+class WarmupCosineBase:
+    """Arguments, config and formula of the pipeline's fine-tuning schedule: linear warmup
+    from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to ``peak_lr *
+    final_fraction`` at ``total_steps`` (constant after that). Shared by
+    :class:`surgery.pipeline.finetune.WarmupCosine` (tf-keras, ``TF_OPS``) and
+    :class:`surgery.pipeline.training3.WarmupCosine` (Keras 3, ``keras.ops``)."""
+
+    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                 final_fraction: float = 0.0, name=None) -> None:
+        super().__init__()
+        if peak_lr <= 0:
+            raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
+        if total_steps < 1 or warmup_steps < 0:
+            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
+                             f"{total_steps} and {warmup_steps}")
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(min(warmup_steps, total_steps))
+        self.final_fraction = float(final_fraction)
+        self.name = name
+
+    def learning_rate(self, step, ops):
+        """The learning rate at ``step`` (a scalar tensor), computed with ``ops``."""
+        step = ops.cast(step, "float32")
+        warmup_lr = self.peak_lr * (step + 1.0) / float(max(self.warmup_steps, 1))
+        decay_len = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = ops.clip((step - self.warmup_steps) / decay_len, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        floor = self.final_fraction
+        decay_lr = self.peak_lr * (floor + (1.0 - floor) * cosine)
+        if self.warmup_steps == 0:
+            return decay_lr
+        return ops.where(step < self.warmup_steps, warmup_lr, decay_lr)
+
+    def get_config(self) -> Dict[str, object]:
+        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "final_fraction": self.final_fraction,
+                "name": self.name}
 
 
 class WarmupScheduleBase:

@@ -1,6 +1,6 @@
 """A ``keras.ops``-shaped namespace over TensorFlow, so that one formula serves both Keras
 generations: this module owns the few tensor functions the pipeline's penalties and
-learning-rate schedules need, under the names and signatures ``keras.ops`` (Keras 3) gives
+learning-rate schedules and distillation loss need, under the names and signatures ``keras.ops`` (Keras 3) gives
 them.
 
 Code written against an ``ops`` argument runs on tf-keras (Keras 2) with ``ops=TF_OPS``
@@ -29,6 +29,10 @@ def _transpose(x, axes: Optional[Sequence[int]] = None):
     return tf.transpose(x, perm=axes)
 
 
+def _mean(x, axis: Optional[int] = None, keepdims: bool = False):
+    return tf.reduce_mean(x, axis=axis, keepdims=keepdims)
+
+
 def _convert_to_tensor(x, dtype=None):
     return tf.convert_to_tensor(x, dtype=dtype)
 
@@ -50,6 +54,11 @@ TF_OPS = SimpleNamespace(
     power=tf.pow,
     floor=tf.floor,
     where=tf.where,
+    clip=tf.clip_by_value,
+    log=tf.math.log,
+    mean=_mean,
+    softmax=lambda x, axis=-1: tf.nn.softmax(x, axis=axis),
+    log_softmax=lambda x, axis=-1: tf.nn.log_softmax(x, axis=axis),
     zeros=lambda shape, dtype="float32": tf.zeros(shape, dtype),
 )
 """The TensorFlow functions under their ``keras.ops`` names (see the module docstring)."""

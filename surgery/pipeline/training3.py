@@ -21,6 +21,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from surgery.pipeline.distillation import checked_settings, distillation_loss, ends_in_softmax
+from surgery.pipeline.schedules import WarmupCosineBase
+
 logger = logging.getLogger(__name__)
 
 Data = Union[tuple, "object"]  # (x, y) arrays, or a tf.data.Dataset on the TF backend
@@ -30,7 +33,7 @@ __all__ = ["WarmupCosine", "Distiller", "finetune", "evaluate_accuracy", "fit_da
 
 
 @keras.saving.register_keras_serializable(package="surgery")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupCosine(WarmupCosineBase, keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to
     ``peak_lr * final_fraction`` at ``total_steps`` (constant after that).
 
@@ -40,44 +43,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         [0.0005, 0.001, 0.0]
     """
 
-    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0,
-                 final_fraction: float = 0.0, name: Optional[str] = None):
-        super().__init__()
-        if peak_lr <= 0:
-            raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
-        if total_steps < 1 or warmup_steps < 0:
-            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
-                             f"{total_steps} and {warmup_steps}")
-        self.peak_lr = float(peak_lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(min(warmup_steps, total_steps))
-        self.final_fraction = float(final_fraction)
-        self.name = name
-
     def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warmup_lr = self.peak_lr * (step + 1.0) / float(max(self.warmup_steps, 1))
-        decay_len = float(max(self.total_steps - self.warmup_steps, 1))
-        progress = ops.clip((step - self.warmup_steps) / decay_len, 0.0, 1.0)
-        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
-        floor = self.final_fraction
-        decay_lr = self.peak_lr * (floor + (1.0 - floor) * cosine)
-        if self.warmup_steps == 0:
-            return decay_lr
-        return ops.where(step < self.warmup_steps, warmup_lr, decay_lr)
-
-    def get_config(self) -> dict:
-        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "final_fraction": self.final_fraction,
-                "name": self.name}
-
-
-def _ends_in_softmax(model: keras.Model) -> bool:
-    last = model.layers[-1]
-    act = getattr(last, "activation", None)
-    if act is not None and getattr(act, "__name__", "") == "softmax":
-        return True
-    return type(last).__name__ == "Softmax"
+        return self.learning_rate(step, ops)
 
 
 class Distiller(keras.Model):
@@ -97,36 +64,21 @@ class Distiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0,
                  alpha: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.temperature, self.alpha = checked_settings(temperature, alpha)
         self.student = student
         self.teacher = teacher
         teacher.trainable = False
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-        self._student_softmax = _ends_in_softmax(student)
-        self._teacher_softmax = _ends_in_softmax(teacher)
+        self._student_softmax = ends_in_softmax(student)
+        self._teacher_softmax = ends_in_softmax(teacher)
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    @staticmethod
-    def _logits(out, is_softmax: bool):
-        return ops.log(ops.clip(out, 1e-7, 1.0)) if is_softmax else out
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         teacher_out = ops.stop_gradient(self.teacher(x, training=False))
-        s_logits = self._logits(y_pred, self._student_softmax)
-        t_logits = self._logits(teacher_out, self._teacher_softmax)
-        y = ops.cast(y, s_logits.dtype)
-        hard = ops.mean(-ops.sum(y * ops.log_softmax(s_logits, axis=-1), axis=-1))
-        t = self.temperature
-        soft_t = ops.softmax(t_logits / t, axis=-1)
-        kl = ops.sum(soft_t * (ops.log(ops.clip(soft_t, 1e-7, 1.0))
-                               - ops.log_softmax(s_logits / t, axis=-1)), axis=-1)
-        loss = self.alpha * ops.mean(kl) * t * t + (1.0 - self.alpha) * hard
+        loss = distillation_loss(y, y_pred, teacher_out, ops, temperature=self.temperature,
+                                 alpha=self.alpha, student_softmax=self._student_softmax,
+                                 teacher_softmax=self._teacher_softmax)
         for extra in self.losses:  # the student's regularisers
             loss = loss + ops.sum(ops.cast(extra, loss.dtype))
         return loss
