@@ -32,6 +32,7 @@ from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _
                                    plan_flops_target)
 from surgery.pruning import criteria as _criteria
 from surgery.pipeline.artifacts import write_plots, write_tflite
+from surgery.pipeline.resume import RunFolder
 from surgery.pipeline.report import atomic_write, build_report, gzip_size, write_report
 
 logger = logging.getLogger("prune_and_finetune")
@@ -125,6 +126,23 @@ def _timestamp_folder() -> str:
     return out
 
 
+#: flags that do not change what a run computes: a run resumes whatever they say
+_NOT_SETTINGS = ("out", "quiet", "overwrite", "plots", "tflite")
+
+
+def _run_folder(args: argparse.Namespace, kit: Kit, out: str, strategy) -> RunFolder:
+    """The resumable run folder ``out`` (:mod:`surgery.pipeline.resume`): refuses a finished
+    run's folder (unless ``--overwrite``) and an unfinished one started with other settings.
+    Under ``--strategy multiworker`` nothing resumes (every worker would have to)."""
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    settings.update(keras_generation=kit.generation, keras_backend=kit.backend)
+    folder = RunFolder(out, settings, finished="report.json",
+                       overwrite=getattr(args, "overwrite", False),
+                       enabled=args.strategy != "multiworker")
+    folder.check()
+    return folder
+
+
 def _train_kwargs(args, strategy, kit: Kit):
     extra = {} if kit.generation == 2 else dict(batch_size=args.batch_size, seed=args.seed)
     return dict(strategy=strategy, verbose=0 if args.quiet else 1, **extra)
@@ -180,6 +198,7 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     pruned_path = os.path.abspath(os.path.join(out, f"pruned.{kit.ext}"))
     if in_path is not None and pruned_path == in_path:
         raise UsageError(f"--out {out} would overwrite the input model {args.model_path}")
+    resume = _run_folder(args, kit, out, strategy)
 
     if loaded is None:
         build = models.MODELS[args.model]
@@ -197,14 +216,16 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     if target is not None:  # fail early (before any training) if the target is unreachable
         _prune_once(base, args, _criterion_data(args, splits), flops_before, target,
                     check_only=True)
+    resume.start()
 
     baseline_seconds = 0.0
     if loaded is None:
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), resume.seconds("baseline")
         kit.finetune(base, train, val, epochs=args.baseline_epochs,
                      lr=args.baseline_lr, warmup_epochs=1, stage="training the baseline",
+                     callbacks=resume.callbacks(kit.keras, "baseline", args.baseline_epochs),
                      **_train_kwargs(args, strategy, kit))
-        baseline_seconds = time.perf_counter() - t0
+        baseline_seconds = before + time.perf_counter() - t0
     acc_baseline = kit.evaluate(base, test)
     params_before = base.count_params()
     data = _criterion_data(args, splits)
@@ -229,17 +250,30 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
         epochs_left = args.finetune_epochs
         for k in range(1, rounds + 1):
             t0 = time.perf_counter()
-            if target is not None:
+            saved = resume.state.get("rounds", {}).get(str(k))
+            if saved is not None:  # planned before the interruption: read back, cut again
+                p = surgery.PrunePlan.from_json(saved["plan"])
+                pruned = surgery.apply(current, p)
+                logger.info("round %d/%d: the plan saved in %s, applied again", k, rounds,
+                            resume.working)
+            elif target is not None:
                 goal = 1.0 - (1.0 - target) ** (k / rounds) if rounds > 1 else target
                 _, p, pruned = _prune_once(current, args, data, flops_before, goal)
             else:
                 step_ratio = 1.0 - (1.0 - args.ratio) ** (1.0 / rounds)
                 _, p, pruned = _prune_once(current, args, data, flops_before, ratio=step_ratio)
-            if p.deletions:
+            if saved is not None:
+                verify_diffs += saved["verify"]
+            elif p.deletions:
                 verify_diffs.append(_verify(current, pruned, p, val))
             pruned = kit.clone_into(pruned, strategy)
             kit.set_bn_momentum(pruned, momentum)
-            prune_seconds += time.perf_counter() - t0
+            if saved is None:
+                saved = dict(plan=p.to_json(), verify=verify_diffs[-1:] if p.deletions else [],
+                             seconds=time.perf_counter() - t0)
+                resume.state.setdefault("rounds", {})[str(k)] = saved
+                resume.save_state()
+            prune_seconds += saved["seconds"]
             plans.append(p)
             if acc_pruned is None:
                 acc_pruned = kit.evaluate(pruned, test)
@@ -247,9 +281,11 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
             epochs_left -= epochs
             logger.info("round %d/%d: %d FLOPs left, fine-tuning %d epochs", k, rounds,
                         surgery.count_flops(pruned), epochs)
-            t0 = time.perf_counter()
-            kit.finetune(pruned, train, val, epochs=max(1, epochs), **ft)
-            finetune_seconds += time.perf_counter() - t0
+            t0, stage = time.perf_counter(), f"finetune-{k}"
+            before = resume.seconds(stage)
+            kit.finetune(pruned, train, val, epochs=max(1, epochs),
+                         callbacks=resume.callbacks(kit.keras, stage, max(1, epochs)), **ft)
+            finetune_seconds += before + time.perf_counter() - t0
             current = pruned
     acc_finetuned = kit.evaluate(current, test)
     flops_after = surgery.count_flops(current)
@@ -288,7 +324,7 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
             keras_generation=kit.generation, keras_backend=kit.backend,
             model_format=kit.ext,
             verify_max_diff=max(verify_diffs) if verify_diffs else None,
-            finetune_epochs=args.finetune_epochs, lr=args.lr,
+            finetune_epochs=args.finetune_epochs, lr=args.lr, resumes=resume.resumes,
             warmup_epochs=args.warmup_epochs, pruned_h5=pruned_path, baseline_h5=ref_path)
         if args.plots:
             from surgery.data import as_arrays
@@ -301,6 +337,7 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
                                            progress=not args.quiet))
         report = build_report(values)
         json_path, md_path = write_report(folder, report)
+    resume.finish()  # every artifact is in place: nothing is left to resume
     written = [baseline_path, pruned_path, plan_path, json_path, md_path]
     written += [v for k, v in values.items() if k.endswith("_png")]
     written += [row["path"] for row in values.get("tflite", ())]

@@ -128,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strategy", default="default", choices=STRATEGIES,
                    help="tf.distribute strategy for training")
     g.add_argument("--seed", type=int, default=0, help="random seed (data split, init, order)")
-    g.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
+    g.add_argument("--out", default=None,
+                   help="output folder (default runs/<timestamp>); rerunning the same "
+                        "command with the same --out resumes an interrupted run")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a finished (or unfinished) run "
+                        "instead of refusing it")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="write channels.png, sensitivity.png and accuracy_vs_flops.png "
