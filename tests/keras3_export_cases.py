@@ -7,9 +7,9 @@ prunes it with ``surgery.plan(ratio=0.3)`` + ``surgery.apply``, exports it and p
 ``RESULT {json}`` line of measurements (max abs errors against Keras, file sizes, the
 messages of the errors raised). On the TensorFlow backend (96×96 input) it writes TFLite
 float32, dynamic-range and int8 files and an ONNX file; on PyTorch (32×32) it exports
-ONNX; on JAX (a small residual CNN) TFLite float32 (through jax2tf); on PyTorch and JAX
-it checks that the exports it cannot do (TFLite on PyTorch, ONNX on JAX without the
-uninstalled ``jax2onnx``) are refused clearly.
+ONNX; on JAX a small residual CNN to TFLite float32 (through jax2tf) and a pruned
+MobileNetV2 (alpha 0.35, 96x96) to ONNX (tf2onnx in a TensorFlow-backend process); on
+PyTorch it checks that TFLite is refused clearly.
 """
 import json
 import os
@@ -75,11 +75,23 @@ def main(out: str) -> dict:
         return value
 
     onnx_path = os.path.join(out, f"pruned_{backend}.onnx")
+    onnx_model, onnx_x, onnx_expected = pruned, x, expected
+    if backend == "jax":  # ONNX on JAX: a pruned MobileNetV2 (alpha 0.35, 96x96)
+        mobilenet = randomize(keras.applications.MobileNetV2(
+            input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=5,
+            classifier_activation=None))
+        onnx_model = surgery.apply(mobilenet, surgery.plan(mobilenet, ratio=0.3))
+        onnx_x = rng.normal(size=(8, 96, 96, 3)).astype(np.float32)
+        onnx_expected = keras.ops.convert_to_numpy(onnx_model.predict(onnx_x, verbose=0))
+        report["onnx_params"] = [mobilenet.count_params(), onnx_model.count_params()]
+        report["onnx_unpruned_vs_pruned"] = _max_error(mobilenet.predict(onnx_x, verbose=0),
+                                                       onnx_expected)
     refused = _error(lambda: timed("onnx", lambda: surgery.export_onnx(
-        pruned, onnx_path, verify_with=x[:4])))
+        onnx_model, onnx_path, verify_with=onnx_x[:4])))
     if refused == "no error":
         report["sizes"]["onnx"] = os.path.getsize(onnx_path)
-        report["errors"]["onnx"] = _max_error(surgery.onnx_predict(onnx_path, x), expected)
+        report["errors"]["onnx"] = _max_error(surgery.onnx_predict(onnx_path, onnx_x),
+                                              onnx_expected)
     else:
         report["onnx_refused"] = refused
 

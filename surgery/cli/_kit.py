@@ -10,7 +10,6 @@ It also owns loading ``--model-path`` with one clear line when the file cannot b
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import tempfile
@@ -48,26 +47,38 @@ class Kit:
         if self.generation == 2:
             from surgery.pipeline.finetune import make_strategy
 
+            if name == "dataparallel":
+                raise UsageError("--strategy dataparallel is Keras 3 on JAX "
+                                 "(keras.distribution); Keras 2 runs take mirrored, "
+                                 "multiworker or tpu")
             return make_strategy(name)
-        if name != "default":
-            raise UsageError(f"--strategy {name} is for Keras 2 (tf.distribute); Keras 3 "
-                             "runs use the default (single-device) strategy (on JAX, "
-                             "keras.distribution.DataParallel: README, Distribution)")
-        return None
+        from surgery.errors import SurgeryError
+        from surgery.pipeline.distribution import make_keras3_strategy
+
+        try:
+            return make_keras3_strategy(name, self.backend)
+        except SurgeryError as exc:
+            raise UsageError(str(exc)) from None
 
     def scope(self, strategy):
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+        from surgery.pipeline.distribution import scope
+
+        return scope(strategy)
 
     def clone_into(self, model, strategy):
         if self.generation == 2:
             from surgery.pipeline.finetune import clone_into
 
             return clone_into(model, strategy)
-        return model
+        if strategy is None or not hasattr(strategy, "num_replicas_in_sync"):
+            return model  # no strategy, or DataParallel: set globally, variables follow it
+        return self.copy_model(model, strategy)  # variables under the tf.distribute scope
 
     @staticmethod
     def replicas(strategy) -> int:
-        return int(strategy.num_replicas_in_sync) if strategy is not None else 1
+        from surgery.pipeline.distribution import replicas
+
+        return replicas(strategy)
 
     def copy_model(self, model, strategy):
         """A same-weights copy (the frozen distillation teacher)."""
@@ -169,7 +180,16 @@ def kit_for_process() -> Kit:
 
     from surgery.pipeline import training3 as t3
 
-    return Kit(3, keras, keras.backend.backend(), t3.finetune, t3.evaluate_accuracy,
+    def finetune(model, train, val=None, *, strategy=None, **kwargs):
+        """Compile and fit in the strategy's scope, with whole batches under DataParallel."""
+        from surgery.pipeline.distribution import scope, whole_batches
+
+        size = kwargs.get("batch_size", 32)
+        with scope(strategy):
+            return t3.finetune(model, whole_batches(train, size), whole_batches(val, size),
+                               **kwargs)
+
+    return Kit(3, keras, keras.backend.backend(), finetune, t3.evaluate_accuracy,
                t3.set_bn_momentum, "keras")
 
 

@@ -182,6 +182,10 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
         strategy = kit.make_strategy(args.strategy)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    devices = kit.replicas(strategy)
+    if kit.generation == 3 and args.batch_size % devices:
+        raise UsageError(f"--batch-size {args.batch_size} must be a multiple of the {devices} "
+                         f"devices of --strategy {args.strategy}")
     kit.keras.utils.set_random_seed(args.seed)
     loaded = kit.load(args.model_path, args.trust_model_code) if args.model_path else None
     splits = _load_data(args, tuple(loaded.input_shape[1:]) if loaded is not None else None)

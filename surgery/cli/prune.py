@@ -125,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layerwise-steps", type=int, default=10,
                    help="batches of brief fine-tuning after each group in --layerwise")
     g = p.add_argument_group("run")
-    g.add_argument("--strategy", default="default", choices=STRATEGIES,
-                   help="tf.distribute strategy for training")
+    g.add_argument("--strategy", default="default", choices=STRATEGIES + ("dataparallel",),
+                   help="more than one device: Keras 2 through tf.distribute (mirrored, "
+                        "multiworker, tpu); Keras 3 mirrored on TensorFlow "
+                        "(tf.distribute.MirroredStrategy), dataparallel on JAX "
+                        "(keras.distribution.DataParallel); none on PyTorch")
     g.add_argument("--seed", type=int, default=0, help="random seed (data split, init, order)")
     g.add_argument("--out", default=None,
                    help="output folder (default runs/<timestamp>); rerunning the same "

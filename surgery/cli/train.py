@@ -46,7 +46,7 @@ from surgery._backend import keras, tf  # noqa: E402  (first: selects the Keras 
 
 from surgery._backend import legacy_tf_keras  # noqa: E402
 from surgery.cli.train_args import (  # noqa: E402,F401  (train.build_parser, train.UsageError)
-    PENALTIES, PROG, UsageError, build_parser, refuse_keras2_only, steps_per_epoch,
+    PENALTIES, PROG, UsageError, build_parser, refuse_keras2_only, run_folder, steps_per_epoch,
     tensorboard_available, validate)
 from surgery.pipeline import regularizers as _regularizers  # noqa: E402  (registers the penalties)
 from surgery.pipeline.schedules import WarmupSchedule  # noqa: E402,F401  (train.WarmupSchedule)
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     path = os.path.join(out, f"{name}.h5")
     if args.restore and os.path.abspath(path) == os.path.abspath(args.restore):
         raise UsageError(f"output {path!r} would overwrite the --restore input")
-    os.makedirs(out, exist_ok=True)
+    resume = run_folder(args, out, path)
     log_dir = os.path.join(out, "logs")
 
     step_size = steps * (args.lr_step_epochs or max(1, args.epochs // 3))
@@ -178,7 +178,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         logger.warning("the tensorboard package is not installed: no TensorBoard logs "
                        "(pip install tensorboard)")
     callbacks: List[keras.callbacks.Callback] = [
-        keras.callbacks.CSVLogger(os.path.join(out, "train_log.csv"))]
+        keras.callbacks.CSVLogger(os.path.join(out, "train_log.csv"), append=resume.resuming)]
+    callbacks += resume.callbacks(keras, "train", args.epochs)
     if tfmot_on:
         callbacks += _sparsity.pruning_callbacks(log_dir if tensorboard else None)
     elif tensorboard:
@@ -212,12 +213,15 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                   callbacks=[_sparsity.MaskCallback(masks),
                              keras.callbacks.CSVLogger(os.path.join(out, "train_log.csv"),
                                                        append=True)]
+                  + resume.callbacks(keras, "finetune", args.epochs + epochs)
                   + ([keras.callbacks.TensorBoard(log_dir=log_dir)] if tensorboard else []))
         summary["sparsity"] = _sparsity.total_sparsity(model)[0]
 
     summary["test_accuracy"] = float(model.evaluate(splits.test, verbose=0)[1])
     save_model_atomic(model, path)
+    resume.finish()
     return summary
+
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

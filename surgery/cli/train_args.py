@@ -76,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0,
                    help="seed for the split, shuffling, initialisation and augmentation")
     g.add_argument("--out", default=None,
-                   help="output folder (default: runs/train-MODEL-TIMESTAMP)")
+                   help="output folder (default: runs/train-MODEL-TIMESTAMP); the same "
+                        "command with the same --out resumes an interrupted run")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train again into an --out that holds a finished (or unfinished) "
+                        "run instead of refusing it")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, help="training epochs")
@@ -239,3 +243,17 @@ def steps_per_epoch(dataset) -> int:
     if n < 1:
         n = sum(1 for _ in dataset)
     return max(1, n)
+
+
+def run_folder(args: argparse.Namespace, out: str, path: str):
+    """The resumable folder of a training run (:class:`surgery.pipeline.resume.RunFolder`):
+    ``path``, the trained model, marks it finished; a finished folder is refused in one line
+    unless ``--overwrite``. Both Keras generations' runs use it."""
+    from surgery.pipeline.resume import RunFolder
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "overwrite")}
+    folder = RunFolder(out, settings, finished=os.path.basename(path),
+                       overwrite=getattr(args, "overwrite", False))
+    folder.check()
+    folder.start()
+    return folder

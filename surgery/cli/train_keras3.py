@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Tuple
 import keras
 from keras import ops
 
-from surgery.cli.train_args import PENALTIES, UsageError, steps_per_epoch, tensorboard_available
+from surgery.cli.train_args import (PENALTIES, UsageError, run_folder, steps_per_epoch,
+                                    tensorboard_available)
 from surgery.errors import SurgeryError
 from surgery.model_files import check_model_file
 from surgery.pipeline import regularizers
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     path = os.path.join(out, f"{name}.keras")
     if args.restore and os.path.abspath(path) == os.path.abspath(args.restore):
         raise UsageError(f"output {path!r} would overwrite the --restore input")
-    os.makedirs(out, exist_ok=True)
+    resume = run_folder(args, out, path)
 
     step_size = steps * (args.lr_step_epochs or max(1, args.epochs // 3))
     lr = WarmupSchedule(init_lr, total, round(args.warmup_epochs * steps), args.lr_schedule,
@@ -223,7 +224,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     model.compile(optimizer=_optimizer(args.optimizer, lr), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     callbacks: List[keras.callbacks.Callback] = [
-        keras.callbacks.CSVLogger(os.path.join(out, "train_log.csv"))]
+        keras.callbacks.CSVLogger(os.path.join(out, "train_log.csv"), append=resume.resuming)]
+    callbacks += resume.callbacks(keras, "train", args.epochs)
     if tensorboard_available() and keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=os.path.join(out, "logs")))
     train, val, test = _fit_data(splits, steps)
@@ -235,4 +237,5 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     else:
         accuracy = model.evaluate(test, verbose=0)[1]
     save_keras_atomic(model, path)
+    resume.finish()
     return {"path": path, "test_accuracy": float(accuracy)}

@@ -3,7 +3,8 @@
 This module owns :func:`export_onnx`, which writes a model as an ``.onnx`` file
 atomically — tf-keras (Keras 2) models through ``tf2onnx.convert.from_keras``, Keras 3
 models through Keras 3's own ``model.export(path, format="onnx")`` on the TensorFlow and
-PyTorch backends (and on JAX where the ``jax2onnx`` package is installed) — and can check
+PyTorch backends (on JAX through ``jax2onnx`` where it is installed, else the same model
+exported by tf2onnx in a TensorFlow-backend process) — and can check
 the file against the Keras model on given inputs before publishing it; and
 :func:`onnx_predict`, which runs a file with ONNX Runtime. ``onnx``, ``onnxruntime`` and
 ``tf2onnx`` (the ``onnx`` extra) are imported only when these functions run.
@@ -75,6 +76,9 @@ def _keras3_onnx(model: Any, target: str, opset: Optional[int]) -> None:
     import keras as keras3  # the model is a Keras 3 model, so Keras 3 is imported
 
     backend = keras3.backend.backend()
+    if backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
+        _jax_onnx_through_tensorflow(model, target, opset)
+        return
     needs = {"tensorflow": "tf2onnx", "jax": "jax2onnx", "torch": "torch"}.get(backend)
     if needs is None:
         raise SurgeryError(
@@ -89,6 +93,57 @@ def _keras3_onnx(model: Any, target: str, opset: Optional[int]) -> None:
             "KERAS_BACKEND=tensorflow (save the model as .keras and load it there).")
     options = {} if opset is None else {"opset_version": opset}
     model.export(target, format="onnx", verbose=False, **options)
+
+
+#: what the TensorFlow-backend process of :func:`_jax_onnx_through_tensorflow` runs
+_TF_EXPORT = """
+import sys
+import keras
+import numpy as np
+import surgery  # noqa: F401  (registers the project's serializable classes)
+model = keras.models.load_model(sys.argv[1], compile=False)
+model.predict([np.zeros((1, *t.shape[1:]), t.dtype) for t in model.inputs], verbose=0)
+options = {} if sys.argv[3] == "-" else {"opset_version": int(sys.argv[3])}
+model.export(sys.argv[2], format="onnx", verbose=False, **options)
+"""
+
+#: seconds the TensorFlow-backend export process may take
+TF_EXPORT_TIMEOUT_S = 900
+
+
+def _jax_onnx_through_tensorflow(model: Any, target: str, opset: Optional[int]) -> None:
+    """A JAX-backend Keras 3 ``model`` to ONNX through tf2onnx, in a TensorFlow-backend
+    process. The SavedModel that ``ExportArchive`` writes on JAX cannot be converted:
+    jax2tf (JAX 0.10) serialises the whole call as one StableHLO ``XlaCallModule`` op
+    (its non-native mode is gone) and tf2onnx 1.17 has no converter for that op. A ``.keras``
+    file is backend-independent, so the same model, loaded by Keras 3 on TensorFlow, is
+    exported there with tf2onnx (``model.export(format="onnx")``); the caller checks the
+    file against this model with ONNX Runtime."""
+    import subprocess
+    import sys
+
+    _require("tf2onnx", "export_onnx(model=<a Keras 3 model on JAX>)")
+    from surgery.pipeline.report import save_model_atomic
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory(prefix="surgery-jax-onnx-") as folder:
+        saved = save_model_atomic(model, os.path.join(folder, "model.keras"))
+        logger.info("export_onnx on JAX: converting %s with tf2onnx in a TensorFlow-backend "
+                    "process", model.name)
+        proc = subprocess.run(
+            [sys.executable, "-c", _TF_EXPORT, saved, target, "-" if opset is None
+             else str(opset)], env=env, capture_output=True, text=True,
+            timeout=TF_EXPORT_TIMEOUT_S)
+    if proc.returncode != 0 or not os.path.isfile(target):
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise SurgeryError(
+            "export_onnx(model=<a Keras 3 model on JAX>): the TensorFlow-backend export "
+            f"failed ({lines[-1] if lines else f'exit status {proc.returncode}'}); save the "
+            "model as .keras and export it with KERAS_BACKEND=tensorflow, or pip install "
+            "jax2onnx.")
 
 
 def _outputs(values: Any) -> list[np.ndarray]:
@@ -124,8 +179,9 @@ def export_onnx(model: Any, path: str, *, verify_with: Optional[Arrays] = None,
     """Convert ``model`` to ONNX and write it to ``path`` atomically.
 
     Args:
-        model: a tf-keras (Keras 2) model, or a Keras 3 model on the TensorFlow or PyTorch
-            backend (JAX needs the ``jax2onnx`` package).
+        model: a tf-keras (Keras 2) model, or a Keras 3 model on any backend (on JAX
+            with ``jax2onnx`` when it is installed, else through tf2onnx in a
+            TensorFlow-backend process: :func:`_jax_onnx_through_tensorflow`).
         path: the ``.onnx`` file to write; its folder is created if needed.
         verify_with: inputs (an array, or a list of arrays for several inputs) to run
             through both the ONNX file (ONNX Runtime) and the Keras model before the file

@@ -183,8 +183,10 @@ def evaluate_accuracy(model: keras.Model, data, batch_size: int = 256) -> float:
     x, y = data_arrays(data)
     if len(x) == 0:
         raise ValueError("cannot measure accuracy on an empty dataset")
-    out = model.predict(x, batch_size=batch_size, verbose=0)
+    from surgery.pipeline.distribution import padded_to_batches
+
+    out = model.predict(padded_to_batches(x, batch_size), batch_size=batch_size, verbose=0)
     if isinstance(out, (list, tuple)):
         out = out[0]
-    pred = np.argmax(ops.convert_to_numpy(out), axis=-1).reshape(-1)
+    pred = np.argmax(ops.convert_to_numpy(out)[:len(x)], axis=-1).reshape(-1)
     return float(np.mean(pred == class_ids(y)))
