@@ -12,6 +12,7 @@ imported before this module runs.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Optional
 
 from surgery.errors import SurgeryError
@@ -71,9 +72,9 @@ def make_keras3_strategy(name: str, backend: str) -> Optional[Any]:
 
 
 def _data_parallel() -> bool:
-    import keras
-
-    return keras.distribution.distribution() is not None
+    keras = sys.modules.get("keras")  # no Keras 3 imported: no distribution set either
+    distribution = getattr(keras, "distribution", None)
+    return distribution is not None and distribution.distribution() is not None
 
 
 def whole_batches(data, batch_size: int):
