@@ -148,3 +148,14 @@ def test_every_tfmot_and_unstructured_flag_is_refused_on_keras3():
               if g.title and ("tfmot" in g.title or "unstructured" in g.title)]
     flags = {a.dest for g in groups for a in g._group_actions}
     assert len(groups) == 2 and flags == set(train_args.KERAS2_ONLY), flags
+
+
+def test_finished_folder_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "done"
+    assert train.main(TINY + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    assert train.main(TINY + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finished run" in err[0] and "--overwrite" in err[0], err
+    assert train.main(TINY + ["--out", str(out), "--overwrite"]) == 0
+    assert sorted(f for f in os.listdir(out) if f != "logs") == ["lenet5.h5", "train_log.csv"]
