@@ -5,9 +5,10 @@ backend ``mirrored`` is a ``tf.distribute.MirroredStrategy`` (all GPUs, else all
 devices) under whose scope the models are built, compiled and fitted; on JAX ``dataparallel``
 is ``keras.distribution.DataParallel`` over every device JAX sees, set globally before any
 model is built (variables replicated, each batch split over the devices). PyTorch has no
-Keras distribution API and is refused in one line saying what to do instead. The Keras 2
-strategies (``tf.distribute``) live in :mod:`surgery.pipeline.finetune`. Keras 3 must be
-imported before this module runs.
+Keras distribution API and is refused in one line saying what to do instead. The
+``MirroredStrategy`` is built here for both generations; the other Keras 2 strategies
+(``tf.distribute``) live in :mod:`surgery.pipeline.finetune`. It also owns what a Keras 3
+data-parallel run does with partial batches (:func:`whole_batches`, :func:`padded_to_batches`).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from surgery.errors import SurgeryError
 KERAS3_STRATEGIES = {"tensorflow": ("default", "mirrored"), "jax": ("default", "dataparallel"),
                      "torch": ("default",)}
 
-__all__ = ["KERAS3_STRATEGIES", "make_keras3_strategy", "replicas", "scope", "whole_batches",
-           "padded_to_batches"]
+__all__ = ["KERAS3_STRATEGIES", "make_keras3_strategy", "mirrored_strategy", "replicas",
+           "scope", "whole_batches", "padded_to_batches"]
 
 
 def make_keras3_strategy(name: str, backend: str) -> Optional[Any]:
@@ -55,14 +56,7 @@ def make_keras3_strategy(name: str, backend: str) -> Optional[Any]:
         raise SurgeryError(f"--strategy {name} is not available on Keras 3's {backend} "
                            f"backend ({', '.join(allowed)} are): {hint}")
     if name == "mirrored":
-        import tensorflow as tf
-
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(
-            devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        return mirrored_strategy()
     import keras
 
     devices = keras.distribution.list_devices()
@@ -109,6 +103,18 @@ def padded_to_batches(x, batch_size: int):
         return x
     extra = batch_size - len(x) % batch_size
     return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+
+
+def mirrored_strategy():
+    """A ``tf.distribute.MirroredStrategy`` over all GPUs, else over all logical CPU devices
+    (reducing on one device); both Keras generations' ``--strategy mirrored``."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(
+        devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def replicas(strategy: Optional[Any]) -> int:

@@ -164,12 +164,9 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(
-            devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        from surgery.pipeline.distribution import mirrored_strategy
+
+        return mirrored_strategy()
     if name == "multiworker":
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
