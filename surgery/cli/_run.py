@@ -130,7 +130,7 @@ def _timestamp_folder() -> str:
 _NOT_SETTINGS = ("out", "quiet", "overwrite", "plots", "tflite")
 
 
-def _run_folder(args: argparse.Namespace, kit: Kit, out: str, strategy) -> RunFolder:
+def _run_folder(args: argparse.Namespace, kit: Kit, out: str) -> RunFolder:
     """The resumable run folder ``out`` (:mod:`surgery.pipeline.resume`): refuses a finished
     run's folder (unless ``--overwrite``) and an unfinished one started with other settings.
     Under ``--strategy multiworker`` nothing resumes (every worker would have to)."""
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     pruned_path = os.path.abspath(os.path.join(out, f"pruned.{kit.ext}"))
     if in_path is not None and pruned_path == in_path:
         raise UsageError(f"--out {out} would overwrite the input model {args.model_path}")
-    resume = _run_folder(args, kit, out, strategy)
+    resume = _run_folder(args, kit, out)
 
     if loaded is None:
         build = models.MODELS[args.model]

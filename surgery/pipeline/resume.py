@@ -126,7 +126,7 @@ class RunFolder:
         """Create the working folder (recording the settings), or note the resume; remove
         temporary files that a kill during an atomic write left behind."""
         os.makedirs(self.working, exist_ok=True)
-        for pattern in (".*.tmp", ".*.tmp.*"):  # write_atomically's names
+        for pattern in (".*.tmp", ".*.tmp.*") if self.enabled else ():  # write_atomically's
             for stale in glob.glob(os.path.join(glob.escape(self.out), pattern)):
                 os.remove(stale)
         if self.resuming:
