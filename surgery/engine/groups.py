@@ -60,6 +60,12 @@ class ChannelGroup:
         return sorted({c for i in positions for c in rows[int(i)]})
 
 
+def _width(shape) -> int:
+    """The size of a tensor's channel (last) axis; an unknown size (``None``, as in a
+    variable-length sequence of token ids) or a scalar counts as 1."""
+    return concrete(shape)[-1] if shape is not None and len(shape) else 1
+
+
 class _UnionFind:
     def __init__(self):
         self.parent: list[int] = []
@@ -112,7 +118,7 @@ class _Analysis:
     def visit(self, node, inbound: list):
         info = node.info
         rule = rule_for(info)
-        out_size = int(info.output_shape[-1] or 1) if info.output_shape else 1
+        out_size = _width(info.output_shape)
         if rule is None:
             reason = f"reaches {info.describe()}, which no layer rule supports"
             for ids in inbound:
@@ -222,8 +228,7 @@ def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
     adapter.require_functional(model)
     analysis = _Analysis()
     values = adapter.walk(model, analysis.visit,
-                          lambda t: analysis.new(int(t.shape[-1]) if len(t.shape) else 1,
-                                                 "model input"))
+                          lambda t: analysis.new(_width(tuple(t.shape)), "model input"))
     for t in adapter.outputs(model):
         ids = values.get(adapter.key(t))
         if ids is not None:

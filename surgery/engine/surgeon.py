@@ -12,7 +12,8 @@ validates the jobs) and changes how the pass runs:
   through the Keras 2 graph adapter, calls each layer with the node's original arguments
   (so ``x + y`` ops rebuild correctly), and builds the result from fresh layers whose
   weights are set in one batch, so the input model's layers never gain nodes and the two
-  models never share weights; a shared layer stays shared;
+  models never share weights (except a layer no cut touches whose config cannot rebuild
+  it, which is carried over as it is); a shared layer stays shared;
 * **checked jobs** — bad channel indices, deleting every channel, subclassed models and
   layers inside nested models are refused with :class:`~surgery.errors.SurgeryError`.
 """
@@ -142,8 +143,9 @@ class Surgeon(kerassurgeon.Surgeon):
         if layer in self._built:  # a shared layer: one new layer for every call
             return self._built[layer]
         if replacement is None:
-            new = keras2.new_layer(layer)
-            self._weights.append((new, layer.get_weights()))
+            new = keras2.carried(layer)
+            if new is not layer:
+                self._weights.append((new, layer.get_weights()))
         elif isinstance(replacement, tuple):
             config, weights = replacement
             new = keras2.new_layer(layer, config)
