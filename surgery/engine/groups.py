@@ -40,7 +40,9 @@ class ChannelGroup:
     the layers the channels pass through that keep weights per channel
     (BatchNormalization, DepthwiseConv2D, …) and read this group alone; ``blocks`` > 1
     when a grouped convolution reads or makes them, so channels must leave each of
-    ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so.
+    ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so. A group
+    with an ``axis`` holds units that no tensor carries, inside its one producer (the
+    ``"heads"`` of a MultiHeadAttention; see ``LayerRule.unit_axes``).
     """
 
     producers: list[str]
@@ -49,10 +51,12 @@ class ChannelGroup:
     blocks: int = 1
     skipped: Optional[str] = None
     channels: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict, repr=False)
+    axis: Optional[str] = None
 
     @property
     def name(self) -> str:
-        return self.producers[0] if self.producers else "<input>"
+        name = self.producers[0] if self.producers else "<input>"
+        return f"{name}:{self.axis}" if self.axis else name
 
     def member_channels(self, producer: str, positions) -> list[int]:
         """The producer's channel indices for the group channels at ``positions``."""
@@ -102,6 +106,7 @@ class _Analysis:
         self.blocks: list[tuple[np.ndarray, int]] = []
         self.skipped_layers: dict[str, str] = {}
         self.calls: dict[str, list] = {}  # shared layer -> its first call's inbound ids
+        self.units: dict[str, ChannelGroup] = {}  # "layer:axis" -> its unit group
 
     def new(self, n: int, reason: Optional[str] = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -134,7 +139,13 @@ class _Analysis:
             for a, b in zip(seen, inbound if seen is not inbound else ()):
                 if a is not None and b is not None and len(a) == len(b):
                     self.unite([a, b])
+        if flow in (PRODUCER, MIXING):
+            for i, ids in enumerate(inbound):
+                reason = rule.input_blocked(info, i) if ids is not None else None
+                if reason:
+                    self.skips.append((ids, reason))
         if flow == PRODUCER:
+            self._units(info, rule)
             if info.name not in self.owner:
                 self.owner[info.name] = (self.uf.new(rule.channels(info)), info.name)
                 self.order.append(info.name)
@@ -173,6 +184,14 @@ class _Analysis:
         if flow == MIXING:
             self.skipped_layers[info.name] = reason
         return self.new(out_size, reason)
+
+    def _units(self, info, rule) -> None:
+        """One group per unit axis of the layer (its heads, its head widths)."""
+        for axis, size in rule.unit_axes(info).items():
+            group = ChannelGroup([info.name], int(size), axis=axis,
+                                 blocks=rule.unit_blocks(info, axis))
+            group.channels = {info.name: [[i] for i in range(int(size))]}
+            self.units.setdefault(group.name, group)
 
     def _reshaped(self, info, ids: np.ndarray) -> np.ndarray:
         full = np.broadcast_to(ids, concrete(info.input_shape[:-1]) + (len(ids),))
@@ -218,7 +237,7 @@ class _Analysis:
             if hits and all(h is not None and h[0] == hits[0][0] for h in hits) and \
                     [h[1] for h in hits] == list(range(result[hits[0][0]].size)):
                 result[hits[0][0]].followers.append(name)
-        return result
+        return result + list(self.units.values())
 
 
 def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:

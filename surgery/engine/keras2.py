@@ -79,7 +79,10 @@ class Node:
             class_name=type(layer).__name__, name=layer.name, config=layer.get_config(),
             input_shapes=[_shape(t) for t in self.inputs],
             output_shape=_shape(self.outputs[0]), op=getattr(layer, "symbol", None),
-            layer=layer, load_weights=layer.get_weights)
+            layer=layer, load_weights=layer.get_weights,
+            input_roles=adapters.input_roles(layer, self._node.call_args,
+                                             self._node.call_kwargs, self.inputs,
+                                             tf.nest.flatten))
 
     def call(self, layer, tensors: Sequence) -> list:
         """Call ``layer`` with this node's original arguments, its tensors replaced;

@@ -128,7 +128,11 @@ class Node:
             input_shapes=[_shape(t) for t in self.inputs],
             output_shape=_shape(self.outputs[0]) if self.outputs else (),
             op=None if is_layer else type(op).__name__, layer=op,
-            load_weights=op.get_weights if is_layer else _no_weights)
+            load_weights=op.get_weights if is_layer else _no_weights,
+            input_roles=adapters.input_roles(op, self._node.arguments.args,
+                                             self._node.arguments.kwargs, self.inputs,
+                                             tree.flatten) if is_layer else [],
+            keras=3)
 
     def call(self, layer, tensors: Sequence) -> list:
         """Call ``layer`` with this node's original arguments, its tensors replaced;

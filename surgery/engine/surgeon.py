@@ -27,7 +27,7 @@ from surgery import patches
 from surgery._backend import keras, require_legacy_tf_keras
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine import keras2
-from surgery.engine.cutting import checked_channels, cut
+from surgery.engine.cutting import checked_channels, checked_units, cut
 
 require_legacy_tf_keras("surgery.Surgeon (kerassurgeon)")
 patches.apply_all()
@@ -56,6 +56,7 @@ class Surgeon(kerassurgeon.Surgeon):
         super().__init__(model, copy=False)
         self._nodes = keras2.nodes(model)
         self._jobs: dict = {}  # layer -> (job, kwargs, node positions or None)
+        self._units: dict = {}  # layer -> {unit axis: indices} (heads, head widths)
 
     # ---- jobs --------------------------------------------------------------------------
     def add_job(self, job: str, layer, *, channels: Iterable[int] = None, new_layer=None,
@@ -73,6 +74,14 @@ class Surgeon(kerassurgeon.Surgeon):
         chosen = None if not node_indices else {calls[i].identity for i in node_indices
                                                 if i < len(calls)}
         self._jobs[layer] = (job, dict(channels=channels, new_layer=new_layer), chosen)
+
+    def delete_units(self, layer, units) -> None:
+        """Delete units that no tensor carries from ``layer``: ``units`` is ``{axis:
+        indices}`` (``{"heads": [1, 3]}`` for a MultiHeadAttention; see
+        ``PrunePlan.units``)."""
+        layer = self._resolve(layer)
+        node = next(n for n in self._nodes if n.layer is layer and not n.is_input)
+        self._units[layer] = checked_units(node.info, units)
 
     def _resolve(self, layer):
         if isinstance(layer, str):
@@ -136,7 +145,8 @@ class Surgeon(kerassurgeon.Surgeon):
 
     def _cut(self, node, masks, channels):
         """The new layer for this call and its outbound mask."""
-        replacement, mask = cut(node.info, masks, channels, keras2.is_nested(node.layer))
+        replacement, mask = cut(node.info, masks, channels, keras2.is_nested(node.layer),
+                                self._units.get(node.layer))
         return self._layer_for(node.layer, replacement), mask
 
     def _layer_for(self, layer, replacement):
