@@ -139,11 +139,10 @@ class _Analysis:
             for a, b in zip(seen, inbound if seen is not inbound else ()):
                 if a is not None and b is not None and len(a) == len(b):
                     self.unite([a, b])
-        if flow in (PRODUCER, MIXING):
-            for i, ids in enumerate(inbound):
-                reason = rule.input_blocked(info, i) if ids is not None else None
-                if reason:
-                    self.skips.append((ids, reason))
+        for i, ids in enumerate(inbound):  # inputs deletions cannot reach (attention masks)
+            reason = rule.input_blocked(info, i) if ids is not None else None
+            if reason:
+                self.skips.append((ids, reason))
         if flow == PRODUCER:
             self._units(info, rule)
             if info.name not in self.owner:
