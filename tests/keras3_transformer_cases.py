@@ -3,10 +3,12 @@ tests/test_transformers.py.
 
 ``python tests/keras3_transformer_cases.py DTYPE OUT.json`` imports Keras 3 first
 (backend from ``KERAS_BACKEND``), then ``surgery``, and runs
-:func:`transformer_models.run_case` for the ViT and the BERT-style encoder in ``DTYPE``;
-the robust-graph cases of tests/robust_models.py (variable-length token ids, an
-unknown composite layer); on TensorFlow it also saves the pruned ViT as ``.keras`` and
-reloads it without ``surgery``. It writes the figures as JSON (or the error, for the parent to report).
+:func:`transformer_models.run_case` for the ViT and the BERT-style encoder in ``DTYPE``
+(on JAX and PyTorch, which run eagerly here, heads and head widths together only; Taylor
+head scores on every backend). On TensorFlow it also runs the robust-graph cases of
+tests/robust_models.py (variable-length token ids, an unknown composite layer) and saves
+the pruned ViT as ``.keras`` and reloads it without ``surgery``. It writes the figures as
+JSON (or the error, for the parent to report).
 """
 import json
 import os
@@ -26,6 +28,8 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 import robust_models  # noqa: E402
 import transformer_models as tm  # noqa: E402
 
+MODES = ("heads", "both")  # tf-keras runs the Taylor plan too (tests/test_transformers.py)
+
 
 def main(dtype, out):
     import surgery
@@ -33,17 +37,19 @@ def main(dtype, out):
     keras.config.set_floatx(dtype)
     keras.utils.set_random_seed(0)
     results = {}
-    for case in tm.BUILDERS:
+    tensorflow = keras.backend.backend() == "tensorflow"
+    for case in tm.BUILDERS:  # eager JAX and PyTorch are slow: one plan each there
         try:
-            results[case] = tm.run_case(keras, surgery, case, dtype)
+            results[case] = tm.run_case(keras, surgery, case, dtype,
+                                        MODES if tensorflow else ("both",))
         except Exception:  # noqa: BLE001 — reported by the parent
             results[case] = {"error": traceback.format_exc()}
-    for name in ("token_lstm", "composite"):
+    for name in ("token_lstm", "composite") if tensorflow else ():
         try:
             results[name] = robust_models.run(keras, surgery, name)
         except Exception:  # noqa: BLE001 — reported by the parent
             results[name] = {"error": traceback.format_exc()}
-    if keras.backend.backend() == "tensorflow":
+    if tensorflow:
         model = tm.vit(keras)
         pruned = surgery.prune(model, ratio=0.5, head_dims=True)
         x = tm.inputs("vit", dtype)

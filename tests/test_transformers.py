@@ -6,7 +6,10 @@ The models (tests/transformer_models.py) are a small ViT (pre-norm) and a BERT-s
 encoder over variable-length token ids (post-norm). At ratio 0.5 each attention layer
 keeps 2 of 4 heads (and half its key and value width with ``head_dims=True``) and each MLP
 half its width; the oracle is the zeroed original, and zeroing must move the outputs.
-Taylor head scores must equal the loss change measured by central differences.
+Taylor head scores must equal the loss change measured by central differences. JAX and
+PyTorch (eager here, so slow) run the heads-and-widths plan only; the Keras 3 TensorFlow
+child also runs the robust-graph cases (tests/robust_models.py) and reloads a pruned
+``.keras`` ViT.
 """
 import importlib.util
 import json
@@ -34,7 +37,7 @@ MODES = ("heads", "both", "taylor")
 
 def check(result, tol, mlp):
     assert "error" not in result, result.get("error")
-    for mode in MODES:
+    for mode in [m for m in MODES if m in result]:
         r = result[mode]
         assert r["verify"] <= tol, (mode, r["verify"])
         assert r["moved"] > 1e-2, (mode, r["moved"])
@@ -43,8 +46,9 @@ def check(result, tol, mlp):
         assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
     both = result["both"]["units"]["mha0"]
     assert len(both["key_dim"]) == len(both["value_dim"]) == tm.KEY_DIM // 2
-    assert "key_dim" not in result["heads"]["units"]["mha0"]
-    assert "mha0:heads" in result["heads"]["summary"]
+    if "heads" in result:
+        assert "key_dim" not in result["heads"]["units"]["mha0"]
+        assert "mha0:heads" in result["heads"]["summary"]
     row = next(l for l in result["both"]["summary"].splitlines() if l.startswith("mha1:key_dim"))
     assert row.split()[2:4] == [str(tm.KEY_DIM), str(tm.KEY_DIM // 2)]
     rtol = 1e-6 if tol <= 1e-8 else 5e-3
@@ -129,6 +133,8 @@ def test_keras3_transformer_prunes_heads_exactly(keras3, case):
 
 def test_keras3_robust_graphs(keras3):
     backend, dtype, results = keras3
+    if backend != "tensorflow":
+        pytest.skip("run on the TensorFlow backend only")
     for name in ("token_lstm", "composite"):
         r = results[name]
         assert "error" not in r, r.get("error")
@@ -137,5 +143,4 @@ def test_keras3_robust_graphs(keras3):
     assert results["token_lstm"]["deletions"] == ["dense", "emb", "lstm"]
     assert results["composite"]["carried"]
     assert "block" in results["composite"]["skipped"]
-    if backend == "tensorflow":
-        assert results["saved"] == 0.0
+    assert results["saved"] == 0.0
