@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from surgery.engine.adapters import adapter_for
+from surgery.errors import SurgeryError
 from surgery.engine.rules.base import concrete
 from surgery.engine.rules import (
     BLOCKING, CHANNELWISE, CONCAT, MERGE, MIXING, PRODUCER, RESHAPE, rule_for,
@@ -40,7 +41,9 @@ class ChannelGroup:
     the layers the channels pass through that keep weights per channel
     (BatchNormalization, DepthwiseConv2D, …) and read this group alone; ``blocks`` > 1
     when a grouped convolution reads or makes them, so channels must leave each of
-    ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so.
+    ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so. A group
+    with an ``axis`` holds units that no tensor carries, inside its one producer (the
+    ``"heads"`` of a MultiHeadAttention; see ``LayerRule.unit_axes``).
     """
 
     producers: list[str]
@@ -49,15 +52,23 @@ class ChannelGroup:
     blocks: int = 1
     skipped: Optional[str] = None
     channels: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict, repr=False)
+    axis: Optional[str] = None
 
     @property
     def name(self) -> str:
-        return self.producers[0] if self.producers else "<input>"
+        name = self.producers[0] if self.producers else "<input>"
+        return f"{name}:{self.axis}" if self.axis else name
 
     def member_channels(self, producer: str, positions) -> list[int]:
         """The producer's channel indices for the group channels at ``positions``."""
         rows = self.channels[producer]
         return sorted({c for i in positions for c in rows[int(i)]})
+
+
+def _width(shape) -> int:
+    """The size of a tensor's channel (last) axis; an unknown size (``None``, as in a
+    variable-length sequence of token ids) or a scalar counts as 1."""
+    return concrete(shape)[-1] if shape is not None and len(shape) else 1
 
 
 class _UnionFind:
@@ -96,6 +107,7 @@ class _Analysis:
         self.blocks: list[tuple[np.ndarray, int]] = []
         self.skipped_layers: dict[str, str] = {}
         self.calls: dict[str, list] = {}  # shared layer -> its first call's inbound ids
+        self.units: dict[str, ChannelGroup] = {}  # "layer:axis" -> its unit group
 
     def new(self, n: int, reason: Optional[str] = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -112,15 +124,23 @@ class _Analysis:
     def visit(self, node, inbound: list):
         info = node.info
         rule = rule_for(info)
-        out_size = int(info.output_shape[-1] or 1) if info.output_shape else 1
-        if rule is None:
-            reason = f"reaches {info.describe()}, which no layer rule supports"
-            for ids in inbound:
-                if ids is not None:
-                    self.skips.append((ids, reason))
-            if getattr(node.layer, "weights", None):
-                self.skipped_layers[info.name] = f"no layer rule for {info.class_name}"
-            return self.new(out_size, f"produced by {info.describe()}")
+        if rule is not None:
+            try:
+                return self._visit(node, info, rule, inbound)
+            except SurgeryError as err:  # a rule that cannot describe this call (a
+                problem = str(err)       # wrapper around a layer no rule knows)
+        else:
+            problem = f"no layer rule for {info.class_name}"
+        reason = f"reaches {info.describe()}, which no layer rule supports"
+        for ids in inbound:
+            if ids is not None:
+                self.skips.append((ids, reason))
+        if getattr(node.layer, "weights", None):
+            self.skipped_layers[info.name] = problem
+        return self.new(_width(info.output_shape), f"produced by {info.describe()}")
+
+    def _visit(self, node, info, rule, inbound: list):
+        out_size = _width(info.output_shape)
         flow = rule.flow_of(info)
         first = inbound[0] if inbound else None
         if getattr(node.layer, "weights", None) and inbound:  # a shared layer reads every call's channels
@@ -128,7 +148,12 @@ class _Analysis:
             for a, b in zip(seen, inbound if seen is not inbound else ()):
                 if a is not None and b is not None and len(a) == len(b):
                     self.unite([a, b])
+        for i, ids in enumerate(inbound):  # inputs deletions cannot reach (attention masks)
+            reason = rule.input_blocked(info, i) if ids is not None else None
+            if reason:
+                self.skips.append((ids, reason))
         if flow == PRODUCER:
+            self._units(info, rule)
             if info.name not in self.owner:
                 self.owner[info.name] = (self.uf.new(rule.channels(info)), info.name)
                 self.order.append(info.name)
@@ -167,6 +192,14 @@ class _Analysis:
         if flow == MIXING:
             self.skipped_layers[info.name] = reason
         return self.new(out_size, reason)
+
+    def _units(self, info, rule) -> None:
+        """One group per unit axis of the layer (its heads, its head widths)."""
+        for axis, size in rule.unit_axes(info).items():
+            group = ChannelGroup([info.name], int(size), axis=axis,
+                                 blocks=rule.unit_blocks(info, axis))
+            group.channels = {info.name: [[i] for i in range(int(size))]}
+            self.units.setdefault(group.name, group)
 
     def _reshaped(self, info, ids: np.ndarray) -> np.ndarray:
         full = np.broadcast_to(ids, concrete(info.input_shape[:-1]) + (len(ids),))
@@ -212,7 +245,7 @@ class _Analysis:
             if hits and all(h is not None and h[0] == hits[0][0] for h in hits) and \
                     [h[1] for h in hits] == list(range(result[hits[0][0]].size)):
                 result[hits[0][0]].followers.append(name)
-        return result
+        return result + list(self.units.values())
 
 
 def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
@@ -222,8 +255,7 @@ def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
     adapter.require_functional(model)
     analysis = _Analysis()
     values = adapter.walk(model, analysis.visit,
-                          lambda t: analysis.new(int(t.shape[-1]) if len(t.shape) else 1,
-                                                 "model input"))
+                          lambda t: analysis.new(_width(tuple(t.shape)), "model input"))
     for t in adapter.outputs(model):
         ids = values.get(adapter.key(t))
         if ids is not None:

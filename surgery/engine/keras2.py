@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from surgery._backend import keras, tf
 from surgery.errors import SurgeryError
+from surgery.engine import adapters
 from surgery.engine.rules import LayerInfo
+
 
 
 def require_functional(model) -> None:
@@ -77,7 +79,10 @@ class Node:
             class_name=type(layer).__name__, name=layer.name, config=layer.get_config(),
             input_shapes=[_shape(t) for t in self.inputs],
             output_shape=_shape(self.outputs[0]), op=getattr(layer, "symbol", None),
-            layer=layer, load_weights=layer.get_weights)
+            layer=layer, load_weights=layer.get_weights,
+            input_roles=adapters.input_roles(layer, self._node.call_args,
+                                             self._node.call_kwargs, self.inputs,
+                                             tf.nest.flatten))
 
     def call(self, layer, tensors: Sequence) -> list:
         """Call ``layer`` with this node's original arguments, its tensors replaced;
@@ -147,6 +152,11 @@ def new_layer(layer, config: Optional[dict] = None):
     return type(layer).from_config(layer.get_config() if config is None else config)
 
 
+def carried(layer):
+    """A copy of a layer that no cut touches (:func:`surgery.engine.adapters.carried`)."""
+    return adapters.carried(layer, new_layer)
+
+
 def set_weights(pairs: Iterable[tuple]) -> None:
     """Set ``(layer, weights)`` pairs in one batch (layers must be built)."""
     keras.backend.batch_set_value(
@@ -154,9 +164,10 @@ def set_weights(pairs: Iterable[tuple]) -> None:
 
 
 def clone(model) -> keras.Model:
-    """A copy of ``model`` with its own layers and the same weights."""
+    """A copy of ``model`` with its own layers and the same weights (a layer whose config
+    cannot rebuild it is :func:`carried` over, shared)."""
     try:
-        copy = keras.models.clone_model(model)
+        copy = keras.models.clone_model(model, clone_function=carried)
     except (TypeError, ValueError):  # e.g. ``0.5 * x`` in float64: clone_model recasts the
         return _replayed(model)      # constant to float32; replaying keeps the call's args
     copy.set_weights(model.get_weights())
@@ -170,8 +181,9 @@ def _replayed(model) -> keras.Model:
 
     def visit(node, tensors):
         if node.layer not in built:
-            built[node.layer] = new_layer(node.layer)
-            pairs.append((built[node.layer], node.layer.get_weights()))
+            built[node.layer] = carried(node.layer)
+            if built[node.layer] is not node.layer:
+                pairs.append((built[node.layer], node.layer.get_weights()))
         return node.call(built[node.layer], tensors)
 
     inputs = fresh_inputs(model)
