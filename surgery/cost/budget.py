@@ -4,7 +4,8 @@ This module owns :func:`plan_for_latency`, which ``surgery.plan(model, latency_t
 runtime=..., batch_size=..., threads=...)`` calls. It times the whole model once, measures
 (or reads from the cache) the tables of its prunable layers
 (:class:`surgery.cost.table.LatencyEstimator`), and lets the one allocation search of
-:mod:`surgery.pruning.budget` spend channels where they buy the most importance per second.
+:mod:`surgery.pruning.budget` (its greedy form, over all groups at once) spend channels
+where they buy the most importance per second.
 Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`) unless
 ``round_to`` is given. The plan is then checked by timing: the pruned model is built and
 timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds until the
@@ -52,15 +53,16 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                      round_to: Optional[int] = None, plan_fn: Optional[Callable] = None,
                      check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
                      corrections: int = DEFAULT_CORRECTIONS, cache_dir: Optional[str] = None,
-                     progress: bool = True, tables=None, **plan_kwargs):
+                     progress: bool = True, tables=None, whole: Optional[float] = None,
+                     **plan_kwargs):
     """A plan whose pruned model takes ``1 - latency_target`` of ``model``'s time in
     ``runtime`` at ``batch_size`` with ``threads`` (default: all cores).
 
     ``round_to``: kept widths are multiples of it (default: the SIMD block this CPU's
     runtime kernels use, 8 with AVX2 and 16 with AVX-512). ``check=False`` skips the timing
-    check (the plan then rests on the tables alone). ``tables`` (``{layer: LatencyTable}``,
-    with ``plan_kwargs['whole']`` absent: the whole model is still timed) replaces the
-    measured tables. Other ``plan_kwargs`` go to the plan search (criterion, policy, scope,
+    check (the plan then rests on the tables alone). ``tables`` (``{layer: LatencyTable}``)
+    and ``whole`` (the unpruned model's cost in the tables' unit) replace the measured
+    tables and whole-model time. Other ``plan_kwargs`` go to the plan search (criterion, policy, scope,
     min_channels, ignore, per_layer, data). ``settings`` records ``latency_target``,
     ``runtime``, ``runtime_version``, ``batch_size``, ``threads``, ``round_to`` and
     ``alignment`` (what was chosen, and why), ``latency_before``/``latency_after``
@@ -96,8 +98,9 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         alignment["chosen"] = "round_to given"
     start = time.perf_counter()
     flat = flattened(model)
-    original = rt.runners(flat, batch_size, threads)[0]
-    whole = interleaved({"original": original}, runs=5, min_seconds=0.3)["original"]
+    original = rt.runners(flat, batch_size, threads)[0] if check or whole is None else None
+    if whole is None:
+        whole = interleaved({"original": original}, runs=5, min_seconds=0.3)["original"]
     cache = TableCache(cpu_key(rt, flat, batch_size, threads), cache_dir)
     estimators: dict = {}
 
@@ -111,7 +114,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     def search(goal):
         return plan_for_budget(flat, goal, estimator, name="latency_target",
                                prefix="latency", plan_fn=plan_fn, round_to=round_to,
-                               **plan_kwargs)
+                               greedy=True, **plan_kwargs)
 
     goal, tried, best = latency_target, [], None
     for attempt in range(corrections + 1 if check else 1):

@@ -24,9 +24,9 @@ logger = logging.getLogger(__name__)
 #: timed runs of each micro-model (after one warm-up run)
 DEFAULT_REPEATS = 5
 #: micro-models converted together
-CHUNK = 48
+CHUNK = 128
 
-Entry = Tuple[str, object, int, int]  # (signature, LayerInfo, in width, out width)
+Entry = Tuple[str, object, int, int, tuple]  # (signature, LayerInfo, in, out, followers)
 
 
 def _config(info, out_channels: int) -> dict:
@@ -37,11 +37,40 @@ def _config(info, out_channels: int) -> dict:
     return config
 
 
-def signature(info, in_channels: int, out_channels: int) -> str:
+def signature(info, in_channels: int, out_channels: int, followers: Sequence = ()) -> str:
     """What a micro-model's time depends on, as a stable string."""
     shape = list(info.input_shapes[0][:-1]) + [int(in_channels)]
+    configs = [_config(info, out_channels)] + [
+        [f.class_name, _config(f, out_channels)] for f in followers]
     return f"{info.class_name}:{shape}->{int(out_channels)}:" + \
-        digest(json.loads(json.dumps(_config(info, out_channels), default=str)))
+        digest(json.loads(json.dumps(configs, default=str)))
+
+
+def cheap_followers(model) -> dict:
+    """``{layer name: [LayerInfo, ...]}``: the channel-wise calls without FLOPs of their
+    own (BatchNormalization, activations) that follow each layer alone, in a chain; a
+    runtime fuses them into the layer, so a micro-model times them with it."""
+    from surgery.engine.adapters import adapter_for
+    from surgery.engine.rules import CHANNELWISE, rule_for
+
+    nodes = [n for n in adapter_for(model).nodes(model) if not n.is_input]
+    users: dict = {}
+    for n in nodes:
+        for k in n.input_keys:
+            users.setdefault(k, []).append(n)
+    chains = {}
+    for n in nodes:
+        chain, current = [], n
+        while len(current.output_keys) == 1 and len(users.get(current.output_keys[0], [])) == 1:
+            nxt = users[current.output_keys[0]][0]
+            rule = rule_for(nxt.info)
+            if rule is None or rule.flow_of(nxt.info) != CHANNELWISE or rule.flops(nxt.info) \
+                    or not measurable(nxt.info) or len(nxt.input_keys) != 1:
+                break
+            chain.append(nxt.info)
+            current = nxt
+        chains[n.info.name] = chain
+    return chains
 
 
 def measurable(info) -> bool:
@@ -50,13 +79,17 @@ def measurable(info) -> bool:
         and len(info.input_shapes[0]) >= 1 and None not in tuple(info.input_shapes[0])
 
 
-def micro_layer(info, in_channels: int, out_channels: int, keras, index: int = 0):
-    """``(input tensor, output tensor)`` of a fresh copy of ``info``'s layer at these widths."""
+def micro_layer(info, in_channels: int, out_channels: int, keras, index: int = 0,
+                followers: Sequence = ()):
+    """``(input tensor, output tensor)`` of a fresh copy of ``info``'s layer at these
+    widths, followed by fresh copies of its ``followers``."""
     shape = tuple(int(d) for d in info.input_shapes[0][:-1]) + (int(in_channels),)
     x = keras.Input(shape, name=f"micro_in_{index}")
-    config = dict(info.config, **_config(info, out_channels), name=f"micro_{index}")
-    layer = type(info.layer).from_config(config)
-    return x, layer(x)
+    y = x
+    for k, call in enumerate([info, *followers]):
+        config = dict(call.config, **_config(call, out_channels), name=f"micro_{index}_{k}")
+        y = type(call.layer).from_config(config)(y)
+    return x, y
 
 
 def measure(entries: Sequence[Entry], runtime, batch: int, threads: int, cache: TableCache,
@@ -66,12 +99,12 @@ def measure(entries: Sequence[Entry], runtime, batch: int, threads: int, cache: 
     from tqdm.auto import tqdm
 
     seconds, missing = {}, {}
-    for sig, info, i, o in entries:
+    for sig, info, i, o, after in entries:
         if sig in seconds or sig in missing:
             continue
         value = cache.get(sig)
         if value is None:
-            missing[sig] = (info, i, o)
+            missing[sig] = (info, i, o, after)
         else:
             seconds[sig] = value
     if not missing:
@@ -84,8 +117,8 @@ def measure(entries: Sequence[Entry], runtime, batch: int, threads: int, cache: 
         for first in range(0, len(todo), CHUNK):
             chunk = todo[first:first + CHUNK]
             ins, outs = [], []
-            for k, (sig, (info, i, o)) in enumerate(chunk):
-                x, y = micro_layer(info, i, o, keras, first + k)
+            for k, (sig, (info, i, o, after)) in enumerate(chunk):
+                x, y = micro_layer(info, i, o, keras, first + k, after)
                 ins.append(x)
                 outs.append(y)
             runners = runtime.runners(keras.Model(ins, outs), batch, threads, branches=True)

@@ -1,8 +1,8 @@
 """Latency as a cost over group widths: measured tables, interpolated between grid widths.
 
 This module owns :class:`LatencyTable` (one layer call's seconds on a grid of input and
-output widths, interpolated piecewise-linearly in each width and held constant outside the
-grid) and :class:`LatencyEstimator`, the latency form of
+output widths, interpolated piecewise-linearly in each width, extended linearly below the
+grid and never negative) and :class:`LatencyEstimator`, the latency form of
 :class:`surgery.pruning.budget.WidthModel`: the pruned model's predicted seconds are the
 whole original model's measured seconds minus, for every call whose widths change, what
 its table says the call saves (``T(full widths) - T(kept widths)``). Calls that follow one
@@ -11,8 +11,8 @@ different groups a 3 × 3 grid, calls with no prunable width none at all. Tables
 :func:`surgery.cost.micro.measure` (cached on disk) or, in tests, are given by hand.
 
 >>> t = LatencyTable([8, 16], [8, 16], [[1.0, 2.0], [3.0, 4.0]])
->>> float(t(12, 12)), float(t(4, 32))
-(2.5, 2.0)
+>>> float(t(12, 12)), float(t(8, 32)), float(t(4, 8))
+(2.5, 2.0, 0.0)
 """
 from __future__ import annotations
 
@@ -26,14 +26,15 @@ from surgery.pruning.budget import WidthModel, call_widths
 logger = logging.getLogger(__name__)
 
 #: grid fractions of a width that one-dimensional tables measure
-FRACTIONS_1D = (1.0, 0.75, 0.5, 0.3, 0.12)
-#: ... and two-dimensional ones (in each width)
-FRACTIONS_2D = (1.0, 0.55, 0.2)
+FRACTIONS_1D = (1.0, 0.6, 0.25)
+#: ... and two-dimensional ones (in each width); beyond the grid, tables extrapolate
+FRACTIONS_2D = (1.0, 0.4)
 
 
 def _weights(grid: np.ndarray, x: np.ndarray):
-    """Indices and weights of the grid points around each ``x`` (clamped at the ends)."""
-    x = np.clip(x, grid[0], grid[-1])
+    """Indices and weights of the grid points around each ``x`` (the end segments extend
+    linearly down to width 0; above the grid, the last value holds)."""
+    x = np.clip(x, 0, grid[-1])
     hi = np.clip(np.searchsorted(grid, x), 1, max(len(grid) - 1, 1))
     lo = hi - 1
     if len(grid) == 1:
@@ -59,8 +60,8 @@ class LatencyTable:
         a0, a1, wa = _weights(self.ins, i)
         b0, b1, wb = _weights(self.outs, o)
         s = self.seconds
-        return ((1 - wa) * (1 - wb) * s[a0, b0] + (1 - wa) * wb * s[a0, b1]
-                + wa * (1 - wb) * s[a1, b0] + wa * wb * s[a1, b1])
+        return np.maximum((1 - wa) * (1 - wb) * s[a0, b0] + (1 - wa) * wb * s[a0, b1]
+                          + wa * (1 - wb) * s[a1, b0] + wa * wb * s[a1, b1], 0.0)
 
 
 class LatencyEstimator(WidthModel):
@@ -69,6 +70,7 @@ class LatencyEstimator(WidthModel):
     ``whole``: measured seconds of the unpruned model; ``tables``: ``{call name:
     LatencyTable}`` given by hand, or ``None`` to measure them (``runtime``, ``batch``,
     ``threads``, ``block``: the grid's width step, ``cache``: a :class:`TableCache`).
+    Predictions never fall below ``floor`` of ``whole``.
 
     Example::
 
@@ -97,6 +99,7 @@ class LatencyEstimator(WidthModel):
 
         plans = {}
         entries = []
+        chains = micro.cheap_followers(model)
         for info, rule, in_row, out_row in self.calls:
             if not (np.any(in_row[:-1]) or np.any(out_row[:-1])) or not micro.measurable(info):
                 continue
@@ -113,8 +116,9 @@ class LatencyEstimator(WidthModel):
                 ins = micro.widths(i0, block, FRACTIONS_2D)
                 outs = micro.widths(o0, block, FRACTIONS_2D)
                 pairs = [[(i, o) for o in outs] for i in ins]
-            sigs = [[micro.signature(info, i, o) for i, o in row] for row in pairs]
-            entries += [(s, info, i, o) for srow, prow in zip(sigs, pairs)
+            after = tuple(chains.get(info.name, ()))
+            sigs = [[micro.signature(info, i, o, after) for i, o in row] for row in pairs]
+            entries += [(s, info, i, o, after) for srow, prow in zip(sigs, pairs)
                         for s, (i, o) in zip(srow, prow)]
             plans[info.name] = (ins, outs, tied, i0, o0, sigs)
         if not entries:
@@ -135,6 +139,10 @@ class LatencyEstimator(WidthModel):
         saved = self._full - sum(t(i[..., k], o[..., k]) for k, t in self._used) \
             if self._used else np.zeros(np.shape(i)[:-1])
         return np.maximum(self.total - saved, self.floor * self.total)
+
+    def summary(self) -> dict:
+        """How much of the whole model's time the tables cover."""
+        return dict(whole=self.total, tables=len(self._used), covered=self._full)
 
 
 class _Tied(LatencyTable):

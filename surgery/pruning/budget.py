@@ -244,12 +244,15 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
                     name: str = "flops_target", prefix: str = "flops",
                     plan_fn: Optional[Callable] = None, tolerance: float = DEFAULT_TOLERANCE,
                     max_ratio: float = DEFAULT_MAX_RATIO, iterations: int = 14,
-                    at_least: bool = False, **plan_kwargs):
+                    at_least: bool = False, greedy: bool = False, **plan_kwargs):
     """A plan removing ``target`` of the cost that ``estimator(flat_model, unpruned_plan)``
     (a :class:`WidthModel`) gives, by the search in this module's docstring. ``name`` is the
     argument the caller set (for messages); ``settings`` records ``<prefix>_target``,
     ``<prefix>_removed``, ``<prefix>_reachable``, ``<prefix>_before``, ``<prefix>_after``
-    and ``ratio`` (see :func:`plan_for_flops`, its FLOPs form).
+    and ``ratio`` (see :func:`plan_for_flops`, its FLOPs form). With ``greedy``, the
+    uniform-ratio bracketing is skipped: the fill runs from the unpruned plan toward
+    ``max_ratio`` in every group, so channels go wherever they buy the least importance
+    per unit of cost (a knapsack over all groups, as HALP does).
 
     Example::
 
@@ -293,7 +296,7 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
     lo, hi = 0.0, max_ratio
     hi_plan = make(hi)
     lo_cut, hi_cut = 0.0, removed(hi_plan)
-    if hi_cut >= target:
+    if hi_cut >= target and not greedy:
         for _ in range(iterations):
             mid = (lo + hi) / 2
             p = make(mid)
@@ -305,7 +308,7 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
                 lo, lo_plan, lo_cut = mid, p, cut
             if hi_cut - lo_cut < tolerance / 4:
                 break
-    else:
+    elif not greedy:
         lo, lo_plan, lo_cut = hi, hi_plan, hi_cut
 
     def enough(cut: float) -> bool:  # at or above the target, by at most the tolerance
