@@ -157,3 +157,23 @@ def test_budget_that_cannot_be_met(tmp_path):
         plan_for_latency(_model(), 0.6, runtime="tensorflow", threads=1, tables=tables,
                          whole=100.0,
                          check=False, cache_dir=str(tmp_path))
+
+
+def test_cli_latency_target(tmp_path, monkeypatch, capsys):
+    import prune_and_finetune as pf
+
+    monkeypatch.setenv("SURGERY_COST_CACHE", str(tmp_path / "tables"))
+    monkeypatch.setattr("surgery.cost.budget.DEFAULT_CORRECTIONS", 0)  # one timing check
+    tiny = ["--model", "lenet5", "--image-size", "16", "--baseline-epochs", "1",
+            "--finetune-epochs", "1", "--quiet", "--batch-size", "64", "--no-plots"]
+    assert pf.main(tiny + ["--latency-target", "1.5"]) == 2
+    assert "--latency-target" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert pf.main(tiny + ["--latency-target", "0.3", "--runtime", "tensorflow",
+                           "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency_target"] == 0.3 and report["runtime"] == "tensorflow"
+    assert report["latency_before"] > 0 and report["latency_after"] > 0
+    assert report["flops_after"] < report["flops_before"]
+    assert "latency removed (measured)" in (out / "report.md").read_text()
+    assert os.listdir(tmp_path / "tables")

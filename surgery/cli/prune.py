@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flops-target", type=float, default=0.5,
                    help="fraction of FLOPs to remove: at least this, and within 2 points "
                         "where the model's channels allow (ignored when --ratio is given)")
+    g.add_argument("--latency-target", type=float, default=None,
+                   help="fraction of measured latency to remove in --runtime (instead of "
+                        "--flops-target), e.g. 0.5 for twice as fast")
+    g.add_argument("--runtime", default="onnxruntime",
+                   choices=("onnxruntime", "tflite", "tensorflow"),
+                   help="runtime --latency-target is measured in")
+    g.add_argument("--latency-batch-size", type=int, default=1,
+                   help="batch size --latency-target is measured at (the deployed one)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="threads --latency-target is measured with (default: all cores)")
     g.add_argument("--max-ratio", type=float, default=0.9,
                    help="largest uniform channel ratio the --flops-target search may use")
     g.add_argument("--scope", default="global", choices=("local", "global"),

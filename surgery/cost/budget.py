@@ -52,7 +52,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                      batch_size: int = 1, threads: Optional[int] = None,
                      round_to: Optional[int] = None, plan_fn: Optional[Callable] = None,
                      check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-                     corrections: int = DEFAULT_CORRECTIONS, cache_dir: Optional[str] = None,
+                     corrections: Optional[int] = None, cache_dir: Optional[str] = None,
                      progress: bool = True, tables=None, whole: Optional[float] = None,
                      **plan_kwargs):
     """A plan whose pruned model takes ``1 - latency_target`` of ``model``'s time in
@@ -87,6 +87,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     from surgery.pruning.execution import apply
 
     check_model(model, "plan")
+    corrections = DEFAULT_CORRECTIONS if corrections is None else corrections
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
     threads = threads or default_threads()
     block = simd_block()
