@@ -79,7 +79,8 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
                              progress=False)
     s = p.settings
     assert s["latency_target"] == 0.4 and s["runtime"] == "onnxruntime"
-    assert s["round_to"] == surgery.cost.simd_block() and s["alignment"]["simd_block"] in (4, 8, 16)
+    assert s["round_to"] == surgery.cost.simd_block()
+    assert s["alignment"]["simd_block"] in (4, 8, 16)
     assert s["latency_before"] > 0 and s["latency_after"] > 0
     assert s["latency_removed"] == pytest.approx(1 - s["latency_after"] / s["latency_before"],
                                                  abs=0.05)
@@ -123,15 +124,14 @@ def test_measured_tables_are_keyed_and_cached(tmp_path):
     again, cache2 = measure(1, 1)
     assert cache2.misses == 0 and cache2.hits == cache.misses
     assert again.tables["b"].seconds.tolist() == t.seconds.tolist()
-    _, other = measure(1, 2)
-    assert other.path != cache.path and other.hits == 0
-    _, other = measure(2, 1)
-    assert other.path != cache.path and other.hits == 0
+    some = next(iter(stored["entries"]))
+    for batch, threads in ((1, 2), (2, 1)):  # another setting: another table, no entries
+        other = TableCache(cpu_key(rt, model, batch, threads), str(tmp_path))
+        assert other.path != cache.path and other.get(some) is None
     # a file whose recorded key differs (edited, or a hash collision) is not reused
     doctored = dict(stored, key=dict(stored["key"], threads=99))
     open(cache.path, "w").write(json.dumps(doctored))
-    assert TableCache(cpu_key(rt, model, 1, 1), str(tmp_path)).get(
-        next(iter(stored["entries"]))) is None
+    assert TableCache(cpu_key(rt, model, 1, 1), str(tmp_path)).get(some) is None
 
 
 def test_errors_name_the_argument_and_the_way_out(monkeypatch):

@@ -10,8 +10,9 @@ Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`) unless
 ``round_to`` is given. The plan is then checked by timing: the pruned model is built and
 timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds until the
 ratio is stable to 2 points); while the measured cut misses the target by more than
-``tolerance``, the search target is corrected by the miss and the plan made again. Then
-it warns with what it reached. ``plan.settings`` says what was asked, chosen and measured.
+``tolerance``, the tables' predicted savings are scaled by what the timing showed
+(measured cut / predicted cut) and the plan made again. Then it warns with what it
+reached. ``plan.settings`` says what was asked, chosen and measured.
 """
 from __future__ import annotations
 
@@ -62,14 +63,16 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     runtime kernels use, 8 with AVX2 and 16 with AVX-512). ``check=False`` skips the timing
     check (the plan then rests on the tables alone). ``tables`` (``{layer: LatencyTable}``)
     and ``whole`` (the unpruned model's cost in the tables' unit) replace the measured
-    tables and whole-model time. Other ``plan_kwargs`` go to the plan search (criterion, policy, scope,
+    tables and whole-model time. Other ``plan_kwargs`` go to the plan search (criterion,
+    policy, scope,
     min_channels, ignore, per_layer, data). ``settings`` records ``latency_target``,
     ``runtime``, ``runtime_version``, ``batch_size``, ``threads``, ``round_to`` and
     ``alignment`` (what was chosen, and why), ``latency_before``/``latency_after``
     (measured seconds), ``latency_removed`` (measured), ``latency_predicted`` (what the
     tables predicted), ``latency_stability`` (how much the ratio moved in the last timing
-    round), ``latency_rounds`` and ``latency_checks`` (``[search target, measured cut]``
-    of each plan tried).
+    round), ``latency_rounds``, ``latency_checks`` (``[predicted cut, measured cut, scale]``
+    of each plan tried) and ``latency_scale`` (the factor the timing check put on the
+    tables' predicted savings).
 
     Example::
 
@@ -115,41 +118,46 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     def search(goal):
         return plan_for_budget(flat, goal, estimator, name="latency_target",
                                prefix="latency", plan_fn=plan_fn, round_to=round_to,
-                               greedy=True, **plan_kwargs)
+                               greedy=True, quiet=check, **plan_kwargs)
 
-    goal, tried, best = latency_target, [], None
+    tried, best, unreachable = [], None, False
     for attempt in range(corrections + 1 if check else 1):
-        p = search(goal)
-        if not p.settings["latency_reachable"] and \
-                p.settings["latency_removed"] < latency_target - tolerance:
-            raise SurgeryError(
-                f"latency_target={latency_target}: even the deepest plan removes only "
-                f"{p.settings['latency_removed']:.1%} of the latency of model "
-                f"'{model.name}' in {rt.name} (predicted); ask for less, or free more "
-                "channels (smaller min_channels, fewer ignore= layers, round_to=1)")
-        p.settings["latency_predicted"] = p.settings["latency_removed"]
+        p = search(latency_target)
+        predicted = p.settings["latency_removed"]
+        p.settings["latency_predicted"] = predicted
+        unreachable = not p.settings["latency_reachable"] and \
+            predicted < latency_target - tolerance
         if not check:
+            if unreachable:
+                _unreachable(latency_target, f"{predicted:.1%} (predicted)", model, rt)
             best = (p, None)
             break
         pruned = apply(flat, p) if p.deletions else flat
         timed = compare(flat, pruned, runners={
             "original": original, "pruned": rt.runners(pruned, batch_size, threads)[0]})
         reached = 1.0 - timed["ratio"]
-        tried.append([round(goal, 4), round(reached, 4)])
-        logger.info("latency_target=%.3f: plan for %.3f removes %.1f%% measured (%.1f%% "
-                    "predicted)", latency_target, goal, 100 * reached,
-                    100 * p.settings["latency_predicted"])
+        scale = estimators["est"].scale
+        tried.append([round(predicted, 4), round(reached, 4), round(scale, 4)])
+        logger.info("latency_target=%.3f: the plan removes %.1f%% measured, %.1f%% predicted",
+                    latency_target, 100 * reached, 100 * predicted)
         if best is None or abs(reached - latency_target) < \
                 abs(1.0 - best[1]["ratio"] - latency_target):
             best = (p, timed)
         if abs(reached - latency_target) <= tolerance:
             break
-        goal = min(max(goal + (latency_target - reached), 0.01), 0.95)
+        # the tables miss what they do not cover (layout changes, memory traffic): scale
+        # their predicted savings by what the timing showed, and plan again
+        if predicted > 0.005 and reached > 0.005:
+            estimators["est"].scale = scale * min(max(reached / predicted, 0.33), 3.0)
+    if best[1] is not None and unreachable and \
+            1.0 - best[1]["ratio"] < latency_target - tolerance:
+        _unreachable(latency_target, f"{1.0 - best[1]['ratio']:.1%} (measured)", model, rt)
     p, timed = best
     p.settings.update(
         latency_target=float(latency_target), runtime=rt.name,
         runtime_version=rt.version(flat), batch_size=int(batch_size), threads=int(threads),
         round_to=int(round_to), alignment=alignment, latency_checks=tried,
+        latency_scale=round(estimators["est"].scale, 4),
         plan_seconds=round(time.perf_counter() - start, 2),
         cost_table=dict(path=cache.path, measured=cache.misses, cached=cache.hits))
     if timed is not None:
@@ -165,3 +173,10 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                 "too coarse", latency_target, 100 * (1.0 - timed["ratio"]), rt.name,
                 batch_size, threads, len(tried), 100 * tolerance)
     return p
+
+
+def _unreachable(target, reached: str, model, rt):
+    raise SurgeryError(
+        f"latency_target={target}: even the deepest plan removes only {reached} of the "
+        f"latency of model '{model.name}' in {rt.name}; ask for less, or free more channels "
+        "(smaller min_channels, fewer ignore= layers, round_to=1)")

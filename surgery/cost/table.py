@@ -87,6 +87,7 @@ class LatencyEstimator(WidthModel):
         super().__init__(model, plan)
         self.total = float(whole)
         self.floor = floor
+        self.scale = 1.0  # on the predicted savings (the timing check calibrates it)
         self.tables = dict(tables) if tables is not None else \
             self._measure(model, runtime, batch, threads, block, cache, progress)
         self._used = [(k, self.tables[info.name]) for k, (info, *_r) in enumerate(self.calls)
@@ -136,8 +137,9 @@ class LatencyEstimator(WidthModel):
 
     def cost(self, kept):
         i, o = self.channels(kept)
-        saved = self._full - sum(t(i[..., k], o[..., k]) for k, t in self._used) \
-            if self._used else np.zeros(np.shape(i)[:-1])
+        now = sum(t(i[..., k], o[..., k]) for k, t in self._used) if self._used else \
+            np.full(np.shape(i)[:-1], self._full)
+        saved = self.scale * (self._full - now)
         return np.maximum(self.total - saved, self.floor * self.total)
 
     def summary(self) -> dict:

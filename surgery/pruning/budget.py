@@ -244,7 +244,8 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
                     name: str = "flops_target", prefix: str = "flops",
                     plan_fn: Optional[Callable] = None, tolerance: float = DEFAULT_TOLERANCE,
                     max_ratio: float = DEFAULT_MAX_RATIO, iterations: int = 14,
-                    at_least: bool = False, greedy: bool = False, **plan_kwargs):
+                    at_least: bool = False, greedy: bool = False, quiet: bool = False,
+                    **plan_kwargs):
     """A plan removing ``target`` of the cost that ``estimator(flat_model, unpruned_plan)``
     (a :class:`WidthModel`) gives, by the search in this module's docstring. ``name`` is the
     argument the caller set (for messages); ``settings`` records ``<prefix>_target``,
@@ -252,7 +253,8 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
     and ``ratio`` (see :func:`plan_for_flops`, its FLOPs form). With ``greedy``, the
     uniform-ratio bracketing is skipped: the fill runs from the unpruned plan toward
     ``max_ratio`` in every group, so channels go wherever they buy the least importance
-    per unit of cost (a knapsack over all groups, as HALP does).
+    per unit of cost (a knapsack over all groups, as HALP does). ``quiet`` logs a missed
+    target at debug level (a caller that corrects the target itself warns).
 
     Example::
 
@@ -341,7 +343,8 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
         f"{prefix}_reachable": bool(hi_cut >= target),
         f"{prefix}_before": reference, f"{prefix}_after": est.cost_of_plan(best)})
     if abs(best_cut - target) > tolerance:
-        logger.warning(
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "%s=%.3f: the nearest plan removes %.1f%% of %s (%.4g of %.4g), more than %.0f "
             "points away; model '%s' has too few channels (or round_to/min_channels/ignore "
             "leave too few) to land closer", name, target, 100 * best_cut, est.unit,
