@@ -79,7 +79,7 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
                              progress=False)
     s = p.settings
     assert s["latency_target"] == 0.4 and s["runtime"] == "onnxruntime"
-    assert s["round_to"] == surgery.cost.simd_block()
+    assert s["round_to"] == surgery.cost.simd_block()  # given tables: no probes
     assert s["alignment"]["simd_block"] in (4, 8, 16)
     assert s["latency_before"] > 0 and s["latency_after"] > 0
     assert s["latency_removed"] == pytest.approx(1 - s["latency_after"] / s["latency_before"],

@@ -6,7 +6,8 @@ runtime=..., batch_size=..., threads=...)`` calls. It times the whole model once
 (:class:`surgery.cost.table.LatencyEstimator`), and lets the one allocation search of
 :mod:`surgery.pruning.budget` (its greedy form, over all groups at once) spend channels
 where they buy the most importance per second.
-Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`) unless
+Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`), or to twice it
+where probes show the finer step does not pay (:mod:`surgery.cost.alignment`), unless
 ``round_to`` is given. The plan is then checked by timing: the pruned model is built and
 timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds until the
 ratio is stable to 2 points); while the measured cut misses the target by more than
@@ -60,7 +61,8 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     ``runtime`` at ``batch_size`` with ``threads`` (default: all cores).
 
     ``round_to``: kept widths are multiples of it (default: the SIMD block this CPU's
-    runtime kernels use, 8 with AVX2 and 16 with AVX-512). ``check=False`` skips the timing
+    runtime kernels use, 8 with AVX2 and 16 with AVX-512, or twice it where measured
+    probes show that pays). ``check=False`` skips the timing
     check (the plan then rests on the tables alone). ``tables`` (``{layer: LatencyTable}``)
     and ``whole`` (the unpruned model's cost in the tables' unit) replace the measured
     tables and whole-model time. Other ``plan_kwargs`` go to the plan search (criterion,
@@ -96,10 +98,6 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     block = simd_block()
     alignment = dict(simd_block=block, cpu=[f for f in cpu_features() if "avx" in f or
                                             f in ("neon", "asimd", "sve")])
-    if round_to is None:
-        round_to, alignment["chosen"] = block, "SIMD block of this CPU"
-    else:
-        alignment["chosen"] = "round_to given"
     start = time.perf_counter()
     flat = flattened(model)
     original = rt.runners(flat, batch_size, threads)[0] if check or whole is None else None
@@ -114,6 +112,25 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                 m, plan0, whole=whole, tables=tables, runtime=rt, batch=batch_size,
                 threads=threads, block=block, cache=cache, progress=progress)
         return estimators["est"]
+
+    if round_to is None and tables is None:  # measure whether twice the block pays
+        from surgery.cost.alignment import choose_alignment
+        from surgery.cost.runtimes import _keras_of
+
+        if plan_fn is None:
+            from surgery.pruning.planning import plan as plan_fn
+        plan0 = plan_fn(flat, ratio=0.0, ignore=plan_kwargs.get("ignore", ()),
+                        criterion="l1")
+        probe = choose_alignment(estimator(flat, plan0), rt, batch_size, threads, cache,
+                                 block, _keras_of(flat), progress=progress)
+        round_to = probe["round_to"]
+        alignment.update(probes=probe["probes"], chosen=f"measured: {round_to} pays" if
+                         round_to > block else "SIMD block of this CPU (measured: a coarser "
+                         "step does not pay)")
+    elif round_to is None:
+        round_to, alignment["chosen"] = block, "SIMD block of this CPU"
+    else:
+        alignment["chosen"] = "round_to given"
 
     def search(goal):
         return plan_for_budget(flat, goal, estimator, name="latency_target",

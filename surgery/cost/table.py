@@ -86,6 +86,7 @@ class LatencyEstimator(WidthModel):
                  progress: bool = True, floor: float = 0.05):
         super().__init__(model, plan)
         self.total = float(whole)
+        self.model = model
         self.floor = floor
         self.scale = 1.0  # on the predicted savings (the timing check calibrates it)
         self.tables = dict(tables) if tables is not None else \
