@@ -177,3 +177,44 @@ def test_cli_latency_target(tmp_path, monkeypatch, capsys):
     assert report["flops_after"] < report["flops_before"]
     assert "latency removed (measured)" in (out / "report.md").read_text()
     assert os.listdir(tmp_path / "tables")
+
+
+KERAS3_CASE = r'''
+import json, sys
+import keras
+import numpy as np
+import surgery
+from surgery.cost.budget import plan_for_latency
+inputs = keras.Input((12, 12, 3))
+h = keras.layers.Conv2D(32, 3, padding="same", name="a")(inputs)
+h = keras.layers.BatchNormalization(name="a_bn")(h)
+h = keras.layers.ReLU(name="a_relu")(h)
+h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="b")(h)
+m = keras.Model(inputs, keras.layers.Dense(3, name="head")(
+    keras.layers.GlobalAveragePooling2D()(h)))
+p = plan_for_latency(m, 0.4, runtime="onnxruntime", batch_size=2, threads=1, round_to=8,
+                     check=False, cache_dir=sys.argv[1], progress=False)
+x = np.random.default_rng(0).random((2, 12, 12, 3)).astype("float32")
+small = surgery.apply(m, p)
+print("RESULT " + json.dumps(dict(
+    tables=p.settings["cost_table"]["measured"], deletions=len(p.deletions),
+    version=p.settings["runtime_version"], diff=float(surgery.verify(m, small, p, x)),
+    keras3=type(small).__module__.startswith("keras.src"))))
+'''
+
+
+def test_keras3_tables_through_model_export(tmp_path):
+    """Keras 3 (TensorFlow backend): micro-models go to ONNX through ``model.export``."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["KERAS_BACKEND"] = "tensorflow"
+    proc = subprocess.run([sys.executable, "-c", KERAS3_CASE, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["keras3"] and result["tables"] > 0 and result["deletions"] > 0
+    assert "keras3." in result["version"] and result["diff"] <= 1e-5

@@ -117,6 +117,9 @@ class OnnxRuntime(Runtime):
 
         from surgery.pipeline.onnx_export import export_onnx
 
+        if _is_keras3(model):  # Keras 3 exports only a model that has been called
+            xs = [_batch(t.shape[1:], 1) for t in model.inputs]
+            model(xs if len(xs) > 1 else xs[0], training=False)
         with tempfile.TemporaryDirectory(prefix="surgery-cost-") as folder:
             path = export_onnx(model, os.path.join(folder, "m.onnx"))
             return onnx.load(path)
