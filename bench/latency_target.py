@@ -13,7 +13,10 @@ makes two plans:
 It then times the original and both pruned models interleaved, run by run, in one process
 (medians after warm-up, :func:`surgery.cost.timing.interleaved`) and prints a markdown
 table of latency ratios (pruned / original: a target of 0.5 asks for 0.50), next to what
-the latency plan's own check measured, and the planning times.
+the latency plan's own check measured (its ratio, and how much the ratio moved in its last
+timing round), and the planning times: the first target of each setting plans with a
+fresh table folder (measuring the tables; later targets reuse them), then plans again with
+the tables cached. Models are tf-keras (Keras 2) ``keras.applications``.
 
 Run (the full grid; on a quiet machine)::
 

@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest uniform channel ratio the --flops-target search may use")
     g.add_argument("--scope", default="global", choices=("local", "global"),
                    help="rank channels within each group (local) or across groups (global)")
-    g.add_argument("--round-to", type=int, default=1, help="kept widths are multiples of this")
+    g.add_argument("--round-to", type=int, default=1,
+                   help="kept widths are multiples of this (with --latency-target, the "
+                        "default 1 lets the plan measure the runtime's best alignment)")
     g.add_argument("--min-channels", type=int, default=2, help="never keep fewer channels")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=int, default=30, help="fine-tuning epochs")
