@@ -165,7 +165,8 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         # the tables miss what they do not cover (layout changes, memory traffic): scale
         # their predicted savings by what the timing showed, and plan again
         if predicted > 0.005 and reached > 0.005:
-            estimators["est"].scale = scale * min(max(reached / predicted, 0.33), 3.0)
+            estimators["est"].scale = min(max(scale * min(max(reached / predicted, 0.33),
+                                                          3.0), 0.2), 5.0)
     if best[1] is not None and unreachable and \
             1.0 - best[1]["ratio"] < latency_target - tolerance:
         _unreachable(latency_target, f"{1.0 - best[1]['ratio']:.1%} (measured)", model, rt)
