@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional
@@ -149,17 +148,11 @@ def tflite_runner(content: bytes, batch: int, threads: int) -> Callable[[], None
 
 def interleaved_medians(runners: Dict[str, Callable[[], None]], runs: int, warmup: int,
                         desc: str) -> Dict[str, float]:
-    """Median seconds per call of each runner, the runners taking turns run by run."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    times: Dict[str, List[float]] = {name: [] for name in runners}
-    for _ in tqdm(range(runs), desc=desc, leave=False):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median seconds per call of each runner, the runners taking turns run by run
+    (:func:`surgery.cost.timing.interleaved`, which the latency budgets time with too)."""
+    from surgery.cost.timing import interleaved
+
+    return interleaved(runners, runs=runs, warmup=warmup)
 
 
 # ----------------------------------------------------------------------------- report

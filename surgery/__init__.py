@@ -50,6 +50,7 @@ _LAZY = {
     "size_table_markdown": "surgery.pipeline.export",
     "sensitivity": "surgery.pipeline.sensitivity",
     "accuracy_vs_flops": "surgery.pipeline.sensitivity",
+    "model_latency": "surgery.cost.timing",
 }
 
 __all__ = [
@@ -65,6 +66,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name == "cost":  # the measured cost models: runtimes, tables, timing
+        return importlib.import_module("surgery.cost")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

@@ -72,6 +72,27 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
     return p.settings["ratio"], p, (surgery.apply(model, p) if p.deletions else model)
 
 
+def plan_latency_target(model, args, data):
+    """``surgery.plan(latency_target=--latency-target, runtime=--runtime, ...)`` and the
+    pruned model; returns ``(plan, pruned_model)``."""
+    kwargs = _plan_kwargs(args, _cached_criterion(args.criterion), data)
+    if args.round_to == 1:  # the default: let the latency budget choose the alignment
+        kwargs.pop("round_to")
+    p = surgery.plan(model, latency_target=args.latency_target, runtime=args.runtime,
+                     batch_size=args.latency_batch_size, threads=args.threads, **kwargs)
+    return p, (surgery.apply(model, p) if p.deletions else model)
+
+
+def latency_report(plans) -> dict:
+    """The report's latency keys, from the plan's timing check."""
+    s = plans[0].settings
+    return dict(latency_target=s["latency_target"], runtime=s["runtime"],
+                latency_batch_size=s["batch_size"], latency_threads=s["threads"],
+                latency_before=s.get("latency_before"), latency_after=s.get("latency_after"),
+                latency_removed=s.get("latency_removed"),
+                latency_stability=s.get("latency_stability"), latency_round_to=s["round_to"])
+
+
 def _prune_once(model, args, data, flops_ref, removed_target=None, ratio=None, scope=None,
                 check_only=False):
     crit = _cached_criterion(args.criterion)

@@ -29,7 +29,7 @@ from surgery.cli import usage
 from surgery.cli._kit import Kit, UsageError, kit_for_process
 from surgery.cli._workers import artifact_folder, is_chief, worker_name
 from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _prune_once,
-                                   plan_flops_target)
+                                   latency_report, plan_flops_target, plan_latency_target)
 from surgery.pruning import criteria as _criteria
 from surgery.pipeline.artifacts import write_plots, write_tflite
 from surgery.pipeline.resume import RunFolder
@@ -93,6 +93,11 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--ratio must be in (0, 1), got {args.ratio}")
     if args.ratio is None and not 0.0 < args.flops_target < 1.0:
         raise UsageError(f"--flops-target must be in (0, 1), got {args.flops_target}")
+    latency = getattr(args, "latency_target", None)
+    if latency is not None and (not 0.0 < latency < 1.0 or args.ratio is not None
+                                or args.iterative > 1 or args.layerwise):
+        raise UsageError(f"--latency-target must be in (0, 1) and comes without --ratio, "
+                         f"--iterative and --layerwise, got {latency}")
     if not 0.0 < args.max_ratio < 1.0:
         raise UsageError(f"--max-ratio must be in (0, 1), got {args.max_ratio}")
     if args.criterion not in _criteria.CRITERIA:
@@ -216,7 +221,8 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
         base = kit.clone_into(loaded, strategy)
     kit.set_bn_momentum(base, momentum)
     flops_before = surgery.count_flops(base)
-    target = None if args.ratio is not None else args.flops_target
+    latency = getattr(args, "latency_target", None)
+    target = None if args.ratio is not None or latency is not None else args.flops_target
     if target is not None:  # fail early (before any training) if the target is unreachable
         _prune_once(base, args, _criterion_data(args, splits), flops_before, target,
                     check_only=True)
@@ -260,6 +266,8 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
                 pruned = surgery.apply(current, p)
                 logger.info("round %d/%d: the plan saved in %s, applied again", k, rounds,
                             resume.working)
+            elif latency is not None:
+                p, pruned = plan_latency_target(current, args, data)
             elif target is not None:
                 goal = 1.0 - (1.0 - target) ** (k / rounds) if rounds > 1 else target
                 _, p, pruned = _prune_once(current, args, data, flops_before, goal)
@@ -339,6 +347,8 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
             with muted_stderr() if args.quiet else contextlib.nullcontext():
                 values.update(write_tflite(base, current, splits, folder,
                                            progress=not args.quiet))
+        if latency is not None:
+            values.update(latency_report(plans))
         report = build_report(values)
         json_path, md_path = write_report(folder, report)
     resume.finish()  # every artifact is in place: nothing is left to resume

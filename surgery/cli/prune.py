@@ -101,11 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flops-target", type=float, default=0.5,
                    help="fraction of FLOPs to remove: at least this, and within 2 points "
                         "where the model's channels allow (ignored when --ratio is given)")
+    g.add_argument("--latency-target", type=float, default=None,
+                   help="fraction of measured latency to remove in --runtime (instead of "
+                        "--flops-target), e.g. 0.5 for twice as fast")
+    g.add_argument("--runtime", default="onnxruntime",
+                   choices=("onnxruntime", "tflite", "tensorflow"),
+                   help="runtime --latency-target is measured in")
+    g.add_argument("--latency-batch-size", type=int, default=1,
+                   help="batch size --latency-target is measured at (the deployed one)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="threads --latency-target is measured with (default: all cores)")
     g.add_argument("--max-ratio", type=float, default=0.9,
                    help="largest uniform channel ratio the --flops-target search may use")
     g.add_argument("--scope", default="global", choices=("local", "global"),
                    help="rank channels within each group (local) or across groups (global)")
-    g.add_argument("--round-to", type=int, default=1, help="kept widths are multiples of this")
+    g.add_argument("--round-to", type=int, default=1,
+                   help="kept widths are multiples of this (with --latency-target, the "
+                        "default 1 lets the plan measure the runtime's best alignment)")
     g.add_argument("--min-channels", type=int, default=2, help="never keep fewer channels")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=int, default=30, help="fine-tuning epochs")

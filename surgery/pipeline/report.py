@@ -185,6 +185,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"| FLOPs removed (reached) | {reached * 100:.1f} % |"]
         if report.get("plan_ratio") is not None:
             lines.append(f"| plan ratio | {report['plan_ratio']} |")
+    if report.get("latency_target") is not None:  # --latency-target: asked, and measured
+        lines += ["", f"| latency target ({report.get('runtime')}, batch "
+                      f"{report.get('latency_batch_size')}, {report.get('latency_threads')} "
+                      "threads) | value |", "|---|---:|",
+                  f"| latency to remove (target) | {report['latency_target'] * 100:.1f} % |",
+                  f"| latency before (ms) | {report['latency_before'] * 1e3:.2f} |",
+                  f"| latency after (ms) | {report['latency_after'] * 1e3:.2f} |",
+                  f"| latency removed (measured) | {report['latency_removed'] * 100:.1f} % "
+                  f"(± {report.get('latency_stability', 0) * 100:.1f}) |"]
     lines += [
         "",
         "| accuracy (test split) | value |",

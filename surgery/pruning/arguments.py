@@ -105,7 +105,8 @@ def check_unit_arguments(*, heads=True, head_dims=False) -> None:
 def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "aggregate",
                          threshold=None, per_layer: Optional[Mapping[str, float]] = None,
                          ignore: Sequence[str] = (), round_to=1, min_channels=1,
-                         scope: str = "local", data=None, flops_target=None) -> None:
+                         scope: str = "local", data=None, flops_target=None,
+                         latency_target=None) -> None:
     """Raise :class:`SurgeryError` for the first mistake in ``surgery.plan``'s arguments.
 
     ``ratio`` is checked only when neither ``threshold`` nor ``flops_target`` decides the
@@ -119,11 +120,17 @@ def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "ag
     from surgery.pruning.policies import POLICIES
 
     check_model(model, "plan")
-    if flops_target is not None:
-        check_fraction("flops_target", flops_target, low_open=True,
-                       hint="the fraction of FLOPs to remove, e.g. flops_target=0.5")
+    if latency_target is not None and flops_target is not None:
+        raise SurgeryError("latency_target and flops_target both set how much to prune; pass "
+                           "only one of them (latency_target=0.5 removes half the measured "
+                           "latency, flops_target=0.5 half the FLOPs)")
+    if flops_target is not None or latency_target is not None:
+        name = "flops_target" if flops_target is not None else "latency_target"
+        what = "FLOPs" if flops_target is not None else "measured latency"
+        check_fraction(name, flops_target if flops_target is not None else latency_target,
+                       low_open=True, hint=f"the fraction of {what} to remove, e.g. {name}=0.5")
         if threshold is not None:
-            raise SurgeryError("flops_target and threshold both set how much to prune; pass "
+            raise SurgeryError(f"{name} and threshold both set how much to prune; pass "
                                "only one of them")
     elif threshold is not None:
         if not _is_number(threshold) or not math.isfinite(threshold) or threshold < 0:

@@ -1,15 +1,20 @@
-"""FLOPs budgets: a prune plan that removes a given fraction of a model's FLOPs.
+"""Budgets: a prune plan that removes a given fraction of a model's cost (FLOPs or latency).
 
-This module owns :func:`plan_for_flops`, which ``surgery.plan(model, flops_target=F)``
-calls. It never runs surgery while searching: :class:`FlopsEstimator` walks the model's
-graph once and expresses the channel count of every tensor as a linear function of the
-kept widths of the plan's channel groups, so the FLOPs that :func:`surgery.count_flops`
-would report for the pruned model are a cheap, exact polynomial of those widths.
+This module owns the one allocation search every budget shares, :func:`plan_for_budget`,
+and its FLOPs form :func:`plan_for_flops`, which ``surgery.plan(model, flops_target=F)``
+calls (``latency_target`` calls it through :mod:`surgery.cost.budget` with a latency cost).
+It never runs surgery while searching: :class:`WidthModel` walks the model's graph once
+and expresses the channel count of every tensor as a linear function of the kept widths of
+the plan's channel groups; a cost over group widths is then cheap to evaluate for many
+candidate plans at once. :class:`FlopsEstimator` is the exact polynomial that
+:func:`surgery.count_flops` would report for the pruned model; the latency cost
+(:class:`surgery.cost.table.LatencyEstimator`) interpolates measured tables.
 
 The search bisects one uniform plan ratio (with the caller's criterion, policy, scope and
-rounding) to bracket the target, then fills the gap greedily: between the two bracketing
-plans, it takes one rounding unit of channels at a time from the group whose next
-channels have the least importance per FLOP saved, and stops at the step nearest to the
+rounding) to bracket the target, then fills the gap greedily (a knapsack filled by
+value density, as HALP does): between the two bracketing plans, it takes one rounding unit
+of channels at a time from the group whose next channels have the least importance per
+unit of cost saved, and stops at the step nearest to the
 target. Where channels are too coarse to land within ``tolerance`` (LeNet-5), it returns
 the nearest plan and logs a warning saying what it reached.
 """
@@ -45,20 +50,24 @@ def _call_flops(info, rule, in_channels: int, out_channels: int) -> float:
     return float(rule.flops(changed))
 
 
-class FlopsEstimator:
-    """Exact :func:`surgery.count_flops` of a model pruned to given group widths.
+def call_widths(info) -> tuple:
+    """The input and output channel counts of one call, as built."""
+    i0 = int(info.input_shapes[0][-1]) if len(info.input_shapes[0]) else 1
+    return i0, int(info.output_shape[-1]) if info.output_shape else 1
+
+
+class WidthModel:
+    """The costed calls of a model as affine functions of a plan's group widths.
 
     ``plan`` (a :class:`PrunePlan`) names the prunable groups (``groups``, ``labels``,
-    ``sizes``). Each tensor's channel count is ``coef @ [kept widths..., 1]``; each
-    counted call's FLOPs is ``A·in·out + B·in + C·out + D`` of its input and output
-    channel counts, with the coefficients read off the layer rules at the unpruned
-    widths.
-
-    Example::
-
-        est = FlopsEstimator(model, p)
-        est.flops_of_plan(p) == surgery.count_flops(surgery.apply(model, p))
+    ``sizes``). Each tensor's channel count is ``coef @ [kept widths..., 1]``;
+    ``calls`` lists, for every call with FLOPs, ``(info, rule, in_row, out_row)``: its
+    :class:`LayerInfo`, its rule and the rows giving its input and output channel counts.
+    Subclasses define :meth:`cost` (and ``total``, the cost of the unpruned model).
     """
+
+    #: what the cost counts, for messages
+    unit = "cost"
 
     def __init__(self, model: keras.Model, plan):
         from surgery.engine.adapters import adapter_for
@@ -78,7 +87,7 @@ class FlopsEstimator:
             v[-1] = channels
             return v
 
-        rows_in, rows_out, coefs = [], [], []
+        self.calls = []
 
         def visit(node, in_vecs):
             info = node.info
@@ -100,35 +109,21 @@ class FlopsEstimator:
                 live = [(v, c) for v, c in zip(in_vecs, ins) if np.any(v[:-1])]
                 out = constant(out_ch) if not live else live[0][0] * (out_ch / live[0][1])
             if rule is not None and ins and rule.flops(info):
-                i0, o0 = ins[0], out_ch
-
-                def m(i, o):
-                    return _call_flops(info, rule, i, o) / 2
-
-                f00, f10, f01, f11 = m(i0, o0), m(2 * i0, o0), m(i0, 2 * o0), m(2 * i0, 2 * o0)
-                a = (f11 - f10 - f01 + f00) / (i0 * o0)
-                b = (f10 - f00) / i0 - a * o0
-                c = (f01 - f00) / o0 - a * i0
-                d = f00 - a * i0 * o0 - b * i0 - c * o0
-                rows_in.append(in_vecs[0])
-                rows_out.append(out)
-                coefs.append((a, b, c, d))
+                self.calls.append((info, rule, in_vecs[0], out))
             return out
 
         adapter_for(model).walk(model, visit, lambda t: None)
-        self._in = np.array(rows_in).reshape(-1, n)
-        self._out = np.array(rows_out).reshape(-1, n)
-        self._abcd = np.array(coefs).reshape(-1, 4)
-        self.total = self.flops(self.sizes)
+        self._in = np.array([c[2] for c in self.calls]).reshape(-1, n)
+        self._out = np.array([c[3] for c in self.calls]).reshape(-1, n)
 
-    def flops(self, kept) -> float:
-        """FLOPs with group ``g`` keeping ``kept[g]`` channels; ``kept`` may be a matrix of
-        rows (one estimate per row)."""
+    def channels(self, kept) -> tuple:
+        """The input and output channel counts of every call (rows of ``kept`` -> rows)."""
         kept = np.asarray(kept, np.float64)
         full = np.concatenate([kept, np.ones(kept.shape[:-1] + (1,))], axis=-1)
-        i, o = full @ self._in.T, full @ self._out.T
-        a, b, c, d = self._abcd.T
-        return 2 * (a * i * o + b * i + c * o + d).sum(axis=-1)
+        return full @ self._in.T, full @ self._out.T
+
+    def cost(self, kept):  # pragma: no cover  (abstract)
+        raise NotImplementedError
 
     def kept(self, plan) -> np.ndarray:
         """The kept width of every group under ``plan``."""
@@ -136,6 +131,50 @@ class FlopsEstimator:
         return np.array([self.sizes[g] - plan.removed.get(
             labels[g], len(plan.deletions.get(members[0], ())))
             for g, members in enumerate(self.groups)])
+
+    def cost_of_plan(self, plan) -> float:
+        return float(self.cost(self.kept(plan)))
+
+
+class FlopsEstimator(WidthModel):
+    """Exact :func:`surgery.count_flops` of a model pruned to given group widths: each
+    counted call's FLOPs is ``A·in·out + B·in + C·out + D`` of its input and output
+    channel counts, with the coefficients read off the layer rules at the unpruned widths.
+
+    Example::
+
+        est = FlopsEstimator(model, p)
+        est.flops_of_plan(p) == surgery.count_flops(surgery.apply(model, p))
+    """
+
+    unit = "FLOPs"
+
+    def __init__(self, model: keras.Model, plan):
+        super().__init__(model, plan)
+        coefs = []
+        for info, rule, in_row, out_row in self.calls:
+            i0, o0 = call_widths(info)
+
+            def m(i, o):
+                return _call_flops(info, rule, i, o) / 2
+
+            f00, f10, f01, f11 = m(i0, o0), m(2 * i0, o0), m(i0, 2 * o0), m(2 * i0, 2 * o0)
+            a = (f11 - f10 - f01 + f00) / (i0 * o0)
+            b = (f10 - f00) / i0 - a * o0
+            c = (f01 - f00) / o0 - a * i0
+            d = f00 - a * i0 * o0 - b * i0 - c * o0
+            coefs.append((a, b, c, d))
+        self._abcd = np.array(coefs).reshape(-1, 4)
+        self.total = self.flops(self.sizes)
+
+    def flops(self, kept) -> float:
+        """FLOPs with group ``g`` keeping ``kept[g]`` channels; ``kept`` may be a matrix of
+        rows (one estimate per row)."""
+        i, o = self.channels(kept)
+        a, b, c, d = self._abcd.T
+        return 2 * (a * i * o + b * i + c * o + d).sum(axis=-1)
+
+    cost = flops
 
     def flops_of_plan(self, plan) -> int:
         return int(round(float(self.flops(self.kept(plan)))))
@@ -181,8 +220,47 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
         p = plan_for_flops(model, 0.5, criterion="l1", round_to=8)
         p.settings["flops_removed"]  # 0.49.. to 0.51..
     """
-    from surgery.engine.flatten import flattened
     from surgery.engine.flops import count_flops
+    from surgery.errors import SurgeryError
+
+    def estimator(flat, plan0):
+        est = FlopsEstimator(flat, plan0)
+        reference = count_flops(flat)
+        if int(round(est.total)) != reference:  # pragma: no cover  (a misread graph)
+            raise SurgeryError(f"flops_target: cannot predict the FLOPs of model "
+                               f"'{flat.name}' ({int(est.total)} vs {reference}); plan with "
+                               "ratio= instead")
+        return est
+
+    best = plan_for_budget(model, flops_target, estimator, name="flops_target", prefix="flops",
+                           plan_fn=plan_fn, tolerance=tolerance, max_ratio=max_ratio,
+                           iterations=iterations, at_least=at_least, **plan_kwargs)
+    best.settings["flops_before"] = int(round(best.settings["flops_before"]))
+    best.settings["flops_after"] = int(round(best.settings["flops_after"]))
+    return best
+
+
+def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
+                    name: str = "flops_target", prefix: str = "flops",
+                    plan_fn: Optional[Callable] = None, tolerance: float = DEFAULT_TOLERANCE,
+                    max_ratio: float = DEFAULT_MAX_RATIO, iterations: int = 14,
+                    at_least: bool = False, greedy: bool = False, quiet: bool = False,
+                    **plan_kwargs):
+    """A plan removing ``target`` of the cost that ``estimator(flat_model, unpruned_plan)``
+    (a :class:`WidthModel`) gives, by the search in this module's docstring. ``name`` is the
+    argument the caller set (for messages); ``settings`` records ``<prefix>_target``,
+    ``<prefix>_removed``, ``<prefix>_reachable``, ``<prefix>_before``, ``<prefix>_after``
+    and ``ratio`` (see :func:`plan_for_flops`, its FLOPs form). With ``greedy``, the
+    uniform-ratio bracketing is skipped: the fill runs from the unpruned plan toward
+    ``max_ratio`` in every group, so channels go wherever they buy the least importance
+    per unit of cost (a knapsack over all groups, as HALP does). ``quiet`` logs a missed
+    target at debug level (a caller that corrects the target itself warns).
+
+    Example::
+
+        p = plan_for_budget(model, 0.5, FlopsEstimator, criterion="l1")
+    """
+    from surgery.engine.flatten import flattened
     from surgery.engine.groups import channel_groups
     from surgery.errors import SurgeryError
     from surgery.pruning.arguments import check_fraction, check_model
@@ -190,11 +268,11 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
     if plan_fn is None:
         from surgery.pruning.planning import plan as plan_fn
     check_model(model, "plan")
-    check_fraction("flops_target", flops_target, low_open=True,
-                   hint="e.g. flops_target=0.5 removes half of the FLOPs")
+    check_fraction(name, target, low_open=True,
+                   hint=f"e.g. {name}=0.5 removes half of the model's {prefix}")
     if plan_kwargs.get("threshold") is not None:
-        raise SurgeryError("flops_target and threshold both choose how much to prune: pass "
-                           "one of them (threshold=None with flops_target)")
+        raise SurgeryError(f"{name} and threshold both choose how much to prune: pass "
+                           f"one of them (threshold=None with {name})")
     plan_kwargs.pop("threshold", None)
     plan_kwargs.pop("ratio", None)
     criterion = plan_kwargs.pop("criterion", "l1")
@@ -210,73 +288,71 @@ def plan_for_flops(model: keras.Model, flops_target: float, *, plan_fn: Optional
 
     lo_plan = make(0.0)
     all_groups = channel_groups(model)
-    est = FlopsEstimator(model, lo_plan)
-    reference = count_flops(model)
-    if int(round(est.total)) != reference:  # pragma: no cover  (a graph the walk misreads)
-        raise SurgeryError(f"flops_target: cannot predict the FLOPs of model '{model.name}' "
-                           f"({int(est.total)} vs {reference}); plan with ratio= instead")
+    est = estimator(model, lo_plan)
+    reference = float(est.total)
 
     def removed(p) -> float:
-        return 1.0 - est.flops_of_plan(p) / reference
+        return 1.0 - est.cost_of_plan(p) / reference
 
     # 1. bracket the target with one uniform ratio
     lo, hi = 0.0, max_ratio
     hi_plan = make(hi)
     lo_cut, hi_cut = 0.0, removed(hi_plan)
-    if hi_cut >= flops_target:
+    if hi_cut >= target and not greedy:
         for _ in range(iterations):
             mid = (lo + hi) / 2
             p = make(mid)
             cut = removed(p)
-            logger.debug("ratio %.4f removes %.2f%% of FLOPs", mid, 100 * cut)
-            if cut >= flops_target:
+            logger.debug("ratio %.4f removes %.2f%% of %s", mid, 100 * cut, est.unit)
+            if cut >= target:
                 hi, hi_plan, hi_cut = mid, p, cut
             else:
                 lo, lo_plan, lo_cut = mid, p, cut
             if hi_cut - lo_cut < tolerance / 4:
                 break
-    else:
+    elif not greedy:
         lo, lo_plan, lo_cut = hi, hi_plan, hi_cut
 
     def enough(cut: float) -> bool:  # at or above the target, by at most the tolerance
-        return flops_target <= cut <= flops_target + tolerance
+        return target <= cut <= target + tolerance
 
     candidates = [(lo_plan, lo_cut), (hi_plan, hi_cut)]
     if at_least and any(enough(c) for _, c in candidates):
         candidates = [pc for pc in candidates if enough(pc[1])]
-    best, best_cut = min(candidates, key=lambda pc: abs(pc[1] - flops_target))
+    best, best_cut = min(candidates, key=lambda pc: abs(pc[1] - target))
 
-    # 2. fill the gap greedily, by importance per FLOP saved
-    short = at_least and best_cut < flops_target
-    if (abs(best_cut - flops_target) > tolerance / 10 or short) and hi_cut >= flops_target:
+    # 2. fill the gap greedily, by importance per unit of cost saved
+    short = at_least and best_cut < target
+    if (abs(best_cut - target) > tolerance / 10 or short) and hi_cut >= target:
         blocks = {g.name: g.blocks for g in all_groups if g.producers}
-        filled = _fill(model, est, lo_plan, hi_plan, flops_target, reference, fixed,
+        filled = _fill(model, est, lo_plan, hi_plan, target, reference, fixed,
                        plan_kwargs, make, blocks, tolerance if at_least else None)
         nearer = filled is not None and \
-            abs(removed(filled) - flops_target) < abs(best_cut - flops_target)
+            abs(removed(filled) - target) < abs(best_cut - target)
         if filled is not None and at_least and enough(removed(filled)) != enough(best_cut):
             nearer = enough(removed(filled))  # reaching the target beats being nearer
         if nearer:
             best, best_cut = filled, removed(filled)
-    uniform = lo if abs(lo_cut - flops_target) <= abs(hi_cut - flops_target) else hi
-    best.settings.update(
-        ratio=uniform,
-        criterion=criterion if isinstance(criterion, str) else
+    uniform = lo if abs(lo_cut - target) <= abs(hi_cut - target) else hi
+    best.settings.update({
+        "ratio": uniform,
+        "criterion": criterion if isinstance(criterion, str) else
         getattr(criterion, "__name__", str(criterion)),
-        scope=scope, flops_target=float(flops_target), flops_removed=round(best_cut, 6),
-        flops_reachable=bool(hi_cut >= flops_target),
-        flops_before=int(reference), flops_after=int(est.flops_of_plan(best)))
-    if abs(best_cut - flops_target) > tolerance:
-        logger.warning(
-            "flops_target=%.3f: the nearest plan removes %.1f%% of FLOPs (%d of %d), more "
-            "than %.0f points away; model '%s' has too few channels (or round_to/"
-            "min_channels/ignore leave too few) to land closer", flops_target,
-            100 * best_cut, reference - est.flops_of_plan(best), reference,
-            100 * tolerance, model.name)
+        "scope": scope, f"{prefix}_target": float(target),
+        f"{prefix}_removed": round(best_cut, 6),
+        f"{prefix}_reachable": bool(hi_cut >= target),
+        f"{prefix}_before": reference, f"{prefix}_after": est.cost_of_plan(best)})
+    if abs(best_cut - target) > tolerance:
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "%s=%.3f: the nearest plan removes %.1f%% of %s (%.4g of %.4g), more than %.0f "
+            "points away; model '%s' has too few channels (or round_to/min_channels/ignore "
+            "leave too few) to land closer", name, target, 100 * best_cut, est.unit,
+            reference - est.cost_of_plan(best), reference, 100 * tolerance, model.name)
     return best
 
 
-def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed,
+def _fill(model, est: WidthModel, lo_plan, hi_plan, target, reference, fixed,
           plan_kwargs, make, blocks_of, at_least: Optional[float] = None):
     """From ``lo_plan`` (below the target) toward ``hi_plan`` (at or above it), one
     rounding unit of one group at a time; returns the plan nearest the target (with
@@ -308,7 +384,7 @@ def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed
         steps[g] = sorted((w for w in widths if hi_k[g] <= w < lo_k[g]), reverse=True)
     kept = lo_k.astype(np.float64).copy()
     goal = (1.0 - target) * reference
-    current = float(est.flops(kept))
+    current = float(est.cost(kept))
     history = [(abs(current - goal), kept.copy(), current <= goal)]
     while current > goal:
         options = [g for g in movable if steps[g]]
@@ -317,7 +393,7 @@ def _fill(model, est: FlopsEstimator, lo_plan, hi_plan, target, reference, fixed
         trial = np.repeat(kept[None, :], len(options), axis=0)
         for row, g in enumerate(options):
             trial[row, g] = steps[g][0]
-        saved = current - est.flops(trial)
+        saved = current - est.cost(trial)
         cost = []
         for row, g in enumerate(options):
             size = int(est.sizes[g])

@@ -156,8 +156,10 @@ def _trim(chosen, combined: np.ndarray, size: int, round_to: int, min_channels: 
 def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          policy: str = "aggregate", *, threshold: Optional[float] = None,
          per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
-         round_to: int = 1, min_channels: int = 1, scope: str = "local",
-         data=None, flops_target: Optional[float] = None, heads: bool = True,
+         round_to: Optional[int] = None, min_channels: int = 1, scope: str = "local",
+         data=None, flops_target: Optional[float] = None,
+         latency_target: Optional[float] = None, runtime: str = "onnxruntime",
+         batch_size: int = 1, threads: Optional[int] = None, heads: bool = True,
          head_dims: bool = False) -> PrunePlan:
     """Decide which channels to delete, group by group.
 
@@ -167,14 +169,19 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     containing the named layers; ``ignore``: layers whose groups are left alone;
     ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
     With ``threshold`` given, ``ratio`` is ignored. ``flops_target``: instead, remove
-    that fraction of ``count_flops(model)`` (see :mod:`surgery.pruning.budget`). Output channels
-    that reach a model output (the classifier) are never pruned.
+    that fraction of ``count_flops(model)`` (see :mod:`surgery.pruning.budget`).
+    ``latency_target``: instead, remove that fraction of the latency measured in
+    ``runtime`` (``"onnxruntime"``, ``"tflite"`` or ``"tensorflow"``) at ``batch_size``
+    with ``threads`` (default all cores); ``round_to`` then defaults to the CPU's SIMD
+    block, and the plan is checked by timing (see :mod:`surgery.cost.budget`). Output
+    channels that reach a model output (the classifier) are never pruned.
 
     Attention layers (``MultiHeadAttention``) also lose units that no tensor carries, each
     axis a group of its own (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes
     whole heads, ``head_dims=True`` the per-head query/key width (``key_dim``) and value
     width (``value_dim``); both may be on. ``plan.units`` holds those decisions. With
-    ``flops_target`` only channels are searched (heads and head widths stay).
+    ``flops_target`` or ``latency_target`` only channels are searched (heads and head
+    widths stay).
 
     Example::
 
@@ -182,8 +189,15 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         print(p.summary())
         smaller = surgery.apply(model, p)
     """
-    # --- argument checks and the FLOPs budget: surgery.pruning.arguments, surgery.pruning.budget ---
     check_unit_arguments(heads=heads, head_dims=head_dims)
+    # --- argument checks and the budgets: surgery.pruning.arguments, .budget, surgery.cost ---
+    if latency_target is not None:
+        from surgery.cost.budget import check_latency_arguments, plan_for_latency
+
+        check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to or 1, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target, latency_target=latency_target)  # noqa: E501
+        check_latency_arguments(latency_target, runtime, batch_size, threads)
+        return plan_for_latency(model, latency_target, runtime=runtime, batch_size=batch_size, threads=threads, round_to=round_to, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False)  # noqa: E501
+    round_to = 1 if round_to is None else round_to
     check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target)  # noqa: E501
     if flops_target is not None:
         return plan_for_flops(model, flops_target, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False)  # noqa: E501

@@ -1,0 +1,200 @@
+"""Latency budgets: a plan that removes a fraction of the latency measured in a runtime.
+
+This module owns :func:`plan_for_latency`, which ``surgery.plan(model, latency_target=F,
+runtime=..., batch_size=..., threads=...)`` calls. It times the whole model once, measures
+(or reads from the cache) the tables of its prunable layers
+(:class:`surgery.cost.table.LatencyEstimator`), and lets the one allocation search of
+:mod:`surgery.pruning.budget` (its greedy form, over all groups at once) spend channels
+where they buy the most importance per second.
+Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`), or to twice it
+where probes show the finer step does not pay (:mod:`surgery.cost.alignment`), unless
+``round_to`` is given. The plan is then checked by timing: the pruned model is built and
+timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds until the
+ratio is stable to 2 points); while the measured cut misses the target by more than
+``tolerance``, the tables' predicted savings are scaled by what the timing showed
+(measured cut / predicted cut) and the plan made again. Then it warns with what it
+reached. ``plan.settings`` says what was asked, chosen and measured.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+from surgery.errors import SurgeryError
+
+logger = logging.getLogger(__name__)
+
+#: measured cuts this close to the target are accepted
+DEFAULT_TOLERANCE = 0.03
+#: re-plans after the first timing check
+DEFAULT_CORRECTIONS = 3
+
+
+def check_latency_arguments(latency_target, runtime, batch_size, threads, flops_target=None):
+    """:class:`SurgeryError` for a bad latency budget; returns the :class:`Runtime`."""
+    from surgery.cost.runtimes import get_runtime
+    from surgery.pruning.arguments import _check_int, check_fraction
+
+    if flops_target is not None:
+        raise SurgeryError("latency_target and flops_target both set how much to prune; pass "
+                           "only one of them (latency_target=0.5 removes half the measured "
+                           "latency, flops_target=0.5 half the FLOPs)")
+    check_fraction("latency_target", latency_target, low_open=True,
+                   hint="the fraction of measured latency to remove, e.g. "
+                        "latency_target=0.5 makes the model about twice as fast")
+    _check_int("batch_size", batch_size, 1, "the batch size you deploy with, e.g. 1 or 32")
+    if threads is not None:
+        _check_int("threads", threads, 1, "the threads the runtime may use, or None for all "
+                   "cores")
+    return get_runtime(runtime)
+
+
+def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntime",
+                     batch_size: int = 1, threads: Optional[int] = None,
+                     round_to: Optional[int] = None, plan_fn: Optional[Callable] = None,
+                     check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
+                     corrections: Optional[int] = None, cache_dir: Optional[str] = None,
+                     progress: bool = True, tables=None, whole: Optional[float] = None,
+                     **plan_kwargs):
+    """A plan whose pruned model takes ``1 - latency_target`` of ``model``'s time in
+    ``runtime`` at ``batch_size`` with ``threads`` (default: all cores).
+
+    ``round_to``: kept widths are multiples of it (default: the SIMD block this CPU's
+    runtime kernels use, 8 with AVX2 and 16 with AVX-512, or twice it where measured
+    probes show that pays). ``check=False`` skips the timing
+    check (the plan then rests on the tables alone). ``tables`` (``{layer: LatencyTable}``)
+    and ``whole`` (the unpruned model's cost in the tables' unit) replace the measured
+    tables and whole-model time. Other ``plan_kwargs`` go to the plan search (criterion,
+    policy, scope,
+    min_channels, ignore, per_layer, data). ``settings`` records ``latency_target``,
+    ``runtime``, ``runtime_version``, ``batch_size``, ``threads``, ``round_to`` and
+    ``alignment`` (what was chosen, and why), ``latency_before``/``latency_after``
+    (measured seconds), ``latency_removed`` (measured), ``latency_predicted`` (what the
+    tables predicted), ``latency_stability`` (how much the ratio moved in the last timing
+    round), ``latency_rounds``, ``latency_checks`` (``[predicted cut, measured cut, scale]``
+    of each plan tried) and ``latency_scale`` (the factor the timing check put on the
+    tables' predicted savings).
+
+    Example::
+
+        p = plan_for_latency(model, 0.5, runtime="onnxruntime", batch_size=32, threads=2)
+        p.settings["latency_removed"]   # 0.47 .. 0.53
+    """
+    from surgery.cost.cache import TableCache
+    from surgery.cost.cpu import cpu_features, default_threads, simd_block
+    from surgery.cost.micro import cpu_key
+    from surgery.cost.table import LatencyEstimator
+    from surgery.cost.timing import compare, interleaved
+    from surgery.engine.flatten import flattened
+    from surgery.pruning.arguments import check_model
+    from surgery.pruning.budget import plan_for_budget
+    from surgery.pruning.execution import apply
+
+    check_model(model, "plan")
+    corrections = DEFAULT_CORRECTIONS if corrections is None else corrections
+    rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
+    threads = threads or default_threads()
+    block = simd_block()
+    alignment = dict(simd_block=block, cpu=[f for f in cpu_features() if "avx" in f or
+                                            f in ("neon", "asimd", "sve")])
+    start = time.perf_counter()
+    flat = flattened(model)
+    original = rt.runners(flat, batch_size, threads)[0] if check or whole is None else None
+    if whole is None:
+        whole = interleaved({"original": original}, runs=5, min_seconds=0.3)["original"]
+    cache = TableCache(cpu_key(rt, flat, batch_size, threads), cache_dir)
+    estimators: dict = {}
+
+    def estimator(m, plan0):
+        if "est" not in estimators:
+            estimators["est"] = LatencyEstimator(
+                m, plan0, whole=whole, tables=tables, runtime=rt, batch=batch_size,
+                threads=threads, block=block, cache=cache, progress=progress)
+        return estimators["est"]
+
+    if round_to is None and tables is None:  # measure whether twice the block pays
+        from surgery.cost.alignment import choose_alignment
+        from surgery.cost.runtimes import _keras_of
+
+        if plan_fn is None:
+            from surgery.pruning.planning import plan as plan_fn
+        plan0 = plan_fn(flat, ratio=0.0, ignore=plan_kwargs.get("ignore", ()),
+                        criterion="l1")
+        probe = choose_alignment(estimator(flat, plan0), rt, batch_size, threads, cache,
+                                 block, _keras_of(flat), progress=progress)
+        round_to = probe["round_to"]
+        alignment.update(probes=probe["probes"], chosen=f"measured: {round_to} pays" if
+                         round_to > block else "SIMD block of this CPU (measured: a coarser "
+                         "step does not pay)")
+    elif round_to is None:
+        round_to, alignment["chosen"] = block, "SIMD block of this CPU"
+    else:
+        alignment["chosen"] = "round_to given"
+
+    def search(goal):
+        return plan_for_budget(flat, goal, estimator, name="latency_target",
+                               prefix="latency", plan_fn=plan_fn, round_to=round_to,
+                               greedy=True, quiet=check, **plan_kwargs)
+
+    tried, best, unreachable = [], None, False
+    for attempt in range(corrections + 1 if check else 1):
+        p = search(latency_target)
+        predicted = p.settings["latency_removed"]
+        p.settings["latency_predicted"] = predicted
+        unreachable = not p.settings["latency_reachable"] and \
+            predicted < latency_target - tolerance
+        if not check:
+            if unreachable:
+                _unreachable(latency_target, f"{predicted:.1%} (predicted)", model, rt)
+            best = (p, None)
+            break
+        pruned = apply(flat, p) if p.deletions else flat
+        timed = compare(flat, pruned, runners={
+            "original": original, "pruned": rt.runners(pruned, batch_size, threads)[0]})
+        reached = 1.0 - timed["ratio"]
+        scale = estimators["est"].scale
+        tried.append([round(predicted, 4), round(reached, 4), round(scale, 4)])
+        logger.info("latency_target=%.3f: the plan removes %.1f%% measured, %.1f%% predicted",
+                    latency_target, 100 * reached, 100 * predicted)
+        if best is None or abs(reached - latency_target) < \
+                abs(1.0 - best[1]["ratio"] - latency_target):
+            best = (p, timed)
+        if abs(reached - latency_target) <= tolerance:
+            break
+        # the tables miss what they do not cover (layout changes, memory traffic): scale
+        # their predicted savings by what the timing showed, and plan again
+        if predicted > 0.005 and reached > 0.005:
+            estimators["est"].scale = min(max(scale * min(max(reached / predicted, 0.33),
+                                                          3.0), 0.2), 5.0)
+    if best[1] is not None and unreachable and \
+            1.0 - best[1]["ratio"] < latency_target - tolerance:
+        _unreachable(latency_target, f"{1.0 - best[1]['ratio']:.1%} (measured)", model, rt)
+    p, timed = best
+    p.settings.update(
+        latency_target=float(latency_target), runtime=rt.name,
+        runtime_version=rt.version(flat), batch_size=int(batch_size), threads=int(threads),
+        round_to=int(round_to), alignment=alignment, latency_checks=tried,
+        latency_scale=round(estimators["est"].scale, 4),
+        plan_seconds=round(time.perf_counter() - start, 2),
+        cost_table=dict(path=cache.path, measured=cache.misses, cached=cache.hits))
+    if timed is not None:
+        p.settings.update(
+            latency_before=timed["before"], latency_after=timed["after"],
+            latency_removed=round(1.0 - timed["ratio"], 4),
+            latency_stability=timed["spread"], latency_rounds=timed["rounds"])
+        if abs(1.0 - timed["ratio"] - latency_target) > tolerance:
+            logger.warning(
+                "latency_target=%.3f: the best plan found removes %.1f%% of the measured "
+                "latency in %s (batch %d, %d threads; %d plans tried), more than %.0f points "
+                "away; the timing may be noisy on a busy machine, or the model's channels "
+                "too coarse", latency_target, 100 * (1.0 - timed["ratio"]), rt.name,
+                batch_size, threads, len(tried), 100 * tolerance)
+    return p
+
+
+def _unreachable(target, reached: str, model, rt):
+    raise SurgeryError(
+        f"latency_target={target}: even the deepest plan removes only {reached} of the "
+        f"latency of model '{model.name}' in {rt.name}; ask for less, or free more channels "
+        "(smaller min_channels, fewer ignore= layers, round_to=1)")

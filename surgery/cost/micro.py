@@ -1,0 +1,167 @@
+"""Per-layer micro-benchmarks: one layer call timed alone at given channel widths.
+
+This module owns how a layer's latency at candidate widths is measured: :func:`signature`
+names a micro-model (layer class, config without the layer's name, input shape, input and
+output widths), so layers of identical shape and config share one measurement;
+:func:`micro_layer` rebuilds the layer from its config at other widths (the layer's own
+``from_config``, so both Keras generations and user layers work); :func:`measure` builds
+the missing micro-models as the branches of *one* Keras model per chunk, converts it once
+(:meth:`Runtime.runners` with ``branches=True``), times every branch (median of a few runs
+after a warm-up), with a tqdm bar, and stores the seconds in a :class:`TableCache`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from surgery.cost.cache import TableCache, digest
+
+logger = logging.getLogger(__name__)
+
+#: timed runs of each micro-model (after one warm-up run)
+DEFAULT_REPEATS = 5
+#: micro-models converted together
+CHUNK = 128
+
+Entry = Tuple[str, object, int, int, tuple]  # (signature, LayerInfo, in, out, followers)
+
+
+def _config(info, out_channels: int) -> dict:
+    config = {k: v for k, v in dict(info.config).items() if k != "name"}
+    for key in ("filters", "units"):
+        if key in config:
+            config[key] = int(out_channels)
+    return config
+
+
+def signature(info, in_channels: int, out_channels: int, followers: Sequence = ()) -> str:
+    """What a micro-model's time depends on, as a stable string."""
+    shape = list(info.input_shapes[0][:-1]) + [int(in_channels)]
+    configs = [_config(info, out_channels)] + [
+        [f.class_name, _config(f, out_channels)] for f in followers]
+    return f"{info.class_name}:{shape}->{int(out_channels)}:" + \
+        digest(json.loads(json.dumps(configs, default=str)))
+
+
+def cheap_followers(model) -> dict:
+    """``{layer name: [LayerInfo, ...]}``: the channel-wise calls without FLOPs of their
+    own (BatchNormalization, activations) that follow each layer alone, in a chain; a
+    runtime fuses them into the layer, so a micro-model times them with it."""
+    from surgery.engine.adapters import adapter_for
+    from surgery.engine.rules import CHANNELWISE, rule_for
+
+    nodes = [n for n in adapter_for(model).nodes(model) if not n.is_input]
+    users: dict = {}
+    for n in nodes:
+        for k in n.input_keys:
+            users.setdefault(k, []).append(n)
+    chains = {}
+    for n in nodes:
+        chain, current = [], n
+        while len(current.output_keys) == 1 and len(users.get(current.output_keys[0], [])) == 1:
+            nxt = users[current.output_keys[0]][0]
+            rule = rule_for(nxt.info)
+            if rule is None or rule.flow_of(nxt.info) != CHANNELWISE or rule.flops(nxt.info) \
+                    or not measurable(nxt.info) or len(nxt.input_keys) != 1:
+                break
+            chain.append(nxt.info)
+            current = nxt
+        chains[n.info.name] = chain
+    return chains
+
+
+def measurable(info) -> bool:
+    """Single-input layers (not bare operations) that the cost tables time."""
+    return info.op is None and info.layer is not None and len(info.input_shapes) == 1 \
+        and len(info.input_shapes[0]) >= 1 and None not in tuple(info.input_shapes[0])
+
+
+def micro_layer(info, in_channels: int, out_channels: int, keras, index: int = 0,
+                followers: Sequence = ()):
+    """``(input tensor, output tensor)`` of a fresh copy of ``info``'s layer at these
+    widths, followed by fresh copies of its ``followers``."""
+    shape = tuple(int(d) for d in info.input_shapes[0][:-1]) + (int(in_channels),)
+    x = keras.Input(shape, name=f"micro_in_{index}")
+    y = x
+    for k, call in enumerate([info, *followers]):
+        config = dict(call.config, **_config(call, out_channels), name=f"micro_{index}_{k}")
+        y = type(call.layer).from_config(config)(y)
+    return x, y
+
+
+def measure(entries: Sequence[Entry], runtime, batch: int, threads: int, cache: TableCache,
+            keras, repeats: int = DEFAULT_REPEATS, progress: bool = True) -> dict:
+    """Seconds of every entry's micro-model (from ``cache`` where present, else timed in
+    ``runtime`` and added to it). Returns ``{signature: seconds}``."""
+    from tqdm.auto import tqdm
+
+    seconds, missing = {}, {}
+    for sig, info, i, o, after in entries:
+        if sig in seconds or sig in missing:
+            continue
+        value = cache.get(sig)
+        if value is None:
+            missing[sig] = (info, i, o, after)
+        else:
+            seconds[sig] = value
+    if not missing:
+        return seconds
+    todo = list(missing.items())
+    bar = tqdm(total=len(todo), desc=f"cost tables ({runtime.name}, batch {batch})",
+               unit="layer", disable=not progress, leave=False)
+    start = time.perf_counter()
+    try:
+        for first in range(0, len(todo), CHUNK):
+            chunk = todo[first:first + CHUNK]
+            ins, outs = [], []
+            for k, (sig, (info, i, o, after)) in enumerate(chunk):
+                x, y = micro_layer(info, i, o, keras, first + k, after)
+                ins.append(x)
+                outs.append(y)
+            runners = runtime.runners(keras.Model(ins, outs), batch, threads, branches=True)
+            for (sig, _), run in zip(chunk, runners):
+                run()  # warm-up
+                samples = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    run()
+                    samples.append(time.perf_counter() - t0)
+                seconds[sig] = statistics.median(samples)
+                cache.put(sig, seconds[sig])
+                bar.update(1)
+            del runners
+    finally:
+        bar.close()
+        cache.save()
+    logger.info("measured %d micro-models in %s in %.1f s (%d from the cache)", len(todo),
+                runtime.name, time.perf_counter() - start, cache.hits)
+    return seconds
+
+
+def widths(full: int, block: int, fractions: Iterable[float]) -> List[int]:
+    """Grid widths: ``fractions`` of ``full`` in multiples of ``block`` (``full`` itself,
+    however aligned), largest first.
+
+    >>> widths(96, 8, (1.0, 0.55, 0.2))
+    [96, 56, 16]
+    >>> widths(6, 8, (1.0, 0.5))
+    [6]
+    """
+    grid = {int(full)}
+    for f in fractions:
+        w = int(round(f * full / block)) * block
+        if block <= w < full:
+            grid.add(w)
+    return sorted(grid, reverse=True)
+
+
+def cpu_key(runtime, model, batch: int, threads: int, features: Optional[Sequence] = None
+            ) -> dict:
+    """The environment a table belongs to (see :class:`TableCache`)."""
+    from surgery.cost.cpu import cpu_features
+
+    return dict(runtime=runtime.name, version=runtime.version(model),
+                cpu=list(features or cpu_features()), threads=int(threads), batch=int(batch))

@@ -1,0 +1,257 @@
+"""The runtimes a model's latency is measured in, each behind one small interface.
+
+This module owns :class:`Runtime` and its three kinds: ``onnxruntime`` (the default: the
+model exported with :func:`surgery.export_onnx` — tf2onnx for tf-keras, ``model.export``
+for Keras 3 — and run by ONNX Runtime's CPU provider with ``intra_op_num_threads``),
+``tflite`` (converted as :func:`surgery.export_tflite` does, run by the TFLite interpreter
+with its default XNNPACK delegate and ``num_threads``) and ``tensorflow`` (the Keras call
+under ``tf.function``; on Keras 3's JAX or PyTorch backend, the backend's compiled
+``predict_on_batch``). A runtime turns a Keras model into zero-argument *runners*, one
+call of the model each on a fixed random batch: one runner for a whole model, or with
+``branches=True`` one per input→output branch of a model made of independent micro-models
+(ONNX Runtime converts such a model once and cuts each branch out of the graph, without
+the layout transposes the converter puts at a graph's edges). :func:`get_runtime` checks
+the name and that the runtime is installed.
+
+>>> get_runtime("tensorflow").name
+'tensorflow'
+>>> get_runtime("openvino")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+surgery.errors.SurgeryError: runtime='openvino' is unknown; ...
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import tempfile
+import warnings
+from typing import Any, Callable, List
+
+import numpy as np
+
+from surgery.engine.adapters import adapter_for
+from surgery.errors import SurgeryError
+
+Runner = Callable[[], Any]
+
+
+def _is_keras3(model) -> bool:
+    return adapter_for(model).__name__.endswith("keras3")
+
+
+def _keras_of(model):
+    if _is_keras3(model):
+        import keras as keras3
+
+        return keras3
+    from surgery._backend import keras
+
+    return keras
+
+
+def _batch(shape, batch: int, seed: int = 0) -> np.ndarray:
+    dims = [batch] + [int(d) for d in shape]
+    return np.random.default_rng(seed).random(dims, dtype=np.float32)
+
+
+def _branch_models(model) -> list:
+    """One Keras model per input→output pair of ``model`` (input k feeds output k)."""
+    keras = _keras_of(model)
+    return [keras.Model(i, o) for i, o in zip(model.inputs, model.outputs)]
+
+
+class Runtime:
+    """A named runtime: ``package`` must be importable; :meth:`runners` does the work."""
+
+    name = ""
+    package = ""
+    install = ""
+
+    def check(self) -> "Runtime":
+        if importlib.util.find_spec(self.package) is None:
+            raise SurgeryError(f"runtime={self.name!r} needs the `{self.package}` package, "
+                               f"which is not installed: {self.install}; or pass another "
+                               f"runtime= ({', '.join(RUNTIMES)})")
+        return self
+
+    def version(self, model=None) -> str:
+        """What decides the kernels: the runtime's version (and the converter's)."""
+        return importlib.import_module(self.package).__version__
+
+    def runners(self, model, batch: int, threads: int, branches: bool = False
+                ) -> List[Runner]:  # pragma: no cover  (abstract)
+        raise NotImplementedError
+
+
+class OnnxRuntime(Runtime):
+    name, package = "onnxruntime", "onnxruntime"
+    install = "pip install 'keras-surgery[onnx]'"
+
+    def version(self, model=None) -> str:
+        import onnxruntime
+
+        if model is not None and _is_keras3(model):
+            import keras as keras3
+
+            return f"ort{onnxruntime.__version__}-keras{keras3.__version__}-" \
+                   f"{keras3.backend.backend()}"
+        import tf2onnx
+
+        return f"ort{onnxruntime.__version__}-tf2onnx{tf2onnx.__version__}"
+
+    def session(self, proto: bytes, threads: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return onnxruntime.InferenceSession(proto, options,
+                                            providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def export(model):
+        import onnx
+
+        from surgery.pipeline.onnx_export import export_onnx
+
+        if _is_keras3(model):  # Keras 3 exports only a model that has been called
+            xs = [_batch(t.shape[1:], 1) for t in model.inputs]
+            model(xs if len(xs) > 1 else xs[0], training=False)
+        with tempfile.TemporaryDirectory(prefix="surgery-cost-") as folder:
+            path = export_onnx(model, os.path.join(folder, "m.onnx"))
+            return onnx.load(path)
+
+    def _run(self, session, feeds: dict) -> Runner:
+        names = [o.name for o in session.get_outputs()]
+        return lambda: session.run(names, feeds)
+
+    def runners(self, model, batch, threads, branches=False):
+        proto = self.export(model)
+        if not branches:
+            session = self.session(proto.SerializeToString(), threads)
+            feeds = {i.name: _batch(t.shape[1:], batch)
+                     for i, t in zip(session.get_inputs(), model.inputs)}
+            return [self._run(session, feeds)]
+        import onnx
+        from onnx.utils import Extractor
+
+        graph = proto.graph
+        known = {v.name for v in list(graph.value_info) + list(graph.input)
+                 + list(graph.output)}
+        for node in graph.node:  # the extractor needs a value info for every cut point
+            for name in list(node.input) + list(node.output):
+                if name and name not in known:
+                    graph.value_info.append(onnx.helper.make_tensor_value_info(
+                        name, onnx.TensorProto.FLOAT, None))
+                    known.add(name)
+        consumers: dict = {}
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        producer = {o: node for node in graph.node for o in node.output}
+        extractor = Extractor(proto)
+        result = []
+        for inp, out, tensor in zip(graph.input, graph.output, model.inputs):
+            shape = [batch] + [int(d) for d in tensor.shape[1:]]
+            start, end = inp.name, out.name
+            users = consumers.get(start, [])
+            if len(users) == 1 and users[0].op_type == "Transpose":  # NHWC -> NCHW
+                perm = [a.ints for a in users[0].attribute if a.name == "perm"][0]
+                start, shape = users[0].output[0], [shape[p] for p in perm]
+            if end in producer and producer[end].op_type == "Transpose":
+                end = producer[end].input[0]
+            sub = extractor.extract_model([start], [end])
+            session = self.session(sub.SerializeToString(), threads)
+            result.append(self._run(session, {session.get_inputs()[0].name:
+                                              _batch(shape[1:], batch)}))
+        return result
+
+
+class TFLiteRuntime(Runtime):
+    name, package = "tflite", "tensorflow"
+    install = "pip install tensorflow"
+
+    def version(self, model=None) -> str:
+        from surgery._backend import tf
+
+        return f"tflite{tf.__version__}-xnnpack"
+
+    def _runner(self, model, batch, threads) -> Runner:
+        from surgery._backend import tf
+        from surgery.pipeline.tflite import _convert
+
+        content = _convert(model, lambda converter: None)
+        with warnings.catch_warnings():  # tf.lite.Interpreter warns that it is deprecated
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
+        details = interpreter.get_input_details()
+        for d in details:
+            interpreter.resize_tensor_input(d["index"], [batch] + list(d["shape"][1:]))
+        interpreter.allocate_tensors()
+        feeds = [(d["index"], _batch(d["shape"][1:], batch)) for d in details]
+        out = interpreter.get_output_details()[0]["index"]
+
+        def run():
+            for index, x in feeds:
+                interpreter.set_tensor(index, x)
+            interpreter.invoke()
+            return interpreter.get_tensor(out)
+        return run
+
+    def runners(self, model, batch, threads, branches=False):
+        models = _branch_models(model) if branches else [model]
+        return [self._runner(m, batch, threads) for m in models]
+
+
+class TensorFlowRuntime(Runtime):
+    name, package = "tensorflow", "tensorflow"
+    install = "pip install tensorflow"
+
+    def version(self, model=None) -> str:
+        from surgery._backend import tf
+
+        if model is not None and _is_keras3(model):
+            import keras as keras3
+
+            return f"keras{keras3.__version__}-{keras3.backend.backend()}-tf{tf.__version__}"
+        return f"tf{tf.__version__}-tfkeras"
+
+    def _runner(self, model, batch, threads) -> Runner:
+        from surgery._backend import tf
+
+        xs = [_batch(t.shape[1:], batch) for t in model.inputs]
+        if _is_keras3(model):
+            import keras as keras3
+
+            if keras3.backend.backend() != "tensorflow":
+                return lambda: model.predict_on_batch(xs if len(xs) > 1 else xs[0])
+        tensors = [tf.constant(x) for x in xs]
+        forward = tf.function(lambda *t: model(list(t) if len(t) > 1 else t[0],
+                                               training=False), autograph=False)
+        return lambda: forward(*tensors)
+
+    def runners(self, model, batch, threads, branches=False):
+        from surgery._backend import tf
+
+        try:  # TensorFlow fixes its pools at first use: set them before, never after
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass
+        models = _branch_models(model) if branches else [model]
+        return [self._runner(m, batch, threads) for m in models]
+
+
+RUNTIMES = {r.name: r for r in (OnnxRuntime(), TFLiteRuntime(), TensorFlowRuntime())}
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime called ``name``, checked to be installed; :class:`SurgeryError`
+    naming ``runtime=`` and the choices otherwise."""
+    if not isinstance(name, str) or name not in RUNTIMES:
+        raise SurgeryError(f"runtime={name!r} is unknown; pass one of "
+                           f"{', '.join(repr(r) for r in RUNTIMES)} (the runtime you deploy "
+                           "to: 'onnxruntime' by default)")
+    return RUNTIMES[name].check()

@@ -1,0 +1,160 @@
+"""Latency as a cost over group widths: measured tables, interpolated between grid widths.
+
+This module owns :class:`LatencyTable` (one layer call's seconds on a grid of input and
+output widths, interpolated piecewise-linearly in each width, extended linearly below the
+grid and never negative) and :class:`LatencyEstimator`, the latency form of
+:class:`surgery.pruning.budget.WidthModel`: the pruned model's predicted seconds are the
+whole original model's measured seconds minus, for every call whose widths change, what
+its table says the call saves (``T(full widths) - T(kept widths)``). Calls that follow one
+width (a depthwise conv) get a one-dimensional table, calls whose input and output follow
+different groups a 3 × 3 grid, calls with no prunable width none at all. Tables come from
+:func:`surgery.cost.micro.measure` (cached on disk) or, in tests, are given by hand.
+
+>>> t = LatencyTable([8, 16], [8, 16], [[1.0, 2.0], [3.0, 4.0]])
+>>> float(t(12, 12)), float(t(8, 32)), float(t(4, 8))
+(2.5, 2.0, 0.0)
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from surgery.pruning.budget import WidthModel, call_widths
+
+logger = logging.getLogger(__name__)
+
+#: grid fractions of a width that one-dimensional tables measure
+FRACTIONS_1D = (1.0, 0.6, 0.25)
+#: ... and two-dimensional ones (in each width); beyond the grid, tables extrapolate
+FRACTIONS_2D = (1.0, 0.4)
+
+
+def _weights(grid: np.ndarray, x: np.ndarray):
+    """Indices and weights of the grid points around each ``x`` (the end segments extend
+    linearly down to width 0; above the grid, the last value holds)."""
+    x = np.clip(x, 0, grid[-1])
+    hi = np.clip(np.searchsorted(grid, x), 1, max(len(grid) - 1, 1))
+    lo = hi - 1
+    if len(grid) == 1:
+        zero = np.zeros_like(hi)
+        return zero, zero, np.zeros_like(x, dtype=np.float64)
+    w = (x - grid[lo]) / (grid[hi] - grid[lo])
+    return lo, hi, w
+
+
+class LatencyTable:
+    """Seconds of one call at input width ``ins[a]`` and output width ``outs[b]``
+    (``seconds[a][b]``); either axis may have one point."""
+
+    def __init__(self, ins: Sequence[float], outs: Sequence[float], seconds):
+        order_i, order_o = np.argsort(ins), np.argsort(outs)
+        self.ins = np.asarray(ins, np.float64)[order_i]
+        self.outs = np.asarray(outs, np.float64)[order_o]
+        self.seconds = np.asarray(seconds, np.float64).reshape(
+            len(ins), len(outs))[order_i][:, order_o]
+
+    def __call__(self, i, o):
+        i, o = np.asarray(i, np.float64), np.asarray(o, np.float64)
+        a0, a1, wa = _weights(self.ins, i)
+        b0, b1, wb = _weights(self.outs, o)
+        s = self.seconds
+        return np.maximum((1 - wa) * (1 - wb) * s[a0, b0] + (1 - wa) * wb * s[a0, b1]
+                          + wa * (1 - wb) * s[a1, b0] + wa * wb * s[a1, b1], 0.0)
+
+
+class LatencyEstimator(WidthModel):
+    """Predicted seconds of ``model`` pruned to given group widths, in one runtime.
+
+    ``whole``: measured seconds of the unpruned model; ``tables``: ``{call name:
+    LatencyTable}`` given by hand, or ``None`` to measure them (``runtime``, ``batch``,
+    ``threads``, ``block``: the grid's width step, ``cache``: a :class:`TableCache`).
+    Predictions never fall below ``floor`` of ``whole``.
+
+    Example::
+
+        est = LatencyEstimator(model, plan0, whole=0.120, tables=my_tables)
+        est.cost_of_plan(p) / est.total   # predicted latency ratio of plan p
+    """
+
+    unit = "latency"
+
+    def __init__(self, model, plan, *, whole: float,
+                 tables: Optional[Mapping[str, LatencyTable]] = None, runtime=None,
+                 batch: int = 1, threads: int = 1, block: int = 8, cache=None,
+                 progress: bool = True, floor: float = 0.05):
+        super().__init__(model, plan)
+        self.total = float(whole)
+        self.model = model
+        self.floor = floor
+        self.scale = 1.0  # on the predicted savings (the timing check calibrates it)
+        self.tables = dict(tables) if tables is not None else \
+            self._measure(model, runtime, batch, threads, block, cache, progress)
+        self._used = [(k, self.tables[info.name]) for k, (info, *_r) in enumerate(self.calls)
+                      if info.name in self.tables]
+        self._full = sum(float(t(*call_widths(self.calls[k][0]))) for k, t in self._used)
+
+    def _measure(self, model, runtime, batch, threads, block, cache, progress) -> dict:
+        from surgery.cost import micro
+        from surgery.cost.runtimes import _keras_of
+
+        plans = {}
+        entries = []
+        chains = micro.cheap_followers(model)
+        for info, rule, in_row, out_row in self.calls:
+            if not (np.any(in_row[:-1]) or np.any(out_row[:-1])) or not micro.measurable(info):
+                continue
+            i0, o0 = call_widths(info)
+            tied = np.allclose(out_row * i0, in_row * o0)
+            if tied or not np.any(out_row[:-1]):
+                ins = micro.widths(i0, block, FRACTIONS_1D)
+                pairs = [[(i, int(round(i * o0 / i0)) if tied else o0)] for i in ins]
+                outs = None
+            elif not np.any(in_row[:-1]):
+                outs = micro.widths(o0, block, FRACTIONS_1D)
+                ins, pairs = [i0], [[(i0, o) for o in outs]]
+            else:
+                ins = micro.widths(i0, block, FRACTIONS_2D)
+                outs = micro.widths(o0, block, FRACTIONS_2D)
+                pairs = [[(i, o) for o in outs] for i in ins]
+            after = tuple(chains.get(info.name, ()))
+            sigs = [[micro.signature(info, i, o, after) for i, o in row] for row in pairs]
+            entries += [(s, info, i, o, after) for srow, prow in zip(sigs, pairs)
+                        for s, (i, o) in zip(srow, prow)]
+            plans[info.name] = (ins, outs, tied, i0, o0, sigs)
+        if not entries:
+            return {}
+        seconds = micro.measure(entries, runtime, batch, threads, cache, _keras_of(model),
+                                progress=progress)
+        tables = {}
+        for name, (ins, outs, tied, i0, o0, sigs) in plans.items():
+            values = [[seconds[s] for s in row] for row in sigs]
+            if outs is None:  # one point per input width; the output follows it (or not)
+                tables[name] = _Tied(ins, [v[0] for v in values], o0 / i0 if tied else None)
+            else:
+                tables[name] = LatencyTable(ins, outs, values)
+        return tables
+
+    def cost(self, kept):
+        i, o = self.channels(kept)
+        now = sum(t(i[..., k], o[..., k]) for k, t in self._used) if self._used else \
+            np.full(np.shape(i)[:-1], self._full)
+        saved = self.scale * (self._full - now)
+        return np.maximum(self.total - saved, self.floor * self.total)
+
+    def summary(self) -> dict:
+        """How much of the whole model's time the tables cover."""
+        return dict(whole=self.total, tables=len(self._used), covered=self._full)
+
+
+class _Tied(LatencyTable):
+    """A one-dimensional table over the input width (the output width follows it, or is
+    fixed)."""
+
+    def __init__(self, ins, seconds, ratio):
+        super().__init__(ins, [0.0], [[s] for s in seconds])
+        self.ratio = ratio
+
+    def __call__(self, i, o):
+        return super().__call__(i, np.zeros_like(np.asarray(i, np.float64)))

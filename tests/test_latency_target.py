@@ -1,0 +1,220 @@
+"""``surgery.plan(model, latency_target=F)`` and the measured cost model (``surgery.cost``).
+
+No test asserts a timing: the allocation is checked against cost tables given by hand,
+plans a latency budget makes are checked for exactness with the zeroing oracle, and the
+measuring code is checked on a tiny model for well-formed, keyed tables and the cache's
+hit / miss / staleness logic.
+"""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import surgery
+from surgery import keras
+from surgery.cost import LatencyEstimator, LatencyTable, TableCache, get_runtime
+from surgery.cost.budget import plan_for_latency
+from surgery.cost.micro import cpu_key
+from surgery.pruning.budget import FlopsEstimator, plan_for_budget
+from equivalence import assert_equivalent, randomize_weights
+
+
+def _model():
+    """Two conv groups of 32 channels (``a`` and ``b``), then a classifier."""
+    x = keras.Input((12, 12, 3))
+    y = keras.layers.Conv2D(32, 3, padding="same", name="a")(x)
+    y = keras.layers.BatchNormalization(name="a_bn")(y)
+    y = keras.layers.ReLU(name="a_relu")(y)
+    y = keras.layers.Conv2D(32, 3, padding="same", name="b")(y)
+    y = keras.layers.ReLU(name="b_relu")(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    return randomize_weights(keras.Model(x, keras.layers.Dense(3, name="head")(y)))
+
+
+def _tables(expensive: str):
+    """Hand-made tables: each output channel of ``expensive`` costs 100 units, of the
+    other conv 10 units; the head costs a constant."""
+    widths = [8.0, 16.0, 24.0, 32.0]
+    a = LatencyTable([3.0], widths, [[(100.0 if expensive == "a" else 10.0) * w
+                                      for w in widths]])
+    b = LatencyTable(widths, widths, [[(100.0 if expensive == "b" else 10.0) * o
+                                       for o in widths] for _ in widths])
+    return {"a": a, "b": b, "head": LatencyTable(widths, [3.0], [[5.0]] * 4)}
+
+
+@pytest.mark.parametrize("expensive", ["a", "b"])
+def test_allocation_spends_channels_where_they_cost_latency(expensive):
+    model = _model()
+    base = surgery.plan(model, ratio=0.0)
+    whole = 4000.0  # 3200 + 320 + 5 in the tables, the rest fixed
+
+    def estimator(m, p0):
+        return LatencyEstimator(m, p0, whole=whole, tables=_tables(expensive))
+
+    est = estimator(model, base)
+    assert est.cost_of_plan(base) == pytest.approx(whole)
+    p = plan_for_budget(model, 0.5, estimator, name="latency_target", prefix="latency",
+                        greedy=True)
+    assert p.settings["latency_removed"] == pytest.approx(0.5, abs=0.02)
+    kept = dict(zip(p.labels, est.kept(p)))
+    cheap = "b" if expensive == "a" else "a"
+    assert kept[expensive] < kept[cheap] - 8, kept
+    if expensive == "a":  # the FLOPs budget (one search, another cost) spares ``a``
+        f = plan_for_budget(model, 0.5, FlopsEstimator)
+        fk = dict(zip(f.labels, FlopsEstimator(model, base).kept(f)))
+        assert fk["a"] - kept["a"] >= 8, (fk, kept)
+    x = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32")
+    assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
+
+
+def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
+    """The whole path: timed in ONNX Runtime (given tables, the plan checked by timing),
+    the plan passes the zeroing oracle and says what it chose and measured."""
+    model = _model()
+    with caplog.at_level(logging.WARNING):  # a busy machine may miss; the plan says so
+        p = plan_for_latency(model, 0.4, runtime="onnxruntime", batch_size=2, threads=1,
+                             tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path), corrections=1,
+                             progress=False)
+    s = p.settings
+    assert s["latency_target"] == 0.4 and s["runtime"] == "onnxruntime"
+    assert s["round_to"] == surgery.cost.simd_block()  # given tables: no probes
+    assert s["alignment"]["simd_block"] in (4, 8, 16)
+    assert s["latency_before"] > 0 and s["latency_after"] > 0
+    assert s["latency_removed"] == pytest.approx(1 - s["latency_after"] / s["latency_before"],
+                                                 abs=0.05)
+    assert 1 <= len(s["latency_checks"]) <= 2 and s["latency_rounds"] >= 1
+    json.loads(p.to_json())
+    x = np.random.default_rng(1).normal(size=(4, 12, 12, 3)).astype("float32")
+    assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
+
+
+def test_round_to_given_wins(tmp_path):
+    p = plan_for_latency(_model(), 0.3, runtime="tensorflow", threads=1, round_to=4,
+                         tables=_tables("b"), whole=4000.0, check=False, cache_dir=str(tmp_path))
+    assert p.settings["round_to"] == 4 and p.settings["alignment"]["chosen"] == "round_to given"
+    sizes = {label: p.sizes[label] - p.removed[label] for label in p.labels}
+    assert all(k % 4 == 0 for k in sizes.values()) and p.deletions
+
+
+def test_measured_tables_are_keyed_and_cached(tmp_path):
+    """Tiny model, ONNX Runtime: a well-formed table, then all hits; another thread count
+    or batch size finds no table (never a stale one)."""
+    model = _model()
+    base = surgery.plan(model, ratio=0.0)
+    rt = get_runtime("onnxruntime")
+
+    def measure(batch, threads):
+        cache = TableCache(cpu_key(rt, model, batch, threads), str(tmp_path))
+        est = LatencyEstimator(model, base, whole=1.0, runtime=rt, batch=batch,
+                               threads=threads, block=8, cache=cache, progress=False)
+        return est, cache
+
+    est, cache = measure(1, 1)
+    assert set(est.tables) == {"a", "b", "head"} and cache.misses > 0 and cache.hits == 0
+    stored = json.loads(open(cache.path).read())
+    assert stored["key"]["runtime"] == "onnxruntime" and stored["key"]["threads"] == 1
+    assert stored["key"]["batch"] == 1 and stored["key"]["cpu"] and stored["key"]["version"]
+    assert len(stored["entries"]) == cache.misses
+    assert all(v > 0 for v in stored["entries"].values())
+    assert any("[12, 12, 16]->" in k for k in stored["entries"])  # shapes in the key
+    t = est.tables["b"]
+    assert list(t.ins) == [16.0, 32.0] and list(t.outs) == [16.0, 32.0]
+    again, cache2 = measure(1, 1)
+    assert cache2.misses == 0 and cache2.hits == cache.misses
+    assert again.tables["b"].seconds.tolist() == t.seconds.tolist()
+    some = next(iter(stored["entries"]))
+    for batch, threads in ((1, 2), (2, 1)):  # another setting: another table, no entries
+        other = TableCache(cpu_key(rt, model, batch, threads), str(tmp_path))
+        assert other.path != cache.path and other.get(some) is None
+    # a file whose recorded key differs (edited, or a hash collision) is not reused
+    doctored = dict(stored, key=dict(stored["key"], threads=99))
+    open(cache.path, "w").write(json.dumps(doctored))
+    assert TableCache(cpu_key(rt, model, 1, 1), str(tmp_path)).get(some) is None
+
+
+def test_errors_name_the_argument_and_the_way_out(monkeypatch):
+    model = _model()
+    for bad in (0, 1, 1.5, -0.2, "half"):
+        with pytest.raises(surgery.SurgeryError, match="latency_target"):
+            surgery.plan(model, latency_target=bad)
+    with pytest.raises(surgery.SurgeryError, match="runtime='openvino' is unknown.*onnxruntime"):
+        surgery.plan(model, latency_target=0.5, runtime="openvino")
+    with pytest.raises(surgery.SurgeryError, match="latency_target and flops_target"):
+        surgery.plan(model, latency_target=0.5, flops_target=0.5)
+    with pytest.raises(surgery.SurgeryError, match="batch_size"):
+        surgery.plan(model, latency_target=0.5, batch_size=0)
+    monkeypatch.setattr(surgery.cost.RUNTIMES["tflite"], "package", "no_such_package_xyz")
+    with pytest.raises(surgery.SurgeryError, match="not installed.*pip install"):
+        surgery.plan(model, latency_target=0.5, runtime="tflite")
+
+
+def test_budget_that_cannot_be_met(tmp_path):
+    """Nearly all the time is fixed: no plan removes 60 % of it."""
+    tables = {"b": LatencyTable([8.0, 32.0], [8.0, 32.0], [[1.0, 2.0], [1.0, 2.0]])}
+    with pytest.raises(surgery.SurgeryError, match="latency_target=0.6.*ask for less"):
+        plan_for_latency(_model(), 0.6, runtime="tensorflow", threads=1, tables=tables,
+                         whole=100.0,
+                         check=False, cache_dir=str(tmp_path))
+
+
+def test_cli_latency_target(tmp_path, monkeypatch, capsys):
+    import prune_and_finetune as pf
+
+    monkeypatch.setenv("SURGERY_COST_CACHE", str(tmp_path / "tables"))
+    monkeypatch.setattr("surgery.cost.budget.DEFAULT_CORRECTIONS", 0)  # one timing check
+    tiny = ["--model", "lenet5", "--image-size", "16", "--baseline-epochs", "1",
+            "--finetune-epochs", "1", "--quiet", "--batch-size", "64", "--no-plots"]
+    assert pf.main(tiny + ["--latency-target", "1.5"]) == 2
+    assert "--latency-target" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert pf.main(tiny + ["--latency-target", "0.3", "--runtime", "tensorflow",
+                           "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency_target"] == 0.3 and report["runtime"] == "tensorflow"
+    assert report["latency_before"] > 0 and report["latency_after"] > 0
+    assert report["flops_after"] < report["flops_before"]
+    assert "latency removed (measured)" in (out / "report.md").read_text()
+    assert os.listdir(tmp_path / "tables")
+
+
+KERAS3_CASE = r'''
+import json, sys
+import keras
+import numpy as np
+import surgery
+from surgery.cost.budget import plan_for_latency
+inputs = keras.Input((12, 12, 3))
+h = keras.layers.Conv2D(32, 3, padding="same", name="a")(inputs)
+h = keras.layers.BatchNormalization(name="a_bn")(h)
+h = keras.layers.ReLU(name="a_relu")(h)
+h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="b")(h)
+m = keras.Model(inputs, keras.layers.Dense(3, name="head")(
+    keras.layers.GlobalAveragePooling2D()(h)))
+p = plan_for_latency(m, 0.4, runtime="onnxruntime", batch_size=2, threads=1, round_to=8,
+                     check=False, cache_dir=sys.argv[1], progress=False)
+x = np.random.default_rng(0).random((2, 12, 12, 3)).astype("float32")
+small = surgery.apply(m, p)
+print("RESULT " + json.dumps(dict(
+    tables=p.settings["cost_table"]["measured"], deletions=len(p.deletions),
+    version=p.settings["runtime_version"], diff=float(surgery.verify(m, small, p, x)),
+    keras3=type(small).__module__.startswith("keras.src"))))
+'''
+
+
+def test_keras3_tables_through_model_export(tmp_path):
+    """Keras 3 (TensorFlow backend): micro-models go to ONNX through ``model.export``."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["KERAS_BACKEND"] = "tensorflow"
+    proc = subprocess.run([sys.executable, "-c", KERAS3_CASE, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["keras3"] and result["tables"] > 0 and result["deletions"] > 0
+    assert "keras3." in result["version"] and result["diff"] <= 1e-5
