@@ -20,6 +20,7 @@ from surgery.engine.adapters import adapter_for
 from surgery.engine.flatten import flattened
 from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
+from surgery.engine.rules.base import approximate, approximating
 from surgery.pruning.criteria import channel_scores
 from surgery.pruning.policies import BelowThreshold, LowestK, get_policy
 from surgery.pruning.arguments import check_plan_arguments
@@ -146,7 +147,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          policy: str = "aggregate", *, threshold: Optional[float] = None,
          per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
          round_to: int = 1, min_channels: int = 1, scope: str = "local",
-         data=None, flops_target: Optional[float] = None) -> PrunePlan:
+         data=None, flops_target: Optional[float] = None, exact: bool = True) -> PrunePlan:
     """Decide which channels to delete, group by group.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -156,7 +157,12 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
     With ``threshold`` given, ``ratio`` is ignored. ``flops_target``: instead, remove
     that fraction of ``count_flops(model)`` (see :mod:`surgery.pruning.budget`). Output channels
-    that reach a model output (the classifier) are never pruned.
+    that reach a model output (the classifier) are never pruned. ``exact=False`` also
+    lets deletions cross layers where they are only approximate (mean-centred
+    ``LayerNormalization``: the residual width of a post- or pre-norm transformer); the
+    plan lists them in ``settings["approximate"]`` and, given ``data``, how far they moved
+    the outputs (``settings["deviation"]``: max relative difference on up to 64 examples
+    between the pruned model and the original with the deleted channels zeroed).
 
     Example::
 
@@ -164,6 +170,17 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         print(p.summary())
         smaller = surgery.apply(model, p)
     """
+    if not isinstance(exact, bool):
+        from surgery.errors import SurgeryError
+        raise SurgeryError(f"plan(exact=...) must be True or False, got {exact!r}")
+    if not exact and not approximating():
+        with approximate():
+            result = plan(model, ratio, criterion, policy, threshold=threshold,
+                          per_layer=per_layer, ignore=ignore, round_to=round_to,
+                          min_channels=min_channels, scope=scope, data=data,
+                          flops_target=flops_target, exact=False)
+        return _with_deviation(model, result, data)
+    exact = not approximating()
     # --- argument checks and the FLOPs budget: surgery.pruning.arguments, surgery.pruning.budget ---
     check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target)  # noqa: E501
     if flops_target is not None:
@@ -185,7 +202,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     result = PrunePlan({}, [], settings=dict(
         ratio=ratio, criterion=criterion if isinstance(criterion, str) else criterion.__name__,
         policy=policy, threshold=threshold, per_layer=per_layer, ignore=list(ignore),
-        round_to=round_to, min_channels=min_channels, scope=scope))
+        round_to=round_to, min_channels=min_channels, scope=scope, exact=exact))
     active = []
     for g in groups:
         label = labels[id(g)]
@@ -224,6 +241,21 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
             lost = g.member_channels(p, chosen)
             if lost:
                 result.deletions[p] = sorted(set(result.deletions.get(p, [])) | set(lost))
+        if len(chosen) and g.approximate:
+            approximated = result.settings.setdefault("approximate", [])
+            approximated += [n for n in g.approximate if n not in approximated]
+    return result
+
+
+def _with_deviation(model, result: PrunePlan, data, examples: int = 64) -> PrunePlan:
+    """An approximate plan with ``settings["deviation"]`` measured on ``data``."""
+    if not result.settings.get("approximate") or data is None:
+        return result
+    from surgery.pruning.criteria._data import _iter_batches
+    from surgery.pruning.execution import apply, verify
+
+    x = next(_iter_batches(data, max_samples=examples, batch_size=examples))[0]
+    result.settings["deviation"] = float(verify(model, apply(model, result), result, x))
     return result
 
 
