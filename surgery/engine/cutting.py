@@ -17,13 +17,14 @@ from surgery.engine.rules import PRODUCER, rule_for
 from surgery.engine.rules.base import concrete
 
 
-def cut(info, masks: list, channels: Optional[Sequence[int]], nested: bool = False
-        ) -> tuple:
+def cut(info, masks: list, channels: Optional[Sequence[int]], nested: bool = False,
+        units: Optional[Mapping[str, Sequence[int]]] = None) -> tuple:
     """``(replacement, outbound mask)`` of one call: ``replacement`` is ``None`` (layer
-    unchanged), ``(config, weights)``, or a layer object from an old-style handler."""
+    unchanged), ``(config, weights)``, or a layer object from an old-style handler.
+    ``units`` (``{axis: indices}``) are the heads / head widths the layer loses."""
     rule = rule_for(info)
     live = any(m is not None for m in masks)
-    if rule is None and (live or channels):
+    if rule is None and (live or channels or units):
         detail = ("it is a model nested inside the model; flatten it first with "
                   "surgery.flatten_model(model)" if nested else "")
         raise UnsupportedLayerError(info, detail)
@@ -33,6 +34,11 @@ def cut(info, masks: list, channels: Optional[Sequence[int]], nested: bool = Fal
                 for m, shape in zip(masks, info.input_shapes)]
         replacement = rule.cut_inputs(info, full)
         mask = rule.propagate(info, full)
+    if units and any(len(v) for v in units.values()):
+        if replacement is not None and not isinstance(replacement, tuple):
+            raise SurgeryError(f"layer {info.describe()}: a handler already rebuilt it")
+        current = info if replacement is None else info.replaced(*replacement)
+        replacement = rule.cut_units(current, {a: list(v) for a, v in units.items() if len(v)})
     if channels:
         if replacement is not None and not isinstance(replacement, tuple):
             raise SurgeryError(f"layer {info.describe()}: a handler already rebuilt it")
@@ -67,12 +73,37 @@ def checked_channels(info, channels) -> list[int]:
     return chosen
 
 
-def delete_by_rebuild(model, deletions: Mapping[str, Sequence[int]], adapter):
-    """A new model without the output channels in ``deletions`` (layer name -> indices),
-    built by ``adapter.rebuild``; ``model`` is untouched."""
+def checked_units(info, units: Mapping[str, Sequence[int]]) -> dict:
+    """``units`` (``{axis: indices}``) as sorted unique indices, refused when the layer
+    has no such axis, an index is out of range, or every unit of an axis would go."""
+    rule = rule_for(info)
+    axes = rule.unit_axes(info) if rule is not None else {}
+    result = {}
+    for axis, chosen in units.items():
+        if axis not in axes:
+            raise SurgeryError(
+                f"layer {info.describe()} has no unit axis {axis!r} (it has "
+                f"{sorted(axes) or 'none'}); plan.units names heads and head widths of "
+                "attention layers")
+        chosen = sorted({int(c) for c in chosen})
+        size = int(axes[axis])
+        if any(not 0 <= c < size for c in chosen) or (chosen and len(chosen) == size):
+            raise SurgeryError(
+                f"cannot delete {axis} {chosen} of layer {info.describe()}, which has "
+                f"{size} (0..{size - 1}); keep at least one.")
+        result[axis] = chosen
+    return result
+
+
+def delete_by_rebuild(model, deletions: Mapping[str, Sequence[int]], adapter,
+                      units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None):
+    """A new model without the output channels in ``deletions`` (layer name -> indices)
+    and the heads / head widths in ``units`` (layer name -> axis -> indices), built by
+    ``adapter.rebuild``; ``model`` is untouched."""
     adapter.require_functional(model)
+    units = dict(units or {})
     names = {n.layer.name for n in adapter.nodes(model) if not n.is_input}
-    unknown = sorted(set(deletions) - names)
+    unknown = sorted((set(deletions) | set(units)) - names)
     if unknown:
         raise SurgeryError(f"model '{model.name}' has no layers named {unknown}; "
                            "deletions must name layers of the model (see model.summary())")
@@ -86,7 +117,8 @@ def delete_by_rebuild(model, deletions: Mapping[str, Sequence[int]], adapter):
             checked[info.name] = checked_channels(info, channels)
         if channels is not None:
             channels = checked[info.name]
-        replacement, mask = cut(info, masks, channels, adapter.is_nested(node.layer))
+        cuts = checked_units(info, units[info.name]) if info.name in units else None
+        replacement, mask = cut(info, masks, channels, adapter.is_nested(node.layer), cuts)
         if replacement is not None:
             if not isinstance(replacement, tuple):
                 raise SurgeryError(

@@ -42,7 +42,9 @@ class ChannelGroup:
     when a grouped convolution reads or makes them, so channels must leave each of
     ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so;
     ``approximate`` the layers the channels cross that a deletion changes only
-    approximately (LayerNormalization, in ``exact=False`` plans).
+    approximately (LayerNormalization, in ``exact=False`` plans). A group
+    with an ``axis`` holds units that no tensor carries, inside its one producer (the
+    ``"heads"`` of a MultiHeadAttention; see ``LayerRule.unit_axes``).
     """
 
     producers: list[str]
@@ -52,15 +54,23 @@ class ChannelGroup:
     skipped: Optional[str] = None
     approximate: list[str] = dataclasses.field(default_factory=list)
     channels: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict, repr=False)
+    axis: Optional[str] = None
 
     @property
     def name(self) -> str:
-        return self.producers[0] if self.producers else "<input>"
+        name = self.producers[0] if self.producers else "<input>"
+        return f"{name}:{self.axis}" if self.axis else name
 
     def member_channels(self, producer: str, positions) -> list[int]:
         """The producer's channel indices for the group channels at ``positions``."""
         rows = self.channels[producer]
         return sorted({c for i in positions for c in rows[int(i)]})
+
+
+def _width(shape) -> int:
+    """The size of a tensor's channel (last) axis; an unknown size (``None``, as in a
+    variable-length sequence of token ids) or a scalar counts as 1."""
+    return concrete(shape)[-1] if shape is not None and len(shape) else 1
 
 
 class _UnionFind:
@@ -100,6 +110,7 @@ class _Analysis:
         self.blocks: list[tuple[np.ndarray, int]] = []
         self.skipped_layers: dict[str, str] = {}
         self.calls: dict[str, list] = {}  # shared layer -> its first call's inbound ids
+        self.units: dict[str, ChannelGroup] = {}  # "layer:axis" -> its unit group
 
     def new(self, n: int, reason: Optional[str] = None) -> np.ndarray:
         ids = self.uf.new(n)
@@ -116,7 +127,7 @@ class _Analysis:
     def visit(self, node, inbound: list):
         info = node.info
         rule = rule_for(info)
-        out_size = int(info.output_shape[-1] or 1) if info.output_shape else 1
+        out_size = _width(info.output_shape)
         if rule is None:
             reason = f"reaches {info.describe()}, which no layer rule supports"
             for ids in inbound:
@@ -132,7 +143,13 @@ class _Analysis:
             for a, b in zip(seen, inbound if seen is not inbound else ()):
                 if a is not None and b is not None and len(a) == len(b):
                     self.unite([a, b])
+        if flow in (PRODUCER, MIXING):
+            for i, ids in enumerate(inbound):
+                reason = rule.input_blocked(info, i) if ids is not None else None
+                if reason:
+                    self.skips.append((ids, reason))
         if flow == PRODUCER:
+            self._units(info, rule)
             if info.name not in self.owner:
                 self.owner[info.name] = (self.uf.new(rule.channels(info)), info.name)
                 self.order.append(info.name)
@@ -173,6 +190,14 @@ class _Analysis:
         if flow == MIXING:
             self.skipped_layers[info.name] = reason
         return self.new(out_size, reason)
+
+    def _units(self, info, rule) -> None:
+        """One group per unit axis of the layer (its heads, its head widths)."""
+        for axis, size in rule.unit_axes(info).items():
+            group = ChannelGroup([info.name], int(size), axis=axis,
+                                 blocks=rule.unit_blocks(info, axis))
+            group.channels = {info.name: [[i] for i in range(int(size))]}
+            self.units.setdefault(group.name, group)
 
     def _reshaped(self, info, ids: np.ndarray) -> np.ndarray:
         full = np.broadcast_to(ids, concrete(info.input_shape[:-1]) + (len(ids),))
@@ -221,7 +246,7 @@ class _Analysis:
             if hits and all(h is not None and h[0] == hits[0][0] for h in hits) and \
                     [h[1] for h in hits] == list(range(result[hits[0][0]].size)):
                 result[hits[0][0]].followers.append(name)
-        return result
+        return result + list(self.units.values())
 
 
 def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
@@ -231,8 +256,7 @@ def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
     adapter.require_functional(model)
     analysis = _Analysis()
     values = adapter.walk(model, analysis.visit,
-                          lambda t: analysis.new(int(t.shape[-1]) if len(t.shape) else 1,
-                                                 "model input"))
+                          lambda t: analysis.new(_width(tuple(t.shape)), "model input"))
     for t in adapter.outputs(model):
         ids = values.get(adapter.key(t))
         if ids is not None:

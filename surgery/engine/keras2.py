@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from surgery._backend import keras, tf
 from surgery.errors import SurgeryError
+from surgery.engine import adapters
 from surgery.engine.rules import LayerInfo
+
 
 
 def require_functional(model) -> None:
@@ -77,7 +79,10 @@ class Node:
             class_name=type(layer).__name__, name=layer.name, config=layer.get_config(),
             input_shapes=[_shape(t) for t in self.inputs],
             output_shape=_shape(self.outputs[0]), op=getattr(layer, "symbol", None),
-            layer=layer, load_weights=layer.get_weights)
+            layer=layer, load_weights=layer.get_weights,
+            input_roles=adapters.input_roles(layer, self._node.call_args,
+                                             self._node.call_kwargs, self.inputs,
+                                             tf.nest.flatten))
 
     def call(self, layer, tensors: Sequence) -> list:
         """Call ``layer`` with this node's original arguments, its tensors replaced;
@@ -145,6 +150,11 @@ def build_model(model, inputs: list, outputs: list) -> keras.Model:
 def new_layer(layer, config: Optional[dict] = None):
     """A fresh layer of ``layer``'s class from ``config`` (its own config by default)."""
     return type(layer).from_config(layer.get_config() if config is None else config)
+
+
+def carried(layer):
+    """A copy of a layer that no cut touches (:func:`surgery.engine.adapters.carried`)."""
+    return adapters.carried(layer, new_layer)
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:

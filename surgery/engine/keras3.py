@@ -20,6 +20,7 @@ import keras
 from keras import tree
 
 from surgery.errors import SurgeryError
+from surgery.engine import adapters
 from surgery.engine.rules import LayerInfo
 
 #: attributes of non-layer operations that rules read as config (``Concatenate``'s axis)
@@ -127,7 +128,11 @@ class Node:
             input_shapes=[_shape(t) for t in self.inputs],
             output_shape=_shape(self.outputs[0]) if self.outputs else (),
             op=None if is_layer else type(op).__name__, layer=op,
-            load_weights=op.get_weights if is_layer else _no_weights)
+            load_weights=op.get_weights if is_layer else _no_weights,
+            input_roles=adapters.input_roles(op, self._node.arguments.args,
+                                             self._node.arguments.kwargs, self.inputs,
+                                             tree.flatten) if is_layer else [],
+            keras=3)
 
     def call(self, layer, tensors: Sequence) -> list:
         """Call ``layer`` with this node's original arguments, its tensors replaced;
@@ -215,20 +220,28 @@ def clone(model):
     return copy
 
 
+def carried(layer):
+    """A copy of a layer that no cut touches (:func:`surgery.engine.adapters.carried`)."""
+    return adapters.carried(layer, new_layer)
+
+
 def rebuild(model, replaced: Mapping[int, tuple]):
     """A copy of ``model`` in which the layers in ``replaced`` (``id(layer)`` ->
     ``(config, weights)``) are rebuilt from the new config and given the new weights
-    (``None``: built fresh from the config); every other layer keeps its config and
-    weights. Keras infers every downstream shape while replaying the graph."""
+    (``None``: built fresh from the config); every other layer is :func:`carried` over
+    with its weights. Keras infers every downstream shape while replaying the graph."""
     made: dict[int, tuple] = {}
 
     def clone_function(layer):
-        config = replaced[id(layer)][0] if id(layer) in replaced else None
-        try:
-            new = new_layer(layer, config)
-        except Exception as err:  # a config Keras cannot build: say which layer
-            raise SurgeryError(f"rebuilding layer '{layer.name}' ({type(layer).__name__}) "
-                               f"after channel deletion failed: {err}") from err
+        if id(layer) not in replaced:
+            new = carried(layer)
+        else:
+            try:
+                new = new_layer(layer, replaced[id(layer)][0])
+            except Exception as err:  # a config Keras cannot build: say which layer
+                raise SurgeryError(f"rebuilding layer '{layer.name}' "
+                                   f"({type(layer).__name__}) after channel deletion "
+                                   f"failed: {err}") from err
         made[id(layer)] = (layer, new)
         return new
 
@@ -241,7 +254,7 @@ def rebuild(model, replaced: Mapping[int, tuple]):
                            f"failed: {err}") from err
     pairs = []
     for layer_id, (layer, new) in made.items():
-        if not isinstance(layer, keras.layers.Layer):
+        if not isinstance(layer, keras.layers.Layer) or new is layer:
             continue
         weights = replaced[layer_id][1] if layer_id in replaced else None
         if weights is None and layer_id not in replaced:

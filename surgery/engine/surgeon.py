@@ -12,7 +12,8 @@ validates the jobs) and changes how the pass runs:
   through the Keras 2 graph adapter, calls each layer with the node's original arguments
   (so ``x + y`` ops rebuild correctly), and builds the result from fresh layers whose
   weights are set in one batch, so the input model's layers never gain nodes and the two
-  models never share weights; a shared layer stays shared;
+  models never share weights (except a layer no cut touches whose config cannot rebuild
+  it, which is carried over as it is); a shared layer stays shared;
 * **checked jobs** — bad channel indices, deleting every channel, subclassed models and
   layers inside nested models are refused with :class:`~surgery.errors.SurgeryError`.
 """
@@ -26,7 +27,7 @@ from surgery import patches
 from surgery._backend import keras, require_legacy_tf_keras
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine import keras2
-from surgery.engine.cutting import checked_channels, cut
+from surgery.engine.cutting import checked_channels, checked_units, cut
 
 require_legacy_tf_keras("surgery.Surgeon (kerassurgeon)")
 patches.apply_all()
@@ -55,6 +56,7 @@ class Surgeon(kerassurgeon.Surgeon):
         super().__init__(model, copy=False)
         self._nodes = keras2.nodes(model)
         self._jobs: dict = {}  # layer -> (job, kwargs, node positions or None)
+        self._units: dict = {}  # layer -> {unit axis: indices} (heads, head widths)
 
     # ---- jobs --------------------------------------------------------------------------
     def add_job(self, job: str, layer, *, channels: Iterable[int] = None, new_layer=None,
@@ -72,6 +74,14 @@ class Surgeon(kerassurgeon.Surgeon):
         chosen = None if not node_indices else {calls[i].identity for i in node_indices
                                                 if i < len(calls)}
         self._jobs[layer] = (job, dict(channels=channels, new_layer=new_layer), chosen)
+
+    def delete_units(self, layer, units) -> None:
+        """Delete units that no tensor carries from ``layer``: ``units`` is ``{axis:
+        indices}`` (``{"heads": [1, 3]}`` for a MultiHeadAttention; see
+        ``PrunePlan.units``)."""
+        layer = self._resolve(layer)
+        node = next(n for n in self._nodes if n.layer is layer and not n.is_input)
+        self._units[layer] = checked_units(node.info, units)
 
     def _resolve(self, layer):
         if isinstance(layer, str):
@@ -135,15 +145,17 @@ class Surgeon(kerassurgeon.Surgeon):
 
     def _cut(self, node, masks, channels):
         """The new layer for this call and its outbound mask."""
-        replacement, mask = cut(node.info, masks, channels, keras2.is_nested(node.layer))
+        replacement, mask = cut(node.info, masks, channels, keras2.is_nested(node.layer),
+                                self._units.get(node.layer))
         return self._layer_for(node.layer, replacement), mask
 
     def _layer_for(self, layer, replacement):
         if layer in self._built:  # a shared layer: one new layer for every call
             return self._built[layer]
         if replacement is None:
-            new = keras2.new_layer(layer)
-            self._weights.append((new, layer.get_weights()))
+            new = keras2.carried(layer)
+            if new is not layer:
+                self._weights.append((new, layer.get_weights()))
         elif isinstance(replacement, tuple):
             config, weights = replacement
             new = keras2.new_layer(layer, config)

@@ -10,7 +10,7 @@ surgery, through the same rules.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -18,8 +18,11 @@ from surgery.engine.rules import PRODUCER, channel_vector, rule_for
 from surgery.engine.rules.base import concrete
 
 
-def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
-    """A copy of ``model`` whose channels in ``deletions`` produce exact zeros.
+def zero_channels(model, deletions: Mapping[str, Sequence[int]],
+                  units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None):
+    """A copy of ``model`` whose channels in ``deletions`` produce exact zeros, and whose
+    heads / head widths in ``units`` (layer -> axis -> indices, ``PrunePlan.units``)
+    contribute exactly nothing.
 
     Example::
 
@@ -51,6 +54,10 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]]):
                 if weights is not None:
                     changed[node.layer] = weights
                     info = info.replaced(info.config, weights)
+        cuts = {a: list(v) for a, v in (units or {}).get(info.name, {}).items() if len(v)}
+        if cuts and rule is not None:
+            changed[node.layer] = rule.zero_units(info, cuts)
+            info = info.replaced(info.config, changed[node.layer])
         channels = list(deletions.get(info.name, ()))
         if channels and rule is not None and rule.flow_of(info) == PRODUCER:
             changed[node.layer] = rule.zero_outputs(info, channels)

@@ -93,6 +93,15 @@ def _layer_names(model) -> set:
     return names
 
 
+def check_unit_arguments(*, heads=True, head_dims=False) -> None:
+    """Refuse ``heads`` / ``head_dims`` that are not booleans."""
+    for name, value in (("heads", heads), ("head_dims", head_dims)):
+        if not isinstance(value, bool):
+            raise SurgeryError(f"{name} must be True or False (whether attention layers lose "
+                               f"{'whole heads' if name == 'heads' else 'head widths'}), "
+                               f"got {value!r}")
+
+
 def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "aggregate",
                          threshold=None, per_layer: Optional[Mapping[str, float]] = None,
                          ignore: Sequence[str] = (), round_to=1, min_channels=1,

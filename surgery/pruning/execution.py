@@ -21,15 +21,17 @@ from surgery.engine.zeroing import max_relative_difference, zero_channels
 from surgery.pruning.planning import PrunePlan, plan as make_plan
 
 
-def _delete(model, deletions: Mapping[str, Sequence[int]]):
+def _delete(model, deletions: Mapping[str, Sequence[int]], units=None):
     adapter = adapter_for(model)
     if adapter is not keras2:
-        return delete_by_rebuild(model, deletions, adapter)
+        return delete_by_rebuild(model, deletions, adapter, units)
     from surgery.engine.surgeon import Surgeon  # Keras 2 only: loads kerassurgeon
 
     surgeon = Surgeon(model)
     for name, channels in deletions.items():
         surgeon.add_job("delete_channels", name, channels=channels)
+    for name, cuts in (units or {}).items():
+        surgeon.delete_units(name, cuts)
     return surgeon.operate()
 
 
@@ -47,7 +49,7 @@ def apply(model, plan: PrunePlan):
         raise SurgeryError(f"apply(plan=...): plan must be a PrunePlan from surgery.plan(...) "
                            f"or PrunePlan.from_json(text), got {type(plan).__name__}")
     with approximate(not plan.settings.get("exact", True)):
-        return _delete(flattened(model), plan.deletions)
+        return _delete(flattened(model), plan.deletions, plan.units)
 
 
 def delete_channels(model, layer, channels: Iterable[int]):
@@ -90,5 +92,5 @@ def verify(model, pruned, plan: PrunePlan, x) -> float:
     same_adapter(model, pruned)
     check_values("verify", "x", x)
     with approximate(not plan.settings.get("exact", True)):
-        zeroed = zero_channels(flattened(model), plan.deletions)
+        zeroed = zero_channels(flattened(model), plan.deletions, plan.units)
     return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))

@@ -22,8 +22,9 @@ from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
 from surgery.engine.rules.base import approximate, approximating
 from surgery.pruning.criteria import channel_scores
+from surgery.pruning.criteria.units import unit_axis_wanted, unit_scores
 from surgery.pruning.policies import BelowThreshold, LowestK, get_policy
-from surgery.pruning.arguments import check_plan_arguments
+from surgery.pruning.arguments import check_plan_arguments, check_unit_arguments
 from surgery.pruning.budget import plan_for_flops
 
 
@@ -33,9 +34,12 @@ class PrunePlan:
 
     ``deletions``: layer name -> sorted channel indices, for every layer with ``filters``
     or ``units`` that loses channels; ``groups``: the producer names of each group (all
-    members of a group have the same entry in ``deletions``); ``skipped``: group or layer
-    -> why it was left alone; ``sizes``: group name -> channels before; ``settings``: the
-    arguments the plan was made with.
+    members of a group have the same entry in ``deletions``); ``units``: layer name ->
+    unit axis -> sorted indices, the heads and head widths a layer loses
+    (``{"mha": {"heads": [1, 3], "key_dim": []}}``; one entry per planned unit axis, see
+    ``LayerRule.unit_axes``); ``skipped``: group or layer -> why it was left alone;
+    ``sizes``: group name (``"mha:heads"`` for a unit axis) -> channels before;
+    ``settings``: the arguments the plan was made with.
     """
 
     deletions: dict[str, list[int]]
@@ -45,6 +49,7 @@ class PrunePlan:
     settings: dict = dataclasses.field(default_factory=dict)
     labels: list[str] = dataclasses.field(default_factory=list)
     removed: dict[str, int] = dataclasses.field(default_factory=dict)
+    units: dict[str, dict[str, list[int]]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -53,6 +58,8 @@ class PrunePlan:
     def from_json(cls, text: str) -> "PrunePlan":
         data = json.loads(text)
         data["deletions"] = {k: [int(i) for i in v] for k, v in data["deletions"].items()}
+        data["units"] = {k: {a: [int(i) for i in v] for a, v in axes.items()}
+                         for k, axes in data.get("units", {}).items()}
         return cls(**data)
 
     @property
@@ -69,6 +76,10 @@ class PrunePlan:
             size = self.sizes.get(name, 0)
             lost = self.removed.get(name, len(self.deletions.get(members[0], ())))
             rows.append((name, str(len(members)), str(size), str(size - lost), ""))
+        for layer, axes in self.units.items():
+            for axis, lost in axes.items():
+                size = self.sizes.get(f"{layer}:{axis}", 0)
+                rows.append((f"{layer}:{axis}", "1", str(size), str(size - len(lost)), ""))
         for name, reason in self.skipped.items():
             size = self.sizes.get(name, 0)
             rows.append((name, "", str(size), str(size), "skipped: " + reason))
@@ -147,7 +158,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          policy: str = "aggregate", *, threshold: Optional[float] = None,
          per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
          round_to: int = 1, min_channels: int = 1, scope: str = "local",
-         data=None, flops_target: Optional[float] = None, exact: bool = True) -> PrunePlan:
+         data=None, flops_target: Optional[float] = None, heads: bool = True,
+         head_dims: bool = False, exact: bool = True) -> PrunePlan:
     """Decide which channels to delete, group by group.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -164,6 +176,12 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     the outputs (``settings["deviation"]``: max relative difference on up to 64 examples
     between the pruned model and the original with the deleted channels zeroed).
 
+    Attention layers (``MultiHeadAttention``) also lose units that no tensor carries, each
+    axis a group of its own (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes
+    whole heads, ``head_dims=True`` the per-head query/key width (``key_dim``) and value
+    width (``value_dim``); both may be on. ``plan.units`` holds those decisions. With
+    ``flops_target`` only channels are searched (heads and head widths stay).
+
     Example::
 
         p = surgery.plan(model, ratio=0.5, criterion="l1", policy="intersection")
@@ -178,13 +196,15 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
             result = plan(model, ratio, criterion, policy, threshold=threshold,
                           per_layer=per_layer, ignore=ignore, round_to=round_to,
                           min_channels=min_channels, scope=scope, data=data,
-                          flops_target=flops_target, exact=False)
+                          flops_target=flops_target, heads=heads, head_dims=head_dims,
+                          exact=False)
         return _with_deviation(model, result, data)
     exact = not approximating()
     # --- argument checks and the FLOPs budget: surgery.pruning.arguments, surgery.pruning.budget ---
+    check_unit_arguments(heads=heads, head_dims=head_dims)
     check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target)  # noqa: E501
     if flops_target is not None:
-        return plan_for_flops(model, flops_target, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data)  # noqa: E501
+        return plan_for_flops(model, flops_target, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False)  # noqa: E501
     # ---
     if threshold is None and (ratio is None or not 0 <= ratio < 1):
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
@@ -202,10 +222,13 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     result = PrunePlan({}, [], settings=dict(
         ratio=ratio, criterion=criterion if isinstance(criterion, str) else criterion.__name__,
         policy=policy, threshold=threshold, per_layer=per_layer, ignore=list(ignore),
-        round_to=round_to, min_channels=min_channels, scope=scope, exact=exact))
+        round_to=round_to, min_channels=min_channels, scope=scope, heads=heads,
+        head_dims=head_dims, exact=exact))
     active = []
     for g in groups:
         label = labels[id(g)]
+        if g.axis is not None and not unit_axis_wanted(g.axis, heads, head_dims):
+            continue
         result.sizes[label] = g.size
         hit = set(ignore) & set(g.producers + g.followers)
         if g.skipped or hit:
@@ -213,15 +236,19 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         else:
             active.append(g)
     result.skipped.update(skipped_layers)
+    units = [g for g in active if g.axis is not None]
+    active = [g for g in active if g.axis is None]
     names = list(dict.fromkeys(p for g in active for p in g.producers))
     if policy == "depthwise":
         names += [n for n in _scored_followers(model, active) if n not in names]
     scores = channel_scores(model, names, criterion, data) if names else {}
+    scores.update(unit_scores(model, [(g.producers[0], g.axis) for g in units], criterion,
+                              data) if units else {})
 
     keep_counts = _global_keep_counts(active, scores, ratio, round_to, min_channels) \
         if scope == "global" and threshold is None else {}
-    for g in active:
-        members = _member_scores(g, scores, policy)
+    for g in active + units:
+        members = {g.name: scores[g.name]} if g.axis else _member_scores(g, scores, policy)
         depthwise = next((m for m in members if m not in g.producers), None)
         if threshold is not None:
             proposer = BelowThreshold(threshold)
@@ -234,9 +261,12 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
             keep = keep_counts.get(id(g)) or _keep_count(g.size, group_ratio, round_to,
                                                           min_channels, g.blocks)
             chosen = policy_fn(members, LowestK(g.size - keep, g.blocks), depthwise)
+        result.removed[labels[id(g)]] = len(chosen)
+        if g.axis is not None:
+            result.units.setdefault(g.producers[0], {})[g.axis] = sorted(int(c) for c in chosen)
+            continue
         result.groups.append(list(g.producers))
         result.labels.append(labels[id(g)])
-        result.removed[labels[id(g)]] = len(chosen)
         for p in g.producers:
             lost = g.member_channels(p, chosen)
             if lost:

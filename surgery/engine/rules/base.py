@@ -46,7 +46,9 @@ class LayerInfo:
 
     ``input_shapes`` / ``output_shape`` exclude the batch axis; ``op`` names the function
     of an operation layer (``"math.add"`` for tf-keras's ``TFOpLambda``); ``layer`` is the
-    live layer object, for rules registered through the old handler API only.
+    live layer object, for rules registered through the old handler API only;
+    ``input_roles`` the call parameter each tensor input was passed as (``"query"``,
+    ``"value"``, …; ``""`` where unknown); ``keras`` the Keras generation (2 or 3).
     """
 
     class_name: str
@@ -58,6 +60,8 @@ class LayerInfo:
     layer: Any = None
     load_weights: Optional[Callable[[], list]] = None
     _weights: Optional[list] = None
+    input_roles: list = dataclasses.field(default_factory=list)
+    keras: int = 2
 
     @property
     def weights(self) -> list:
@@ -284,6 +288,56 @@ class LayerRule:
         axis = self.channel_axis(info)
         keep = np.repeat(channel_vector(masks[0], axis), self.multiplier(info))
         return mask_for_shape(keep, info.output_shape, axis)
+
+    def input_blocked(self, info: LayerInfo, index: int) -> Optional[str]:
+        """Why deleted channels cannot reach tensor input ``index`` (an attention mask),
+        or ``None`` when :meth:`cut_inputs` handles them."""
+        return None
+
+    # ---- units no tensor carries (attention heads, a head's width) ---------------------
+    # A layer may own prunable axes inside itself: MultiHeadAttention's heads and the
+    # per-head query/key width (``key_dim``) and value width (``value_dim``). Each such
+    # *unit axis* is a channel group of its own (labelled ``"layer:axis"``), scored,
+    # planned and cut like output channels; ``PrunePlan.units`` holds the decisions as
+    # ``{layer: {axis: [indices]}}``. A rule with unit axes overrides :meth:`unit_axes`,
+    # :meth:`unit_slices` and :meth:`cut_units`; zeroing, magnitude and Taylor scores
+    # follow from :meth:`unit_slices`.
+    def unit_axes(self, info: LayerInfo) -> dict:
+        """The layer's own prunable axes that no tensor carries, ``{axis name: size}``
+        (``{"heads": 8, "key_dim": 64, "value_dim": 64}``); empty for most layers."""
+        return {}
+
+    def unit_blocks(self, info: LayerInfo, axis: str) -> int:
+        """Units must leave each of this many equal slices of ``axis`` equally (query
+        heads per key/value group in grouped-query attention)."""
+        return 1
+
+    def unit_slices(self, info: LayerInfo, axis: str) -> list:
+        """``[(weight index, weight axis), ...]``: the weights whose entries along that
+        axis, at unit ``u``, are zeroed to make unit ``u`` contribute exactly nothing
+        (MultiHeadAttention's heads: the value kernel and bias). Taylor scores a unit by
+        the first-order loss change of zeroing exactly these entries."""
+        raise NotImplementedError(f"{type(self).__name__} has no unit axis {axis!r}")
+
+    def cut_units(self, info: LayerInfo, cuts: dict) -> tuple:
+        """``(config, weights)`` without the units ``cuts`` (``{axis: sorted indices}``),
+        deleted from every weight that holds them, and whatever keeps the layer exact
+        (a key-width cut folds the change of the attention scale into the query)."""
+        raise NotImplementedError(f"{type(self).__name__} has no units to cut")
+
+    def zero_units(self, info: LayerInfo, cuts: dict) -> list:
+        """Weights with which the units ``cuts`` contribute exactly nothing."""
+        weights = [w.copy() for w in info.weights]
+        for axis, units in cuts.items():
+            for index, weight_axis in self.unit_slices(info, axis):
+                np.moveaxis(weights[index], weight_axis, 0)[list(units)] = 0
+        return weights
+
+    def unit_matrix(self, info: LayerInfo, axis: str) -> np.ndarray:
+        """The weights of each unit as ``(units, fan)``, for magnitude criteria."""
+        return np.concatenate(
+            [np.moveaxis(info.weights[i], a, 0).reshape(info.weights[i].shape[a], -1)
+             for i, a in self.unit_slices(info, axis)], axis=1)
 
     # ---- costs and criteria ------------------------------------------------------------
     def flops(self, info: LayerInfo) -> int:

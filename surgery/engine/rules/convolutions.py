@@ -11,12 +11,13 @@ import numpy as np
 
 from surgery.errors import SurgeryError
 from surgery.engine.rules import CHANNELWISE, PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector, with_config, zeroed
+from surgery.engine.rules.base import channel_vector, concrete, with_config, zeroed
 
 
 def positions(shape) -> int:
-    """Spatial positions of a channels-last shape without batch (1 for a vector)."""
-    return int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    """Spatial positions of a channels-last shape without batch (1 for a vector); an
+    unknown size (a variable sequence length) counts as 1, so FLOPs are per position."""
+    return int(np.prod(concrete(shape[:-1]))) if len(shape) > 1 else 1
 
 
 def _in_channels(info) -> int:

@@ -1,9 +1,10 @@
 """Running a model for the data-driven criteria, on every Keras generation and backend.
 
-It owns the two things ``apoz``, ``thinet`` and ``taylor`` need from a forward pass:
-:func:`forward`, the values of some internal tensors on a batch as NumPy arrays, and
+It owns what ``apoz``, ``thinet`` and ``taylor`` need from a forward pass:
+:func:`forward`, the values of some internal tensors on a batch as NumPy arrays,
 :func:`taylor_products`, the activation times the gradient of the summed per-example loss
-w.r.t. it. tf-keras models and Keras 3 models on TensorFlow use ``tf.GradientTape``;
+w.r.t. it, and :func:`weight_gradients`, that loss's gradient w.r.t. layers' weights (for
+scoring attention heads, which no tensor carries; JAX through ``stateless_call``). tf-keras models and Keras 3 models on TensorFlow use ``tf.GradientTape``;
 Keras 3 on PyTorch differentiates the probe's outputs with ``torch.autograd.grad``; Keras
 3 on JAX replays the graph (the adapter's ``walk``) with a zero perturbation added to each
 activation and takes ``jax.grad`` w.r.t. the perturbations. Batches from a
@@ -173,3 +174,50 @@ def _products_jax(model, probe, tensors: Sequence, x: Any, y: Any,
 
     grads = jax.grad(loss_fn)([jnp.zeros(a.shape, a.dtype) for a in acts])
     return [a * np.asarray(g) for a, g in zip(acts, grads)]
+
+
+def weight_gradients(model, layers: Sequence, x: Any, y: Any, probabilities: bool
+                     ) -> dict[str, list[np.ndarray]]:
+    """``{layer name: [dL/dw for w in layer.weights]}`` on batch ``(x, y)``, ``L`` the
+    summed per-example cross-entropy of the model's single output (zeros for weights
+    that do not reach it)."""
+    backend = backend_of(model)
+    variables = [v for layer in layers for v in layer.weights]
+    inputs = _model_inputs(model, batch_for(model, x))
+    if backend == "jax":
+        import jax
+
+        trainable = list(model.trainable_variables)
+        position = {id(v): i for i, v in enumerate(trainable)}
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss_fn(values):
+            outs, _ = model.stateless_call(values, non_trainable, inputs, training=False)
+            return per_example_loss(model, y, _as_list(outs)[0], probabilities).sum()
+
+        grads = jax.grad(loss_fn)([v.value for v in trainable])
+        found = [grads[position[id(v)]] if id(v) in position else None for v in variables]
+    elif backend == "torch":
+        import torch
+
+        outs = _as_list(model(inputs, training=False))
+        loss = per_example_loss(model, y, outs[0], probabilities).sum()
+        found = list(torch.autograd.grad(loss, [v.value for v in variables],
+                                         allow_unused=True))
+    else:
+        handles = [v.value if backend != "keras2" else v for v in variables]
+        with tf.GradientTape() as tape:
+            tape.watch(handles)
+            outs = _as_list(model(inputs, training=False))
+            loss = tf.reduce_sum(per_example_loss(model, y, outs[0], probabilities))
+        found = tape.gradient(loss, handles,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    result, i = {}, 0
+    for layer in layers:
+        grads = []
+        for v in layer.weights:
+            g = found[i]
+            grads.append(np.zeros(tuple(v.shape)) if g is None else _numpy(g))
+            i += 1
+        result[layer.name] = grads
+    return result

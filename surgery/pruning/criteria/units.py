@@ -1,0 +1,119 @@
+"""Scoring units that no tensor carries: attention heads and head widths.
+
+A layer's rule names its unit axes (``LayerRule.unit_axes``: MultiHeadAttention's
+``heads``, ``key_dim``, ``value_dim``) and, per axis, the weights whose entries are zeroed
+to remove a unit (``unit_slices``). This module owns :func:`unit_scores`, one float per
+unit (higher = keep), with the plan's criterion read as:
+
+* ``l1`` / ``l2`` / ``fpgm`` — over the unit's weights (``unit_matrix``: a head's query,
+  key and value kernels and its output rows), as for output channels;
+* ``taylor`` — the first-order change of the loss when the unit is zeroed, from the
+  gradient of the loss w.r.t. the layer's weights: ``|sum_w g_w * w|`` over the entries
+  :meth:`zero_units` zeroes, per batch, averaged (Molchanov et al. 2019's group Taylor);
+* any other criterion scores units with ``l1`` (logged once).
+
+It also owns :func:`unit_axis_wanted`, which of the unit axes a plan's ``heads`` /
+``head_dims`` switches turn on.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from surgery.engine.adapters import adapter_for
+from surgery.engine.rules import rule_for
+from surgery.pruning.criteria._data import _iter_batches, _require_data
+from surgery.pruning.criteria._registry import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, logger
+
+#: unit axes that are whole heads, and those that are the width of every head
+HEAD_AXES = ("heads",)
+HEAD_WIDTH_AXES = ("key_dim", "value_dim", "head_dim")
+
+
+def unit_axis_wanted(axis: str, heads: bool, head_dims: bool) -> bool:
+    """Whether a plan with these switches prunes unit ``axis`` (other axes always).
+
+    >>> unit_axis_wanted("heads", True, False), unit_axis_wanted("key_dim", True, False)
+    (True, False)
+    """
+    if axis in HEAD_AXES:
+        return heads
+    if axis in HEAD_WIDTH_AXES:
+        return head_dims
+    return True
+
+
+def _infos(model) -> dict:
+    return {n.layer.name: n for n in adapter_for(model).nodes(model) if not n.is_input}
+
+
+def _per_unit(weights: list, slices: list, size: int) -> np.ndarray:
+    """``sum`` of ``weights[i]`` over every axis but ``a``, for each ``(i, a)``."""
+    total = np.zeros(size)
+    for i, a in slices:
+        w = np.moveaxis(np.asarray(weights[i], np.float64), a, 0)
+        total += w.reshape(size, -1).sum(axis=1)
+    return total
+
+
+def unit_scores(model, targets: Sequence[tuple], criterion: Any = "l1", data=None, *,
+                max_samples: int = DEFAULT_MAX_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE
+                ) -> dict[str, np.ndarray]:
+    """Scores of the units of ``targets`` (``(layer name, axis)`` pairs), keyed
+    ``"layer:axis"``; higher = keep.
+
+    >>> from surgery._backend import keras
+    >>> q = keras.Input((5, 8))
+    >>> m = keras.Model(q, keras.layers.MultiHeadAttention(4, 2, name="mha")(q, q))
+    >>> unit_scores(m, [("mha", "heads")], "l2")["mha:heads"].shape
+    (4,)
+    """
+    nodes = _infos(model)
+    name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "")
+    out: dict[str, np.ndarray] = {}
+    if name == "taylor":
+        return _taylor(model, targets, nodes, data, max_samples, batch_size)
+    if name not in ("l1", "l2", "fpgm"):
+        logger.warning("criterion %r scores output channels only; heads and head widths "
+                       "are scored with l1", name)
+    for layer, axis in targets:
+        info = nodes[layer].info
+        w = np.asarray(rule_for(info).unit_matrix(info, axis), np.float64)
+        if name == "l2":
+            s = np.sqrt(np.square(w).sum(axis=1))
+        elif name == "fpgm":
+            sq = np.square(w).sum(axis=1)
+            s = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * w @ w.T, 0)).sum(axis=1)
+        else:
+            s = np.abs(w).sum(axis=1)
+        out[f"{layer}:{axis}"] = s
+    return out
+
+
+def _taylor(model, targets, nodes, data, max_samples, batch_size) -> dict[str, np.ndarray]:
+    from surgery.pruning.criteria._forward import weight_gradients
+    from surgery.pruning.criteria.activations import _output_is_probability
+
+    _require_data("taylor", data)
+    layers = list(dict.fromkeys(layer for layer, _ in targets))
+    probabilities = _output_is_probability(model)
+    sums: dict[str, Optional[np.ndarray]] = {f"{l}:{a}": None for l, a in targets}
+    batches = 0
+    for x, y in _iter_batches(data, max_samples, batch_size):
+        if y is None:
+            raise ValueError("taylor needs labels: pass data= as (x, y) or (x, y) batches")
+        grads = weight_gradients(model, [nodes[l].layer for l in layers], x, y, probabilities)
+        for layer, axis in targets:
+            info = nodes[layer].info
+            rule = rule_for(info)
+            size = rule.unit_axes(info)[axis]
+            products = [np.asarray(w, np.float64) * np.asarray(g, np.float64)
+                        for w, g in zip(info.weights, grads[layer])]
+            s = np.abs(_per_unit(products, rule.unit_slices(info, axis), size))
+            key = f"{layer}:{axis}"
+            sums[key] = s if sums[key] is None else sums[key] + s
+        batches += 1
+    if batches == 0:
+        raise ValueError("taylor: data= yielded no examples")
+    return {k: v / batches for k, v in sums.items()}
