@@ -148,8 +148,8 @@ class _Analysis:
                 reason = rule.input_blocked(info, i) if ids is not None else None
                 if reason:
                     self.skips.append((ids, reason))
+        self._units(info, rule)  # heads etc., whatever the layer does with its tensors
         if flow == PRODUCER:
-            self._units(info, rule)
             if info.name not in self.owner:
                 self.owner[info.name] = (self.uf.new(rule.channels(info)), info.name)
                 self.order.append(info.name)

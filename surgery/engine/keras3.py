@@ -22,6 +22,7 @@ from keras import tree
 from surgery.errors import SurgeryError
 from surgery.engine import adapters
 from surgery.engine.rules import LayerInfo
+from surgery.engine.rules.base import CLASS_KEY
 
 #: attributes of non-layer operations that rules read as config (``Concatenate``'s axis)
 _OP_ATTRIBUTES = ("axis", "axes", "newshape", "new_shape", "pad_width", "mode")
@@ -202,8 +203,11 @@ def build_model(model, new_inputs: list, new_outputs: list):
 def new_layer(layer, config: Optional[dict] = None):
     """A fresh layer of ``layer``'s class from ``config`` (its own config by default);
     layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called."""
-    return type(layer).from_config(_unbuilt(layer.get_config() if config is None
-                                            else config))
+    config = dict(layer.get_config() if config is None else config)
+    cls = type(layer)
+    if CLASS_KEY in config:  # a rule rebuilds it as a registered equivalent
+        cls = keras.saving.get_registered_object(config.pop(CLASS_KEY))
+    return cls.from_config(_unbuilt(config))
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:

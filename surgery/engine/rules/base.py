@@ -84,6 +84,11 @@ class LayerInfo:
         return f"'{self.name}' ({self.class_name})"
 
 
+#: a config key a rule may set in a new config: the registered name
+#: (``keras.saving.get_registered_object``) of the class to rebuild the layer as, when
+#: its own class cannot express the cut (keras-hub blocks: surgery.models.hub_blocks)
+CLASS_KEY = "__surgery_class__"
+
 _APPROXIMATE = contextvars.ContextVar("surgery_approximate", default=False)
 
 
