@@ -202,12 +202,21 @@ def build_model(model, new_inputs: list, new_outputs: list):
 
 def new_layer(layer, config: Optional[dict] = None):
     """A fresh layer of ``layer``'s class from ``config`` (its own config by default);
-    layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called."""
+    layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called.
+    A class whose own config cannot rebuild it (keras-hub's ``ViTPatchingAndEmbedding``)
+    is rebuilt as surgery's registered equivalent ``surgery>ClassName``, if there is one."""
     config = dict(layer.get_config() if config is None else config)
     cls = type(layer)
     if CLASS_KEY in config:  # a rule rebuilds it as a registered equivalent
         cls = keras.saving.get_registered_object(config.pop(CLASS_KEY))
-    return cls.from_config(_unbuilt(config))
+    try:
+        return cls.from_config(_unbuilt(config))
+    except Exception:
+        equivalent = keras.saving.get_registered_object(f"surgery>{cls.__name__}") \
+            if cls is type(layer) else None
+        if equivalent is None:
+            raise
+        return equivalent.from_config(_unbuilt(config))
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:
@@ -219,7 +228,7 @@ def set_weights(pairs: Iterable[tuple]) -> None:
 
 def clone(model):
     """A copy of ``model`` with its own layers and the same weights."""
-    copy = keras.models.clone_model(model)
+    copy = keras.models.clone_model(model, clone_function=new_layer)
     copy.set_weights(model.get_weights())
     return copy
 

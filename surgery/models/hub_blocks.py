@@ -22,7 +22,9 @@ import keras
 
 PACKAGE = "surgery"
 #: registered name -> attribute of this module that makes the class
-_CLASSES = {"TransformerEncoder": "transformer_encoder_class"}
+_CLASSES = {"TransformerEncoder": "transformer_encoder_class",
+            "ViTEncoder": "vit_encoder_class",
+            "ViTPatchingAndEmbedding": "vit_embedding_class"}
 
 
 def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) -> None:
@@ -61,6 +63,67 @@ def transformer_encoder_class():
                         value_dim=self.value_dim)
 
     return TransformerEncoder
+
+
+@functools.lru_cache(maxsize=None)
+def vit_encoder_class():
+    """keras-hub's ``ViTEncoder`` whose config may list each block's ``num_heads``,
+    ``key_dim`` and ``mlp_dim`` (``blocks``; ``None``: all blocks as the stock config)."""
+    from keras_hub.src.models.vit.vit_layers import ViTEncoder as Stock
+    from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock as StockBlock
+
+    class ViTEncoderBlock(StockBlock):
+        def __init__(self, *args, key_dim: Optional[int] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if key_dim is not None:
+                self.key_dim = int(key_dim)  # read by the stock build
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="ViTEncoder")
+    class ViTEncoder(Stock):
+        def __init__(self, *args, blocks: Optional[list] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.blocks = [dict(b) for b in blocks] if blocks else None
+            if self.blocks:
+                self.num_layers = len(self.blocks)
+
+        def build(self, input_shape):
+            super().build(input_shape)
+            if not self.blocks:
+                return
+            for i, dims in enumerate(self.blocks):  # each block at its own widths
+                old = self.encoder_layers[i]
+                new = ViTEncoderBlock(
+                    num_heads=dims["num_heads"], key_dim=dims["key_dim"],
+                    hidden_dim=self.hidden_dim, mlp_dim=dims["mlp_dim"],
+                    dropout_rate=self.dropout_rate, use_mha_bias=self.use_mha_bias,
+                    use_mlp_bias=self.use_mlp_bias, attention_dropout=self.attention_dropout,
+                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+                    name=old.name)
+                new.build((None, None, self.hidden_dim))
+                self._tracker.replace_tracked_value("layers", old, new)
+                list.__setitem__(self.encoder_layers, i, new)
+
+        def get_config(self):
+            return dict(super().get_config(), blocks=self.blocks)
+
+    return ViTEncoder
+
+
+@functools.lru_cache(maxsize=None)
+def vit_embedding_class():
+    """keras-hub's ``ViTPatchingAndEmbedding``, whose stock ``get_config`` writes two
+    derived keys (``num_patches``, ``num_positions``) its ``__init__`` rejects: a copy made
+    from its config (``clone_model``, a saved functional model) fails. This one accepts and
+    recomputes them."""
+    from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding as Stock
+
+    @keras.saving.register_keras_serializable(package=PACKAGE,
+                                              name="ViTPatchingAndEmbedding")
+    class ViTPatchingAndEmbedding(Stock):
+        def __init__(self, *args, num_patches=None, num_positions=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    return ViTPatchingAndEmbedding
 
 
 class _Lazy:

@@ -26,6 +26,24 @@ from surgery.engine.rules.base import CLASS_KEY, concrete, with_config
 _HEAD_AXES = ("heads", "key_dim", "value_dim")
 
 
+def attention_call(info, name: str, weights, heads: int, key_dim: int, value_dim: int,
+                   use_bias: bool):
+    """A block's self-attention sublayer (``MultiHeadAttention`` reading the block's input
+    as query and value) as a call of its own, and its rule."""
+    shape = tuple(info.input_shape)
+    sub = dataclasses.replace(
+        info, class_name="MultiHeadAttention", name=f"{info.name}/{name}",
+        config=dict(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
+                    use_bias=use_bias, output_shape=None),
+        input_shapes=[shape, shape], output_shape=shape, input_roles=["query", "value"],
+        load_weights=None, layer=None, _weights=list(weights))
+    return sub, rule_for("MultiHeadAttention")
+
+
+def _positions(info) -> int:
+    return int(np.prod(concrete(info.input_shape[:-1]))) if len(info.input_shape) > 1 else 1
+
+
 @register_rule("TransformerEncoder")
 class TransformerEncoderRule(LayerRule):
     """``keras_hub.layers.TransformerEncoder`` (BERT-style; also surgery's registered
@@ -51,15 +69,9 @@ class TransformerEncoderRule(LayerRule):
     def _attention(self, info, weights=None):
         """The self-attention sublayer as a call of its own, and its rule."""
         hidden, heads, key_dim, value_dim = self._dims(info)
-        shape = tuple(info.input_shape)
-        sub = dataclasses.replace(
-            info, class_name="MultiHeadAttention", name=f"{info.name}/self_attention_layer",
-            config=dict(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
-                        use_bias=True, output_shape=None),
-            input_shapes=[shape, shape], output_shape=shape, input_roles=["query", "value"],
-            load_weights=None, layer=None,
-            _weights=list(info.weights[self.attention] if weights is None else weights))
-        return sub, rule_for("MultiHeadAttention")
+        return attention_call(info, "self_attention_layer",
+                              info.weights[self.attention] if weights is None else weights,
+                              heads, key_dim, value_dim, True)
 
     # ---- units ---------------------------------------------------------------------------
     def unit_axes(self, info) -> dict:
@@ -102,7 +114,104 @@ class TransformerEncoderRule(LayerRule):
     # ---- costs -----------------------------------------------------------------------------
     def flops(self, info) -> int:
         sub, rule = self._attention(info)
-        positions = int(np.prod(concrete(info.input_shape[:-1]))) if len(info.input_shape) > 1 \
-            else 1
         hidden = int(info.input_shape[-1])
-        return rule.flops(sub) + 2 * 2 * positions * hidden * int(info.config["intermediate_dim"])
+        return rule.flops(sub) + \
+            2 * 2 * _positions(info) * hidden * int(info.config["intermediate_dim"])
+
+
+@register_rule("ViTEncoder")
+class ViTEncoderRule(LayerRule):
+    """keras-hub's ``ViTEncoder``: all the blocks of a ViT in one layer. Block ``i``
+    (``transformer_block_{i+1}``) holds ``ln_1`` (2 weights), ``mha`` (8, or 4 without
+    biases), ``ln_2`` (2) and an MLP ``dense_1`` / ``dense_2`` (2 each, 1 without biases);
+    the final ``ln`` (2) comes last. Each block's unit axes are ``"<block>/heads"`` and
+    ``"<block>/mlp_dim"``; the pruned encoder is rebuilt as ``surgery>ViTEncoder``, whose
+    config lists each block's ``num_heads``, ``key_dim`` and ``mlp_dim``."""
+
+    flow = BLOCKING
+    registered = "surgery>ViTEncoder"
+
+    def blocked(self, info) -> str:
+        return (f"the hidden width of {info.describe()} passes its LayerNormalizations and "
+                "residual adds inside (its blocks' heads and mlp_dim are pruned)")
+
+    def _blocks(self, info) -> list[dict]:
+        """Per block: name, dims, and the first weight index of each sublayer."""
+        config = info.config
+        hidden = int(config["hidden_dim"])
+        dims = config.get("blocks") or [
+            dict(num_heads=int(config["num_heads"]),
+                 key_dim=hidden // int(config["num_heads"]), mlp_dim=int(config["mlp_dim"]))
+        ] * int(config["num_layers"])
+        mha = 8 if config.get("use_mha_bias", True) else 4
+        dense = 2 if config.get("use_mlp_bias", True) else 1
+        blocks, start = [], 0
+        for i, d in enumerate(dims):
+            blocks.append(dict(d, name=f"transformer_block_{i + 1}", mha=start + 2,
+                               mha_end=start + 2 + mha, dense_1=start + 4 + mha,
+                               dense_2=start + 4 + mha + dense, bias=dense == 2))
+            start += 4 + mha + 2 * dense
+        return blocks
+
+    def _attention(self, info, block, weights=None):
+        return attention_call(
+            info, f"{block['name']}/mha",
+            info.weights[block["mha"]:block["mha_end"]] if weights is None else weights,
+            block["num_heads"], block["key_dim"], block["key_dim"],
+            bool(info.config.get("use_mha_bias", True)))
+
+    def _find(self, info, axis):
+        name, _, unit = axis.rpartition("/")
+        block = next((b for b in self._blocks(info) if b["name"] == name), None)
+        if block is None or unit not in ("heads", "mlp_dim"):
+            return super().unit_slices(info, axis)
+        return block, unit
+
+    def unit_axes(self, info) -> dict:
+        axes = {}
+        for b in self._blocks(info):
+            axes[f"{b['name']}/heads"] = b["num_heads"]
+            axes[f"{b['name']}/mlp_dim"] = b["mlp_dim"]
+        return axes
+
+    def unit_slices(self, info, axis):
+        block, unit = self._find(info, axis)
+        if unit == "heads":
+            sub, rule = self._attention(info, block)
+            return [(block["mha"] + i, a) for i, a in rule.unit_slices(sub, "heads")]
+        slices = [(block["dense_1"], -1)]
+        return slices + [(block["dense_1"] + 1, 0)] if block["bias"] else slices
+
+    def unit_matrix(self, info, axis):
+        block, unit = self._find(info, axis)
+        if unit == "heads":
+            sub, rule = self._attention(info, block)
+            return rule.unit_matrix(sub, "heads")
+        return super().unit_matrix(info, axis)
+
+    def cut_units(self, info, cuts):
+        weights = list(info.weights)
+        dims = []
+        for b in self._blocks(info):
+            heads = list(cuts.get(f"{b['name']}/heads", ()))
+            gone = list(cuts.get(f"{b['name']}/mlp_dim", ()))
+            if heads:
+                sub, rule = self._attention(info, b)
+                _, weights[b["mha"]:b["mha_end"]] = rule.cut_units(sub, {"heads": heads})
+            if gone:
+                k = b["dense_1"]
+                weights[k] = np.delete(weights[k], gone, axis=-1)
+                if b["bias"]:
+                    weights[k + 1] = np.delete(weights[k + 1], gone, axis=0)
+                weights[b["dense_2"]] = np.delete(weights[b["dense_2"]], gone, axis=0)
+            dims.append(dict(num_heads=b["num_heads"] - len(heads), key_dim=b["key_dim"],
+                             mlp_dim=b["mlp_dim"] - len(gone)))
+        return with_config(info.config, blocks=dims, **{CLASS_KEY: self.registered}), weights
+
+    def flops(self, info) -> int:
+        total = 0
+        for b in self._blocks(info):
+            sub, rule = self._attention(info, b)
+            total += rule.flops(sub) + \
+                2 * 2 * _positions(info) * int(info.config["hidden_dim"]) * b["mlp_dim"]
+        return total
