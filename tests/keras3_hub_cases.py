@@ -20,6 +20,7 @@ from keras import layers, ops  # noqa: E402
 
 T, D, HEADS, HEAD, FF = 6, 16, 2, 8, 32
 CASES = ("llama_block", "hub_norms")
+BACKBONES = ("vit", "bert")
 
 
 def _randomize(model, seed=0):
@@ -80,8 +81,33 @@ def layernorm_model():
     return keras.Model(x, y, name="ln_block")
 
 
+def backbone(case):
+    """A keras-hub backbone at a small config, random weights (visible biases, gains)."""
+    import keras_hub
+
+    keras.config.set_floatx("float32")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(2)
+    if case == "vit":
+        model = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4,
+                                             num_layers=2, num_heads=4, hidden_dim=16,
+                                             mlp_dim=32)
+        x = rng.normal(size=(3, 16, 16, 3)).astype("float32")
+    else:
+        model = keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=4,
+                                              hidden_dim=16, intermediate_dim=32,
+                                              max_sequence_length=12, dropout=0.0)
+        x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
+             "segment_ids": rng.integers(0, 2, (3, 10)).astype("int32"),
+             "padding_mask": np.ones((3, 10), "int32")}
+    return _randomize(model), x
+
+
 def _outputs(model, x):
-    return keras.ops.convert_to_numpy(model(x, training=False))
+    y = model(x, training=False)
+    if isinstance(y, dict):
+        y = y["sequence_output"]
+    return keras.ops.convert_to_numpy(y)
 
 
 def prune(out):
@@ -117,6 +143,29 @@ def prune(out):
         pruned.save(os.path.join(out, f"{case}.keras"))
         np.savez(os.path.join(out, f"{case}.npz"), x=data, y=_outputs(pruned, data))
 
+    for case in BACKBONES:
+        model, data = backbone(case)
+        plan = surgery.plan(model, ratio=0.5)
+        pruned = surgery.apply(model, plan)
+        zeroed = surgery.zero_channels(model, plan.deletions, plan.units)
+        report[case] = {
+            "units": {f"{layer}:{axis}": len(v) for layer, axes in plan.units.items()
+                      for axis, v in axes.items()},
+            "verify": surgery.verify(model, pruned, plan, data),
+            "moved": max_relative_difference(_outputs(model, data), _outputs(zeroed, data)),
+            "params": [model.count_params(), pruned.count_params()],
+            "flops": [surgery.count_flops(model), surgery.count_flops(pruned)],
+            "summary": plan.summary(),
+        }
+        shifted = surgery.PrunePlan(plan.deletions, plan.groups, units={
+            layer: {axis: sorted((c + 1) % 4 for c in v) if axis.endswith("heads") else v
+                    for axis, v in axes.items()} for layer, axes in plan.units.items()})
+        report[case]["verify_wrong_heads"] = surgery.verify(
+            model, surgery.apply(model, shifted), plan, data)
+        pruned.save(os.path.join(out, f"{case}.keras"))
+        np.savez(os.path.join(out, f"{case}.npz"), y=_outputs(pruned, data),
+                 **(data if isinstance(data, dict) else {"x": data}))
+
     keras.config.set_floatx("float64")
     keras.utils.set_random_seed(0)
     model = _randomize(layernorm_model())
@@ -146,6 +195,15 @@ def load(out):
         saved = np.load(os.path.join(out, f"{case}.npz"))
         y = _outputs(model, saved["x"])
         report[case] = float(np.max(np.abs(y - saved["y"])) / np.max(np.abs(saved["y"])))
+    keras.config.set_floatx("float32")
+    for case in BACKBONES:
+        model = keras.saving.load_model(os.path.join(out, f"{case}.keras"))
+        saved = dict(np.load(os.path.join(out, f"{case}.npz")))
+        expected = saved.pop("y")
+        y = _outputs(model, saved.get("x", saved))
+        report[case] = float(np.max(np.abs(y - expected)) / np.max(np.abs(expected)))
+        report[case + "_classes"] = sorted({type(l).__module__.split(".")[0] + "." +
+                                            type(l).__name__ for l in model.layers})
     print("RESULT " + json.dumps(report))
 
 

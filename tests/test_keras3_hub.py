@@ -4,7 +4,10 @@ exactly across RMS normalisation (Keras's ``RMSNormalization`` in float64; keras
 ``EinsumDense`` projections read from their equations, saved as ``.keras`` and loaded back
 in a fresh process after only ``import surgery``; and mean-centred ``LayerNormalization``,
 which blocks the residual width unless ``plan(..., exact=False)``, whose plan reports the
-layers it approximates and how far they moved the outputs.
+layers it approximates and how far they moved the outputs; and keras-hub 0.32 backbones
+(``ViTBackbone``, ``BertBackbone``; small configs, random weights) whose composite blocks
+lose half their heads and feed-forward width exactly, are rebuilt as surgery's registered
+equivalents, and reload in a fresh process.
 
 The cases run in child processes (tests/keras3_hub_cases.py), as in tests/test_keras3.py.
 """
@@ -47,9 +50,28 @@ def test_hidden_width_is_exact_across_rms_norms(pruned, case):
     assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
 
 
-def test_pruned_blocks_reload_in_a_fresh_process(pruned):
+@pytest.mark.parametrize("case,axes", [
+    ("vit", ("vit_encoder:transformer_block_1/heads", "vit_encoder:transformer_block_1/mlp_dim",
+             "vit_encoder:transformer_block_2/heads", "vit_encoder:transformer_block_2/mlp_dim")),
+    ("bert", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
+              "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
+])
+def test_keras_hub_backbones_lose_half_their_heads_and_mlp_width_exactly(pruned, case, axes):
+    r = pruned[1][case]
+    assert r["units"] == {a: 2 if a.endswith("heads") else 16 for a in axes}
+    assert r["verify"] <= 1e-5
+    assert r["moved"] > 1e-2 and r["verify_wrong_heads"] > 1e-3
+    assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
+    assert "heads" in r["summary"] and " 4 " in r["summary"]
+
+
+def test_pruned_models_reload_in_a_fresh_process(pruned):
     report = _child("load", pruned[0])
-    assert report == {case: pytest.approx(0.0, abs=1e-12) for case in TOLERANCE}
+    for case in list(TOLERANCE) + ["vit", "bert"]:
+        assert report[case] == pytest.approx(0.0, abs=1e-6), case
+    # blocks whose widths the stock config cannot express load as surgery's equivalents
+    assert "surgery.ViTEncoder" in report["vit_classes"]
+    assert "surgery.TransformerEncoder" in report["bert_classes"]
 
 
 def test_layernorm_blocks_unless_exact_false_which_reports_its_deviation(pruned):
