@@ -63,9 +63,28 @@ def _shape(tensor) -> tuple:
     return tuple(tensor.shape)[1:]
 
 
+def _equivalent(layer):
+    """surgery's registered equivalent of a layer's class (``surgery>ClassName``), if any
+    (:mod:`surgery.models.hub_blocks`)."""
+    return keras.saving.get_registered_object(f"surgery>{type(layer).__name__}")
+
+
+def layer_config(layer) -> dict:
+    """A layer's config; when its own ``get_config`` raises (keras-hub 0.32's
+    ``LlamaTransformerDecoder``), the one its registered equivalent reads from it."""
+    try:
+        return layer.get_config()
+    except Exception:
+        equivalent = _equivalent(layer)
+        config = equivalent.config_of(layer) if hasattr(equivalent, "config_of") else None
+        if config is None:
+            raise
+        return dict(config, **{CLASS_KEY: f"surgery>{type(layer).__name__}"})
+
+
 def _config(op, node=None) -> dict:
     try:
-        config = op.get_config()
+        config = layer_config(op)
     except Exception:  # noqa: BLE001 — an op without a config is described by its name
         config = {"name": op.name}
     if not isinstance(op, keras.layers.Layer):
@@ -205,15 +224,14 @@ def new_layer(layer, config: Optional[dict] = None):
     layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called.
     A class whose own config cannot rebuild it (keras-hub's ``ViTPatchingAndEmbedding``)
     is rebuilt as surgery's registered equivalent ``surgery>ClassName``, if there is one."""
-    config = dict(layer.get_config() if config is None else config)
+    config = dict(layer_config(layer) if config is None else config)
     cls = type(layer)
     if CLASS_KEY in config:  # a rule rebuilds it as a registered equivalent
         cls = keras.saving.get_registered_object(config.pop(CLASS_KEY))
     try:
         return cls.from_config(_unbuilt(config))
     except Exception:
-        equivalent = keras.saving.get_registered_object(f"surgery>{cls.__name__}") \
-            if cls is type(layer) else None
+        equivalent = _equivalent(layer) if cls is type(layer) else None
         if equivalent is None:
             raise
         return equivalent.from_config(_unbuilt(config))

@@ -24,7 +24,8 @@ PACKAGE = "surgery"
 #: registered name -> attribute of this module that makes the class
 _CLASSES = {"TransformerEncoder": "transformer_encoder_class",
             "ViTEncoder": "vit_encoder_class",
-            "ViTPatchingAndEmbedding": "vit_embedding_class"}
+            "ViTPatchingAndEmbedding": "vit_embedding_class",
+            "LlamaTransformerDecoder": "llama_decoder_class"}
 
 
 def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) -> None:
@@ -126,6 +127,71 @@ def vit_embedding_class():
     return ViTPatchingAndEmbedding
 
 
+def _replace_sublayer(block, attribute: str, build_shape, **changes) -> None:
+    """Swap a built sublayer for one from its config with ``changes``, in its place."""
+    old = getattr(block, attribute)
+    new = type(old).from_config({**old.get_config(), **changes})
+    new.build(build_shape)
+    block._tracker.replace_tracked_value("layers", old, new)
+    object.__setattr__(block, attribute, new)
+
+
+@functools.lru_cache(maxsize=None)
+def llama_decoder_class():
+    """keras-hub's ``LlamaTransformerDecoder`` with ``head_dim`` in its config, and a
+    ``get_config`` that works: 0.32.0's reads an attribute the layer never sets
+    (``rope_scaling_factor``) and raises, so a Llama block cannot be cloned or saved
+    in a functional model at all."""
+    import math
+
+    from keras_hub.src.models.llama.llama_decoder import LlamaTransformerDecoder as Stock
+
+    @keras.saving.register_keras_serializable(package=PACKAGE,
+                                              name="LlamaTransformerDecoder")
+    class LlamaTransformerDecoder(Stock):
+        def __init__(self, *args, head_dim: Optional[int] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.head_dim = head_dim
+
+        @staticmethod
+        def config_of(layer) -> dict:
+            """The config of a stock or surgery Llama block, read from its attributes."""
+            return dict(
+                name=layer.name, trainable=layer.trainable,
+                dtype=keras.dtype_policies.serialize(layer.dtype_policy),
+                intermediate_dim=layer.intermediate_dim,
+                num_query_heads=layer.num_query_heads,
+                num_key_value_heads=layer.num_key_value_heads,
+                rope_max_wavelength=layer.rope_max_wavelength,
+                rope_position_scaling_factor=layer.rope_position_scaling_factor,
+                rope_frequency_adjustment_factor=layer.rope_frequency_adjustment_factor,
+                rope_low_freq_factor=layer.rope_low_freq_factor,
+                rope_high_freq_factor=layer.rope_high_freq_factor,
+                rope_pretraining_sequence_length=layer.rope_pretraining_sequence_length,
+                activation=keras.activations.serialize(layer.activation),
+                layer_norm_epsilon=layer.layer_norm_epsilon,
+                kernel_initializer=keras.initializers.serialize(layer.kernel_initializer),
+                dropout=layer.dropout, head_dim=getattr(layer, "head_dim", None))
+
+        def get_config(self):
+            return self.config_of(self)
+
+        def build(self, decoder_sequence_shape):
+            super().build(decoder_sequence_shape)
+            heads, kv, size = self.num_query_heads, self.num_key_value_heads, self.head_dim
+            if not size or size == decoder_sequence_shape[-1] // heads:
+                return
+            attention = self._self_attention_layer
+            for attribute, n in (("_query_dense", heads), ("_key_dense", kv),
+                                 ("_value_dense", kv)):
+                _replace_sublayer(attention, attribute, decoder_sequence_shape,
+                                  output_shape=(None, n, size))
+            _replace_sublayer(attention, "_output_dense", (None, None, heads, size))
+            attention._inv_norm_factor = 1.0 / math.sqrt(size)
+
+    return LlamaTransformerDecoder
+
+
 class _Lazy:
     """Stands in the registry for a class until a file needs it."""
 
@@ -134,6 +200,10 @@ class _Lazy:
 
     def from_config(self, config):
         return globals()[self.factory]().from_config(config)
+
+    def config_of(self, layer) -> Optional[dict]:
+        cls = globals()[self.factory]()
+        return cls.config_of(layer) if hasattr(cls, "config_of") else None
 
 
 def register_lazily() -> None:

@@ -215,3 +215,62 @@ class ViTEncoderRule(LayerRule):
             total += rule.flops(sub) + \
                 2 * 2 * _positions(info) * int(info.config["hidden_dim"]) * b["mlp_dim"]
         return total
+
+
+@register_rule("LlamaTransformerDecoder")
+class LlamaDecoderRule(LayerRule):
+    """keras-hub's ``LlamaTransformerDecoder`` (grouped-query attention, gated FFN).
+    Weights: query ``(hidden, heads, head_dim)``, key and value ``(hidden, kv_heads,
+    head_dim)``, output ``(heads, head_dim, hidden)``, the attention RMS norm, the
+    intermediate and gate kernels ``(hidden, intermediate_dim)``, the output kernel and
+    the feed-forward RMS norm; no biases. Query head ``u`` reads key/value head
+    ``u // (heads // kv_heads)``, so the ``heads`` axis has ``kv_heads`` blocks: every
+    key/value group keeps the same number of query heads. A head is zeroed through its
+    output-projection rows; an ``intermediate_dim`` channel through its intermediate and
+    gate columns (``silu(0) * 0 = 0``). The block keeps its head size when it loses heads,
+    as ``surgery>LlamaTransformerDecoder`` (``head_dim`` in its config)."""
+
+    flow = BLOCKING
+    registered = "surgery>LlamaTransformerDecoder"
+
+    def blocked(self, info) -> str:
+        return (f"the hidden width of {info.describe()} passes its RMS norms and residual "
+                "adds inside (its query heads and intermediate_dim are pruned)")
+
+    def unit_axes(self, info) -> dict:
+        query, _, _, _, _, intermediate = info.weights[:6]
+        return {"heads": int(query.shape[1]), "intermediate_dim": int(intermediate.shape[1])}
+
+    def unit_blocks(self, info, axis) -> int:
+        return int(info.weights[1].shape[1]) if axis == "heads" else 1
+
+    def unit_slices(self, info, axis):
+        if axis == "heads":
+            return [(3, 0)]
+        if axis == "intermediate_dim":
+            return [(5, -1), (6, -1)]
+        return super().unit_slices(info, axis)
+
+    def cut_units(self, info, cuts):
+        weights = list(info.weights)
+        config = dict(info.config)
+        heads = list(cuts.get("heads", ()))
+        if heads:
+            config["head_dim"] = int(weights[0].shape[2])
+            weights[0] = np.delete(weights[0], heads, axis=1)
+            weights[3] = np.delete(weights[3], heads, axis=0)
+            config["num_query_heads"] = int(weights[0].shape[1])
+            config[CLASS_KEY] = self.registered
+        gone = list(cuts.get("intermediate_dim", ()))
+        if gone:
+            for k in (5, 6):
+                weights[k] = np.delete(weights[k], gone, axis=-1)
+            weights[7] = np.delete(weights[7], gone, axis=0)
+            config["intermediate_dim"] = int(weights[5].shape[1])
+        return config, weights
+
+    def flops(self, info) -> int:
+        query, key, value, output, _, intermediate = info.weights[:6]
+        t = _positions(info)
+        return 2 * t * (query.size + key.size + value.size + output.size
+                        + 3 * intermediate.size + t * 2 * query.shape[1] * query.shape[2])
