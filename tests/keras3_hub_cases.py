@@ -20,7 +20,7 @@ from keras import layers, ops  # noqa: E402
 
 T, D, HEADS, HEAD, FF = 6, 16, 2, 8, 32
 CASES = ("llama_block", "hub_norms")
-BACKBONES = ("vit", "bert")
+BACKBONES = ("vit", "bert", "llama")
 
 
 def _randomize(model, seed=0):
@@ -93,6 +93,12 @@ def backbone(case):
                                              num_layers=2, num_heads=4, hidden_dim=16,
                                              mlp_dim=32)
         x = rng.normal(size=(3, 16, 16, 3)).astype("float32")
+    elif case == "llama":  # grouped-query attention: 4 query heads, 2 key/value heads
+        model = keras_hub.models.LlamaBackbone(vocabulary_size=50, num_layers=2,
+                                               num_query_heads=4, num_key_value_heads=2,
+                                               hidden_dim=16, intermediate_dim=32)
+        x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
+             "padding_mask": np.ones((3, 10), "int32")}
     else:
         model = keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=4,
                                               hidden_dim=16, intermediate_dim=32,
@@ -105,7 +111,7 @@ def backbone(case):
 
 def _outputs(model, x):
     y = model(x, training=False)
-    if isinstance(y, dict):
+    if isinstance(y, dict) and "sequence_output" in y:
         y = y["sequence_output"]
     return keras.ops.convert_to_numpy(y)
 
@@ -156,6 +162,7 @@ def prune(out):
             "params": [model.count_params(), pruned.count_params()],
             "flops": [surgery.count_flops(model), surgery.count_flops(pruned)],
             "summary": plan.summary(),
+            "heads": plan.units,
         }
         shifted = surgery.PrunePlan(plan.deletions, plan.groups, units={
             layer: {axis: sorted((c + 1) % 4 for c in v) if axis.endswith("heads") else v

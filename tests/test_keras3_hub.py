@@ -5,7 +5,8 @@ exactly across RMS normalisation (Keras's ``RMSNormalization`` in float64; keras
 in a fresh process after only ``import surgery``; and mean-centred ``LayerNormalization``,
 which blocks the residual width unless ``plan(..., exact=False)``, whose plan reports the
 layers it approximates and how far they moved the outputs; and keras-hub 0.32 backbones
-(``ViTBackbone``, ``BertBackbone``; small configs, random weights) whose composite blocks
+(``ViTBackbone``, ``BertBackbone``, ``LlamaBackbone`` with grouped-query attention; small
+configs, random weights) whose composite blocks
 lose half their heads and feed-forward width exactly, are rebuilt as surgery's registered
 equivalents, and reload in a fresh process.
 
@@ -55,6 +56,8 @@ def test_hidden_width_is_exact_across_rms_norms(pruned, case):
              "vit_encoder:transformer_block_2/heads", "vit_encoder:transformer_block_2/mlp_dim")),
     ("bert", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
               "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
+    ("llama", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
+               "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
 ])
 def test_keras_hub_backbones_lose_half_their_heads_and_mlp_width_exactly(pruned, case, axes):
     r = pruned[1][case]
@@ -63,15 +66,19 @@ def test_keras_hub_backbones_lose_half_their_heads_and_mlp_width_exactly(pruned,
     assert r["moved"] > 1e-2 and r["verify_wrong_heads"] > 1e-3
     assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
     assert "heads" in r["summary"] and " 4 " in r["summary"]
+    if case == "llama":  # 2 key/value heads serve query heads 0-1 and 2-3: one lost each
+        for axes in r["heads"].values():
+            assert sorted(h // 2 for h in axes["heads"]) == [0, 1]
 
 
 def test_pruned_models_reload_in_a_fresh_process(pruned):
     report = _child("load", pruned[0])
-    for case in list(TOLERANCE) + ["vit", "bert"]:
+    for case in list(TOLERANCE) + ["vit", "bert", "llama"]:
         assert report[case] == pytest.approx(0.0, abs=1e-6), case
     # blocks whose widths the stock config cannot express load as surgery's equivalents
     assert "surgery.ViTEncoder" in report["vit_classes"]
     assert "surgery.TransformerEncoder" in report["bert_classes"]
+    assert "surgery.LlamaTransformerDecoder" in report["llama_classes"]
 
 
 def test_layernorm_blocks_unless_exact_false_which_reports_its_deviation(pruned):
