@@ -1,7 +1,11 @@
 """Random functional CNNs from a neutral description, buildable by either Keras generation.
 
 A description is a JSON-able dict — ``blocks`` (a list of :data:`BLOCKS`), ``widths``,
-``seed``, ``ratio``, ``policy`` — drawn by hypothesis (:data:`DESCRIPTIONS`).
+``seed``, ``ratio``, ``policy``, ``input`` (:data:`INPUTS`: a fixed-size image, an image
+of unknown height and width, or an image plus variable-length integer token ids through an
+``Embedding``) — drawn by hypothesis (:data:`DESCRIPTIONS`). The ``norule`` block is a
+layer no rule knows (a custom weighted layer, or a ``Lambda``), which must stop its
+groups with a reason, never with an exception. :func:`inputs` gives a matching batch.
 :func:`build` turns it into a model with the ``layers`` namespace and ``Model`` class of
 tf-keras or of Keras 3, with the same layer names in both, so that a Keras 3 child process
 (tests/keras3_graph_cases.py) can build exactly what tests/test_random_graphs.py builds
@@ -14,7 +18,9 @@ from collections import Counter
 import numpy as np
 from hypothesis import strategies as st
 
-BLOCKS = ("conv", "depthwise", "bn_act", "residual", "concat", "pool", "separable")
+BLOCKS = ("conv", "depthwise", "bn_act", "residual", "concat", "pool", "separable", "norule")
+INPUTS = ("fixed", "unknown", "tokens")
+VOCAB = 20
 SIZE = 12
 POLICIES = ("aggregate", "intersection", "deepest", "depthwise")
 
@@ -22,15 +28,28 @@ DESCRIPTIONS = st.fixed_dictionaries({
     "blocks": st.lists(st.sampled_from(BLOCKS), min_size=2, max_size=7),
     "widths": st.lists(st.integers(3, 10), min_size=8, max_size=8),
     "seed": st.integers(0, 1000), "ratio": st.floats(0.34, 0.8),
-    "policy": st.sampled_from(POLICIES)})
+    "policy": st.sampled_from(POLICIES), "input": st.sampled_from(INPUTS)})
+
+
+def _mystery(L):
+    """A weighted layer without a rule (its name is unknown to the registry)."""
+    class Mystery(L.Layer):
+        def build(self, shape):
+            self.scale = self.add_weight(name="scale", shape=(shape[-1],),
+                                         initializer="ones")
+
+        def call(self, x):
+            return x * self.scale + 0.1
+    return Mystery
 
 
 def build(L, Model, desc):
     """The model of ``desc`` built with layers namespace ``L`` and model class ``Model``;
     every layer with weights is named after its block (``b3_conv``), unweighted ones too
     where the layer API allows (``x + y`` is an operation in both generations)."""
-    blocks, widths = desc["blocks"], desc["widths"]
-    inp = L.Input((SIZE, SIZE, 3), name="image")
+    blocks, widths, kind_in = desc["blocks"], desc["widths"], desc.get("input", "fixed")
+    side = None if kind_in == "unknown" else SIZE
+    inp = L.Input((side, side, 3), name="image")
     x = L.Conv2D(widths[0], 3, padding="same", name="stem")(inp)
     for i, (kind, width) in enumerate(zip(blocks, widths[1:])):
         n = f"b{i}_"
@@ -53,8 +72,28 @@ def build(L, Model, desc):
                 L.AveragePooling2D(2, padding="same", name=n + "avg")(x)
         elif kind == "separable":
             x = L.SeparableConv2D(width, 3, padding="same", name=n + "sep")(x)
+        elif kind == "norule":
+            x = _mystery(L)(name=n + "mystery")(x) if i % 2 else \
+                L.Lambda(lambda t: t * 0.5, name=n + "lambda")(x)
     x = L.GlobalAveragePooling2D(name="gap")(L.Conv2D(5, 1, name="last")(x))
-    return Model(inp, L.Dense(3, name="classifier")(x))
+    if kind_in != "tokens":
+        return Model(inp, L.Dense(3, name="classifier")(x))
+    tokens = L.Input((None,), dtype="int32", name="tokens")
+    t = L.Embedding(VOCAB, widths[0], name="embedding")(tokens)
+    t = L.Dense(widths[1], activation="relu", name="token_dense")(t)
+    t = L.GlobalAveragePooling1D(name="token_gap")(t)
+    x = L.Concatenate(name="joined")([x, L.Dense(4, name="token_proj")(t)])
+    return Model([inp, tokens], L.Dense(3, name="classifier")(x))
+
+
+def inputs(desc, n=2):
+    """A batch for the model of ``desc`` (image, plus token ids of a length the graph
+    never saw)."""
+    rng = np.random.default_rng(desc["seed"])
+    x = rng.normal(size=(n, SIZE, SIZE, 3)).astype("float32")
+    if desc.get("input") != "tokens":
+        return x
+    return [x, rng.integers(0, VOCAB, (n, 5)).astype("int32")]
 
 
 def randomize(model, seed=0):

@@ -24,7 +24,7 @@ import keras  # noqa: E402  (Keras 3 first: the process has chosen before `surge
 def run_graph(graph):
     import surgery
     from surgery.engine.zeroing import max_relative_difference
-    from graph_descriptions import (SIZE, build, check_group_positions, group_summary,
+    from graph_descriptions import (build, check_group_positions, group_summary, inputs,
                                     set_layer_weights)
 
     desc = graph["desc"]
@@ -34,8 +34,7 @@ def run_graph(graph):
     groups = surgery.channel_groups(model)
     p = surgery.plan(model, ratio=0.0, policy=desc["policy"], per_layer=graph["ratios"])
     pruned = surgery.apply(model, p)
-    x = np.random.default_rng(desc["seed"]).normal(size=(2, SIZE, SIZE, 3))
-    x = x.astype("float32")
+    x = inputs(desc)
     try:
         check_group_positions(groups, p.deletions)
         positions = "ok"

@@ -1,15 +1,15 @@
 """Property-based: random functional CNNs from conv / depthwise / BN / activation / add /
-concat / pooling blocks (tests/graph_descriptions.py), random groups pruned, outputs equal
-to the zeroed original. tests/test_keras3_random_graphs.py runs the same descriptions on
+concat / pooling blocks and layers without a rule, on fixed-size or unknown-size images or
+images plus variable-length token ids (tests/graph_descriptions.py), random groups pruned,
+outputs equal to the zeroed original. tests/test_keras3_random_graphs.py runs the same descriptions on
 Keras 3."""
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 
 import surgery
 from surgery import keras
 from surgery.engine.zeroing import max_relative_difference
-from graph_descriptions import (DESCRIPTIONS, SIZE, build, check_group_positions,
-                                chosen_groups, randomize)
+from graph_descriptions import (DESCRIPTIONS, build, check_group_positions, chosen_groups,
+                                inputs, randomize)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True,
@@ -22,8 +22,7 @@ def test_random_graph_pruning_is_exact(desc):
     ratios = {name: desc["ratio"] for name in chosen_groups(analysed, desc["seed"])}
     p = surgery.plan(model, ratio=0.0, policy=desc["policy"], per_layer=ratios)
     pruned = surgery.apply(model, p)
-    rng = np.random.default_rng(desc["seed"])
-    x = rng.normal(size=(2, SIZE, SIZE, 3)).astype("float32")
+    x = inputs(desc)
     assert surgery.verify(model, pruned, p, x) <= 1e-5
     check_group_positions(analysed, p.deletions)
     assert p.deletions and pruned.count_params() < model.count_params()

@@ -18,9 +18,9 @@ def _randomize(model, seed=0):
     return model
 
 
-def vit(K, size=16, patch=4, blocks=2, classes=5):
+def vit(K, size=16, patch=4, blocks=2, classes=5, channels=3):
     L = K.layers
-    x = K.Input((size, size, 3))
+    x = K.Input((size, size, channels))
     h = L.Conv2D(WIDTH, patch, strides=patch, name="patch")(x)
     h = L.Reshape(((size // patch) ** 2, WIDTH))(h)
     for i in range(blocks):
@@ -56,3 +56,70 @@ def inputs(case, dtype, n=3, seed=0):
 
 
 BUILDERS = {"vit": vit, "bert": bert}
+
+
+def _loss(logits, y) -> float:
+    """Summed sparse cross-entropy from logits (what ``taylor`` differentiates)."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].sum())
+
+
+def taylor_by_differences(model, layer_name, x, y, eps):
+    """Each head's first-order loss change when its value slices (the weights zeroed to
+    remove it) are scaled by ``1 ± eps``: ``|dL/dt|`` by central differences."""
+    layer = model.get_layer(layer_name)
+    weights = layer.get_weights()
+    scores = []
+    for head in range(weights[4].shape[-2]):
+        losses = []
+        for sign in (1, -1):
+            changed = [w.copy() for w in weights]
+            changed[4][:, head, :] *= 1 + sign * eps   # value kernel (model_dim, heads, dim)
+            changed[5][head, :] *= 1 + sign * eps      # value bias (heads, dim)
+            layer.set_weights(changed)
+            losses.append(_loss(to_numpy(model(x, training=False)), y))
+        layer.set_weights(weights)
+        scores.append(abs(losses[0] - losses[1]) / (2 * eps))
+    return np.array(scores)
+
+
+def to_numpy(value):
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+    return np.asarray(value, np.float64)
+
+
+def run_case(K, surgery, case, dtype, modes=("heads", "both", "taylor")):
+    """Plan at ratio 0.5 in each of ``modes`` (``heads``: whole heads; ``both``: heads
+    and head widths; ``taylor``: heads by Taylor scores), apply, compare with the zeroed
+    original; and the Taylor head scores of ``mha0`` with central differences. Returns the
+    figures the tests assert on."""
+    from surgery.engine.zeroing import max_relative_difference
+    from surgery.pruning.criteria.units import unit_scores
+
+    model = BUILDERS[case](K)
+    x = inputs(case, dtype)
+    y = np.arange(len(x)) % 3
+    options = {"heads": {}, "both": {"head_dims": True},
+               "taylor": {"criterion": "taylor", "data": (x, y)}}
+    result = {}
+    reference = to_numpy(model(x, training=False))
+    for name in modes:
+        plan = surgery.plan(model, ratio=0.5, **options[name])
+        pruned = surgery.apply(model, plan)
+        zeroed = to_numpy(surgery.zero_channels(model, plan.deletions, plan.units)(x))
+        result[name] = dict(
+            verify=max_relative_difference(zeroed, pruned(x, training=False)),
+            moved=max_relative_difference(reference, zeroed),
+            units=plan.units, deletions=plan.deletions,
+            params=[int(model.count_params()), int(pruned.count_params())],
+            flops=[int(surgery.count_flops(model)), int(surgery.count_flops(pruned))],
+            heads=[int(pruned.get_layer(f"mha{i}").get_config()["num_heads"]) for i in range(2)],
+            summary=plan.summary())
+    eps = 1e-5 if dtype == "float64" else 1e-2
+    result["taylor_scores"] = unit_scores(model, [("mha0", "heads")], "taylor",
+                                          (x, y))["mha0:heads"].tolist()
+    result["taylor_differences"] = taylor_by_differences(model, "mha0", x, y, eps).tolist()
+    return result

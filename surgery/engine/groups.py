@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from surgery.engine.adapters import adapter_for
+from surgery.errors import SurgeryError
 from surgery.engine.rules.base import concrete
 from surgery.engine.rules import (
     BLOCKING, CHANNELWISE, CONCAT, MERGE, MIXING, PRODUCER, RESHAPE, rule_for,
@@ -127,15 +128,23 @@ class _Analysis:
     def visit(self, node, inbound: list):
         info = node.info
         rule = rule_for(info)
+        if rule is not None:
+            try:
+                return self._visit(node, info, rule, inbound)
+            except SurgeryError as err:  # a rule that cannot describe this call (a
+                problem = str(err)       # wrapper around a layer no rule knows)
+        else:
+            problem = f"no layer rule for {info.class_name}"
+        reason = f"reaches {info.describe()}, which no layer rule supports"
+        for ids in inbound:
+            if ids is not None:
+                self.skips.append((ids, reason))
+        if getattr(node.layer, "weights", None):
+            self.skipped_layers[info.name] = problem
+        return self.new(_width(info.output_shape), f"produced by {info.describe()}")
+
+    def _visit(self, node, info, rule, inbound: list):
         out_size = _width(info.output_shape)
-        if rule is None:
-            reason = f"reaches {info.describe()}, which no layer rule supports"
-            for ids in inbound:
-                if ids is not None:
-                    self.skips.append((ids, reason))
-            if getattr(node.layer, "weights", None):
-                self.skipped_layers[info.name] = f"no layer rule for {info.class_name}"
-            return self.new(out_size, f"produced by {info.describe()}")
         flow = rule.flow_of(info)
         first = inbound[0] if inbound else None
         if getattr(node.layer, "weights", None) and inbound:  # a shared layer reads every call's channels
@@ -143,11 +152,10 @@ class _Analysis:
             for a, b in zip(seen, inbound if seen is not inbound else ()):
                 if a is not None and b is not None and len(a) == len(b):
                     self.unite([a, b])
-        if flow in (PRODUCER, MIXING):
-            for i, ids in enumerate(inbound):
-                reason = rule.input_blocked(info, i) if ids is not None else None
-                if reason:
-                    self.skips.append((ids, reason))
+        for i, ids in enumerate(inbound):  # inputs deletions cannot reach (attention masks)
+            reason = rule.input_blocked(info, i) if ids is not None else None
+            if reason:
+                self.skips.append((ids, reason))
         self._units(info, rule)  # heads etc., whatever the layer does with its tensors
         if flow == PRODUCER:
             if info.name not in self.owner:

@@ -164,9 +164,10 @@ def set_weights(pairs: Iterable[tuple]) -> None:
 
 
 def clone(model) -> keras.Model:
-    """A copy of ``model`` with its own layers and the same weights."""
+    """A copy of ``model`` with its own layers and the same weights (a layer whose config
+    cannot rebuild it is :func:`carried` over, shared)."""
     try:
-        copy = keras.models.clone_model(model)
+        copy = keras.models.clone_model(model, clone_function=carried)
     except (TypeError, ValueError):  # e.g. ``0.5 * x`` in float64: clone_model recasts the
         return _replayed(model)      # constant to float32; replaying keeps the call's args
     copy.set_weights(model.get_weights())
@@ -180,8 +181,9 @@ def _replayed(model) -> keras.Model:
 
     def visit(node, tensors):
         if node.layer not in built:
-            built[node.layer] = new_layer(node.layer)
-            pairs.append((built[node.layer], node.layer.get_weights()))
+            built[node.layer] = carried(node.layer)
+            if built[node.layer] is not node.layer:
+                pairs.append((built[node.layer], node.layer.get_weights()))
         return node.call(built[node.layer], tensors)
 
     inputs = fresh_inputs(model)

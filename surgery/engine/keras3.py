@@ -245,8 +245,9 @@ def set_weights(pairs: Iterable[tuple]) -> None:
 
 
 def clone(model):
-    """A copy of ``model`` with its own layers and the same weights."""
-    copy = keras.models.clone_model(model, clone_function=new_layer)
+    """A copy of ``model`` with its own layers and the same weights (a layer whose config
+    cannot rebuild it is :func:`carried` over, shared)."""
+    copy = keras.models.clone_model(model, clone_function=carried)
     copy.set_weights(model.get_weights())
     return copy
 

@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from surgery.errors import SurgeryError
 from surgery.engine.rules import PRODUCER, channel_vector, rule_for
 from surgery.engine.rules.base import concrete
 
@@ -68,6 +69,13 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]],
         return out
 
     adapter.walk(clone, visit, lambda t: None)
+    shared = {id(l) for l in flattened(model).layers}
+    for layer in changed:
+        if id(layer) in shared:  # carried over uncopied: zeroing would change the input
+            raise SurgeryError(
+                f"layer '{layer.name}' ({type(layer).__name__}) cannot be copied (its config "
+                "cannot rebuild it), so its channels cannot be zeroed without changing the "
+                "input model; give the layer a complete get_config().")
     adapter.set_weights(changed.items())
     return clone
 

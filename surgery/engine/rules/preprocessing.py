@@ -14,9 +14,14 @@ from surgery.engine.rules.base import channel_vector
 class RescalingRule(LayerRule):
     flow = CHANNELWISE
 
-    def cut_inputs(self, info, masks):
+    def input_blocked(self, info, index):
         scale, offset = info.config.get("scale", 1.0), info.config.get("offset", 0.0)
-        if (np.ndim(scale) or np.ndim(offset)) and not np.all(masks[0]):
+        if np.ndim(scale) or np.ndim(offset):
+            return f"scaled per channel by {info.describe()}"
+        return None
+
+    def cut_inputs(self, info, masks):
+        if self.input_blocked(info, 0) and not np.all(masks[0]):
             raise UnsupportedLayerError(info, "per-channel scale or offset")
         return None
 
@@ -27,6 +32,15 @@ class NormalizationRule(LayerRule):
 
     def has_channel_weights(self, info) -> bool:
         return True
+
+    def input_blocked(self, info, index):
+        axis = info.config.get("axis")
+        axis = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+        if axis not in ((-1,), (len(info.input_shape),)):
+            return f"normalised over axis {axis} by {info.describe()}"
+        if info.layer is None or not hasattr(info.layer, "adapt_mean"):
+            return f"{info.describe()} keeps its statistics outside its config"
+        return None
 
     def cut_inputs(self, info, masks):
         keep = channel_vector(masks[0])
