@@ -36,6 +36,9 @@ if legacy_tf_keras():  # tf.keras is Keras 2: kerassurgeon works, patch it now, 
     _patches.apply_all()
 else:  # a Keras 3 process: .keras files carrying the sparsity penalties load by name
     import surgery.pipeline.regularizers3  # noqa: F401
+    from surgery.models.hub_blocks import register_lazily as _register_hub_blocks
+
+    _register_hub_blocks()  # pruned keras-hub blocks load by name (keras-hub imported lazily)
 
 # Pipeline functions offered at top level, imported on first use (TFLite and matplotlib
 # are slow to import and most engine users never need them).

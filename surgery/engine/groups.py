@@ -41,7 +41,9 @@ class ChannelGroup:
     the layers the channels pass through that keep weights per channel
     (BatchNormalization, DepthwiseConv2D, …) and read this group alone; ``blocks`` > 1
     when a grouped convolution reads or makes them, so channels must leave each of
-    ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so. A group
+    ``blocks`` equal slices equally; ``skipped`` why it cannot be cut, if so;
+    ``approximate`` the layers the channels cross that a deletion changes only
+    approximately (LayerNormalization, in ``exact=False`` plans). A group
     with an ``axis`` holds units that no tensor carries, inside its one producer (the
     ``"heads"`` of a MultiHeadAttention; see ``LayerRule.unit_axes``).
     """
@@ -51,6 +53,7 @@ class ChannelGroup:
     followers: list[str] = dataclasses.field(default_factory=list)
     blocks: int = 1
     skipped: Optional[str] = None
+    approximate: list[str] = dataclasses.field(default_factory=list)
     channels: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict, repr=False)
     axis: Optional[str] = None
 
@@ -104,6 +107,7 @@ class _Analysis:
         self.order: list[str] = []
         self.skips: list[tuple[np.ndarray, str]] = []
         self.followers: list[tuple[np.ndarray, str]] = []
+        self.approximate: list[tuple[np.ndarray, str]] = []
         self.blocks: list[tuple[np.ndarray, int]] = []
         self.skipped_layers: dict[str, str] = {}
         self.calls: dict[str, list] = {}  # shared layer -> its first call's inbound ids
@@ -152,8 +156,8 @@ class _Analysis:
             reason = rule.input_blocked(info, i) if ids is not None else None
             if reason:
                 self.skips.append((ids, reason))
+        self._units(info, rule)  # heads etc., whatever the layer does with its tensors
         if flow == PRODUCER:
-            self._units(info, rule)
             if info.name not in self.owner:
                 self.owner[info.name] = (self.uf.new(rule.channels(info)), info.name)
                 self.order.append(info.name)
@@ -169,6 +173,8 @@ class _Analysis:
         if flow == CHANNELWISE:
             if rule.has_channel_weights(info):
                 self.followers.append((first, info.name))
+            if rule.inexact(info):
+                self.approximate.append((first, info.name))
             return np.repeat(first, rule.multiplier(info))
         if flow == MERGE:
             live = [ids for ids, shape in zip(inbound, info.input_shapes)
@@ -240,6 +246,9 @@ class _Analysis:
         for ids, blocks in self.blocks:
             for g in {position[find(i)][0] for i in ids.tolist() if find(i) in position}:
                 result[g].blocks = max(result[g].blocks, blocks)
+        for ids, name in self.approximate:
+            for g in {position[find(i)][0] for i in ids.tolist() if find(i) in position}:
+                result[g].approximate.append(name)
         for ids, name in self.followers:
             hits = [position.get(find(i)) for i in ids.tolist()]
             if hits and all(h is not None and h[0] == hits[0][0] for h in hits) and \

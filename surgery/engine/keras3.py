@@ -22,6 +22,7 @@ from keras import tree
 from surgery.errors import SurgeryError
 from surgery.engine import adapters
 from surgery.engine.rules import LayerInfo
+from surgery.engine.rules.base import CLASS_KEY
 
 #: attributes of non-layer operations that rules read as config (``Concatenate``'s axis)
 _OP_ATTRIBUTES = ("axis", "axes", "newshape", "new_shape", "pad_width", "mode")
@@ -62,9 +63,28 @@ def _shape(tensor) -> tuple:
     return tuple(tensor.shape)[1:]
 
 
+def _equivalent(layer):
+    """surgery's registered equivalent of a layer's class (``surgery>ClassName``), if any
+    (:mod:`surgery.models.hub_blocks`)."""
+    return keras.saving.get_registered_object(f"surgery>{type(layer).__name__}")
+
+
+def layer_config(layer) -> dict:
+    """A layer's config; when its own ``get_config`` raises (keras-hub 0.32's
+    ``LlamaTransformerDecoder``), the one its registered equivalent reads from it."""
+    try:
+        return layer.get_config()
+    except Exception:
+        equivalent = _equivalent(layer)
+        config = equivalent.config_of(layer) if hasattr(equivalent, "config_of") else None
+        if config is None:
+            raise
+        return dict(config, **{CLASS_KEY: f"surgery>{type(layer).__name__}"})
+
+
 def _config(op, node=None) -> dict:
     try:
-        config = op.get_config()
+        config = layer_config(op)
     except Exception:  # noqa: BLE001 — an op without a config is described by its name
         config = {"name": op.name}
     if not isinstance(op, keras.layers.Layer):
@@ -201,9 +221,20 @@ def build_model(model, new_inputs: list, new_outputs: list):
 
 def new_layer(layer, config: Optional[dict] = None):
     """A fresh layer of ``layer``'s class from ``config`` (its own config by default);
-    layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called."""
-    return type(layer).from_config(_unbuilt(layer.get_config() if config is None
-                                            else config))
+    layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called.
+    A class whose own config cannot rebuild it (keras-hub's ``ViTPatchingAndEmbedding``)
+    is rebuilt as surgery's registered equivalent ``surgery>ClassName``, if there is one."""
+    config = dict(layer_config(layer) if config is None else config)
+    cls = type(layer)
+    if CLASS_KEY in config:  # a rule rebuilds it as a registered equivalent
+        cls = keras.saving.get_registered_object(config.pop(CLASS_KEY))
+    try:
+        return cls.from_config(_unbuilt(config))
+    except Exception:
+        equivalent = _equivalent(layer) if cls is type(layer) else None
+        if equivalent is None:
+            raise
+        return equivalent.from_config(_unbuilt(config))
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:

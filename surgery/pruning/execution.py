@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 from surgery.engine import keras2
 from surgery.engine.adapters import adapter_for, same_adapter
 from surgery.engine.cutting import delete_by_rebuild
+from surgery.engine.rules.base import approximate
 from surgery.pruning.arguments import check_model, check_values
 from surgery.engine.flatten import flattened
 from surgery.engine.zeroing import max_relative_difference, zero_channels
@@ -47,7 +48,8 @@ def apply(model, plan: PrunePlan):
         from surgery.errors import SurgeryError
         raise SurgeryError(f"apply(plan=...): plan must be a PrunePlan from surgery.plan(...) "
                            f"or PrunePlan.from_json(text), got {type(plan).__name__}")
-    return _delete(flattened(model), plan.deletions, plan.units)
+    with approximate(not plan.settings.get("exact", True)):
+        return _delete(flattened(model), plan.deletions, plan.units)
 
 
 def delete_channels(model, layer, channels: Iterable[int]):
@@ -89,5 +91,6 @@ def verify(model, pruned, plan: PrunePlan, x) -> float:
     check_model(pruned, "verify(pruned=...)")
     same_adapter(model, pruned)
     check_values("verify", "x", x)
-    zeroed = zero_channels(flattened(model), plan.deletions, plan.units)
+    with approximate(not plan.settings.get("exact", True)):
+        zeroed = zero_channels(flattened(model), plan.deletions, plan.units)
     return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))

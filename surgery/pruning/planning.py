@@ -20,6 +20,7 @@ from surgery.engine.adapters import adapter_for
 from surgery.engine.flatten import flattened
 from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
+from surgery.engine.rules.base import approximate, approximating
 from surgery.pruning.criteria import channel_scores
 from surgery.pruning.criteria.units import unit_axis_wanted, unit_scores
 from surgery.pruning.policies import BelowThreshold, LowestK, get_policy
@@ -160,7 +161,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          data=None, flops_target: Optional[float] = None,
          latency_target: Optional[float] = None, runtime: str = "onnxruntime",
          batch_size: int = 1, threads: Optional[int] = None, heads: bool = True,
-         head_dims: bool = False) -> PrunePlan:
+         head_dims: bool = False, exact: bool = True) -> PrunePlan:
     """Decide which channels to delete, group by group.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -174,7 +175,12 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     ``runtime`` (``"onnxruntime"``, ``"tflite"`` or ``"tensorflow"``) at ``batch_size``
     with ``threads`` (default all cores); ``round_to`` then defaults to the CPU's SIMD
     block, and the plan is checked by timing (see :mod:`surgery.cost.budget`). Output
-    channels that reach a model output (the classifier) are never pruned.
+    channels that reach a model output (the classifier) are never pruned. ``exact=False``
+    also lets deletions cross layers where they are only approximate (mean-centred
+    ``LayerNormalization``: the residual width of a post- or pre-norm transformer); the
+    plan lists them in ``settings["approximate"]`` and, given ``data``, how far they moved
+    the outputs (``settings["deviation"]``: max relative difference on up to 64 examples
+    between the pruned model and the original with the deleted channels zeroed).
 
     Attention layers (``MultiHeadAttention``) also lose units that no tensor carries, each
     axis a group of its own (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes
@@ -189,6 +195,19 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         print(p.summary())
         smaller = surgery.apply(model, p)
     """
+    if not isinstance(exact, bool):
+        from surgery.errors import SurgeryError
+        raise SurgeryError(f"plan(exact=...) must be True or False, got {exact!r}")
+    if not exact and not approximating():
+        with approximate():
+            result = plan(model, ratio, criterion, policy, threshold=threshold,
+                          per_layer=per_layer, ignore=ignore, round_to=round_to,
+                          min_channels=min_channels, scope=scope, data=data,
+                          flops_target=flops_target, latency_target=latency_target,
+                          runtime=runtime, batch_size=batch_size, threads=threads,
+                          heads=heads, head_dims=head_dims, exact=False)
+        return _with_deviation(model, result, data)
+    exact = not approximating()
     check_unit_arguments(heads=heads, head_dims=head_dims)
     # --- argument checks and the budgets: surgery.pruning.arguments, .budget, surgery.cost ---
     if latency_target is not None:
@@ -219,7 +238,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         ratio=ratio, criterion=criterion if isinstance(criterion, str) else criterion.__name__,
         policy=policy, threshold=threshold, per_layer=per_layer, ignore=list(ignore),
         round_to=round_to, min_channels=min_channels, scope=scope, heads=heads,
-        head_dims=head_dims))
+        head_dims=head_dims, exact=exact))
     active = []
     for g in groups:
         label = labels[id(g)]
@@ -267,6 +286,21 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
             lost = g.member_channels(p, chosen)
             if lost:
                 result.deletions[p] = sorted(set(result.deletions.get(p, [])) | set(lost))
+        if len(chosen) and g.approximate:
+            approximated = result.settings.setdefault("approximate", [])
+            approximated += [n for n in g.approximate if n not in approximated]
+    return result
+
+
+def _with_deviation(model, result: PrunePlan, data, examples: int = 64) -> PrunePlan:
+    """An approximate plan with ``settings["deviation"]`` measured on ``data``."""
+    if not result.settings.get("approximate") or data is None:
+        return result
+    from surgery.pruning.criteria._data import _iter_batches
+    from surgery.pruning.execution import apply, verify
+
+    x = next(_iter_batches(data, max_samples=examples, batch_size=examples))[0]
+    result.settings["deviation"] = float(verify(model, apply(model, result), result, x))
     return result
 
 

@@ -72,6 +72,6 @@ def registered() -> list[str]:
 
 # Importing the families registers the built-in rules.
 from surgery.engine.rules import (  # noqa: E402,F401
-    activations, attention, convolutions, dense, embedding, keras_ops, merging, normalization,
-    preprocessing, recurrent, reshaping, spatial, tf_ops, wrappers,
+    activations, attention, composite, convolutions, dense, einsum, embedding, keras_ops, merging,
+    normalization, preprocessing, recurrent, reshaping, spatial, tf_ops, wrappers,
 )

@@ -13,6 +13,8 @@ tensor (no batch axis), ``False`` = deleted channel.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
@@ -80,6 +82,41 @@ class LayerInfo:
 
     def describe(self) -> str:
         return f"'{self.name}' ({self.class_name})"
+
+
+#: a config key a rule may set in a new config: the registered name
+#: (``keras.saving.get_registered_object``) of the class to rebuild the layer as, when
+#: its own class cannot express the cut (keras-hub blocks: surgery.models.hub_blocks)
+CLASS_KEY = "__surgery_class__"
+
+_APPROXIMATE = contextvars.ContextVar("surgery_approximate", default=False)
+
+
+@contextlib.contextmanager
+def approximate(enabled: bool = True):
+    """Within it, layers whose rule is only approximately right under channel deletion
+    (:meth:`LayerRule.inexact`: mean-centred LayerNormalization) let deletions cross them;
+    outside it (the default) they block. ``surgery.plan(..., exact=False)`` enters it, and
+    ``apply`` / ``verify`` of such a plan too.
+
+    >>> from surgery.engine.rules import rule_for
+    >>> info = LayerInfo("LayerNormalization", "ln", {"axis": [-1]}, [(4,)], (4,))
+    >>> rule_for(info).flow_of(info), approximating()
+    ('blocking', False)
+    >>> with approximate():
+    ...     rule_for(info).flow_of(info)
+    'channelwise'
+    """
+    token = _APPROXIMATE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _APPROXIMATE.reset(token)
+
+
+def approximating() -> bool:
+    """True inside :func:`approximate`."""
+    return _APPROXIMATE.get()
 
 
 # ---- helpers shared by rules ----------------------------------------------------------
@@ -182,6 +219,11 @@ class LayerRule:
     def channel_axis(self, info: LayerInfo) -> int:
         """The channel axis of its output, counted without the batch axis."""
         return 0 if info.config.get("data_format") == "channels_first" else -1
+
+    def inexact(self, info: LayerInfo) -> bool:
+        """True when deleting input channels across it is only approximate (it lets
+        deletions cross only inside :func:`approximate`)."""
+        return False
 
     def multiplier(self, info: LayerInfo) -> int:
         """Output channels per input channel (DepthwiseConv2D's ``depth_multiplier``)."""

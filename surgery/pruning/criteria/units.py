@@ -32,11 +32,15 @@ HEAD_WIDTH_AXES = ("key_dim", "value_dim", "head_dim")
 
 
 def unit_axis_wanted(axis: str, heads: bool, head_dims: bool) -> bool:
-    """Whether a plan with these switches prunes unit ``axis`` (other axes always).
+    """Whether a plan with these switches prunes unit ``axis`` (other axes always). A
+    composite layer names its blocks' axes ``"<block>/<axis>"``.
 
     >>> unit_axis_wanted("heads", True, False), unit_axis_wanted("key_dim", True, False)
     (True, False)
+    >>> unit_axis_wanted("transformer_block_1/heads", False, False)
+    False
     """
+    axis = axis.rpartition("/")[2]
     if axis in HEAD_AXES:
         return heads
     if axis in HEAD_WIDTH_AXES:

@@ -1,0 +1,276 @@
+"""Composite layers: keras-hub blocks that hold their sublayers inside one layer.
+
+A keras-hub backbone is a functional model, but each transformer block is one layer whose
+attention and feed-forward sublayers the graph never shows. Such a layer's rule opens it:
+it says where each sublayer's weights sit in the block's ``get_weights()`` list, describes
+the sublayer as a :class:`LayerInfo` of its own, and lets that sublayer's rule do the
+work. The block's prunable units (``unit_axes``) are its attention's heads and head widths
+(the ``MultiHeadAttention`` rule's axes) and its feed-forward width (``intermediate_dim``);
+its hidden width passes the block's LayerNormalization and residual adds inside, so
+deletions from outside stop at it.
+
+keras-hub derives the head size from the hidden width (``hidden_dim // num_heads``), so a
+block that lost heads is rebuilt as its registered equivalent
+(:mod:`surgery.models.hub_blocks`: the same class with ``key_dim`` / ``value_dim`` in
+its config), named in the new config under :data:`~surgery.engine.rules.base.CLASS_KEY`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from surgery.engine.rules import BLOCKING, LayerRule, register_rule, rule_for
+from surgery.engine.rules.base import CLASS_KEY, concrete, with_config
+
+_HEAD_AXES = ("heads", "key_dim", "value_dim")
+
+
+def attention_call(info, name: str, weights, heads: int, key_dim: int, value_dim: int,
+                   use_bias: bool):
+    """A block's self-attention sublayer (``MultiHeadAttention`` reading the block's input
+    as query and value) as a call of its own, and its rule."""
+    shape = tuple(info.input_shape)
+    sub = dataclasses.replace(
+        info, class_name="MultiHeadAttention", name=f"{info.name}/{name}",
+        config=dict(num_heads=heads, key_dim=key_dim, value_dim=value_dim,
+                    use_bias=use_bias, output_shape=None),
+        input_shapes=[shape, shape], output_shape=shape, input_roles=["query", "value"],
+        load_weights=None, layer=None, _weights=list(weights))
+    return sub, rule_for("MultiHeadAttention")
+
+
+def _positions(info) -> int:
+    return int(np.prod(concrete(info.input_shape[:-1]))) if len(info.input_shape) > 1 else 1
+
+
+@register_rule("TransformerEncoder")
+class TransformerEncoderRule(LayerRule):
+    """``keras_hub.layers.TransformerEncoder`` (BERT-style; also surgery's registered
+    equivalent). Weights: self-attention (8: query, key, value, output kernels and
+    biases), its LayerNormalization (2), the feed-forward LayerNormalization (2), the
+    intermediate Dense (2) and the output Dense (2)."""
+
+    flow = BLOCKING
+    attention = slice(0, 8)
+    intermediate, output = 12, 14
+    registered = "surgery>TransformerEncoder"
+
+    def blocked(self, info) -> str:
+        return (f"the hidden width of {info.describe()} passes its LayerNormalization and "
+                "residual adds inside (its heads and intermediate_dim are pruned)")
+
+    def _dims(self, info) -> tuple:
+        hidden = int(info.input_shape[-1])
+        heads = int(info.config["num_heads"])
+        key_dim = int(info.config.get("key_dim") or hidden // heads)
+        return hidden, heads, key_dim, int(info.config.get("value_dim") or key_dim)
+
+    def _attention(self, info, weights=None):
+        """The self-attention sublayer as a call of its own, and its rule."""
+        hidden, heads, key_dim, value_dim = self._dims(info)
+        return attention_call(info, "self_attention_layer",
+                              info.weights[self.attention] if weights is None else weights,
+                              heads, key_dim, value_dim, True)
+
+    # ---- units ---------------------------------------------------------------------------
+    def unit_axes(self, info) -> dict:
+        sub, rule = self._attention(info)
+        return {**rule.unit_axes(sub), "intermediate_dim": int(info.config["intermediate_dim"])}
+
+    def unit_slices(self, info, axis):
+        if axis in _HEAD_AXES:  # the attention's weights come first: same indices
+            sub, rule = self._attention(info)
+            return rule.unit_slices(sub, axis)
+        if axis == "intermediate_dim":
+            return [(self.intermediate, -1), (self.intermediate + 1, 0)]
+        return super().unit_slices(info, axis)
+
+    def unit_matrix(self, info, axis):
+        if axis in _HEAD_AXES:
+            sub, rule = self._attention(info)
+            return rule.unit_matrix(sub, axis)
+        return super().unit_matrix(info, axis)
+
+    def cut_units(self, info, cuts):
+        weights = list(info.weights)
+        config = dict(info.config)
+        attention_cuts = {a: v for a, v in cuts.items() if a in _HEAD_AXES and len(v)}
+        if attention_cuts:
+            sub, rule = self._attention(info)
+            sub_config, weights[self.attention] = rule.cut_units(sub, attention_cuts)
+            config.update(num_heads=sub_config["num_heads"], key_dim=sub_config["key_dim"],
+                          value_dim=sub_config["value_dim"])
+            config[CLASS_KEY] = self.registered
+        gone = list(cuts.get("intermediate_dim", ()))
+        if gone:
+            k = self.intermediate
+            weights[k] = np.delete(weights[k], gone, axis=-1)
+            weights[k + 1] = np.delete(weights[k + 1], gone, axis=0)
+            weights[self.output] = np.delete(weights[self.output], gone, axis=0)
+            config["intermediate_dim"] = int(info.config["intermediate_dim"]) - len(gone)
+        return with_config(config), weights
+
+    # ---- costs -----------------------------------------------------------------------------
+    def flops(self, info) -> int:
+        sub, rule = self._attention(info)
+        hidden = int(info.input_shape[-1])
+        return rule.flops(sub) + \
+            2 * 2 * _positions(info) * hidden * int(info.config["intermediate_dim"])
+
+
+@register_rule("ViTEncoder")
+class ViTEncoderRule(LayerRule):
+    """keras-hub's ``ViTEncoder``: all the blocks of a ViT in one layer. Block ``i``
+    (``transformer_block_{i+1}``) holds ``ln_1`` (2 weights), ``mha`` (8, or 4 without
+    biases), ``ln_2`` (2) and an MLP ``dense_1`` / ``dense_2`` (2 each, 1 without biases);
+    the final ``ln`` (2) comes last. Each block's unit axes are ``"<block>/heads"`` and
+    ``"<block>/mlp_dim"``; the pruned encoder is rebuilt as ``surgery>ViTEncoder``, whose
+    config lists each block's ``num_heads``, ``key_dim`` and ``mlp_dim``."""
+
+    flow = BLOCKING
+    registered = "surgery>ViTEncoder"
+
+    def blocked(self, info) -> str:
+        return (f"the hidden width of {info.describe()} passes its LayerNormalizations and "
+                "residual adds inside (its blocks' heads and mlp_dim are pruned)")
+
+    def _blocks(self, info) -> list[dict]:
+        """Per block: name, dims, and the first weight index of each sublayer."""
+        config = info.config
+        hidden = int(config["hidden_dim"])
+        dims = config.get("blocks") or [
+            dict(num_heads=int(config["num_heads"]),
+                 key_dim=hidden // int(config["num_heads"]), mlp_dim=int(config["mlp_dim"]))
+        ] * int(config["num_layers"])
+        mha = 8 if config.get("use_mha_bias", True) else 4
+        dense = 2 if config.get("use_mlp_bias", True) else 1
+        blocks, start = [], 0
+        for i, d in enumerate(dims):
+            blocks.append(dict(d, name=f"transformer_block_{i + 1}", mha=start + 2,
+                               mha_end=start + 2 + mha, dense_1=start + 4 + mha,
+                               dense_2=start + 4 + mha + dense, bias=dense == 2))
+            start += 4 + mha + 2 * dense
+        return blocks
+
+    def _attention(self, info, block, weights=None):
+        return attention_call(
+            info, f"{block['name']}/mha",
+            info.weights[block["mha"]:block["mha_end"]] if weights is None else weights,
+            block["num_heads"], block["key_dim"], block["key_dim"],
+            bool(info.config.get("use_mha_bias", True)))
+
+    def _find(self, info, axis):
+        name, _, unit = axis.rpartition("/")
+        block = next((b for b in self._blocks(info) if b["name"] == name), None)
+        if block is None or unit not in ("heads", "mlp_dim"):
+            return super().unit_slices(info, axis)
+        return block, unit
+
+    def unit_axes(self, info) -> dict:
+        axes = {}
+        for b in self._blocks(info):
+            axes[f"{b['name']}/heads"] = b["num_heads"]
+            axes[f"{b['name']}/mlp_dim"] = b["mlp_dim"]
+        return axes
+
+    def unit_slices(self, info, axis):
+        block, unit = self._find(info, axis)
+        if unit == "heads":
+            sub, rule = self._attention(info, block)
+            return [(block["mha"] + i, a) for i, a in rule.unit_slices(sub, "heads")]
+        slices = [(block["dense_1"], -1)]
+        return slices + [(block["dense_1"] + 1, 0)] if block["bias"] else slices
+
+    def unit_matrix(self, info, axis):
+        block, unit = self._find(info, axis)
+        if unit == "heads":
+            sub, rule = self._attention(info, block)
+            return rule.unit_matrix(sub, "heads")
+        return super().unit_matrix(info, axis)
+
+    def cut_units(self, info, cuts):
+        weights = list(info.weights)
+        dims = []
+        for b in self._blocks(info):
+            heads = list(cuts.get(f"{b['name']}/heads", ()))
+            gone = list(cuts.get(f"{b['name']}/mlp_dim", ()))
+            if heads:
+                sub, rule = self._attention(info, b)
+                _, weights[b["mha"]:b["mha_end"]] = rule.cut_units(sub, {"heads": heads})
+            if gone:
+                k = b["dense_1"]
+                weights[k] = np.delete(weights[k], gone, axis=-1)
+                if b["bias"]:
+                    weights[k + 1] = np.delete(weights[k + 1], gone, axis=0)
+                weights[b["dense_2"]] = np.delete(weights[b["dense_2"]], gone, axis=0)
+            dims.append(dict(num_heads=b["num_heads"] - len(heads), key_dim=b["key_dim"],
+                             mlp_dim=b["mlp_dim"] - len(gone)))
+        return with_config(info.config, blocks=dims, **{CLASS_KEY: self.registered}), weights
+
+    def flops(self, info) -> int:
+        total = 0
+        for b in self._blocks(info):
+            sub, rule = self._attention(info, b)
+            total += rule.flops(sub) + \
+                2 * 2 * _positions(info) * int(info.config["hidden_dim"]) * b["mlp_dim"]
+        return total
+
+
+@register_rule("LlamaTransformerDecoder")
+class LlamaDecoderRule(LayerRule):
+    """keras-hub's ``LlamaTransformerDecoder`` (grouped-query attention, gated FFN).
+    Weights: query ``(hidden, heads, head_dim)``, key and value ``(hidden, kv_heads,
+    head_dim)``, output ``(heads, head_dim, hidden)``, the attention RMS norm, the
+    intermediate and gate kernels ``(hidden, intermediate_dim)``, the output kernel and
+    the feed-forward RMS norm; no biases. Query head ``u`` reads key/value head
+    ``u // (heads // kv_heads)``, so the ``heads`` axis has ``kv_heads`` blocks: every
+    key/value group keeps the same number of query heads. A head is zeroed through its
+    output-projection rows; an ``intermediate_dim`` channel through its intermediate and
+    gate columns (``silu(0) * 0 = 0``). The block keeps its head size when it loses heads,
+    as ``surgery>LlamaTransformerDecoder`` (``head_dim`` in its config)."""
+
+    flow = BLOCKING
+    registered = "surgery>LlamaTransformerDecoder"
+
+    def blocked(self, info) -> str:
+        return (f"the hidden width of {info.describe()} passes its RMS norms and residual "
+                "adds inside (its query heads and intermediate_dim are pruned)")
+
+    def unit_axes(self, info) -> dict:
+        query, _, _, _, _, intermediate = info.weights[:6]
+        return {"heads": int(query.shape[1]), "intermediate_dim": int(intermediate.shape[1])}
+
+    def unit_blocks(self, info, axis) -> int:
+        return int(info.weights[1].shape[1]) if axis == "heads" else 1
+
+    def unit_slices(self, info, axis):
+        if axis == "heads":
+            return [(3, 0)]
+        if axis == "intermediate_dim":
+            return [(5, -1), (6, -1)]
+        return super().unit_slices(info, axis)
+
+    def cut_units(self, info, cuts):
+        weights = list(info.weights)
+        config = dict(info.config)
+        heads = list(cuts.get("heads", ()))
+        if heads:
+            config["head_dim"] = int(weights[0].shape[2])
+            weights[0] = np.delete(weights[0], heads, axis=1)
+            weights[3] = np.delete(weights[3], heads, axis=0)
+            config["num_query_heads"] = int(weights[0].shape[1])
+            config[CLASS_KEY] = self.registered
+        gone = list(cuts.get("intermediate_dim", ()))
+        if gone:
+            for k in (5, 6):
+                weights[k] = np.delete(weights[k], gone, axis=-1)
+            weights[7] = np.delete(weights[7], gone, axis=0)
+            config["intermediate_dim"] = int(weights[5].shape[1])
+        return config, weights
+
+    def flops(self, info) -> int:
+        query, key, value, output, _, intermediate = info.weights[:6]
+        t = _positions(info)
+        return 2 * t * (query.size + key.size + value.size + output.size
+                        + 3 * intermediate.size + t * 2 * query.shape[1] * query.shape[2])

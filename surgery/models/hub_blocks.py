@@ -1,0 +1,217 @@
+"""Registered equivalents of keras-hub blocks whose pruned widths their stock config
+cannot express (Keras 3 only).
+
+keras-hub derives a block's head size from its input (``key_dim = hidden_dim //
+num_heads``), so a block that lost heads (or head widths) cannot be rebuilt from its
+stock config: the head size would grow. Each class here is the stock class with its
+config *extended* by the head widths (``key_dim``, ``value_dim``; ``None`` = derived as
+before): it computes exactly what the stock block computes, saves as ``.keras`` under the
+name ``surgery>ClassName``, and loads in any process that ran ``import surgery``. The
+subclass, rather than a config key the stock class would reject, is the only way a saved
+file stays loadable: keras-hub's ``from_config`` passes every key to ``__init__``.
+
+``import surgery`` registers :func:`register_lazily`'s proxies, which import keras-hub
+(slow: about 10 s) only when a file that uses them is loaded.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import keras
+
+PACKAGE = "surgery"
+#: registered name -> attribute of this module that makes the class
+_CLASSES = {"TransformerEncoder": "transformer_encoder_class",
+            "ViTEncoder": "vit_encoder_class",
+            "ViTPatchingAndEmbedding": "vit_embedding_class",
+            "LlamaTransformerDecoder": "llama_decoder_class"}
+
+
+def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) -> None:
+    """Swap a built block's MultiHeadAttention for one with the given head widths,
+    keeping its place among the block's layers (weights keep their order and paths)."""
+    old = getattr(block, attribute)
+    config = old.get_config()
+    config.update(key_dim=int(key_dim), value_dim=int(value_dim or key_dim))
+    new = keras.layers.MultiHeadAttention.from_config(config)
+    new.build(query_shape=inputs_shape, value_shape=inputs_shape)
+    block._tracker.replace_tracked_value("layers", old, new)
+    object.__setattr__(block, attribute, new)
+
+
+@functools.lru_cache(maxsize=None)
+def transformer_encoder_class():
+    """``keras_hub.layers.TransformerEncoder`` with ``key_dim`` / ``value_dim`` in its
+    config."""
+    from keras_hub.layers import TransformerEncoder as Stock
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="TransformerEncoder")
+    class TransformerEncoder(Stock):
+        def __init__(self, *args, key_dim: Optional[int] = None,
+                     value_dim: Optional[int] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.key_dim, self.value_dim = key_dim, value_dim
+
+        def build(self, inputs_shape):
+            super().build(inputs_shape)
+            if self.key_dim is not None:
+                _replace_attention(self, "_self_attention_layer", inputs_shape,
+                                   self.key_dim, self.value_dim)
+
+        def get_config(self):
+            return dict(super().get_config(), key_dim=self.key_dim,
+                        value_dim=self.value_dim)
+
+    return TransformerEncoder
+
+
+@functools.lru_cache(maxsize=None)
+def vit_encoder_class():
+    """keras-hub's ``ViTEncoder`` whose config may list each block's ``num_heads``,
+    ``key_dim`` and ``mlp_dim`` (``blocks``; ``None``: all blocks as the stock config)."""
+    from keras_hub.src.models.vit.vit_layers import ViTEncoder as Stock
+    from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock as StockBlock
+
+    class ViTEncoderBlock(StockBlock):
+        def __init__(self, *args, key_dim: Optional[int] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if key_dim is not None:
+                self.key_dim = int(key_dim)  # read by the stock build
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="ViTEncoder")
+    class ViTEncoder(Stock):
+        def __init__(self, *args, blocks: Optional[list] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.blocks = [dict(b) for b in blocks] if blocks else None
+            if self.blocks:
+                self.num_layers = len(self.blocks)
+
+        def build(self, input_shape):
+            super().build(input_shape)
+            if not self.blocks:
+                return
+            for i, dims in enumerate(self.blocks):  # each block at its own widths
+                old = self.encoder_layers[i]
+                new = ViTEncoderBlock(
+                    num_heads=dims["num_heads"], key_dim=dims["key_dim"],
+                    hidden_dim=self.hidden_dim, mlp_dim=dims["mlp_dim"],
+                    dropout_rate=self.dropout_rate, use_mha_bias=self.use_mha_bias,
+                    use_mlp_bias=self.use_mlp_bias, attention_dropout=self.attention_dropout,
+                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+                    name=old.name)
+                new.build((None, None, self.hidden_dim))
+                self._tracker.replace_tracked_value("layers", old, new)
+                list.__setitem__(self.encoder_layers, i, new)
+
+        def get_config(self):
+            return dict(super().get_config(), blocks=self.blocks)
+
+    return ViTEncoder
+
+
+@functools.lru_cache(maxsize=None)
+def vit_embedding_class():
+    """keras-hub's ``ViTPatchingAndEmbedding``, whose stock ``get_config`` writes two
+    derived keys (``num_patches``, ``num_positions``) its ``__init__`` rejects: a copy made
+    from its config (``clone_model``, a saved functional model) fails. This one accepts and
+    recomputes them."""
+    from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding as Stock
+
+    @keras.saving.register_keras_serializable(package=PACKAGE,
+                                              name="ViTPatchingAndEmbedding")
+    class ViTPatchingAndEmbedding(Stock):
+        def __init__(self, *args, num_patches=None, num_positions=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    return ViTPatchingAndEmbedding
+
+
+def _replace_sublayer(block, attribute: str, build_shape, **changes) -> None:
+    """Swap a built sublayer for one from its config with ``changes``, in its place."""
+    old = getattr(block, attribute)
+    new = type(old).from_config({**old.get_config(), **changes})
+    new.build(build_shape)
+    block._tracker.replace_tracked_value("layers", old, new)
+    object.__setattr__(block, attribute, new)
+
+
+@functools.lru_cache(maxsize=None)
+def llama_decoder_class():
+    """keras-hub's ``LlamaTransformerDecoder`` with ``head_dim`` in its config, and a
+    ``get_config`` that works: 0.32.0's reads an attribute the layer never sets
+    (``rope_scaling_factor``) and raises, so a Llama block cannot be cloned or saved
+    in a functional model at all."""
+    import math
+
+    from keras_hub.src.models.llama.llama_decoder import LlamaTransformerDecoder as Stock
+
+    @keras.saving.register_keras_serializable(package=PACKAGE,
+                                              name="LlamaTransformerDecoder")
+    class LlamaTransformerDecoder(Stock):
+        def __init__(self, *args, head_dim: Optional[int] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.head_dim = head_dim
+
+        @staticmethod
+        def config_of(layer) -> dict:
+            """The config of a stock or surgery Llama block, read from its attributes."""
+            return dict(
+                name=layer.name, trainable=layer.trainable,
+                dtype=keras.dtype_policies.serialize(layer.dtype_policy),
+                intermediate_dim=layer.intermediate_dim,
+                num_query_heads=layer.num_query_heads,
+                num_key_value_heads=layer.num_key_value_heads,
+                rope_max_wavelength=layer.rope_max_wavelength,
+                rope_position_scaling_factor=layer.rope_position_scaling_factor,
+                rope_frequency_adjustment_factor=layer.rope_frequency_adjustment_factor,
+                rope_low_freq_factor=layer.rope_low_freq_factor,
+                rope_high_freq_factor=layer.rope_high_freq_factor,
+                rope_pretraining_sequence_length=layer.rope_pretraining_sequence_length,
+                activation=keras.activations.serialize(layer.activation),
+                layer_norm_epsilon=layer.layer_norm_epsilon,
+                kernel_initializer=keras.initializers.serialize(layer.kernel_initializer),
+                dropout=layer.dropout, head_dim=getattr(layer, "head_dim", None))
+
+        def get_config(self):
+            return self.config_of(self)
+
+        def build(self, decoder_sequence_shape):
+            super().build(decoder_sequence_shape)
+            heads, kv, size = self.num_query_heads, self.num_key_value_heads, self.head_dim
+            if not size or size == decoder_sequence_shape[-1] // heads:
+                return
+            attention = self._self_attention_layer
+            for attribute, n in (("_query_dense", heads), ("_key_dense", kv),
+                                 ("_value_dense", kv)):
+                _replace_sublayer(attention, attribute, decoder_sequence_shape,
+                                  output_shape=(None, n, size))
+            _replace_sublayer(attention, "_output_dense", (None, None, heads, size))
+            attention._inv_norm_factor = 1.0 / math.sqrt(size)
+
+    return LlamaTransformerDecoder
+
+
+class _Lazy:
+    """Stands in the registry for a class until a file needs it."""
+
+    def __init__(self, factory: str):
+        self.factory = factory
+
+    def from_config(self, config):
+        return globals()[self.factory]().from_config(config)
+
+    def config_of(self, layer) -> Optional[dict]:
+        cls = globals()[self.factory]()
+        return cls.config_of(layer) if hasattr(cls, "config_of") else None
+
+
+def register_lazily() -> None:
+    """Put proxies for the classes here in Keras's registry (no keras-hub import)."""
+    objects = keras.saving.get_custom_objects()
+    for name, factory in _CLASSES.items():
+        objects.setdefault(f"{PACKAGE}>{name}", _Lazy(factory))
+
+
+def registered_name(name: str) -> str:
+    return f"{PACKAGE}>{name}"

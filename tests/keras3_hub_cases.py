@@ -1,0 +1,219 @@
+"""Keras 3 transformer cases (RMS normalisation, EinsumDense, the LayerNormalization
+opt-in, keras-hub layers) run in a child process by tests/test_keras3_hub.py.
+``python tests/keras3_hub_cases.py prune OUT`` imports Keras 3 first, then ``surgery``,
+prunes each case, saves ``OUT/<case>.keras`` and ``OUT/<case>.npz`` (input, pruned outputs)
+and prints one JSON line of measurements; ``python tests/keras3_hub_cases.py load OUT``
+loads them in a fresh process after only ``import surgery`` and prints the output
+differences.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+T, D, HEADS, HEAD, FF = 6, 16, 2, 8, 32
+CASES = ("llama_block", "hub_norms")
+BACKBONES = ("vit", "bert", "llama")
+
+
+def _randomize(model, seed=0):
+    """Random weights everywhere, gains near 1 (norm gains, biases visible)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if weights:
+            layer.set_weights([(w + rng.normal(0, 0.3, w.shape)).astype(w.dtype)
+                               for w in weights])
+    return model
+
+
+def _attention(n, prefix):
+    """Multi-head self-attention written with EinsumDense projections and ops."""
+    def proj(name):
+        return layers.EinsumDense("btd,dnh->btnh", output_shape=(T, HEADS, HEAD),
+                                  bias_axes="nh", name=f"{prefix}_{name}")(n)
+    q, k, v = proj("q"), proj("k"), proj("v")
+    scores = ops.softmax(ops.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(HEAD), axis=-1)
+    o = ops.einsum("bnts,bsnh->btnh", scores, v)
+    return layers.EinsumDense("btnh,nhd->btd", output_shape=(T, D), bias_axes="d",
+                              name=f"{prefix}_o")(o)
+
+
+def block_model(norm, name):
+    """A Llama-style pre-norm block: norm → attention → add → norm → gated FFN
+    (EinsumDense gate, Dense up, silu(gate) * up, Dense down) → add → norm → head."""
+    x = keras.Input((T, 12))
+    h = layers.Dense(D, name="embed")(x)
+    h = h + _attention(norm("attn_norm")(h), "attn")
+    n = norm("ffn_norm")(h)
+    gate = layers.EinsumDense("btd,df->btf", output_shape=(T, FF), bias_axes="f",
+                              name="gate")(n)
+    up = layers.Dense(FF, name="up")(n)
+    h = h + layers.Dense(D, name="down")(ops.silu(gate) * up)
+    y = layers.Dense(5, name="head")(norm("final_norm")(h))
+    return keras.Model(x, y, name=name)
+
+
+def _norm_factory(case):
+    if case == "llama_block":
+        return lambda name: (lambda t: layers.RMSNormalization(epsilon=1e-3, name=name)(t))
+    from keras_hub.src.models.gemma.rms_normalization import RMSNormalization
+    from keras_hub.src.models.llama.llama_layernorm import LlamaLayerNorm
+
+    kinds = {"attn_norm": LlamaLayerNorm, "ffn_norm": RMSNormalization,
+             "final_norm": LlamaLayerNorm}
+    return lambda name: (lambda t: kinds[name](epsilon=1e-3, name=name)(t))
+
+
+def layernorm_model():
+    x = keras.Input((T, 12))
+    h = layers.Dense(D, name="embed")(x)
+    n = layers.LayerNormalization(name="ln1")(h)
+    h = h + layers.Dense(D, name="mix")(layers.Dense(FF, activation="gelu", name="fc")(n))
+    y = layers.Dense(5, name="head")(layers.LayerNormalization(name="ln2")(h))
+    return keras.Model(x, y, name="ln_block")
+
+
+def backbone(case):
+    """A keras-hub backbone at a small config, random weights (visible biases, gains)."""
+    import keras_hub
+
+    keras.config.set_floatx("float32")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(2)
+    if case == "vit":
+        model = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4,
+                                             num_layers=2, num_heads=4, hidden_dim=16,
+                                             mlp_dim=32)
+        x = rng.normal(size=(3, 16, 16, 3)).astype("float32")
+    elif case == "llama":  # grouped-query attention: 4 query heads, 2 key/value heads
+        model = keras_hub.models.LlamaBackbone(vocabulary_size=50, num_layers=2,
+                                               num_query_heads=4, num_key_value_heads=2,
+                                               hidden_dim=16, intermediate_dim=32)
+        x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
+             "padding_mask": np.ones((3, 10), "int32")}
+    else:
+        model = keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=4,
+                                              hidden_dim=16, intermediate_dim=32,
+                                              max_sequence_length=12, dropout=0.0)
+        x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
+             "segment_ids": rng.integers(0, 2, (3, 10)).astype("int32"),
+             "padding_mask": np.ones((3, 10), "int32")}
+    return _randomize(model), x
+
+
+def _outputs(model, x):
+    y = model(x, training=False)
+    if isinstance(y, dict) and "sequence_output" in y:
+        y = y["sequence_output"]
+    return keras.ops.convert_to_numpy(y)
+
+
+def prune(out):
+    import surgery
+    from surgery.engine.zeroing import max_relative_difference
+
+    report = {}
+    x = np.random.default_rng(1).normal(size=(4, T, 12))
+    for case in CASES:
+        keras.config.set_floatx("float64" if case == "llama_block" else "float32")
+        keras.utils.set_random_seed(0)
+        model = _randomize(block_model(_norm_factory(case), case))
+        data = x.astype(keras.config.floatx())
+        plan = surgery.plan(model, ratio=0.5)
+        pruned = surgery.apply(model, plan)
+        zeroed = surgery.zero_channels(model, plan.deletions)
+        report[case] = {
+            "deleted": {k: len(v) for k, v in plan.deletions.items()},
+            "skipped": plan.skipped,
+            "verify": surgery.verify(model, pruned, plan, data),
+            "moved": max_relative_difference(model(data, training=False),
+                                             zeroed(data, training=False)),
+            "params": [model.count_params(), pruned.count_params()],
+            "flops": [surgery.count_flops(model), surgery.count_flops(pruned)],
+            "epsilon": [model.get_layer("ffn_norm").epsilon,
+                        pruned.get_layer("ffn_norm").epsilon],
+        }
+        shifted = surgery.PrunePlan({n: sorted((c + 1) % D for c in v) if n == "embed" else v
+                                     for n, v in plan.deletions.items()}, plan.groups)
+        shifted.deletions.update({n: shifted.deletions["embed"] for n in ("attn_o", "down")})
+        report[case]["verify_wrong_channels"] = surgery.verify(
+            model, surgery.apply(model, shifted), plan, data)
+        pruned.save(os.path.join(out, f"{case}.keras"))
+        np.savez(os.path.join(out, f"{case}.npz"), x=data, y=_outputs(pruned, data))
+
+    for case in BACKBONES:
+        model, data = backbone(case)
+        plan = surgery.plan(model, ratio=0.5)
+        pruned = surgery.apply(model, plan)
+        zeroed = surgery.zero_channels(model, plan.deletions, plan.units)
+        report[case] = {
+            "units": {f"{layer}:{axis}": len(v) for layer, axes in plan.units.items()
+                      for axis, v in axes.items()},
+            "verify": surgery.verify(model, pruned, plan, data),
+            "moved": max_relative_difference(_outputs(model, data), _outputs(zeroed, data)),
+            "params": [model.count_params(), pruned.count_params()],
+            "flops": [surgery.count_flops(model), surgery.count_flops(pruned)],
+            "summary": plan.summary(),
+            "heads": plan.units,
+        }
+        shifted = surgery.PrunePlan(plan.deletions, plan.groups, units={
+            layer: {axis: sorted((c + 1) % 4 for c in v) if axis.endswith("heads") else v
+                    for axis, v in axes.items()} for layer, axes in plan.units.items()})
+        report[case]["verify_wrong_heads"] = surgery.verify(
+            model, surgery.apply(model, shifted), plan, data)
+        pruned.save(os.path.join(out, f"{case}.keras"))
+        np.savez(os.path.join(out, f"{case}.npz"), y=_outputs(pruned, data),
+                 **(data if isinstance(data, dict) else {"x": data}))
+
+    keras.config.set_floatx("float64")
+    keras.utils.set_random_seed(0)
+    model = _randomize(layernorm_model())
+    data = x.astype("float64")
+    exact = surgery.plan(model, ratio=0.5)
+    loose = surgery.plan(model, ratio=0.5, exact=False, data=(data, None))
+    pruned = surgery.apply(model, loose)
+    report["layernorm"] = {
+        "exact_deleted": sorted(exact.deletions), "exact_skipped": exact.skipped,
+        "loose_deleted": sorted(loose.deletions),
+        "settings": {k: loose.settings.get(k) for k in ("exact", "approximate", "deviation")},
+        "verify": surgery.verify(model, pruned, loose, data),
+        "json_roundtrip": surgery.PrunePlan.from_json(loose.to_json()).settings["exact"],
+        "shapes": [pruned.get_layer("ln1").get_weights()[0].shape[0],
+                   pruned.get_layer("embed").get_weights()[0].shape[1]],
+    }
+    print("RESULT " + json.dumps(report, default=str))
+
+
+def load(out):
+    import surgery  # noqa: F401  (the only import a user needs)
+
+    report = {}
+    for case in CASES:
+        keras.config.set_floatx("float64" if case == "llama_block" else "float32")
+        model = keras.saving.load_model(os.path.join(out, f"{case}.keras"))
+        saved = np.load(os.path.join(out, f"{case}.npz"))
+        y = _outputs(model, saved["x"])
+        report[case] = float(np.max(np.abs(y - saved["y"])) / np.max(np.abs(saved["y"])))
+    keras.config.set_floatx("float32")
+    for case in BACKBONES:
+        model = keras.saving.load_model(os.path.join(out, f"{case}.keras"))
+        saved = dict(np.load(os.path.join(out, f"{case}.npz")))
+        expected = saved.pop("y")
+        y = _outputs(model, saved.get("x", saved))
+        report[case] = float(np.max(np.abs(y - expected)) / np.max(np.abs(expected)))
+        report[case + "_classes"] = sorted({type(l).__module__.split(".")[0] + "." +
+                                            type(l).__name__ for l in model.layers})
+    print("RESULT " + json.dumps(report))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    {"prune": prune, "load": load}[sys.argv[1]](sys.argv[2])

@@ -1,0 +1,93 @@
+"""Transformer blocks in Keras 3 (TensorFlow backend): the residual (hidden) width pruned
+exactly across RMS normalisation (Keras's ``RMSNormalization`` in float64; keras-hub's
+``LlamaLayerNorm`` and Gemma's ``RMSNormalization``, which compute in float32), through
+``EinsumDense`` projections read from their equations, saved as ``.keras`` and loaded back
+in a fresh process after only ``import surgery``; and mean-centred ``LayerNormalization``,
+which blocks the residual width unless ``plan(..., exact=False)``, whose plan reports the
+layers it approximates and how far they moved the outputs; and keras-hub 0.32 backbones
+(``ViTBackbone``, ``BertBackbone``, ``LlamaBackbone`` with grouped-query attention; small
+configs, random weights) whose composite blocks
+lose half their heads and feed-forward width exactly, are rebuilt as surgery's registered
+equivalents, and reload in a fresh process.
+
+The cases run in child processes (tests/keras3_hub_cases.py), as in tests/test_keras3.py.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOLERANCE = {"llama_block": 1e-8, "hub_norms": 1e-5}
+
+
+def _child(mode, out):
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["KERAS_BACKEND"] = "tensorflow"
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "keras3_hub_cases.py"), mode,
+                           str(out)], capture_output=True, text=True, env=env, timeout=900)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keras3_hub")
+    return out, _child("prune", out)
+
+
+@pytest.mark.parametrize("case", sorted(TOLERANCE))
+def test_hidden_width_is_exact_across_rms_norms(pruned, case):
+    r = pruned[1][case]
+    # the residual group (embed, attention output, FFN down) and the FFN width lose half
+    assert r["deleted"] == {"embed": 8, "attn_o": 8, "down": 8, "gate": 16, "up": 16}
+    assert r["verify"] <= TOLERANCE[case]
+    assert r["moved"] > 1e-2                      # zeroing changed the outputs
+    assert r["verify_wrong_channels"] > 1e-2      # the oracle sees a wrong cut
+    assert r["epsilon"] == [0.001, 0.002]        # epsilon scaled by d / d'
+    assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
+
+
+@pytest.mark.parametrize("case,axes", [
+    ("vit", ("vit_encoder:transformer_block_1/heads", "vit_encoder:transformer_block_1/mlp_dim",
+             "vit_encoder:transformer_block_2/heads", "vit_encoder:transformer_block_2/mlp_dim")),
+    ("bert", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
+              "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
+    ("llama", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
+               "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
+])
+def test_keras_hub_backbones_lose_half_their_heads_and_mlp_width_exactly(pruned, case, axes):
+    r = pruned[1][case]
+    assert r["units"] == {a: 2 if a.endswith("heads") else 16 for a in axes}
+    assert r["verify"] <= 1e-5
+    assert r["moved"] > 1e-2 and r["verify_wrong_heads"] > 1e-3
+    assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
+    assert "heads" in r["summary"] and " 4 " in r["summary"]
+    if case == "llama":  # 2 key/value heads serve query heads 0-1 and 2-3: one lost each
+        for axes in r["heads"].values():
+            assert sorted(h // 2 for h in axes["heads"]) == [0, 1]
+
+
+def test_pruned_models_reload_in_a_fresh_process(pruned):
+    report = _child("load", pruned[0])
+    for case in list(TOLERANCE) + ["vit", "bert", "llama"]:
+        assert report[case] == pytest.approx(0.0, abs=1e-6), case
+    # blocks whose widths the stock config cannot express load as surgery's equivalents
+    assert "surgery.ViTEncoder" in report["vit_classes"]
+    assert "surgery.TransformerEncoder" in report["bert_classes"]
+    assert "surgery.LlamaTransformerDecoder" in report["llama_classes"]
+
+
+def test_layernorm_blocks_unless_exact_false_which_reports_its_deviation(pruned):
+    r = pruned[1]["layernorm"]
+    assert r["exact_deleted"] == ["fc"]
+    assert "plan(..., exact=False)" in r["exact_skipped"]["embed"]
+    assert r["loose_deleted"] == ["embed", "fc", "mix"]
+    assert r["settings"]["exact"] is False and r["json_roundtrip"] is False
+    assert r["settings"]["approximate"] == ["ln1", "ln2"]
+    assert r["settings"]["deviation"] == pytest.approx(r["verify"], rel=1e-9)
+    assert r["settings"]["deviation"] > 1e-3      # mean-centring is not exact: it says so
+    assert r["shapes"] == [8, 8]
