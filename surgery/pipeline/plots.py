@@ -146,8 +146,7 @@ def plot_sensitivity(result: Mapping[str, Mapping[float, float]], path: str, *,
     ax = _axes(ax, (max(5.0, 1.0 * len(ratios) + 3.5), max(3.0, 0.32 * len(names) + 1.6)))
     image = ax.imshow(drop, cmap="RdYlGn_r", norm=norm, aspect="auto",
                       interpolation="nearest")
-    unit = " (points)" if percent else ""
-    ax.figure.colorbar(image, ax=ax, label=f"{ylabel} lost against the unpruned group{unit}")
+    ax.figure.colorbar(image, ax=ax, label="points lost" if percent else f"{ylabel} lost")
     font = 8 if len(names) > 15 else 9
     for i in range(len(names)):
         for j in range(len(ratios)):
