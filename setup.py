@@ -25,11 +25,17 @@ setup(
         "numpy>=1.26,<3",
         "h5py>=3.11,<4",
         "importlib-metadata>=6",
-        "keras>=3.10,<4",  # Keras 3 models: surgery.engine.keras3
+        # Keras 3 models (surgery.engine.keras3); 3.15 is the tested release, and Keras 3
+        # fine-tuning distils with its keras.distillation.
+        "keras>=3.15,<4",
     ],
-    # Keras 3's other backends (KERAS_BACKEND=jax|torch); CPU builds are enough.
-    # ONNX export (surgery.export_onnx): tf2onnx converts, ONNX Runtime runs and verifies.
-    extras_require={"jax": ["jax>=0.4.30"], "torch": ["torch>=2.4"],
-                    "onnx": ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "tf2onnx>=1.16.1,<2"]},
+    # Keras 3's other backends (KERAS_BACKEND=jax|torch), at the tested releases; CPU builds
+    # are enough (the README says how to get PyTorch's CPU-only build). The library itself
+    # never needs torch. ONNX export (surgery.export_onnx): tf2onnx converts, ONNX Runtime
+    # runs and verifies. tests/test_packaging.py checks that every range admits the pin of
+    # requirements.txt.
+    extras_require={"jax": ["jax>=0.10,<0.11", "jaxlib>=0.10,<0.11"],
+                    "torch": ["torch>=2.13,<2.14"],
+                    "onnx": ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "tf2onnx>=1.17,<2"]},
     entry_points={"console_scripts": ["keras-surgery=surgery.cli.main:main"]},
 )

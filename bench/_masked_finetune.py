@@ -26,7 +26,8 @@ import numpy as np
 
 import surgery
 from surgery import keras, tf
-from surgery.pipeline.finetune import Distiller, WarmupCosine, steps_per_epoch
+from surgery.pipeline.finetune import Distiller, steps_per_epoch
+from surgery.pipeline.schedules import warmup_cosine
 from surgery.engine.zeroing import max_relative_difference
 
 
@@ -49,7 +50,7 @@ class _MaskedAdam(keras.optimizers.legacy.Adam):
 
 class MaskedFinetuner:
     """Fine-tunes channel plans of ``base`` (not modified) on ``train`` for ``epochs`` with
-    Adam + :class:`WarmupCosine` (``warmup_epochs`` of warm-up), optionally distilling
+    Adam + Keras's ``CosineDecay`` (``warmup_epochs`` of warm-up), optionally distilling
     from ``teacher``; every run starts from ``base``'s weights and a fresh optimizer."""
 
     def __init__(self, base: keras.Model, train: tf.data.Dataset, *, epochs: int, lr: float,
@@ -71,12 +72,12 @@ class MaskedFinetuner:
         schedule = dict(peak_lr=lr, total_steps=per_epoch * self.epochs,
                         warmup_steps=int(round(warmup_epochs * per_epoch)))
         self._plain = self.model
-        self._plain.compile(_MaskedAdam(keep, learning_rate=WarmupCosine(**schedule)),
+        self._plain.compile(_MaskedAdam(keep, learning_rate=warmup_cosine(**schedule)),
                             loss="categorical_crossentropy", metrics=["accuracy"])
         self._distiller = None
         if teacher is not None:
             self._distiller = Distiller(self.model, teacher)
-            self._distiller.compile(_MaskedAdam(keep, learning_rate=WarmupCosine(**schedule)),
+            self._distiller.compile(_MaskedAdam(keep, learning_rate=warmup_cosine(**schedule)),
                                     metrics=["accuracy"])
 
     def masked(self, plan: surgery.PrunePlan) -> Tuple[List[np.ndarray], List[np.ndarray]]:

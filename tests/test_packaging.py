@@ -63,6 +63,36 @@ def test_wheel_installs_only_the_surgery_package(wheel):
         assert any(r.split()[1].startswith(name) for r in requires), (name, requires)
 
 
+def test_setup_ranges_admit_the_pins_and_torch_is_an_extra(wheel):
+    """Every range of setup.py (install_requires and extras) admits the version that
+    requirements.txt pins and CI tests; torch is only in the ``torch`` extra."""
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        meta = zf.read(_dist_info(names, "METADATA")).decode()
+    pins = {}
+    with open(os.path.join(ROOT, "requirements.txt")) as fh:
+        for line in fh:
+            line = line.split("#")[0].strip()
+            if "==" in line:
+                name, version = line.split("==")
+                pins[name.strip().lower()] = version.strip()
+    requires = [Requirement(line.split(":", 1)[1].strip())
+                for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    extras = {}
+    for req in requires:
+        marker = str(req.marker or "")
+        extra = marker.split("==")[-1].strip(" \"'") if "extra" in marker else None
+        extras.setdefault(extra, []).append(req.name.lower())
+        assert req.name.lower() in pins, (req.name, "is not pinned in requirements.txt")
+        assert req.specifier.contains(pins[req.name.lower()], prereleases=True), (
+            str(req), pins[req.name.lower()])
+    assert "torch" not in extras[None] and extras["torch"] == ["torch"], extras
+    assert {"jax", "torch", "onnx"} <= set(extras), extras
+    assert "+" not in pins["torch"]  # a local label resolves nowhere on the package index
+
+
 def test_installed_cli_help_without_the_checkout(wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:

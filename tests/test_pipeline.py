@@ -14,7 +14,8 @@ import pytest
 from surgery._backend import keras, tf
 import data_generator as dg
 import prune_and_finetune as pf
-from surgery.pipeline.finetune import Distiller, WarmupCosine, evaluate_accuracy, finetune
+from surgery.pipeline.finetune import Distiller, evaluate_accuracy, finetune
+from surgery.pipeline.schedules import warmup_cosine
 from surgery.pipeline.report import REQUIRED_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def _args(*extra):
 
 
 def test_warmup_cosine_shape_and_config():
-    s = WarmupCosine(1e-2, total_steps=100, warmup_steps=10, final_fraction=0.1)
+    s = warmup_cosine(1e-2, total_steps=100, warmup_steps=10, final_fraction=0.1)
     lrs = [float(s(i)) for i in range(0, 120, 5)]
     assert lrs[0] < lrs[1] < float(s(9)) <= 1e-2 + 1e-9
     assert float(s(10)) == pytest.approx(1e-2)

@@ -112,3 +112,24 @@ def test_every_plot_writes_a_png(trained, result, tmp_path):
     out = plot_sensitivity(result, str(tmp_path / "mine.png"), ax=right)
     assert out.ax is right and out.figure is figure
     assert_png(tmp_path / "mine.png", out)
+
+
+def test_sensitivity_png_is_a_heat_map_of_groups_by_ratios(result, tmp_path):
+    """One row per group in network order, one column per ratio, the accuracy printed in
+    each cell (as a percentage), coloured by the points lost against the unpruned group."""
+    out = plot_sensitivity(result, str(tmp_path / "heat.png"))
+    assert_png(tmp_path / "heat.png", out)
+    ratios = sorted(next(iter(result.values())))
+    (image,) = out.ax.get_images()
+    drop = np.asarray(image.get_array())
+    assert drop.shape == (len(GROUPS), len(ratios))
+    assert [t.get_text() for t in out.ax.get_yticklabels()] == list(result) == GROUPS
+    assert [t.get_text() for t in out.ax.get_xticklabels()] == [f"{r:g}" for r in ratios]
+    assert [t.get_text() for t in out.ax.texts] == [
+        f"{100 * result[n][r]:.1f}" for n in GROUPS for r in ratios]
+    lost = np.clip([[100 * (result[n][0.0] - result[n][r]) for r in ratios] for n in GROUPS],
+                   0, None)
+    np.testing.assert_allclose(drop, lost, atol=1e-9)
+    worst = max(GROUPS, key=lambda n: result[n][0.0] - min(result[n].values()))
+    assert int(np.argmax(drop.max(axis=1))) == GROUPS.index(worst)
+    assert drop.max() > 0  # some group loses accuracy: the colours differ

@@ -33,6 +33,7 @@ from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _
 from surgery.pruning import criteria as _criteria
 from surgery.pipeline.artifacts import write_plots, write_tflite
 from surgery.pipeline.resume import RunFolder
+from surgery.pipeline.progress import fit_verbose
 from surgery.pipeline.report import atomic_write, build_report, gzip_size, write_report
 
 logger = logging.getLogger("prune_and_finetune")
@@ -150,7 +151,7 @@ def _run_folder(args: argparse.Namespace, kit: Kit, out: str) -> RunFolder:
 
 def _train_kwargs(args, strategy, kit: Kit):
     extra = {} if kit.generation == 2 else dict(batch_size=args.batch_size, seed=args.seed)
-    return dict(strategy=strategy, verbose=0 if args.quiet else 1, **extra)
+    return dict(strategy=strategy, verbose=fit_verbose(quiet=args.quiet), **extra)
 
 
 def _verify(original, pruned, p, splits_val) -> float:

@@ -51,6 +51,7 @@ from surgery.cli.train_args import (  # noqa: E402,F401  (train.build_parser, tr
 from surgery.pipeline import regularizers as _regularizers  # noqa: E402  (registers the penalties)
 from surgery.pipeline.schedules import WarmupSchedule  # noqa: E402,F401  (train.WarmupSchedule)
 from surgery.pipeline import sparsity as _sparsity  # noqa: E402
+from surgery.pipeline.progress import fit_verbose  # noqa: E402
 from surgery.pipeline.report import save_model_atomic  # noqa: E402
 from surgery.data import DataError  # noqa: E402
 from surgery.errors import SurgeryError  # noqa: E402
@@ -170,8 +171,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     log_dir = os.path.join(out, "logs")
 
     step_size = steps * (args.lr_step_epochs or max(1, args.epochs // 3))
-    lr = WarmupSchedule(init_lr, total, round(args.warmup_epochs * steps), args.lr_schedule,
-                        step_size=step_size, decay=args.lr_decay)
+    lr = WarmupSchedule.make(init_lr, total, round(args.warmup_epochs * steps), args.lr_schedule,
+                             step_size=step_size, decay=args.lr_decay)
     _compile(model, _optimizer(args.optimizer, lr))
     tensorboard = tensorboard_available()
     if not tensorboard:
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     elif tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     model.fit(splits.train, validation_data=splits.val, epochs=args.epochs,
-              callbacks=callbacks, verbose=1)
+              callbacks=callbacks, verbose=fit_verbose())
 
     summary: Dict[str, object] = {"path": path}
     if tfmot_on:
@@ -206,10 +207,10 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
         _compile(model, _optimizer(args.optimizer, init_lr))
         summary["acc_after_pruning"] = float(model.evaluate(splits.test, verbose=0)[1])
         epochs = args.finetune_epochs or 1
-        ft_lr = WarmupSchedule(args.finetune_lr or init_lr / 10, steps * epochs, 0, "cosine")
+        ft_lr = WarmupSchedule.make(args.finetune_lr or init_lr / 10, steps * epochs, 0, "cosine")
         _compile(model, _optimizer(args.optimizer, ft_lr))
         model.fit(splits.train, validation_data=splits.val, initial_epoch=args.epochs,
-                  epochs=args.epochs + epochs, verbose=1,
+                  epochs=args.epochs + epochs, verbose=fit_verbose(),
                   callbacks=[_sparsity.MaskCallback(masks),
                              keras.callbacks.CSVLogger(os.path.join(out, "train_log.csv"),
                                                        append=True)]

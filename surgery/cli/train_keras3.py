@@ -5,8 +5,8 @@ JAX or PyTorch backend, as ``KERAS_BACKEND`` names) with the sparsity penalties.
 an ``.h5`` that Keras 3 wrote), attaches the penalties as Keras 3 regularisers
 (:func:`surgery.pipeline.regularizers.add_penalties`, which picks the classes of
 :mod:`surgery.pipeline.regularizers3`), trains with Keras 3's SGD (momentum 0.9) or Adam
-under :class:`WarmupSchedule` (the formula of :mod:`surgery.pipeline.schedules` on
-``keras.ops``) and ``fit``, and writes ``NAME.keras`` atomically, without optimizer state.
+under Keras's ``CosineDecay`` with warmup, or :class:`WarmupSchedule` for step and
+piecewise decay (:mod:`surgery.pipeline.schedules`), and ``fit``, and writes ``NAME.keras`` atomically, without optimizer state.
 Data come from :func:`surgery.data.load_splits` as ``tf.data`` datasets: the TensorFlow
 backend fits them as they are; on JAX and PyTorch the training split is read batch by batch
 through :class:`DatasetBatches` (a ``keras.utils.PyDataset``, so shuffling and augmentation
@@ -32,6 +32,7 @@ from surgery.errors import SurgeryError
 from surgery.model_files import check_model_file
 from surgery.pipeline import regularizers
 from surgery.pipeline.atomic import write_atomically
+from surgery.pipeline.progress import fit_verbose
 from surgery.pipeline.schedules import WarmupScheduleBase
 
 logger = logging.getLogger("train.py")
@@ -41,14 +42,19 @@ __all__ = ["WarmupSchedule", "DatasetBatches", "run", "save_keras_atomic"]
 
 @keras.saving.register_keras_serializable(package="train")
 class WarmupSchedule(WarmupScheduleBase, keras.optimizers.schedules.LearningRateSchedule):
-    """Keras 3 learning rate with linear warmup, then cosine, step or piecewise decay (the
-    formula of :class:`surgery.pipeline.schedules.WarmupSchedule`, on ``keras.ops``).
+    """Keras 3 learning rate with linear warmup, then step or piecewise decay (the formula
+    of :class:`surgery.pipeline.schedules.WarmupSchedule`, on ``keras.ops``); ``make``
+    gives Keras's ``CosineDecay`` for ``cosine``.
 
     Example:
-        >>> s = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="cosine")
-        >>> round(float(s(0)), 3), round(float(s(10)), 3), round(float(s(100)), 3)
-        (0.01, 0.1, 0.0)
+        >>> s = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="step", step_size=30)
+        >>> round(float(s(0)), 3), round(float(s(10)), 3), round(float(s(40)), 3)
+        (0.01, 0.1, 0.01)
+        >>> type(WarmupSchedule.make(0.1, 100, 10, "cosine")).__name__
+        'CosineDecay'
     """
+
+    _api = keras
 
     def __call__(self, step):
         return self.learning_rate(step, ops)
@@ -219,8 +225,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     resume = run_folder(args, out, path)
 
     step_size = steps * (args.lr_step_epochs or max(1, args.epochs // 3))
-    lr = WarmupSchedule(init_lr, total, round(args.warmup_epochs * steps), args.lr_schedule,
-                        step_size=step_size, decay=args.lr_decay)
+    lr = WarmupSchedule.make(init_lr, total, round(args.warmup_epochs * steps), args.lr_schedule,
+                             step_size=step_size, decay=args.lr_decay)
     model.compile(optimizer=_optimizer(args.optimizer, lr), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     callbacks: List[keras.callbacks.Callback] = [
@@ -231,7 +237,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     train, val, test = _fit_data(splits, steps)
     val_data: Optional[object] = val if not isinstance(val, tuple) or len(val[0]) else None
     model.fit(train, validation_data=val_data, epochs=args.epochs, callbacks=callbacks,
-              shuffle=False, verbose=1)
+              shuffle=False, verbose=fit_verbose())
     if isinstance(test, tuple):
         accuracy = model.evaluate(test[0], test[1], batch_size=args.batch_size, verbose=0)[1]
     else:

@@ -86,8 +86,10 @@ def class_ids(y: np.ndarray) -> np.ndarray:
 def progress_bar(iterable: Iterable, total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm  # imported lazily: only evaluation loops need it
 
+    from surgery.pipeline.progress import bars_wanted
+
     return tqdm(iterable, total=total, desc=desc, unit="ex", leave=False,
-                disable=not enabled or total <= PROGRESS_MIN_EXAMPLES)
+                disable=not bars_wanted(enabled) or total <= PROGRESS_MIN_EXAMPLES)
 
 
 def representative_examples(data: RepresentativeData, limit: int) -> Iterator[list]:

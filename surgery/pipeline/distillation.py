@@ -1,20 +1,24 @@
-"""The knowledge-distillation loss, written once against an ``ops`` namespace: this module
-owns :func:`distillation_loss`, which the tf-keras ``Distiller``
-(:mod:`surgery.pipeline.finetune`, ``ops=TF_OPS``) and the Keras 3 one
-(:mod:`surgery.pipeline.training3`, ``ops=keras.ops``, any backend) both train with, and
-:func:`ends_in_softmax`, which tells them whether a model's outputs are probabilities.
+"""Knowledge distillation's shared parts: this module owns the settings check
+(:func:`checked_settings`), telling whether a model's outputs are softmax probabilities
+(:func:`ends_in_softmax`) and turning them back into logits (:func:`as_logits`), and the
+tf-keras (Keras 2) loss :func:`distillation_loss`.
+
+Keras 3 trains with Keras's own ``keras.distillation.Distiller`` and ``LogitsDistillation``
+(:mod:`surgery.pipeline.distillation3`). tf-keras 2.21 ships no distiller, so the Keras 2
+``Distiller`` (:mod:`surgery.pipeline.finetune`) keeps this loss: the same sum as Keras 3's
+(``alpha`` × Keras's KL divergence of the temperature-softened outputs × T², + ``1 − alpha``
+× categorical cross-entropy), built from tf-keras's own loss functions.
 
 Example:
     >>> import numpy as np
-    >>> from surgery.pipeline.tf_ops import TF_OPS
     >>> y = np.eye(3, dtype="float32")
     >>> logits = np.log(np.full((3, 3), 1 / 3, "float32"))
-    >>> round(float(distillation_loss(y, logits, logits, TF_OPS, alpha=0.0)), 4)  # ln 3
+    >>> round(float(distillation_loss(y, logits, logits, alpha=0.0)), 4)  # ln 3
     1.0986
 """
 from __future__ import annotations
 
-__all__ = ["distillation_loss", "ends_in_softmax", "checked_settings"]
+__all__ = ["distillation_loss", "ends_in_softmax", "checked_settings", "as_logits"]
 
 
 def checked_settings(temperature: float, alpha: float) -> tuple[float, float]:
@@ -35,23 +39,26 @@ def ends_in_softmax(model) -> bool:
     return type(last).__name__ == "Softmax"
 
 
-def distillation_loss(y, student_out, teacher_out, ops, *, temperature: float = 4.0,
+def as_logits(out, is_softmax: bool, ops):
+    """``out`` as logits: ``log`` of softmax probabilities (clipped at 1e-7), else as is;
+    ``ops`` is ``keras.ops`` or :data:`surgery.pipeline.tf_ops.TF_OPS`."""
+    return ops.log(ops.clip(out, 1e-7, 1.0)) if is_softmax else out
+
+
+def distillation_loss(y, student_out, teacher_out, *, temperature: float = 4.0,
                       alpha: float = 0.5, student_softmax: bool = False,
                       teacher_softmax: bool = False):
-    """``alpha`` × the KL divergence of the student's from the teacher's outputs, both
-    softened at ``temperature`` and scaled by T² (Hinton et al.), + ``(1 − alpha)`` × the
-    cross-entropy with the one-hot labels ``y``. Softmax outputs (``*_softmax``) are
-    turned back into logits with ``log`` first."""
+    """tf-keras: ``alpha`` × the KL divergence of the student's from the teacher's outputs,
+    both softened at ``temperature`` and scaled by T² (Hinton et al.), + ``(1 − alpha)`` ×
+    the cross-entropy with the one-hot labels ``y``; softmax outputs (``*_softmax``) are
+    turned back into logits first."""
+    from surgery._backend import keras, tf
+    from surgery.pipeline.tf_ops import TF_OPS
 
-    def logits(out, is_softmax: bool):
-        return ops.log(ops.clip(out, 1e-7, 1.0)) if is_softmax else out
-
-    s_logits = logits(student_out, student_softmax)
-    t_logits = logits(teacher_out, teacher_softmax)
-    y = ops.cast(y, s_logits.dtype)
-    hard = ops.mean(-ops.sum(y * ops.log_softmax(s_logits, axis=-1), axis=-1))
+    s_logits = as_logits(student_out, student_softmax, TF_OPS)
+    t_logits = as_logits(teacher_out, teacher_softmax, TF_OPS)
     t = float(temperature)
-    soft_t = ops.softmax(t_logits / t, axis=-1)
-    kl = ops.sum(soft_t * (ops.log(ops.clip(soft_t, 1e-7, 1.0))
-                           - ops.log_softmax(s_logits / t, axis=-1)), axis=-1)
-    return alpha * ops.mean(kl) * t * t + (1.0 - alpha) * hard
+    hard = keras.losses.categorical_crossentropy(tf.cast(y, s_logits.dtype), s_logits,
+                                                 from_logits=True)
+    soft = keras.losses.kl_divergence(tf.nn.softmax(t_logits / t), tf.nn.softmax(s_logits / t))
+    return alpha * tf.reduce_mean(soft) * t * t + (1.0 - alpha) * tf.reduce_mean(hard)

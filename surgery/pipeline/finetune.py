@@ -1,49 +1,32 @@
 """Fine-tuning after surgery: LR warmup + cosine decay, knowledge distillation, strategies.
 
 This module owns the training half of the pipeline that runs after a model has lost
-channels: :class:`WarmupCosine` (a linear warmup to the peak learning rate, then a cosine
-decay), :class:`Distiller` (a student trained on a blend of the hard labels and the
+channels: :class:`Distiller` (a student trained on a blend of the hard labels and the
 temperature-softened outputs of a frozen teacher, Hinton et al. 2015; only the student is
-ever saved), :func:`finetune` (compile + ``fit`` with Keras progress bars, optionally
-distilling, optionally under a ``tf.distribute`` strategy), :func:`evaluate_accuracy`
+ever saved; tf-keras ships no distiller, Keras 3 uses Keras's own), :func:`finetune`
+(compile + ``fit`` under Keras's ``CosineDecay`` with a linear warmup, with Keras progress
+bars, optionally distilling, optionally under a ``tf.distribute`` strategy), :func:`evaluate_accuracy`
 (top-1 accuracy as a fraction), and the small helpers that build a strategy by name and
 copy a model into a strategy's scope. It logs and raises; it never prints.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from surgery._backend import keras, tf
 from surgery.pipeline.distillation import checked_settings, distillation_loss, ends_in_softmax
-from surgery.pipeline.schedules import WarmupCosineBase
-from surgery.pipeline.tf_ops import TF_OPS
+from surgery.pipeline.progress import fit_verbose
+from surgery.pipeline.schedules import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
-__all__ = ["WarmupCosine", "Distiller", "finetune", "evaluate_accuracy", "make_strategy",
+__all__ = ["Distiller", "finetune", "evaluate_accuracy", "make_strategy",
            "clone_into", "set_bn_momentum", "steps_per_epoch", "STRATEGIES"]
-
-
-@keras.utils.register_keras_serializable(package="surgery")
-class WarmupCosine(WarmupCosineBase, keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to
-    ``peak_lr * final_fraction`` at ``total_steps`` (constant after that).
-
-    Example:
-        >>> s = WarmupCosine(1e-3, total_steps=100, warmup_steps=10)
-        >>> round(float(s(4)), 6), round(float(s(10)), 6), round(float(s(100)), 6)
-        (0.0005, 0.001, 0.0)
-        >>> WarmupCosine.from_config(s.get_config()).get_config() == s.get_config()
-        True
-    """
-
-    def __call__(self, step):
-        return self.learning_rate(step, TF_OPS)
 
 
 class Distiller(keras.Model):
@@ -81,7 +64,7 @@ class Distiller(keras.Model):
                                       if self.compiled_metrics is not None else [])
 
     def _distill_loss(self, y, student_out, teacher_out):
-        return distillation_loss(y, student_out, teacher_out, TF_OPS,
+        return distillation_loss(y, student_out, teacher_out,
                                  temperature=self.temperature, alpha=self.alpha,
                                  student_softmax=self._softmax_out,
                                  teacher_softmax=self._teacher_softmax)
@@ -208,10 +191,10 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
              *, epochs: int, lr: float = 1e-3, warmup_epochs: float = 1.0,
              teacher: Optional[keras.Model] = None, temperature: float = 4.0,
              alpha: float = 0.5, strategy: Optional[tf.distribute.Strategy] = None,
-             verbose: int = 1, steps: Optional[int] = None,
+             verbose: Union[int, str] = "auto", steps: Optional[int] = None,
              callbacks: Sequence[keras.callbacks.Callback] = (),
              stage: str = "fine-tuning") -> keras.callbacks.History:
-    """Train ``model`` in place with Adam and :class:`WarmupCosine` for ``epochs`` epochs
+    """Train ``model`` in place with Adam and Keras's ``CosineDecay`` with warmup for ``epochs`` epochs
     (``warmup_epochs`` of them warming up), with Keras progress bars; with ``teacher``,
     distil from it (:class:`Distiller`). Under ``strategy`` the model (and teacher) must
     have been built in ``strategy.scope()`` (see :func:`clone_into`). ``steps`` caps the
@@ -231,8 +214,8 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
     if steps is not None:
         per_epoch = max(1, min(per_epoch, int(steps)))
     total = max(1, per_epoch * int(epochs))
-    schedule = WarmupCosine(lr, total_steps=total,
-                            warmup_steps=int(round(warmup_epochs * per_epoch)))
+    schedule = warmup_cosine(lr, total_steps=total,
+                             warmup_steps=int(round(warmup_epochs * per_epoch)))
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         optimizer = keras.optimizers.Adam(schedule)
@@ -248,7 +231,7 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
     data = train.repeat() if steps is not None else train
     history = trainee.fit(data, validation_data=val, epochs=int(epochs),
                           steps_per_epoch=per_epoch if steps is not None else None,
-                          verbose=verbose, callbacks=list(callbacks))
+                          verbose=fit_verbose(verbose), callbacks=list(callbacks))
     return history
 
 

@@ -1,4 +1,4 @@
-"""Figures for pruning reports: channels per layer, sensitivity curves, accuracy vs FLOPs.
+"""Figures for pruning reports: channels per layer, a sensitivity heat map, accuracy vs FLOPs.
 
 This module owns the project's plots. Each function draws with matplotlib's Agg renderer
 (it never switches pyplot's global backend, so notebooks keep theirs), saves a PNG
@@ -117,26 +117,53 @@ def plot_channels(model: keras.Model, pruned: keras.Model, path: str, *,
 def plot_sensitivity(result: Mapping[str, Mapping[float, float]], path: str, *,
                      ax: Optional[Axes] = None, title: Optional[str] = None,
                      ylabel: str = "accuracy") -> PlotPath:
-    """Accuracy against pruning ratio, one line per group (:func:`surgery.sensitivity`).
+    """Heat map of :func:`surgery.sensitivity`'s result: one row per channel group in
+    network order (input at the top), one column per pruning ratio, the score printed in
+    each cell. The colour is the cell's loss against its group's unpruned score (ratio 0,
+    else the row's best), on a square-root scale so that drops of a point or two already
+    turn from green toward yellow and the groups that lose the most stand out in red.
+    ``ylabel`` names the score; accuracies (scores in [0, 1] with ``ylabel="accuracy"``)
+    print as percentages.
 
     Example::
 
         result = surgery.sensitivity(model, (x_val, y_val))
         surgery.plots.plot_sensitivity(result, "sensitivity.png")
     """
+    from matplotlib.colors import PowerNorm
+
     if not result:
         raise ValueError("plot_sensitivity: the result is empty")
-    ax = _axes(ax, (7.0, 4.5))
-    for name, scores in result.items():
-        ratios = sorted(scores)
-        ax.plot(ratios, [scores[r] for r in ratios], marker="o", markersize=3, label=name)
+    names = list(result)
+    ratios = sorted({r for scores in result.values() for r in scores})
+    grid = np.array([[result[n].get(r, np.nan) for r in ratios] for n in names], dtype=float)
+    percent = ylabel == "accuracy" and np.nanmin(grid) >= 0.0 and np.nanmax(grid) <= 1.0
+    scale = 100.0 if percent else 1.0
+    base = grid[:, [ratios.index(0.0)]] if 0.0 in ratios else np.nanmax(grid, 1, keepdims=True)
+    drop = np.clip((base - grid) * scale, 0.0, None)
+    top = float(np.nanmax(drop)) if np.nanmax(drop) > 0 else 1.0
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=top)
+    ax = _axes(ax, (max(5.0, 1.0 * len(ratios) + 3.5), max(3.0, 0.32 * len(names) + 1.6)))
+    image = ax.imshow(drop, cmap="RdYlGn_r", norm=norm, aspect="auto",
+                      interpolation="nearest")
+    ax.figure.colorbar(image, ax=ax, label="points lost" if percent else f"{ylabel} lost")
+    font = 8 if len(names) > 15 else 9
+    for i in range(len(names)):
+        for j in range(len(ratios)):
+            if np.isnan(grid[i, j]):
+                continue
+            text = f"{100 * grid[i, j]:.1f}" if percent else f"{grid[i, j]:.3g}"
+            shade = float(norm(drop[i, j]))
+            ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                    color="white" if shade < 0.12 or shade > 0.85 else "black")
+    ax.set_xticks(np.arange(len(ratios)))
+    ax.set_xticklabels([f"{r:g}" for r in ratios])
+    ax.set_yticks(np.arange(len(names)))
+    ax.set_yticklabels(names, fontsize=font)
     ax.set_xlabel("fraction of the group's channels removed")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or "sensitivity of each channel group (no fine-tuning)")
-    ax.grid(alpha=0.3)
-    if len(result) <= 30:
-        ax.legend(fontsize=7 if len(result) > 10 else 9,
-                  ncol=1 if len(result) <= 15 else 2, loc="lower left")
+    ax.set_ylabel("channel group (network order)")
+    ax.set_title(title or f"{ylabel}{' (%)' if percent else ''} after pruning one group "
+                          "(no fine-tuning)")
     return save_png(ax, path)
 
 

@@ -1,78 +1,85 @@
-"""Learning-rate schedules: this module owns the warmup + decay formulas, each written once
-against an ``ops`` namespace: the training CLI's (linear warmup, then cosine, step or
-piecewise decay) with its tf-keras (Keras 2) schedule class ``WarmupSchedule``, and the
-pipeline's fine-tuning warmup + cosine (:class:`WarmupCosineBase`).
+"""Learning-rate schedules: this module owns how the pipeline and the training CLI build
+their schedules, and how files saved under the old schedule names load.
 
-The Keras 3 class of the same name and config (``keras.ops``, any backend) lives in
-:mod:`surgery.cli.train_keras3`; both hold their arguments and formula in
-:class:`WarmupScheduleBase`. The tf-keras class is registered as ``train>WarmupSchedule``,
-the name ``train.py`` has always saved it under.
+Warmup + cosine decay is Keras's own ``optimizers.schedules.CosineDecay(...,
+warmup_target=, warmup_steps=)`` in both generations (:func:`warmup_cosine`; pass
+``api=keras`` for Keras 3). The training CLI's ``step`` and ``piecewise`` decays keep a
+class of their own (:class:`WarmupScheduleBase`, registered as ``train>WarmupSchedule``):
+Keras's ``ExponentialDecay(staircase=True)`` and ``PiecewiseConstantDecay`` have no warmup.
+Files saved by earlier versions under ``surgery>WarmupCosine`` or with a ``cosine``
+``train>WarmupSchedule`` load as the equivalent ``CosineDecay`` (:func:`register_legacy`).
+The one difference from the old formula: Keras's warmup starts at 0, so during warmup the
+rate is ``peak · step / warmup_steps`` where it was ``peak · (step + 1) / warmup_steps``
+(lower by ``peak / warmup_steps``); from the end of warmup on the two agree.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict
+from types import ModuleType
+from typing import Dict, Optional
 
 from surgery._backend import keras
 from surgery.pipeline.tf_ops import TF_OPS
 
-__all__ = ["WarmupScheduleBase", "WarmupSchedule", "WarmupCosineBase"]
+__all__ = ["warmup_cosine", "WarmupScheduleBase", "WarmupSchedule", "register_legacy"]
 
 
-class WarmupCosineBase:
-    """Arguments, config and formula of the pipeline's fine-tuning schedule: linear warmup
-    from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to ``peak_lr *
-    final_fraction`` at ``total_steps`` (constant after that). Shared by
-    :class:`surgery.pipeline.finetune.WarmupCosine` (tf-keras, ``TF_OPS``) and
-    :class:`surgery.pipeline.training3.WarmupCosine` (Keras 3, ``keras.ops``)."""
+def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                  final_fraction: float = 0.0, name: Optional[str] = None, *,
+                  api: Optional[ModuleType] = None):
+    """Keras's ``CosineDecay``: linear warmup from 0 to ``peak_lr`` over ``warmup_steps``,
+    then cosine decay to ``peak_lr * final_fraction`` at ``total_steps`` (constant after
+    that). ``api`` is the Keras module (tf-keras by default; ``keras`` for Keras 3).
 
-    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0,
-                 final_fraction: float = 0.0, name=None) -> None:
-        super().__init__()
-        if peak_lr <= 0:
-            raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
-        if total_steps < 1 or warmup_steps < 0:
-            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
-                             f"{total_steps} and {warmup_steps}")
-        self.peak_lr = float(peak_lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(min(warmup_steps, total_steps))
-        self.final_fraction = float(final_fraction)
-        self.name = name
-
-    def learning_rate(self, step, ops):
-        """The learning rate at ``step`` (a scalar tensor), computed with ``ops``."""
-        step = ops.cast(step, "float32")
-        warmup_lr = self.peak_lr * (step + 1.0) / float(max(self.warmup_steps, 1))
-        decay_len = float(max(self.total_steps - self.warmup_steps, 1))
-        progress = ops.clip((step - self.warmup_steps) / decay_len, 0.0, 1.0)
-        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
-        floor = self.final_fraction
-        decay_lr = self.peak_lr * (floor + (1.0 - floor) * cosine)
-        if self.warmup_steps == 0:
-            return decay_lr
-        return ops.where(step < self.warmup_steps, warmup_lr, decay_lr)
-
-    def get_config(self) -> Dict[str, object]:
-        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "final_fraction": self.final_fraction,
-                "name": self.name}
+    Example:
+        >>> s = warmup_cosine(1e-3, total_steps=100, warmup_steps=10)
+        >>> type(s).__name__, [round(float(s(i)), 6) for i in (5, 10, 100)]
+        ('CosineDecay', [0.0005, 0.001, 0.0])
+    """
+    if peak_lr <= 0:
+        raise ValueError(f"peak_lr must be > 0, got {peak_lr}")
+    if total_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got "
+                         f"{total_steps} and {warmup_steps}")
+    warm = int(min(warmup_steps, total_steps))
+    extra = {} if name is None else {"name": name}
+    return (api or keras).optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warm else float(peak_lr),
+        decay_steps=max(int(total_steps) - warm, 1), alpha=float(final_fraction),
+        warmup_target=float(peak_lr) if warm else None, warmup_steps=warm, **extra)
 
 
 class WarmupScheduleBase:
-    """Arguments, config and formula of the warmup schedule, shared by both Keras
-    generations (see :class:`WarmupSchedule` for the formula)."""
+    """Arguments, config and formula of the training CLI's warmup + ``step`` or
+    ``piecewise`` decay, shared by both Keras generations (see :class:`WarmupSchedule`).
+    :meth:`make` (and ``from_config``) give Keras's ``CosineDecay`` for ``kind="cosine"``."""
+
+    _api: ModuleType = keras
 
     def __init__(self, init_lr: float, total_steps: int, warmup_steps: int = 0,
-                 kind: str = "cosine", step_size: int = 1, decay: float = 0.1) -> None:
-        if kind not in ("cosine", "step", "piecewise"):
-            raise ValueError(f"unknown learning-rate schedule {kind!r}")
+                 kind: str = "step", step_size: int = 1, decay: float = 0.1) -> None:
+        if kind not in ("step", "piecewise"):
+            raise ValueError(f"unknown learning-rate schedule {kind!r} (cosine: "
+                             "WarmupSchedule.make, which gives Keras's CosineDecay)")
         self.init_lr = float(init_lr)
         self.total_steps = max(1, int(total_steps))
         self.warmup_steps = max(0, int(warmup_steps))
         self.kind = kind
         self.step_size = max(1, int(step_size))
         self.decay = float(decay)
+
+    @classmethod
+    def make(cls, init_lr: float, total_steps: int, warmup_steps: int = 0,
+             kind: str = "cosine", step_size: int = 1, decay: float = 0.1):
+        """The schedule ``kind`` names: Keras's ``CosineDecay`` (with warmup) for
+        ``cosine``, else this class."""
+        if kind == "cosine":
+            return warmup_cosine(init_lr, max(1, int(total_steps)), max(0, int(warmup_steps)),
+                                 api=cls._api)
+        return cls(init_lr, total_steps, warmup_steps, kind, step_size, decay)
+
+    @classmethod
+    def from_config(cls, config: Dict[str, object]):
+        return cls.make(**config)
 
     def learning_rate(self, step, ops):
         """The learning rate at ``step`` (a scalar tensor), computed with ``ops``."""
@@ -81,9 +88,7 @@ class WarmupScheduleBase:
         warm = float(self.warmup_steps)
         span = float(max(1, self.total_steps - self.warmup_steps))
         t = ops.maximum(step - warm, 0.0)
-        if self.kind == "cosine":
-            decayed = init * 0.5 * (1.0 + ops.cos(math.pi * ops.minimum(t, span) / span))
-        elif self.kind == "step":
+        if self.kind == "step":
             decayed = init * ops.power(self.decay, ops.floor(t / float(self.step_size)))
         else:
             exponent = (ops.cast(t >= 0.5 * span, "float32")
@@ -102,19 +107,41 @@ class WarmupScheduleBase:
 
 @keras.utils.register_keras_serializable(package="train")
 class WarmupSchedule(WarmupScheduleBase, keras.optimizers.schedules.LearningRateSchedule):
-    """Learning rate with linear warmup, then cosine, step or piecewise decay.
+    """tf-keras learning rate with linear warmup, then step or piecewise decay.
 
     For ``step < warmup_steps``: ``init_lr · (step + 1) / warmup_steps``. After that, with
     ``t`` the step counted from the end of warmup and ``T = total_steps - warmup_steps``:
-    ``cosine``: ``init_lr · ½(1 + cos(π·min(t, T)/T))``; ``step``: ``init_lr ·
-    decay^floor(t / step_size)``; ``piecewise``: ``init_lr`` until 50 % of ``T``,
-    ``init_lr·decay`` until 75 %, then ``init_lr·decay²``.
+    ``step``: ``init_lr · decay^floor(t / step_size)``; ``piecewise``: ``init_lr`` until
+    50 % of ``T``, ``init_lr·decay`` until 75 %, then ``init_lr·decay²``.
 
     Example:
-        >>> s = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="cosine")
-        >>> round(float(s(0)), 3), round(float(s(10)), 3), round(float(s(100)), 3)
-        (0.01, 0.1, 0.0)
+        >>> s = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="step",
+        ...                    step_size=30)
+        >>> round(float(s(0)), 3), round(float(s(10)), 3), round(float(s(40)), 3)
+        (0.01, 0.1, 0.01)
+        >>> type(WarmupSchedule.make(0.1, 100, 10, "cosine")).__name__
+        'CosineDecay'
     """
 
     def __call__(self, step):
         return self.learning_rate(step, TF_OPS)
+
+
+def register_legacy(api: ModuleType) -> None:
+    """Register ``surgery>WarmupCosine`` (the pipeline's old fine-tuning schedule) with the
+    Keras module ``api`` so that files saved under it load as :func:`warmup_cosine`."""
+
+    class WarmupCosine(api.optimizers.schedules.LearningRateSchedule):
+        """Old name, read only: ``from_config`` builds Keras's ``CosineDecay``."""
+
+        @classmethod
+        def from_config(cls, config):
+            return warmup_cosine(api=api, **config)
+
+    api.utils.register_keras_serializable(package="surgery")(WarmupCosine)
+    # tf-keras reads .h5 optimizer configs in its legacy scope, by bare class name.
+    api.utils.get_custom_objects().setdefault("WarmupCosine", WarmupCosine)
+
+
+register_legacy(keras)
+keras.utils.get_custom_objects().setdefault("WarmupSchedule", WarmupSchedule)  # as above

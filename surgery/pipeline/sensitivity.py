@@ -86,7 +86,9 @@ def _group_names(model: keras.Model, groups: Optional[Sequence[str]]) -> list[st
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, disable=not enabled)
+    from surgery.pipeline.progress import bars_wanted
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not bars_wanted(enabled))
 
 
 def sensitivity(model: keras.Model, data: Data, ratios: Sequence[float] = (0.1, 0.3, 0.5, 0.7),

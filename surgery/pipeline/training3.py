@@ -1,10 +1,8 @@
 """Fine-tuning on Keras 3 (TensorFlow, JAX or PyTorch backend), with Keras 3's own parts.
 
-This module owns the Keras 3 half of the pipeline's training: :class:`WarmupCosine` (linear
-warmup, then cosine decay, a ``keras.optimizers.schedules.LearningRateSchedule`` written
-with ``keras.ops``), :class:`Distiller` (Hinton soft targets from a frozen teacher, written
-as a ``compute_loss`` override with ``keras.ops`` so the backend's own ``fit`` trains it on
-all three backends), :func:`finetune` (compile + ``fit`` with a Keras 3 ``Adam``) and
+This module owns the Keras 3 half of the pipeline's training: :func:`finetune` (compile +
+``fit`` with a Keras 3 ``Adam`` under Keras's ``CosineDecay`` with warmup, distilling with
+``keras.distillation`` through :mod:`surgery.pipeline.distillation3` when given a teacher) and
 :func:`evaluate_accuracy` (top-1 through ``predict``). Data is a ``tf.data.Dataset`` of
 ``(x, y_onehot)`` batches (TensorFlow backend) or an ``(x, y)`` tuple of NumPy arrays (any
 backend; :func:`fit_data` turns one into what the running backend takes). Keras 3 must be
@@ -21,67 +19,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from surgery.pipeline.distillation import checked_settings, distillation_loss, ends_in_softmax
-from surgery.pipeline.schedules import WarmupCosineBase
+from surgery.pipeline.distillation3 import compile_distiller, make_distiller
+from surgery.pipeline.progress import fit_verbose
+from surgery.pipeline.schedules import register_legacy, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
 Data = Union[tuple, "object"]  # (x, y) arrays, or a tf.data.Dataset on the TF backend
 
-__all__ = ["WarmupCosine", "Distiller", "finetune", "evaluate_accuracy", "fit_data",
-           "set_bn_momentum"]
+__all__ = ["finetune", "evaluate_accuracy", "fit_data", "set_bn_momentum"]
 
-
-@keras.saving.register_keras_serializable(package="surgery")
-class WarmupCosine(WarmupCosineBase, keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from ~0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to
-    ``peak_lr * final_fraction`` at ``total_steps`` (constant after that).
-
-    Example:
-        >>> s = WarmupCosine(1e-3, total_steps=100, warmup_steps=10)
-        >>> [round(float(s(i)), 6) for i in (4, 10, 100)]
-        [0.0005, 0.001, 0.0]
-    """
-
-    def __call__(self, step):
-        return self.learning_rate(step, ops)
-
-
-class Distiller(keras.Model):
-    """A student trained on ``alpha`` × soft-target KL (both outputs softened at
-    ``temperature``, scaled by T²) + ``(1 − alpha)`` × hard-label cross-entropy, from a
-    frozen teacher; only ``keras.ops``, so ``fit`` runs it on TensorFlow, JAX and PyTorch.
-    Softmax outputs are turned back into logits with ``log``. Save ``distiller.student``.
-
-    Example::
-
-        d = Distiller(pruned, original, temperature=4.0, alpha=0.5)
-        d.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
-        d.fit(x, y, epochs=2)
-        d.student.save("pruned.keras")
-    """
-
-    def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0,
-                 alpha: float = 0.5, **kwargs):
-        super().__init__(**kwargs)
-        self.temperature, self.alpha = checked_settings(temperature, alpha)
-        self.student = student
-        self.teacher = teacher
-        teacher.trainable = False
-        self._student_softmax = ends_in_softmax(student)
-        self._teacher_softmax = ends_in_softmax(teacher)
-
-    def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        teacher_out = ops.stop_gradient(self.teacher(x, training=False))
-        loss = distillation_loss(y, y_pred, teacher_out, ops, temperature=self.temperature,
-                                 alpha=self.alpha, student_softmax=self._student_softmax,
-                                 teacher_softmax=self._teacher_softmax)
-        for extra in self.losses:  # the student's regularisers
-            loss = loss + ops.sum(ops.cast(extra, loss.dtype))
-        return loss
+register_legacy(keras)  # .keras files saved under the old surgery>WarmupCosine load
 
 
 def set_bn_momentum(model: keras.Model, momentum: Optional[float]) -> int:
@@ -126,12 +74,12 @@ def _batches(data, batch_size: int) -> int:
 
 def finetune(model: keras.Model, train, val=None, *, epochs: int, lr: float = 1e-3,
              warmup_epochs: float = 1.0, teacher: Optional[keras.Model] = None,
-             temperature: float = 4.0, alpha: float = 0.5, verbose: int = 1,
+             temperature: float = 4.0, alpha: float = 0.5, verbose: Union[int, str] = "auto",
              steps: Optional[int] = None, batch_size: int = 32,
              callbacks: Sequence[keras.callbacks.Callback] = (), seed: int = 0,
              stage: str = "fine-tuning", strategy=None) -> keras.callbacks.History:
     """Train a Keras 3 ``model`` in place with ``keras.optimizers.Adam`` and
-    :class:`WarmupCosine` for ``epochs`` epochs, distilling from ``teacher`` when given.
+    Keras's ``CosineDecay`` with warmup for ``epochs`` epochs, distilling from ``teacher`` when given.
     ``train``/``val`` are ``(x, y)`` arrays (shuffled each epoch, ``batch_size``) or, on
     the TensorFlow backend, ``tf.data`` datasets; ``steps`` caps the batches per epoch
     (brief fine-tunes). ``strategy`` is accepted for the Keras 2 signature and must be None.
@@ -145,15 +93,15 @@ def finetune(model: keras.Model, train, val=None, *, epochs: int, lr: float = 1e
     per_epoch = _batches(train, batch_size)
     if steps is not None:
         per_epoch = max(1, min(per_epoch, int(steps)))
-    schedule = WarmupCosine(lr, total_steps=max(1, per_epoch * int(epochs)),
-                            warmup_steps=int(round(warmup_epochs * per_epoch)))
+    schedule = warmup_cosine(lr, total_steps=max(1, per_epoch * int(epochs)),
+                             warmup_steps=int(round(warmup_epochs * per_epoch)), api=keras)
     optimizer = keras.optimizers.Adam(schedule)
     if teacher is None:
         trainee = model
         trainee.compile(optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     else:
-        trainee = Distiller(model, teacher, temperature=temperature, alpha=alpha)
-        trainee.compile(optimizer, metrics=["accuracy"])
+        trainee = make_distiller(model, teacher, temperature=temperature, alpha=alpha)
+        compile_distiller(trainee, optimizer)
     logger.info("%s %s for %d epochs x %d steps (lr %g, warmup %g epochs%s, %s backend)",
                 stage, model.name, epochs, per_epoch, lr, warmup_epochs,
                 ", distilling" if teacher is not None else "", keras.backend.backend())
@@ -163,11 +111,12 @@ def finetune(model: keras.Model, train, val=None, *, epochs: int, lr: float = 1e
             pick = np.random.default_rng(seed).permutation(len(x))[:per_epoch * batch_size]
             x, y = x[pick], y[pick]
         return trainee.fit(x, y, batch_size=batch_size, epochs=int(epochs), shuffle=True,
-                           validation_data=val, verbose=verbose, callbacks=list(callbacks))
+                           validation_data=val, verbose=fit_verbose(verbose),
+                           callbacks=list(callbacks))
     data = train.repeat() if steps is not None else train
     return trainee.fit(data, validation_data=val, epochs=int(epochs), shuffle=False,
                        steps_per_epoch=per_epoch if steps is not None else None,
-                       verbose=verbose, callbacks=list(callbacks))
+                       verbose=fit_verbose(verbose), callbacks=list(callbacks))
 
 
 def evaluate_accuracy(model: keras.Model, data, batch_size: int = 256) -> float:
