@@ -111,3 +111,50 @@ def test_bad_calls_raise_surgery_errors_naming_the_way_out():
         surgery.recalibrate_batchnorm(nested, x)
     with pytest.raises(surgery.SurgeryError, match="keras.Model"):
         surgery.recalibrate_batchnorm(object(), x)
+
+
+@pytest.fixture(scope="module")
+def bn_model_file(tmp_path_factory):
+    """An untrained small MobileNetV2 (16x16x1, BatchNormalization everywhere) as .h5."""
+    from surgery.models import mobilenet_v2
+
+    path = str(tmp_path_factory.mktemp("bn_model") / "model.h5")
+    mobilenet_v2(input_shape=(16, 16, 1), classes=10, alpha=0.35, last_channels=32,
+                 settings=((1, 16, 1, 1), (6, 24, 1, 2))).save(path, save_format="h5")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["iterative", "layerwise", "off"])
+def test_the_pipeline_recalibrates_after_every_cut(bn_model_file, tmp_path, caplog, mode):
+    import logging
+
+    import prune_and_finetune as pf
+
+    out = tmp_path / "run"
+    argv = ["--model-path", bn_model_file, "--ratio", "0.3", "--finetune-epochs", "2",
+            "--batch-size", "64", "--quiet", "--no-plots", "--out", str(out),
+            "--recalibrate-batches", "0" if mode == "off" else "2"]
+    argv += {"iterative": ["--iterative", "2"], "layerwise": ["--layerwise",
+                                                              "--layerwise-steps", "1"],
+             "off": ["--iterative", "2"]}[mode]
+    caplog.set_level(logging.INFO, logger="surgery.pipeline.batchnorm")
+    pf.run(pf.build_parser().parse_args(argv))
+    calls = [r for r in caplog.records if "re-estimated on 128 examples" in r.getMessage()]
+    report = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    cuts = len(plan["rounds"]) if "rounds" in plan else 1
+    md = (out / "report.md").read_text()
+    if mode == "off":
+        assert not calls and report["acc_recalibrated"] is None
+        assert report["acc_pruned"] == report["acc_pruned_raw"]
+        assert "| after surgery |" in md and "recalibration" not in md
+        return
+    assert cuts >= 2 and len(calls) == cuts  # after every cut: rounds, or groups
+    assert report["recalibrate_batches"] == 2
+    assert report["acc_pruned"] == report["acc_recalibrated"]
+    assert "after surgery + BN recalibration (2 batches)" in md
+    if mode == "iterative":
+        assert 0 <= report["acc_pruned_raw"] <= 1
+        assert "after surgery (stale BN statistics)" in md
+    else:  # layerwise: measured once, after all groups were cut and recalibrated
+        assert report["acc_pruned_raw"] is None
