@@ -265,6 +265,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
+    for noisy in ("tf2onnx", "surgery.pipeline.onnx_export"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.quick:
         args.baseline_epochs, args.finetune_epochs, args.seeds = 1, 1, [0]
         args.runs, args.search_steps = min(args.runs, 20), min(args.search_steps, 3)

@@ -240,6 +240,8 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
         current, plans, acc_pruned, prune_seconds, finetune_seconds = _layerwise(
             base, args, kit, (train, val, test), data, flops_before, target, strategy, ft,
             momentum, verify_diffs, splits.train)
+        if args.recalibrate_batches > 0:  # measured once: every group cut and recalibrated
+            acc_recalibrated = acc_pruned
     else:
         rounds = args.iterative
         epochs_left = args.finetune_epochs
