@@ -25,7 +25,7 @@ from surgery._backend import keras, tf
 logger = logging.getLogger(__name__)
 
 KERAS_DATASETS = ("mnist", "cifar10", "cifar100")
-BUILTIN_SOURCES = ("digits", "fashion_mnist") + KERAS_DATASETS
+BUILTIN_SOURCES = ("digits",) + KERAS_DATASETS + ("fashion_mnist",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 NPY_IMAGES = "image_array.npy"
 NPY_LABELS = "label_one_hot.npy"
