@@ -6,7 +6,7 @@ and Keras 3 models go through the Keras 3 graph adapter. ``surgery.Surgeon``
 (kerassurgeon, with the compatibility patches in ``patches/`` applied once) loads on first
 use. It gives the engine (layer rules, channel groups, surgery, zeroing, FLOPs) and
 pruning (criteria, policies, plans, apply/verify). Pipeline parts (TFLite export, sensitivity
-analysis) load on first use.
+analysis, adaptive BatchNormalization) load on first use.
 
 Example::
 
@@ -54,6 +54,7 @@ _LAZY = {
     "sensitivity": "surgery.pipeline.sensitivity",
     "accuracy_vs_flops": "surgery.pipeline.sensitivity",
     "model_latency": "surgery.cost.timing",
+    "recalibrate_batchnorm": "surgery.pipeline.batchnorm",
 }
 
 __all__ = [

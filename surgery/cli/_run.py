@@ -3,7 +3,9 @@
 This module owns what :func:`run` does with parsed arguments: load the model (or build and
 train a baseline), evaluate it, plan the cut (``--ratio`` or ``--flops-target`` through
 ``surgery.plan(flops_target=...)``, ``--criterion``, ``--policy``), apply it with
-:func:`surgery.apply` and check it with :func:`surgery.verify`, fine-tune with warmup +
+:func:`surgery.apply` and check it with :func:`surgery.verify`, re-estimate the
+BatchNormalization statistics of the cut model on ``--recalibrate-batches`` training batches
+(:func:`surgery.recalibrate_batchnorm`, after every cut), fine-tune with warmup +
 cosine decay (optionally distilling, in ``--iterative`` rounds or ``--layerwise``), measure
 again and write ``pruned.<h5|keras>``, ``baseline.<h5|keras>``, ``plan.json``, the report
 and the PNGs. What differs between tf-keras and Keras 3 (loading, training, evaluation,
@@ -104,6 +106,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.criterion not in _criteria.CRITERIA:
         raise UsageError(f"unknown criterion {args.criterion!r}; known criteria: "
                          f"{', '.join(sorted(_criteria.CRITERIA))}")
+    if args.recalibrate_batches < 0:
+        raise UsageError(f"--recalibrate-batches must be >= 0 (0 turns adaptive BN off), "
+                         f"got {args.recalibrate_batches}")
     if args.iterative < 1:
         raise UsageError(f"--iterative must be >= 1, got {args.iterative}")
     if args.iterative > 1 and args.layerwise:
@@ -168,6 +173,16 @@ def _verify(original, pruned, p, splits_val) -> float:
     else:
         logger.info("surgery.verify: max relative output difference %.2e", diff)
     return diff
+
+
+def _recalibrate(model, args, train) -> bool:
+    """Adaptive BN after a cut: re-estimate ``model``'s BatchNormalization statistics on
+    ``--recalibrate-batches`` training batches (in place); False when turned off (0)."""
+    if args.recalibrate_batches <= 0:
+        return False
+    surgery.recalibrate_batchnorm(model, train, batches=args.recalibrate_batches,
+                                  batch_size=args.batch_size, progress=not args.quiet)
+    return True
 
 
 def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
@@ -247,6 +262,7 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
 
     prune_seconds = finetune_seconds = 0.0
     plans, acc_pruned = [], None
+    acc_raw = acc_recalibrated = None  # right after the first cut: stale BN / recalibrated
     current = base
     ft = dict(lr=args.lr, warmup_epochs=args.warmup_epochs, teacher=teacher,
               temperature=args.temperature, alpha=args.kd_alpha,
@@ -255,7 +271,9 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     if args.layerwise:
         current, plans, acc_pruned, prune_seconds, finetune_seconds = _layerwise(
             base, args, kit, (train, val, test), data, flops_before, target, strategy, ft,
-            momentum, verify_diffs)
+            momentum, verify_diffs, splits.train)
+        if args.recalibrate_batches > 0:  # measured once: every group cut and recalibrated
+            acc_recalibrated = acc_pruned
     else:
         rounds = args.iterative
         epochs_left = args.finetune_epochs
@@ -288,8 +306,13 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
                 resume.save_state()
             prune_seconds += saved["seconds"]
             plans.append(p)
-            if acc_pruned is None:
-                acc_pruned = kit.evaluate(pruned, test)
+            if acc_pruned is None:  # right after the cut, stale BatchNormalization statistics
+                acc_raw = acc_pruned = kit.evaluate(pruned, test)
+            t0 = time.perf_counter()
+            recalibrated = _recalibrate(pruned, args, splits.train)
+            prune_seconds += time.perf_counter() - t0
+            if recalibrated and acc_recalibrated is None:  # what fine-tuning starts from
+                acc_recalibrated = acc_pruned = kit.evaluate(pruned, test)
             epochs = epochs_left if k == rounds else max(1, args.finetune_epochs // rounds)
             epochs_left -= epochs
             logger.info("round %d/%d: %d FLOPs left, fine-tuning %d epochs", k, rounds,
@@ -321,6 +344,8 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
             params_before=int(params_before), params_after=int(current.count_params()),
             flops_before=int(flops_before), flops_after=int(flops_after),
             acc_baseline=acc_baseline, acc_pruned=acc_pruned, acc_finetuned=acc_finetuned,
+            acc_pruned_raw=acc_raw, acc_recalibrated=acc_recalibrated,
+            recalibrate_batches=args.recalibrate_batches,
             h5_bytes=os.path.getsize(pruned_path), h5_gzip_bytes=gzip_size(pruned_path),
             h5_bytes_baseline=ref_sizes[0], h5_gzip_bytes_baseline=ref_sizes[1],
             prune_seconds=round(prune_seconds, 3),
@@ -367,9 +392,10 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
 
 
 def _layerwise(base, args, kit, fit_splits, data, flops_ref, target, strategy, ft, momentum,
-               verify_diffs):
+               verify_diffs, recalibration_data):
     """ThiNet's way: a uniform local ratio (the one meeting the target), applied one group
-    at a time with a brief fine-tune after each, then the full fine-tune."""
+    at a time with BN recalibration and a brief fine-tune after each, then the full
+    fine-tune."""
     t0 = time.perf_counter()
     if target is not None:
         ratio, _, _ = _prune_once(base, args, data, flops_ref, target, scope="local")
@@ -395,6 +421,7 @@ def _layerwise(base, args, kit, fit_splits, data, flops_ref, target, strategy, f
         verify_diffs.append(_verify(current, cut, p, val))
         current = kit.clone_into(cut, strategy)
         kit.set_bn_momentum(current, momentum)
+        _recalibrate(current, args, recalibration_data)
         plans.append(p)
         prune_seconds += time.perf_counter() - t0
         logger.info("layerwise %d/%d: group %s, %d FLOPs left", i, len(groups), g.name,

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=0.35,
                    help="width multiplier of the baseline (models that take alpha)")
     g.add_argument("--data", default="digits",
-                   help="data source: digits, mnist, cifar10, cifar100, or a folder")
+                   help="data source: digits, fashion_mnist (apt-get install "
+                        "dataset-fashion-mnist), mnist, cifar10, cifar100, or a folder")
     g.add_argument("--image-size", type=int, default=32,
                    help="square input size for a new baseline (a loaded model's input "
                         "size wins)")
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kept widths are multiples of this (with --latency-target, the "
                         "default 1 lets the plan measure the runtime's best alignment)")
     g.add_argument("--min-channels", type=int, default=2, help="never keep fewer channels")
+    g.add_argument("--recalibrate-batches", type=int, default=30, metavar="N",
+                   help="adaptive BN: after every cut, re-estimate the BatchNormalization "
+                        "statistics on N training batches before measuring and fine-tuning "
+                        "(surgery.recalibrate_batchnorm); 0 turns it off")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=int, default=30, help="fine-tuning epochs")
     g.add_argument("--warmup-epochs", type=float, default=1.0,

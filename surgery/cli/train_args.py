@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load --restore even if it holds code that loading runs (a Lambda "
                         "layer's bytecode); only for files you trust")
     g.add_argument("--data", default="digits",
-                   help="data source: digits, mnist, cifar10, cifar100, an npy folder or an "
+                   help="data source: digits, fashion_mnist, mnist, cifar10, cifar100, an npy folder or an "
                         "image folder")
     g.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="resize images to PX x PX (default: the data's own size, or the "

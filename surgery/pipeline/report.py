@@ -2,7 +2,10 @@
 
 This module owns what a pruning run leaves behind besides the model: the report dict
 (the DESIGN.md keys ``params_before``/``params_after``, ``flops_before``/``flops_after``,
-``acc_baseline``/``acc_pruned``/``acc_finetuned`` as fractions of the held-out test split,
+``acc_baseline``/``acc_pruned``/``acc_finetuned`` as fractions of the held-out test split;
+``acc_pruned`` is what fine-tuning starts from, right after surgery and, with adaptive BN,
+after BatchNormalization recalibration, and the optional ``acc_pruned_raw`` (before it) and
+``acc_recalibrated`` (after it, ``None`` when turned off) show both,
 ``h5_bytes``/``h5_gzip_bytes``, ``prune_seconds``/``finetune_seconds``, plus whatever
 extra settings the caller adds), its rendering as a markdown table, and the atomic writes
 (a temporary file in the destination folder, then ``os.replace``) used for ``report.json``,
@@ -124,7 +127,10 @@ def build_report(values: Mapping[str, Any]) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in values]
     if missing:
         raise ValueError(f"report is missing keys: {', '.join(missing)}")
-    for key in ("acc_baseline", "acc_pruned", "acc_finetuned"):
+    for key in ("acc_baseline", "acc_pruned", "acc_finetuned", "acc_pruned_raw",
+                "acc_recalibrated"):
+        if key not in REQUIRED_KEYS and values.get(key) is None:
+            continue
         if not 0.0 <= float(values[key]) <= 1.0:
             raise ValueError(f"{key} must be a fraction in [0, 1], got {values[key]}")
     report = dict(values)
@@ -145,6 +151,17 @@ def _bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def _surgery_rows(report: Mapping[str, Any]) -> list:
+    """The "after surgery" rows: one, or stale statistics and adaptive BN side by side."""
+    raw, recalibrated = report.get("acc_pruned_raw"), report.get("acc_recalibrated")
+    if recalibrated is None:
+        return [f"| after surgery | {report['acc_pruned'] * 100:.2f} % |"]
+    batches = report.get("recalibrate_batches")
+    rows = [] if raw is None else [f"| after surgery (stale BN statistics) | {raw * 100:.2f} % |"]
+    return rows + [f"| after surgery + BN recalibration"
+                   f"{f' ({batches} batches)' if batches else ''} | {recalibrated * 100:.2f} % |"]
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -199,7 +216,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "| accuracy (test split) | value |",
         "|---|---:|",
         f"| before pruning | {report['acc_baseline'] * 100:.2f} % |",
-        f"| after surgery | {report['acc_pruned'] * 100:.2f} % |",
+        *_surgery_rows(report),
         f"| after fine-tuning | {report['acc_finetuned'] * 100:.2f} % |",
         "",
         "| time | seconds |",

@@ -1,0 +1,201 @@
+"""Adaptive BatchNormalization: re-estimating BN moving statistics from data after a cut.
+
+This module owns :func:`recalibrate_batchnorm`. Pruning removes channels upstream of
+BatchNormalization layers, so the means and variances those layers learnt no longer describe
+their inputs, and accuracy right after the cut collapses even where the remaining weights are
+good ("adaptive BN", EagleEye, ECCV 2020). Re-estimating ``moving_mean`` and
+``moving_variance`` from a few training batches, with no other weight touched, recovers much
+of it. The statistics are exact over the batches given: one pass through a probe model that
+outputs every BN layer's input, called in training mode (each BN normalising with its batch's
+statistics, as during training and as ``torch.optim.swa_utils.update_bn`` does), with the
+per-channel mean and (population) variance accumulated in float64 over all batches and
+positions. It works on tf-keras and on Keras 3 with the TensorFlow, JAX and PyTorch backends.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Iterator, Union
+
+import numpy as np
+
+from surgery.engine.adapters import adapter_for
+from surgery.engine.zeroing import to_numpy
+from surgery.errors import SurgeryError
+
+logger = logging.getLogger(__name__)
+
+#: Batches :func:`recalibrate_batchnorm` reads by default (EagleEye: a few dozen suffice).
+DEFAULT_BATCHES = 30
+
+BatchData = Union[np.ndarray, tuple, Any]  # arrays, (x, y) arrays, a dataset of batches
+
+__all__ = ["recalibrate_batchnorm", "batchnorm_layers", "DEFAULT_BATCHES"]
+
+
+def batchnorm_layers(model) -> list:
+    """The BatchNormalization layers of ``model`` (by class name, so subclasses such as
+    tf-keras's ``BatchNormalizationV2`` count), in the model's layer order.
+
+    >>> from surgery._backend import keras
+    >>> x = keras.Input((4, 4, 2)); h = keras.layers.BatchNormalization(name="bn")(x)
+    >>> [l.name for l in batchnorm_layers(keras.Model(x, h))]
+    ['bn']
+    """
+    return [layer for layer in model.layers if _is_batchnorm(layer)]
+
+
+def _is_batchnorm(layer) -> bool:
+    return any(c.__name__.startswith("BatchNormalization") for c in type(layer).__mro__)
+
+
+def _input_batches(data: BatchData, batches: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Up to ``batches`` input batches of ``data`` (the ``x`` of ``(x, y)`` forms)."""
+    if isinstance(data, tuple) and len(data) in (2, 3) and np.ndim(data[0]) > 1:
+        data = data[0]  # (x, y) or (x, y, sample_weight) arrays
+    if isinstance(data, np.ndarray):
+        for n, start in enumerate(range(0, len(data), batch_size)):
+            if n >= batches:
+                return
+            yield data[start:start + batch_size]
+        return
+    if not isinstance(data, Iterable):
+        raise SurgeryError(
+            f"recalibrate_batchnorm: data must be an array of inputs, an (x, y) tuple of "
+            f"arrays or a tf.data.Dataset / iterable of batches, got {type(data).__name__}; "
+            "pass e.g. splits.train or (x_train, y_train)")
+    for n, element in enumerate(data):
+        if n >= batches:
+            return
+        if isinstance(element, (tuple, list)):
+            element = element[0]
+        elif isinstance(element, dict) and "x" in element:
+            element = element["x"]
+        yield np.asarray(element)
+
+
+def _reduce_axes(layer, rank: int) -> tuple:
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    kept = {a % rank for a in axis}
+    return tuple(a for a in range(rank) if a not in kept)
+
+
+def _check_flat(model) -> None:
+    """Refuse non-models, subclassed models and BN layers hidden in nested models."""
+    adapter = adapter_for(model)
+    adapter.require_functional(model)
+    nested = [l.name for l in model.layers if adapter.is_nested(l) and batchnorm_layers(l)]
+    if nested:
+        raise SurgeryError(
+            f"recalibrate_batchnorm: BatchNormalization layers inside the nested model "
+            f"{nested[0]!r} are not reachable from model {model.name!r}; flatten it first "
+            "with surgery.flatten_model(model)")
+
+
+def _probe(model, layers: list):
+    """A model from ``model``'s inputs to the input of each layer in ``layers``."""
+    adapter = adapter_for(model)
+    tensors = []
+    for layer in layers:
+        if len(adapter.nodes_of(model, layer)) != 1:
+            raise SurgeryError(
+                f"recalibrate_batchnorm: BatchNormalization layer {layer.name!r} is called "
+                f"{len(adapter.nodes_of(model, layer))} times in model {model.name!r}; its "
+                "statistics would mix several inputs. Give each call its own layer")
+        tensors.append(layer.input)
+    return adapter.submodel(model, tensors)
+
+
+def recalibrate_batchnorm(model, data: BatchData, batches: int = DEFAULT_BATCHES, *,
+                          batch_size: int = 32, progress: bool = False):
+    """Re-estimate ``moving_mean`` and ``moving_variance`` of every BatchNormalization
+    layer of ``model`` from ``data`` ("adaptive BN"), changing no other weight.
+
+    Like ``model.fit``, this updates ``model`` **in place** (re-estimating its statistics
+    is the point) and returns the same model, so it chains: ``recalibrate_batchnorm(
+    surgery.apply(model, plan), data)``. Copy a model first (``keras.models.clone_model``
+    + ``set_weights``) to keep the old statistics.
+
+    Each layer's new statistics are the per-channel mean and population variance of its
+    input over every example and position of the first ``batches`` batches, with the model
+    run in training mode (each BatchNormalization layer normalising by its batch's
+    statistics, as in training; Dropout is active too). Layers with ``trainable=False``
+    normalise with their moving statistics there, as Keras does. Recalibrate on training
+    data, never on the test split.
+
+    Args:
+        model: a functional or Sequential ``keras.Model`` (tf-keras or Keras 3, any
+            backend).
+        data: an array of inputs, an ``(x, y)`` tuple of arrays, or a ``tf.data.Dataset``
+            (or any other iterable, such as a list) of ``x`` or ``(x, y)`` batches.
+        batches: how many batches to read (at least 1); fewer when ``data`` ends first.
+        batch_size: batch size used to cut array ``data`` into batches.
+        progress: show a tqdm bar over the batches.
+
+    Raises:
+        SurgeryError: ``batches`` < 1, ``data`` of an unknown form or empty, or a
+            BatchNormalization layer that cannot be probed (nested or shared).
+
+    Example:
+        >>> import numpy as np
+        >>> from surgery._backend import keras
+        >>> x = keras.Input((4, 4, 3)); h = keras.layers.Conv2D(2, 1, name="conv")(x)
+        >>> m = keras.Model(x, keras.layers.BatchNormalization(name="bn")(h))
+        >>> data = np.random.default_rng(0).normal(3.0, 2.0, (64, 4, 4, 3)).astype("float32")
+        >>> recalibrate_batchnorm(m, data, batches=2) is m
+        True
+        >>> inputs = m.get_layer("conv")(data[:64]).numpy()
+        >>> bool(np.allclose(m.get_layer("bn").moving_mean.numpy(), inputs.mean((0, 1, 2)),
+        ...                  atol=1e-5))
+        True
+    """
+    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
+        raise SurgeryError(f"recalibrate_batchnorm: batches must be an integer >= 1, got "
+                           f"{batches!r}; use 0 in the CLI's --recalibrate-batches to skip it")
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise SurgeryError(f"recalibrate_batchnorm: batch_size must be >= 1, got {batch_size}")
+    _check_flat(model)
+    layers = batchnorm_layers(model)
+    if not layers:
+        logger.info("recalibrate_batchnorm: model %r has no BatchNormalization layer",
+                    model.name)
+        return model
+    probe = _probe(model, layers)
+    count = [0] * len(layers)
+    means = [None] * len(layers)
+    m2 = [None] * len(layers)
+    from tqdm.auto import tqdm
+
+    stream = tqdm(_input_batches(data, int(batches), int(batch_size)), total=int(batches),
+                  desc="recalibrating BatchNormalization", unit="batch", leave=False,
+                  disable=not progress)
+    examples = 0
+    for x in stream:
+        outs = probe(x, training=True)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        examples += len(x)
+        for i, (layer, out) in enumerate(zip(layers, outs)):
+            a = to_numpy(out).astype(np.float64)
+            axes = _reduce_axes(layer, a.ndim)
+            n = int(np.prod([a.shape[k] for k in axes]))
+            mean = a.mean(axis=axes, keepdims=True)
+            sq = np.square(a - mean).sum(axis=axes)
+            mean = np.squeeze(mean, axis=axes)
+            if means[i] is None:  # Chan et al.: merge (count, mean, M2) batch by batch
+                count[i], means[i], m2[i] = n, mean, sq
+                continue
+            total = count[i] + n
+            delta = mean - means[i]
+            means[i] = means[i] + delta * (n / total)
+            m2[i] = m2[i] + sq + np.square(delta) * (count[i] * n / total)
+            count[i] = total
+    if examples == 0:
+        raise SurgeryError("recalibrate_batchnorm: data holds no batches; pass training "
+                           "data (an array, (x, y) arrays or a dataset of batches)")
+    for i, layer in enumerate(layers):
+        shape = tuple(layer.moving_mean.shape)
+        dtype = to_numpy(layer.moving_mean).dtype
+        layer.moving_mean.assign(np.reshape(means[i], shape).astype(dtype))
+        layer.moving_variance.assign(np.reshape(m2[i] / count[i], shape).astype(dtype))
+    logger.info("recalibrate_batchnorm: %d BatchNormalization layers re-estimated on %d "
+                "examples", len(layers), examples)
+    return model

@@ -1,0 +1,146 @@
+"""Adaptive BatchNormalization checks shared by tf-keras and the Keras 3 backends.
+
+tests/test_batchnorm.py calls :func:`run_all` with tf-keras in its own process and runs this
+file as a child (``python tests/batchnorm_cases.py``) under each Keras 3 backend its parent
+sets in ``KERAS_BACKEND``; the child imports Keras 3 before ``surgery`` and prints one
+``RESULT {json}`` line. Two oracles, both independent of the implementation:
+
+* ``numpy``: a chain of 1×1 convolutions whose training-mode forward pass (each BN
+  normalising by its batch's mean and biased variance) is recomputed in numpy; the moving
+  statistics must equal the mean and variance of each BN input over all batches.
+* ``fixed point``: with the whole data as one batch, a recalibrated model must give the
+  same outputs in inference mode as in training mode (they differ only in which statistics
+  BN uses), on a pruned MobileNetV2 with stale random statistics.
+
+Both also check that every non-BN weight and BN's gamma/beta are unchanged, and that the
+statistics were wrong before (so each check can fail).
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _numpy(keras, value):
+    return keras.ops.convert_to_numpy(value) if hasattr(keras, "ops") else value.numpy()
+
+
+def _non_stat_weights(keras, model):
+    """Every weight except BN moving statistics, as numpy arrays keyed by layer/index."""
+    out = {}
+    for layer in model.layers:
+        stats = {id(getattr(layer, n, None)) for n in ("moving_mean", "moving_variance")}
+        for i, w in enumerate(layer.weights):
+            if id(w) not in stats:
+                out[f"{layer.name}/{i}"] = np.array(_numpy(keras, w))
+    return out
+
+
+def _stale(keras, model, seed=0):
+    """Random moving statistics (as if the layers' inputs had changed under them)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__.startswith("BatchNormalization"):
+            shape = tuple(layer.moving_mean.shape)
+            layer.moving_mean.assign(rng.normal(0, 2, shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.1, 4.0, shape).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.5, shape).astype("float32"))
+
+
+def numpy_oracle(keras, surgery):
+    """Moving statistics against a numpy recomputation of the BN inputs."""
+    layers = keras.layers
+    x = keras.Input((5, 5, 3))
+    h = layers.Conv2D(4, 1, name="c1")(x)
+    h = layers.BatchNormalization(name="bn1", epsilon=1e-3)(h)
+    h = layers.ReLU(name="r1")(h)
+    h = layers.Conv2D(6, 1, name="c2")(h)
+    h = layers.BatchNormalization(name="bn2", epsilon=1e-3)(h)
+    h = layers.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(x, layers.Dense(3, name="head")(h))
+    _stale(keras, model)
+    rng = np.random.default_rng(1)
+    data = rng.normal(1.5, 3.0, (40, 5, 5, 3)).astype("float32")
+    before = _non_stat_weights(keras, model)
+    stale_mean = np.array(_numpy(keras, model.get_layer("bn2").moving_mean))
+
+    w = {n: [np.asarray(_numpy(keras, v), np.float64) for v in model.get_layer(n).weights]
+         for n in ("c1", "bn1", "c2")}
+
+    def bn_train(a, gamma, beta):
+        m, v = a.mean((0, 1, 2)), a.var((0, 1, 2))
+        return gamma * (a - m) / np.sqrt(v + 1e-3) + beta
+
+    ins1, ins2 = [], []
+    for start in range(0, 32, 16):  # batches=2 of 16: the last 8 examples are never read
+        xb = data[start:start + 16].astype(np.float64)
+        a1 = xb @ w["c1"][0][0, 0] + w["c1"][1]
+        h1 = np.maximum(bn_train(a1, w["bn1"][0], w["bn1"][1]), 0)
+        ins1.append(a1)
+        ins2.append(h1 @ w["c2"][0][0, 0] + w["c2"][1])
+    assert surgery.recalibrate_batchnorm(model, data, batches=2, batch_size=16) is model
+    errors = {}
+    for name, ins in (("bn1", ins1), ("bn2", ins2)):
+        a = np.concatenate(ins)
+        layer = model.get_layer(name)
+        errors[name] = [float(np.max(np.abs(_numpy(keras, layer.moving_mean) - a.mean((0, 1, 2))))),
+                        float(np.max(np.abs(_numpy(keras, layer.moving_variance)
+                                            - a.var((0, 1, 2))) / a.var((0, 1, 2))))]
+    after = _non_stat_weights(keras, model)
+    return dict(stat_errors=errors,
+                others_unchanged=sorted(before) == sorted(after) and all(
+                    np.array_equal(before[k], after[k]) for k in before),
+                n_other_weights=len(before),
+                stale_error=float(np.max(np.abs(stale_mean - np.concatenate(ins2).mean(
+                    (0, 1, 2))))))
+
+
+def fixed_point(keras, surgery, kwargs):
+    """Inference == training outputs after recalibrating on the same single batch."""
+    from surgery.models import mobilenet_v2
+
+    keras.utils.set_random_seed(0)
+    model = mobilenet_v2(input_shape=(32, 32, 3), classes=10, alpha=0.35, l1=0.0,
+                         settings=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2)),
+                         last_channels=64, **kwargs)
+    _stale(keras, model)
+    pruned = surgery.apply(model, surgery.plan(model, ratio=0.3))
+    x = np.random.default_rng(2).normal(0.5, 1.0, (48, 32, 32, 3)).astype("float32")
+
+    def gap():
+        inference = np.asarray(_numpy(keras, pruned(x, training=False)), np.float64)
+        train = np.asarray(_numpy(keras, pruned(x, training=True)), np.float64)
+        return float(np.max(np.abs(inference - train)) / np.max(np.abs(train)))
+
+    before_gap = gap()  # note: tf-keras's training call moves the statistics; irrelevant
+    before = _non_stat_weights(keras, pruned)
+    surgery.recalibrate_batchnorm(pruned, x, batches=1, batch_size=len(x))
+    after = _non_stat_weights(keras, pruned)
+    n_bn = sum(type(l).__name__.startswith("BatchNormalization") for l in pruned.layers)
+    return dict(gap_before=before_gap, gap_after=gap(), n_bn=n_bn,
+                params=[model.count_params(), pruned.count_params()],
+                others_unchanged=sorted(before) == sorted(after) and all(
+                    np.array_equal(before[k], after[k]) for k in before))
+
+
+def run_all(keras, surgery, model_kwargs=None) -> dict:
+    return dict(numpy=numpy_oracle(keras, surgery),
+                fixed=fixed_point(keras, surgery, model_kwargs or {}))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    sys.path.insert(0, os.path.dirname(HERE))
+    import keras as keras3  # noqa: E402  (Keras 3 first)
+
+    import surgery as _surgery  # noqa: E402
+
+    result = run_all(keras3, _surgery, {"keras_module": keras3})
+    result["backend"] = keras3.backend.backend()
+    print("RESULT " + json.dumps(result))
