@@ -2,6 +2,7 @@
 ONNX export of tf-keras models checked with ONNX Runtime (Keras 3: test_keras3_export.py)."""
 import gzip
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -44,12 +45,14 @@ def keras_accuracy(model, x, y):
     return float(np.mean(model.predict(x, verbose=0).argmax(-1) == y.argmax(-1)))
 
 
-def test_float32_tflite_matches_keras_on_digits(trained, tmp_path, capsys):
+def test_float32_tflite_matches_keras_on_digits(trained, tmp_path, capsys, monkeypatch):
     model, splits, x, y = trained
     path = export_tflite(model, str(tmp_path / "lenet.tflite"))
     assert path == str(tmp_path / "lenet.tflite") and os.listdir(tmp_path) == ["lenet.tflite"]
     assert tflite_input_dtype(path) == np.float32
     assert len(x) > 300
+    # bars show only on a terminal (surgery.pipeline.progress): let captured stderr pose as one
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     out = tflite_predict(path, x, progress=True)
     assert "tflite" in capsys.readouterr().err  # a tqdm bar for > 300 examples
     assert out.shape == (len(x), 10) and out.dtype == np.float32

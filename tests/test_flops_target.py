@@ -2,7 +2,6 @@
 points, as measured on the pruned model itself; coarse models warn and say what they
 reached."""
 import logging
-import time
 
 import pytest
 
@@ -26,7 +25,7 @@ def _removed(model, pruned) -> float:
 def test_nine_applications_land_within_two_points():
     """MobileNetV2, ResNet50, EfficientNetB0 at 224², targets 0.3/0.5/0.7, measured by
     surgery (the plan's own estimate must be exact, too)."""
-    start, results = time.perf_counter(), []
+    results = []
     for name, build in APPLICATIONS.items():
         model = build()
         for target in TARGETS:
@@ -38,8 +37,7 @@ def test_nine_applications_land_within_two_points():
             assert p.settings["flops_removed"] == pytest.approx(reached, abs=1e-6)
             assert 0 <= p.settings["ratio"] < 1
         keras.backend.clear_session()
-    assert len(results) == 9
-    assert time.perf_counter() - start < 180, results
+    assert len(results) == 9  # planning speed is bench/flops_target.py's job, not a test's
 
 
 def test_settings_are_respected_and_the_estimate_is_exact():
