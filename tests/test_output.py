@@ -38,6 +38,8 @@ def test_prune_logged_to_a_file_prints_one_line_per_epoch(tmp_path):
     lines = text.splitlines()
     epochs = [i for i, line in enumerate(lines) if line.startswith("Epoch ")]
     assert len(epochs) == 4, lines  # baseline 2 + fine-tuning 2
-    for i in epochs:  # the epoch's one summary line follows its header
-        assert " - loss: " in lines[i + 1] and "━" not in lines[i + 1], lines[i + 1]
+    for i in epochs:  # the epoch's one summary line follows its header (log records of
+        # BackupAndRestore's checkpoint writes, e.g. absl's "Sharding callback", may come first)
+        summary = [line for line in lines[i + 1:i + 6] if " - loss: " in line]
+        assert summary and "━" not in summary[0], lines[i + 1:i + 6]
     assert (tmp_path / "run" / "sensitivity.png").is_file()
