@@ -71,9 +71,15 @@ def test_lenet5_lands_close_and_warns_when_too_coarse(caplog):
         p = surgery.plan(model, flops_target=0.5, scope="global", min_channels=2)
     assert abs(_removed(model, surgery.apply(model, p)) - 0.5) <= 0.02
     assert not caplog.records
-    # ... but with widths in multiples of 4 it cannot: nearest plan, and a warning
+    # ... and with widths in multiples of 4 the dense layers' fine steps still get there
+    p = surgery.plan(model, flops_target=0.5, round_to=4)
+    assert abs(_removed(model, surgery.apply(model, p)) - 0.5) <= 0.02
+    assert not caplog.records
+    # ... but with only the two convolutions, in multiples of 4, it cannot: nearest plan,
+    # and a warning
+    coarse = dict(round_to=4, ignore=["fc1", "fc2"])
     with caplog.at_level(logging.WARNING, logger="surgery.pruning.budget"):
-        p = surgery.plan(model, flops_target=0.5, round_to=4)
+        p = surgery.plan(model, flops_target=0.5, **coarse)
     reached = _removed(model, surgery.apply(model, p))
     assert abs(reached - 0.5) > 0.02
     assert p.settings["flops_removed"] == pytest.approx(reached, abs=1e-6)
@@ -85,7 +91,7 @@ def test_lenet5_lands_close_and_warns_when_too_coarse(caplog):
     # every reachable alternative is farther away: one more or one fewer unit of any
     # group would not be closer (spot check: the plans of nearby uniform ratios)
     for ratio in (0.25, 0.5, 0.75):
-        other = surgery.plan(model, ratio=ratio, round_to=4)
+        other = surgery.plan(model, ratio=ratio, **coarse)
         cut = _removed(model, surgery.apply(model, other))
         assert abs(cut - 0.5) >= abs(reached - 0.5) - 1e-9
 

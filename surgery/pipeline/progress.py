@@ -44,10 +44,18 @@ def bars_wanted(enabled: bool, *, stream: Optional[TextIO] = None) -> bool:
     or the process is a notebook kernel."""
     if not enabled:
         return False
-    if "ipykernel" in sys.modules:
+    if _in_notebook_kernel():
         return True
     stream = sys.stderr if stream is None else stream
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+def _in_notebook_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (tqdm then draws a widget); importing
+    ``ipykernel`` (as nbclient's tests do) is not enough, an IPython shell must be running."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython else None
+    return type(shell).__name__ == "ZMQInteractiveShell"

@@ -296,7 +296,7 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
 
     # 1. bracket the target with one uniform ratio
     lo, hi = 0.0, max_ratio
-    hi_plan = make(hi)
+    hi_plan = cap_plan = make(hi)
     lo_cut, hi_cut = 0.0, removed(hi_plan)
     if hi_cut >= target and not greedy:
         for _ in range(iterations):
@@ -325,7 +325,7 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
     short = at_least and best_cut < target
     if (abs(best_cut - target) > tolerance / 10 or short) and hi_cut >= target:
         blocks = {g.name: g.blocks for g in all_groups if g.producers}
-        filled = _fill(model, est, lo_plan, hi_plan, target, reference, fixed,
+        filled = _fill(model, est, lo_plan, cap_plan, target, reference, fixed,
                        plan_kwargs, make, blocks, tolerance if at_least else None)
         nearer = filled is not None and \
             abs(removed(filled) - target) < abs(best_cut - target)
@@ -401,6 +401,14 @@ def _fill(model, est: WidthModel, lo_plan, hi_plan, target, reference, fixed,
             cost.append(gone / max(saved[row], 1e-9))
         row = int(np.argmin(cost))
         g = options[row]
+        if current - saved[row] < goal and np.any(current - saved >= goal):
+            # a coarse step (a wide conv's channel) would overshoot while finer ones
+            # remain: keep it as a candidate, freeze its group, and fill on with the rest
+            crossed = kept.copy()
+            crossed[g] = steps[g][0]
+            history.append((abs(current - saved[row] - goal), crossed, True))
+            steps[g] = []
+            continue
         kept[g] = steps[g].pop(0)
         current = float(current - saved[row])
         history.append((abs(current - goal), kept.copy(), current <= goal))
