@@ -50,10 +50,10 @@ def cheap_followers(model) -> dict:
     """``{layer name: [LayerInfo, ...]}``: the channel-wise calls without FLOPs of their
     own (BatchNormalization, activations) that follow each layer alone, in a chain; a
     runtime fuses them into the layer, so a micro-model times them with it."""
-    from surgery.engine.adapters import adapter_for
+    from surgery.engine.graph import resolve
     from surgery.engine.rules import CHANNELWISE, rule_for
 
-    nodes = [n for n in adapter_for(model).nodes(model) if not n.is_input]
+    nodes = resolve(model).calls()
     users: dict = {}
     for n in nodes:
         for k in n.input_keys:

@@ -31,14 +31,14 @@ from typing import Any, Callable, List
 
 import numpy as np
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
 
 Runner = Callable[[], Any]
 
 
 def _is_keras3(model) -> bool:
-    return adapter_for(model).__name__.endswith("keras3")
+    return resolve(model).keras3
 
 
 def _keras_of(model):

@@ -15,6 +15,7 @@ import numpy as np
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine.rules import PRODUCER, rule_for
 from surgery.engine.rules.base import concrete
+from surgery.engine.graph import resolve
 
 
 def cut(info, masks: list, channels: Optional[Sequence[int]], nested: bool = False,
@@ -95,14 +96,16 @@ def checked_units(info, units: Mapping[str, Sequence[int]]) -> dict:
     return result
 
 
-def delete_by_rebuild(model, deletions: Mapping[str, Sequence[int]], adapter,
+def delete_by_rebuild(graph, deletions: Mapping[str, Sequence[int]],
                       units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None):
     """A new model without the output channels in ``deletions`` (layer name -> indices)
-    and the heads / head widths in ``units`` (layer name -> axis -> indices), built by
-    ``adapter.rebuild``; ``model`` is untouched."""
-    adapter.require_functional(model)
+    and the heads / head widths in ``units`` (layer name -> axis -> indices) of ``graph``
+    (a :class:`~surgery.engine.graph.ModelGraph` or a model), built by its adapter's
+    ``rebuild``; the model is untouched."""
+    graph = resolve(graph).require_functional()
+    model = graph.model
     units = dict(units or {})
-    names = {n.layer.name for n in adapter.nodes(model) if not n.is_input}
+    names = {n.layer.name for n in graph.calls()}
     unknown = sorted((set(deletions) | set(units)) - names)
     if unknown:
         raise SurgeryError(f"model '{model.name}' has no layers named {unknown}; "
@@ -118,7 +121,7 @@ def delete_by_rebuild(model, deletions: Mapping[str, Sequence[int]], adapter,
         if channels is not None:
             channels = checked[info.name]
         cuts = checked_units(info, units[info.name]) if info.name in units else None
-        replacement, mask = cut(info, masks, channels, adapter.is_nested(node.layer), cuts)
+        replacement, mask = cut(info, masks, channels, graph.is_nested(node.layer), cuts)
         if replacement is not None:
             if not isinstance(replacement, tuple):
                 raise SurgeryError(
@@ -128,5 +131,5 @@ def delete_by_rebuild(model, deletions: Mapping[str, Sequence[int]], adapter,
             replaced.setdefault(id(node.layer), replacement)
         return mask
 
-    adapter.walk(model, visit, lambda t: None)
-    return adapter.rebuild(model, replaced)
+    graph.walk(visit, lambda t: None)
+    return graph.adapter.rebuild(model, replaced)

@@ -8,7 +8,7 @@ kept unique) so the result is one flat functional model computing the same funct
 """
 from __future__ import annotations
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 
 
 def flatten_model(model):
@@ -23,9 +23,9 @@ def flatten_model(model):
                                   keras.layers.Dense(10)])
         flat = surgery.flatten_model(model)   # MobileNetV2's layers are now reachable
     """
-    adapter = adapter_for(model)
-    adapter.require_functional(model)
-    used_names: set[str] = set(adapter.input_names(model))
+    graph = resolve(model).require_functional()
+    model, adapter = graph.model, graph.adapter
+    used_names: set[str] = set(graph.input_names())
     copies: list = []
     cache: dict = {}
 
@@ -43,26 +43,27 @@ def flatten_model(model):
         return cache[layer]
 
     def replay(sub, inputs):
-        start = {adapter.key(t): new for t, new in zip(adapter.inputs(sub), inputs)}
+        sub = resolve(sub)
+        start = {sub.key(t): new for t, new in zip(sub.inputs(), inputs)}
 
         def visit(node, tensors):
-            if adapter.is_nested(node.layer):
+            if sub.is_nested(node.layer):
                 return replay(node.layer, tensors)
             return node.call(copy_of(node.layer), tensors)
 
-        values = adapter.walk(sub, visit, lambda t: start[adapter.key(t)])
-        return [values[adapter.key(t)] for t in adapter.outputs(sub)]
+        values = sub.walk(visit, lambda t: start[sub.key(t)])
+        return [values[sub.key(t)] for t in sub.outputs()]
 
     new_inputs = adapter.fresh_inputs(model)
-    outputs = replay(model, new_inputs)
+    outputs = replay(graph, new_inputs)
     adapter.set_weights(copies)
     return adapter.build_model(model, new_inputs, outputs)
 
 
 def flattened(model):
-    """``model`` itself when nothing is nested in it, else :func:`flatten_model` of it."""
-    adapter = adapter_for(model)
-    adapter.require_functional(model)
-    if any(adapter.is_nested(layer) for layer in model.layers):
-        return flatten_model(model)
-    return model
+    """``model`` (a model or its :class:`~surgery.engine.graph.ModelGraph`) itself when
+    nothing is nested in it, else :func:`flatten_model` of it; a model either way."""
+    graph = resolve(model).require_functional()
+    if any(graph.is_nested(layer) for layer in graph.model.layers):
+        return flatten_model(graph)
+    return graph.model

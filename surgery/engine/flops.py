@@ -23,13 +23,10 @@ def count_flops(model, per_layer: bool = False) -> Union[int, dict[str, int]]:
     """
     from surgery.pruning.arguments import check_model
 
-    adapter = check_model(model, "count_flops")
-    adapter.require_functional(model)
+    graph = check_model(model, "count_flops").require_functional()
     counts: dict[str, int] = {}
-    for node in adapter.nodes(model):
-        if node.is_input:
-            continue
-        if adapter.is_nested(node.layer):
+    for node in graph.calls():
+        if graph.is_nested(node.layer):
             inner = count_flops(node.layer, per_layer=True)
         else:
             info = node.info

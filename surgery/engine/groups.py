@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
 from surgery.engine.rules.base import concrete
 from surgery.engine.rules import (
@@ -260,13 +260,12 @@ class _Analysis:
 def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
     """The channel groups of a flat functional model, and the layers left alone because
     no rule cuts their output channels (name -> reason)."""
-    adapter = adapter_for(model)
-    adapter.require_functional(model)
+    graph = resolve(model).require_functional()
     analysis = _Analysis()
-    values = adapter.walk(model, analysis.visit,
-                          lambda t: analysis.new(_width(tuple(t.shape)), "model input"))
-    for t in adapter.outputs(model):
-        ids = values.get(adapter.key(t))
+    values = graph.walk(analysis.visit,
+                        lambda t: analysis.new(_width(tuple(t.shape)), "model input"))
+    for t in graph.outputs():
+        ids = values.get(graph.key(t))
         if ids is not None:
             analysis.skips.append((ids, "reaches a model output"))
     return analysis.groups(), analysis.skipped_layers
@@ -283,5 +282,5 @@ def channel_groups(model) -> list[ChannelGroup]:
     from surgery.engine.flatten import flattened
     from surgery.pruning.arguments import check_model
 
-    check_model(model, "channel_groups").require_functional(model)
-    return analyse(flattened(model))[0]
+    graph = check_model(model, "channel_groups").require_functional()
+    return analyse(flattened(graph))[0]

@@ -17,6 +17,7 @@ import numpy as np
 from surgery.errors import SurgeryError
 from surgery.engine.rules import PRODUCER, channel_vector, rule_for
 from surgery.engine.rules.base import concrete
+from surgery.engine.graph import resolve
 
 
 def zero_channels(model, deletions: Mapping[str, Sequence[int]],
@@ -34,9 +35,9 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]],
     from surgery.engine.flatten import flattened
     from surgery.pruning.arguments import check_model
 
-    adapter = check_model(model, "zero_channels")
-    adapter.require_functional(model)
-    clone = adapter.clone(flattened(model))  # layers of nested models are reachable
+    graph = check_model(model, "zero_channels").require_functional()
+    flat = flattened(graph)
+    clone = resolve(graph.adapter.clone(flat))  # layers of nested models are reachable
     changed: dict = {}  # layer -> new weights
 
     def visit(node, masks):
@@ -68,16 +69,16 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]],
             out = None
         return out
 
-    adapter.walk(clone, visit, lambda t: None)
-    shared = {id(l) for l in flattened(model).layers}
+    clone.walk(visit, lambda t: None)
+    shared = {id(l) for l in flat.layers}
     for layer in changed:
         if id(layer) in shared:  # carried over uncopied: zeroing would change the input
             raise SurgeryError(
                 f"layer '{layer.name}' ({type(layer).__name__}) cannot be copied (its config "
                 "cannot rebuild it), so its channels cannot be zeroed without changing the "
                 "input model; give the layer a complete get_config().")
-    adapter.set_weights(changed.items())
-    return clone
+    graph.adapter.set_weights(changed.items())
+    return clone.model
 
 
 def to_numpy(value) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.engine.zeroing import to_numpy
 from surgery.errors import SurgeryError
 
@@ -81,9 +81,8 @@ def _reduce_axes(layer, rank: int) -> tuple:
 
 def _check_flat(model) -> None:
     """Refuse non-models, subclassed models and BN layers hidden in nested models."""
-    adapter = adapter_for(model)
-    adapter.require_functional(model)
-    nested = [l.name for l in model.layers if adapter.is_nested(l) and batchnorm_layers(l)]
+    graph = resolve(model).require_functional()
+    nested = [l.name for l in model.layers if graph.is_nested(l) and batchnorm_layers(l)]
     if nested:
         raise SurgeryError(
             f"recalibrate_batchnorm: BatchNormalization layers inside the nested model "
@@ -93,16 +92,16 @@ def _check_flat(model) -> None:
 
 def _probe(model, layers: list):
     """A model from ``model``'s inputs to the input of each layer in ``layers``."""
-    adapter = adapter_for(model)
+    graph = resolve(model)
     tensors = []
     for layer in layers:
-        if len(adapter.nodes_of(model, layer)) != 1:
+        if len(graph.nodes_of(layer)) != 1:
             raise SurgeryError(
                 f"recalibrate_batchnorm: BatchNormalization layer {layer.name!r} is called "
-                f"{len(adapter.nodes_of(model, layer))} times in model {model.name!r}; its "
+                f"{len(graph.nodes_of(layer))} times in model {model.name!r}; its "
                 "statistics would mix several inputs. Give each call its own layer")
         tensors.append(layer.input)
-    return adapter.submodel(model, tensors)
+    return graph.submodel(tensors)
 
 
 def recalibrate_batchnorm(model, data: BatchData, batches: int = DEFAULT_BATCHES, *,
@@ -129,7 +128,8 @@ def recalibrate_batchnorm(model, data: BatchData, batches: int = DEFAULT_BATCHES
             (or any other iterable, such as a list) of ``x`` or ``(x, y)`` batches.
         batches: how many batches to read (at least 1); fewer when ``data`` ends first.
         batch_size: batch size used to cut array ``data`` into batches.
-        progress: show a tqdm bar over the batches.
+        progress: show a tqdm bar over the batches (in a terminal or a notebook; see
+            :func:`surgery.pipeline.progress.bars_wanted`).
 
     Raises:
         SurgeryError: ``batches`` < 1, ``data`` of an unknown form or empty, or a
@@ -165,9 +165,11 @@ def recalibrate_batchnorm(model, data: BatchData, batches: int = DEFAULT_BATCHES
     m2 = [None] * len(layers)
     from tqdm.auto import tqdm
 
+    from surgery.pipeline.progress import bars_wanted
+
     stream = tqdm(_input_batches(data, int(batches), int(batch_size)), total=int(batches),
                   desc="recalibrating BatchNormalization", unit="batch", leave=False,
-                  disable=not progress)
+                  disable=not bars_wanted(progress))
     examples = 0
     for x in stream:
         outs = probe(x, training=True)

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
 from surgery.pipeline.atomic import write_atomically
 
@@ -204,7 +204,7 @@ def export_onnx(model: Any, path: str, *, verify_with: Optional[Arrays] = None,
     """
     if atol < 0:
         raise SurgeryError(f"export_onnx(atol=...) must be >= 0, got {atol}")
-    keras3 = adapter_for(model).__name__.endswith("keras3")
+    keras3 = resolve(model).keras3
     if verify_with is not None:
         _require("onnxruntime", "export_onnx(verify_with=...)")
 

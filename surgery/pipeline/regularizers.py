@@ -241,9 +241,9 @@ def _keras2_kit() -> SimpleNamespace:
 
 def _kit_for(model) -> SimpleNamespace:
     """The kit of ``model``'s Keras generation (Keras 3 classes from ``regularizers3``)."""
-    from surgery.engine.adapters import adapter_for
+    from surgery.engine.graph import resolve
 
-    if adapter_for(model).__name__.endswith("keras3"):
+    if resolve(model).keras3:
         from surgery.pipeline import regularizers3
 
         return regularizers3.kit()

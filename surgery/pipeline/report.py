@@ -95,9 +95,9 @@ def _without_optimizer(model):
 
 
 def _is_keras3(model) -> bool:
-    from surgery.engine.adapters import adapter_for
+    from surgery.engine.graph import resolve
 
-    return adapter_for(model).__name__.endswith("keras3")
+    return resolve(model).keras3
 
 
 def gzip_size(path: Union[str, os.PathLike], level: int = 9) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from surgery._backend import tf
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
 from surgery.pipeline.atomic import write_atomically
 from surgery.pipeline.batches import (Data, RepresentativeData, class_ids, data_arrays,
@@ -72,7 +72,7 @@ def _keras3_saved_model(model: Any, folder: str) -> None:
 
 def _convert(model: Any, configure) -> bytes:
     """Build the converter for ``model``'s Keras generation, ``configure`` it, convert."""
-    keras3 = adapter_for(model).__name__.endswith("keras3")
+    keras3 = resolve(model).keras3
     with tempfile.TemporaryDirectory(prefix="surgery-tflite-") as folder, \
             warnings.catch_warnings():
         # int8 inputs: the converter asks for input statistics that the calibration gives

@@ -20,14 +20,15 @@ from surgery.errors import SurgeryError
 
 
 def check_model(model, function: str = "surgery"):
-    """The graph adapter for ``model``; :class:`SurgeryError` unless it is a Keras model
-    (tf-keras / Keras 2, or Keras 3 on any backend).
+    """The graph of ``model`` (a :class:`~surgery.engine.graph.ModelGraph`, resolved here
+    at the public boundary and handed down); :class:`SurgeryError` unless it is a Keras
+    model (tf-keras / Keras 2, or Keras 3 on any backend) or such a graph.
 
     Example::
 
         check_model("model.h5", "plan")  # SurgeryError: ... keras.models.load_model(...)
     """
-    from surgery.engine.adapters import adapter_for
+    from surgery.engine.graph import resolve
 
     if model is None:
         raise SurgeryError(f"{function}(model=None): model must be a keras.Model; build one, or "
@@ -37,7 +38,7 @@ def check_model(model, function: str = "surgery"):
             f"{function}(model={os.fsdecode(model)!r}): model must be a keras.Model, not a "
             "path; load it first with keras.models.load_model(path, compile=False)")
     try:
-        return adapter_for(model)
+        return resolve(model)
     except SurgeryError:
         raise SurgeryError(f"{function}(model=...): model must be a keras.Model, got "
                            f"{type(model).__name__}; build it (tf-keras or Keras 3) with the "

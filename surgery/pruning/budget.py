@@ -70,7 +70,7 @@ class WidthModel:
     unit = "cost"
 
     def __init__(self, model: keras.Model, plan):
-        from surgery.engine.adapters import adapter_for
+        from surgery.engine.graph import resolve
         from surgery.engine.rules import CONCAT, PRODUCER, rule_for
 
         self.groups = [list(g) for g in plan.groups]
@@ -112,7 +112,7 @@ class WidthModel:
                 self.calls.append((info, rule, in_vecs[0], out))
             return out
 
-        adapter_for(model).walk(model, visit, lambda t: None)
+        resolve(model).walk(visit, lambda t: None)
         self._in = np.array([c[2] for c in self.calls]).reshape(-1, n)
         self._out = np.array([c[3] for c in self.calls]).reshape(-1, n)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
-from surgery.engine import keras2
-from surgery.engine.adapters import adapter_for, same_adapter
+from surgery.engine.adapters import same_adapter
 from surgery.engine.cutting import delete_by_rebuild
+from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.rules.base import approximate
 from surgery.pruning.arguments import check_model, check_values
 from surgery.engine.flatten import flattened
@@ -21,13 +21,12 @@ from surgery.engine.zeroing import max_relative_difference, zero_channels
 from surgery.pruning.planning import PrunePlan, plan as make_plan
 
 
-def _delete(model, deletions: Mapping[str, Sequence[int]], units=None):
-    adapter = adapter_for(model)
-    if adapter is not keras2:
-        return delete_by_rebuild(model, deletions, adapter, units)
+def _delete(graph: ModelGraph, deletions: Mapping[str, Sequence[int]], units=None):
+    if graph.keras3:
+        return delete_by_rebuild(graph, deletions, units)
     from surgery.engine.surgeon import Surgeon  # Keras 2 only: loads kerassurgeon
 
-    surgeon = Surgeon(model)
+    surgeon = Surgeon(graph.model)
     for name, channels in deletions.items():
         surgeon.add_job("delete_channels", name, channels=channels)
     for name, cuts in (units or {}).items():
@@ -43,13 +42,13 @@ def apply(model, plan: PrunePlan):
 
         smaller = surgery.apply(model, surgery.plan(model, ratio=0.3))
     """
-    check_model(model, "apply")
+    graph = check_model(model, "apply")
     if not isinstance(plan, PrunePlan):
         from surgery.errors import SurgeryError
         raise SurgeryError(f"apply(plan=...): plan must be a PrunePlan from surgery.plan(...) "
                            f"or PrunePlan.from_json(text), got {type(plan).__name__}")
     with approximate(not plan.settings.get("exact", True)):
-        return _delete(flattened(model), plan.deletions, plan.units)
+        return _delete(resolve(flattened(graph)), plan.deletions, plan.units)
 
 
 def delete_channels(model, layer, channels: Iterable[int]):
@@ -60,12 +59,13 @@ def delete_channels(model, layer, channels: Iterable[int]):
 
         smaller = surgery.delete_channels(model, "conv1", [0, 5, 7])
     """
-    if adapter_for(model) is keras2:
+    graph = check_model(model, "delete_channels")
+    if not graph.keras3:
         from surgery.engine.surgeon import delete_channels as keras2_delete
 
         return keras2_delete(model, layer, channels)
     name = layer if isinstance(layer, str) else layer.name
-    return delete_by_rebuild(model, {name: list(channels)}, adapter_for(model))
+    return delete_by_rebuild(graph, {name: list(channels)})
 
 
 def prune(model, **plan_kwargs):
@@ -87,10 +87,10 @@ def verify(model, pruned, plan: PrunePlan, x) -> float:
 
         assert surgery.verify(model, smaller, p, x_batch) <= 1e-5
     """
-    check_model(model, "verify")
+    graph = check_model(model, "verify")
     check_model(pruned, "verify(pruned=...)")
     same_adapter(model, pruned)
     check_values("verify", "x", x)
     with approximate(not plan.settings.get("exact", True)):
-        zeroed = zero_channels(flattened(model), plan.deletions, plan.units)
+        zeroed = zero_channels(flattened(graph), plan.deletions, plan.units)
     return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.engine.flatten import flattened
 from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
@@ -113,8 +113,7 @@ def _member_scores(group: ChannelGroup, scores, policy: str) -> dict[str, np.nda
 
 def _scored_followers(model, groups) -> list[str]:
     """The first follower of each group that criteria can score (a depthwise conv)."""
-    infos = {n.layer.name: n.info for n in adapter_for(model).nodes(model)
-             if not n.is_input}
+    infos = {n.layer.name: n.info for n in resolve(model).calls()}
     names = []
     for g in groups:
         for f in g.followers:
@@ -227,12 +226,13 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         raise ValueError(f"scope must be 'local' or 'global', got '{scope}'")
     per_layer = dict(per_layer or {})
     policy_fn = get_policy(policy)
-    model = flattened(model)
+    graph = resolve(flattened(model))  # the one graph every stage below reads
+    model = graph.model
     unknown = [n for n in list(per_layer) + list(ignore)
                if n not in {l.name for l in model.layers}]
     if unknown:
         raise ValueError(f"per_layer/ignore name layers that the model does not have: {unknown}")
-    groups, skipped_layers = analyse(model)
+    groups, skipped_layers = analyse(graph)
     labels = dict(zip(map(id, groups), _labels(groups)))
     result = PrunePlan({}, [], settings=dict(
         ratio=ratio, criterion=criterion if isinstance(criterion, str) else criterion.__name__,
@@ -255,7 +255,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     active = [g for g in active if g.axis is None]
     names = list(dict.fromkeys(p for g in active for p in g.producers))
     if policy == "depthwise":
-        names += [n for n in _scored_followers(model, active) if n not in names]
+        names += [n for n in _scored_followers(graph, active) if n not in names]
     scores = channel_scores(model, names, criterion, data) if names else {}
     scores.update(unit_scores(model, [(g.producers[0], g.axis) for g in units], criterion,
                               data) if units else {})

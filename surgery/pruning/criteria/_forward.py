@@ -17,12 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from surgery._backend import tf
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 
 
 def backend_of(model) -> str:
     """``"keras2"`` for a tf-keras model, else the Keras 3 backend name."""
-    if adapter_for(model).__name__.endswith("keras2"):
+    if not resolve(model).keras3:
         return "keras2"
     import keras
 
@@ -49,7 +49,7 @@ def batch_for(model, value: Any) -> Any:
 def _model_inputs(model, x: Any) -> Any:
     """A single array for a one-input Keras 3 model goes in as ``[x]``, the structure the
     adapter's probe models are built with."""
-    if backend_of(model) != "keras2" and len(adapter_for(model).inputs(model)) == 1 \
+    if backend_of(model) != "keras2" and len(resolve(model).inputs()) == 1 \
             and not isinstance(x, (list, tuple, dict)):
         return [x]
     return x
@@ -113,10 +113,10 @@ def per_example_loss(model, y: Any, pred: Any, probabilities: bool) -> Any:
 def taylor_probe(model, tensors: Sequence) -> Any:
     """The sub-model :func:`taylor_products` runs: ``tensors`` plus the model's output
     (JAX: ``tensors`` only, the gradient comes from a replay)."""
-    adapter = adapter_for(model)
-    if backend_of(model) == "jax":
-        return adapter.submodel(model, list(tensors))
-    return adapter.submodel(model, list(tensors) + [adapter.outputs(model)[0]])
+    graph = resolve(model)
+    if backend_of(graph) == "jax":
+        return graph.submodel(list(tensors))
+    return graph.submodel(list(tensors) + [graph.outputs()[0]])
 
 
 def taylor_products(model, probe, tensors: Sequence, x: Any, y: Any,
@@ -154,14 +154,14 @@ def _products_jax(model, probe, tensors: Sequence, x: Any, y: Any,
     import jax
     import jax.numpy as jnp
 
-    adapter = adapter_for(model)
-    acts = forward(model, probe, x)
-    targets = {adapter.key(t): i for i, t in enumerate(tensors)}
-    x = batch_for(model, x)
-    xs = ([x[name] for name in adapter.input_names(model)] if isinstance(x, dict)
-          else _as_list(_model_inputs(model, x)))
-    slot = {adapter.key(t): i for i, t in enumerate(adapter.inputs(model))}
-    out_key = adapter.key(adapter.outputs(model)[0])
+    graph = resolve(model)
+    acts = forward(graph, probe, x)
+    targets = {graph.key(t): i for i, t in enumerate(tensors)}
+    x = batch_for(graph, x)
+    xs = ([x[name] for name in graph.input_names()] if isinstance(x, dict)
+          else _as_list(_model_inputs(graph, x)))
+    slot = {graph.key(t): i for i, t in enumerate(graph.inputs())}
+    out_key = graph.key(graph.outputs()[0])
 
     def loss_fn(eps):
         def visit(node, values):
@@ -169,7 +169,7 @@ def _products_jax(model, probe, tensors: Sequence, x: Any, y: Any,
             return [o + eps[targets[k]] if k in targets else o
                     for o, k in zip(outs, node.output_keys)]
 
-        values = adapter.walk(model, visit, lambda t: jnp.asarray(xs[slot[adapter.key(t)]]))
+        values = graph.walk(visit, lambda t: jnp.asarray(xs[slot[graph.key(t)]]))
         return jnp.sum(per_example_loss(model, y, values[out_key], probabilities))
 
     grads = jax.grad(loss_fn)([jnp.zeros(a.shape, a.dtype) for a in acts])

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.engine.rules import CHANNELWISE, LayerRule, rule_for
 from surgery.errors import SurgeryError
 from surgery.pruning.criteria._registry import logger
@@ -22,7 +22,7 @@ def _scorable(info) -> bool:
 
 def _call(model, layer) -> Any:
     """The layer's first call in ``model`` (data-driven criteria use that one)."""
-    calls = adapter_for(model).nodes_of(model, layer)
+    calls = resolve(model).nodes_of(layer)
     if not calls:
         raise SurgeryError(f"layer {layer.name!r} is not connected in model {model.name!r}")
     if len(calls) > 1:
@@ -34,7 +34,7 @@ def _call(model, layer) -> Any:
 def _resolve_layers(model, names: Sequence[str]) -> list:
     if isinstance(names, str):
         raise SurgeryError(f"layer_names must be a sequence of names, got the string {names!r}")
-    adapter_for(model).require_functional(model)
+    graph = resolve(model).require_functional()
     by_name = {layer.name: layer for layer in model.layers}
     layers = []
     for name in names:
@@ -47,7 +47,7 @@ def _resolve_layers(model, names: Sequence[str]) -> list:
                 f"unknown layer {name!r}: model {model.name!r} has no top-level layer of that "
                 "name (see model.summary(); layers of nested models must be named in them)")
         layer = by_name[name]
-        calls = adapter_for(model).nodes_of(model, layer)
+        calls = graph.nodes_of(layer)
         if not calls or not _scorable(calls[0].info):
             raise SurgeryError(
                 f"layer {name!r} ({type(layer).__name__}) has no prunable output channels; "
@@ -58,7 +58,7 @@ def _resolve_layers(model, names: Sequence[str]) -> list:
 
 
 def _info(model, layer):
-    return adapter_for(model).nodes_of(model, layer)[0].info
+    return resolve(model).nodes_of(layer)[0].info
 
 
 def _filter_matrix(model, layer) -> np.ndarray:
@@ -81,9 +81,9 @@ def _follow_chain(model, node, passthrough: Callable[[Any], bool],
     """Walk the single-consumer chain from ``node`` through calls for which
     ``passthrough(info)`` holds to the first call with ``target(info)``; ``None`` when
     the chain forks, ends or hits anything else."""
-    current = node
+    graph, current = resolve(model), node
     for _ in range(len(model.layers) + 1):
-        consumers = adapter_for(model).consumers(model, current)
+        consumers = graph.consumers(current)
         if len(consumers) != 1:
             return None
         nxt = consumers[0]

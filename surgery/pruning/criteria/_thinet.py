@@ -14,7 +14,7 @@ import numpy as np
 
 from surgery._backend import keras
 from surgery.pruning.criteria._data import _iter_batches, _require_data
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.pruning.criteria._forward import forward
 from surgery.pruning.criteria._graph import (
     _call, _follow_chain, _keeps_channels, _linear_window, _n_out_channels, _resolve_layers,
@@ -214,7 +214,7 @@ def thinet(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
         plans.append((layer, window, hit.inputs[0]))
     out: dict[str, np.ndarray] = {}
     if plans:
-        probe = adapter_for(model).submodel(model, [t for _, _, t in plans])
+        probe = resolve(model).submodel([t for _, _, t in plans])
         reservoirs = [_Reservoir(n_locations, rng) for _ in plans]
         for x, _ in _iter_batches(data, max_samples, batch_size):
             for (_, window, _), xin, res in zip(plans, forward(model, probe, x), reservoirs):

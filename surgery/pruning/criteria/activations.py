@@ -14,7 +14,7 @@ import numpy as np
 
 from surgery._backend import keras
 from surgery.pruning.criteria._data import _iter_batches, _reduce_to_channels, _require_data
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.pruning.criteria._forward import forward, taylor_probe, taylor_products
 from surgery.pruning.criteria._graph import (
     _activation, _call, _channel_axis, _follow_chain, _is_identity_like, _is_relu_like,
@@ -62,7 +62,7 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
     _require_data("apoz", data)
     layers = _resolve_layers(model, layer_names)
     targets = [_apoz_tensor(model, layer) for layer in layers]
-    probe = adapter_for(model).submodel(model, [t for t, _ in targets])
+    probe = resolve(model).submodel([t for t, _ in targets])
     zeros: list[Optional[np.ndarray]] = [None] * len(layers)
     totals = [0] * len(layers)
     for x, _ in _iter_batches(data, max_samples, batch_size):
@@ -77,8 +77,8 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
 
 
 def _output_is_probability(model: keras.Model) -> bool:
-    layer = adapter_for(model).output_layer(model)
-    calls = adapter_for(model).nodes_of(model, layer)
+    graph = resolve(model)
+    calls = graph.nodes_of(graph.output_layer())
     if not calls:
         return False
     info = calls[-1].info
@@ -114,7 +114,7 @@ def taylor(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
     """
     _require_data("taylor", data)
     layers = _resolve_layers(model, layer_names)
-    n_outputs = len(adapter_for(model).outputs(model))
+    n_outputs = len(resolve(model).outputs())
     if n_outputs != 1:
         raise ValueError(
             f"taylor needs a single-output model; model {model.name!r} has "

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.engine.rules import rule_for
 from surgery.pruning.criteria._data import _iter_batches, _require_data
 from surgery.pruning.criteria._registry import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, logger
@@ -49,7 +49,7 @@ def unit_axis_wanted(axis: str, heads: bool, head_dims: bool) -> bool:
 
 
 def _infos(model) -> dict:
-    return {n.layer.name: n for n in adapter_for(model).nodes(model) if not n.is_input}
+    return {n.layer.name: n for n in resolve(model).calls()}
 
 
 def _per_unit(weights: list, slices: list, size: int) -> np.ndarray:

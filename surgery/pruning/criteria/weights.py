@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from surgery._backend import keras
-from surgery.engine.adapters import adapter_for
+from surgery.engine.graph import resolve
 from surgery.pruning.criteria._graph import (
     _channel_scale, _filter_matrix, _n_out_channels, _resolve_layers,
 )
@@ -63,8 +63,9 @@ def _direct_scale(model: keras.Model, layer) -> Optional[np.ndarray]:
     """The per-channel scale (BatchNormalization gamma) of the layer that directly
     consumes ``layer``'s output, if any."""
     n_out = _n_out_channels(model, layer)
-    for node in adapter_for(model).nodes_of(model, layer):
-        for consumer in adapter_for(model).consumers(model, node):
+    graph = resolve(model)
+    for node in graph.nodes_of(layer):
+        for consumer in graph.consumers(node):
             scale = _channel_scale(consumer.info)
             if scale is not None and scale.size == n_out:
                 return scale

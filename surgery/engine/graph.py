@@ -1,0 +1,111 @@
+"""One model's graph, resolved once.
+
+This module owns :class:`ModelGraph`: a functional model together with the graph adapter
+of the Keras generation that built it (:mod:`~surgery.engine.keras2` or
+:mod:`~surgery.engine.keras3`), answering the adapter's questions about that one model:
+its calls in topological order, the calls of a layer, the readers of a call's outputs, its
+inputs and outputs, a probe model to internal tensors. The public functions resolve the
+graph at their boundary (:func:`resolve`, through
+:func:`~surgery.pruning.arguments.check_model`) and hand it to the stages below them —
+groups, zeroing, FLOPs, criteria, budgets, apply, verify, batch-norm recalibration and
+export — which accept a :class:`ModelGraph` or a bare model alike. Besides
+:mod:`~surgery.engine.adapters`, only this module asks which generation built a model.
+
+Example:
+    >>> from surgery._backend import keras
+    >>> x = keras.Input((4,)); m = keras.Model(x, keras.layers.Dense(2, name="d")(x))
+    >>> graph = resolve(m)
+    >>> graph.keras3, [n.layer.name for n in graph.calls()], resolve(graph) is graph
+    (False, ['d'], True)
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable, Union
+
+from surgery.engine.adapters import adapter_for
+
+
+class ModelGraph:
+    """A model and its graph adapter; every method asks the adapter about this model.
+
+    Attributes:
+        model: the Keras model (tf-keras or Keras 3).
+        adapter: its graph adapter module.
+    """
+
+    __slots__ = ("model", "adapter")
+
+    def __init__(self, model, adapter: ModuleType = None):
+        self.model = model
+        self.adapter = adapter or adapter_for(model)
+
+    def __repr__(self) -> str:
+        return f"ModelGraph({self.model.name!r}, {self.adapter.__name__.rsplit('.', 1)[-1]})"
+
+    @property
+    def keras3(self) -> bool:
+        """Whether Keras 3 (any backend) built the model; else tf-keras."""
+        return self.adapter.__name__.endswith("keras3")
+
+    def require_functional(self) -> "ModelGraph":
+        """This graph; :class:`~surgery.errors.SurgeryError` unless the model is functional
+        or Sequential (a subclassed model has no graph to cut)."""
+        self.adapter.require_functional(self.model)
+        return self
+
+    def nodes(self) -> list:
+        """The calls in topological order, the models' input nodes included."""
+        return self.adapter.nodes(self.model)
+
+    def calls(self) -> list:
+        """The calls in topological order, without the input nodes."""
+        return [n for n in self.nodes() if not n.is_input]
+
+    def nodes_of(self, layer) -> list:
+        """The calls of ``layer`` in this model."""
+        return self.adapter.nodes_of(self.model, layer)
+
+    def consumers(self, node) -> list:
+        """The calls that read an output of ``node``."""
+        return self.adapter.consumers(self.model, node)
+
+    def inputs(self) -> list:
+        return self.adapter.inputs(self.model)
+
+    def outputs(self) -> list:
+        return self.adapter.outputs(self.model)
+
+    def input_names(self) -> list:
+        return self.adapter.input_names(self.model)
+
+    def output_layer(self):
+        """The layer (or operation) that makes the first output."""
+        return self.adapter.output_layer(self.model)
+
+    def key(self, tensor) -> int:
+        """The key under which :meth:`walk` files ``tensor``'s value."""
+        return self.adapter.key(tensor)
+
+    def is_nested(self, layer) -> bool:
+        """Whether ``layer`` is itself a model (nested in this one)."""
+        return self.adapter.is_nested(layer)
+
+    def submodel(self, tensors: list):
+        """A model from this model's inputs to the given internal tensors (a probe)."""
+        return self.adapter.submodel(self.model, tensors)
+
+    def walk(self, visit: Callable, start: Callable) -> dict:
+        """Every call once in topological order (see the adapters' ``walk``)."""
+        return self.adapter.walk(self.model, visit, start)
+
+
+def resolve(model: Union[Any, ModelGraph]) -> ModelGraph:
+    """The :class:`ModelGraph` of ``model``; ``model`` itself when it is one already.
+    :class:`~surgery.errors.SurgeryError` for anything but a Keras model."""
+    return model if isinstance(model, ModelGraph) else ModelGraph(model)
+
+
+def model_of(model_or_graph) -> Any:
+    """The Keras model of a :class:`ModelGraph`, or the model given."""
+    return model_or_graph.model if isinstance(model_or_graph, ModelGraph) else model_or_graph
