@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 import surgery  # noqa: E402,F401  (selects the Keras 2 API unless Keras 3 came first)
 from surgery._startup import quiet_tensorflow_logging  # noqa: E402
 from surgery.cli._kit import UsageError  # noqa: E402
+from surgery.cli.usage import add_run_folder_arguments  # noqa: E402
 from surgery.cli._planning import plan_flops_target  # noqa: E402,F401
 from surgery.cli._run import RunResult, VERIFY_TOLERANCE, run  # noqa: E402,F401
 from surgery.data import DataError  # noqa: E402
@@ -148,12 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(tf.distribute.MirroredStrategy), dataparallel on JAX "
                         "(keras.distribution.DataParallel); none on PyTorch")
     g.add_argument("--seed", type=int, default=0, help="random seed (data split, init, order)")
-    g.add_argument("--out", default=None,
-                   help="output folder (default runs/<timestamp>); rerunning the same "
-                        "command with the same --out resumes an interrupted run")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start again in an --out that holds a finished (or unfinished) run "
-                        "instead of refusing it")
+    add_run_folder_arguments(g, "runs/<timestamp>", "start again")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                    help="write channels.png, sensitivity.png and accuracy_vs_flops.png "
@@ -177,6 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    # the checkpoint writer behind BackupAndRestore logs absl's "Sharding callback
+    # duration" at INFO after every epoch: 4 KB of a default run's log
+    logging.getLogger("absl").setLevel(logging.WARNING)
     if args.quiet:  # TensorFlow's own warnings (retracing, ...) too
         quiet_tensorflow_logging()
     try:

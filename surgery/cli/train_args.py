@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from surgery.cli.usage import UsageError  # train.UsageError, as before
+from surgery.cli.usage import UsageError, add_run_folder_arguments  # train.UsageError, as before
 
 PROG = "train.py"
 PENALTIES = ("l1", "l2", "gl_filter", "gl_channel", "gl_all", "bn_l1", "angular_filter",
@@ -75,12 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random pad-4 crop and horizontal flip on the training split")
     g.add_argument("--seed", type=int, default=0,
                    help="seed for the split, shuffling, initialisation and augmentation")
-    g.add_argument("--out", default=None,
-                   help="output folder (default: runs/train-MODEL-TIMESTAMP); the same "
-                        "command with the same --out resumes an interrupted run")
-    g.add_argument("--overwrite", action="store_true",
-                   help="train again into an --out that holds a finished (or unfinished) "
-                        "run instead of refusing it")
+    add_run_folder_arguments(g, "runs/train-MODEL-TIMESTAMP", "train again")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, help="training epochs")

@@ -1,7 +1,9 @@
 """What the command lines share about user errors: this module owns :class:`UsageError`
 (an error the user can fix, reported as one line on stderr with exit status 2) and
 :func:`check_generation`, the refusal of a run whose model file or ``--keras`` asks for a
-Keras generation other than the one this process imported. It imports no TensorFlow.
+Keras generation other than the one this process imported, and
+:func:`add_run_folder_arguments`, the ``--out`` and ``--overwrite`` flags both commands
+share. It imports no TensorFlow.
 """
 from __future__ import annotations
 
@@ -40,3 +42,15 @@ def check_generation(model_path: Optional[str], keras_flag: Optional[int], proce
         raise UsageError(f"this run needs Keras {wanted} but this process already imported "
                          f"{label}; start it as `python {command} ...` or `keras-surgery "
                          "...`, which choose before importing Keras")
+
+
+def add_run_folder_arguments(group, default: str, again: str) -> None:
+    """Add a command line's ``--out`` (whose ``default`` the help names) and
+    ``--overwrite`` (to ``again`` — do the run again — into a folder that holds one) to an
+    ``argparse`` argument ``group``; :class:`~surgery.pipeline.resume.RunFolder` reads both."""
+    group.add_argument("--out", default=None,
+                       help=f"output folder (default: {default}); rerunning the same "
+                            "command with the same --out resumes an interrupted run")
+    group.add_argument("--overwrite", action="store_true",
+                       help=f"{again} in an --out that holds a finished (or unfinished) "
+                            "run instead of refusing it")
