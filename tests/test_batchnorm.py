@@ -4,7 +4,6 @@ child process each, started together: tests/batchnorm_cases.py), plus its errors
 """
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -16,6 +15,7 @@ from surgery import keras
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import batchnorm_cases  # noqa: E402
+from keras3_child import finish, start  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -34,20 +34,8 @@ def _check(result):
 
 @pytest.fixture(scope="module")
 def keras3_results():
-    running = {}
-    for backend in BACKENDS:
-        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-        env.update(KERAS_BACKEND=backend, PYTHONPATH=os.pathsep.join(
-            [os.path.dirname(HERE), env.get("PYTHONPATH", "")]))
-        running[backend] = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "batchnorm_cases.py")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    results = {}
-    for backend, proc in running.items():
-        out, err = proc.communicate(timeout=600)
-        lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
-        results[backend] = (proc.returncode, lines, err[-3000:])
-    return results
+    running = {backend: start(backend, "batchnorm_cases.py") for backend in BACKENDS}
+    return running
 
 
 def test_tf_keras_statistics_are_exact_and_nothing_else_moves():
@@ -56,9 +44,7 @@ def test_tf_keras_statistics_are_exact_and_nothing_else_moves():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_keras3_statistics_are_exact_and_nothing_else_moves(keras3_results, backend):
-    code, lines, err = keras3_results[backend]
-    assert code == 0 and lines, err
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = finish(keras3_results[backend])
     assert result["backend"] == backend
     _check(result)
 
@@ -87,6 +73,14 @@ def test_dataset_tuple_and_array_give_the_same_statistics():
     assert np.allclose(stats[0][3:], expected.var((0, 1, 2)), rtol=1e-5)
     for s in stats[1:]:
         assert np.allclose(s, stats[0], atol=1e-6)
+
+
+def test_no_progress_bar_outside_a_terminal(capsys):
+    """Standard error that is not a terminal (a log file; here pytest's capture) gets no
+    tqdm bar, whose carriage-return updates would fill the log."""
+    x = np.random.default_rng(0).normal(size=(20, 4, 4, 2)).astype("float32")
+    surgery.recalibrate_batchnorm(_small_model(), x, batches=2, batch_size=10, progress=True)
+    assert "recalibrating" not in capsys.readouterr().err
 
 
 def test_bad_calls_raise_surgery_errors_naming_the_way_out():

@@ -7,25 +7,15 @@ at import and this suite's process uses tf-keras. The first child imports Keras 
 small residual CNN built with ``x + y``, ``ops.relu6`` and ``ops.hard_swish`` at ratio
 0.3, and saves them; the second loads the files without ``surgery``.
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
+from keras3_child import run_case
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = ("mobilenetv2", "residual")
 
 
 def _child(mode, out):
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["KERAS_BACKEND"] = "tensorflow"
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "keras3_cases.py"), mode,
-                           str(out)], capture_output=True, text=True, env=env, timeout=600)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_case("tensorflow", "keras3_cases.py", mode, out)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ the data-driven ones (``apoz``, ``taylor``, ``thinet``) must equal what the tf-k
 implementation gives for the same architecture, weights and data.
 """
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -23,21 +21,15 @@ from surgery.pruning.criteria import channel_scores
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import keras3_criteria_cases as cases  # noqa: E402  (imports no Keras at module level)
+from keras3_child import run_case  # noqa: E402
 
 BACKENDS = [b for b, module in (("tensorflow", "tensorflow"), ("jax", "jax"),
                                 ("torch", "torch")) if importlib.util.find_spec(module)]
 
 
 def _child(backend):
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["KERAS_BACKEND"] = backend
-    args = [sys.executable, os.path.join(HERE, "keras3_criteria_cases.py")]
-    if backend == "tensorflow":
-        args.append("--flops")
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    report = json.loads(lines[-1][len("RESULT "):])
+    flags = ["--flops"] if backend == "tensorflow" else []
+    report = run_case(backend, "keras3_criteria_cases.py", *flags, timeout=300)
     assert report["backend"] == backend
     return report
 

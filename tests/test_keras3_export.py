@@ -9,14 +9,11 @@ files must run and agree on the class; on PyTorch the ONNX export must match too
 the TFLite float32 one; the exports that cannot be done (TFLite on PyTorch, ONNX on JAX
 without ``jax2onnx``) are refused clearly.
 """
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+from keras3_child import finish, start
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "torch", "jax")
 
 
@@ -25,23 +22,13 @@ def reports(tmp_path_factory):
     running = {}
     for backend in BACKENDS:
         out = tmp_path_factory.mktemp(backend)
-        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-        env["KERAS_BACKEND"] = backend
-        running[backend] = (out, subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "keras3_export_cases.py"), str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    results = {}
-    for backend, (out, proc) in running.items():
-        stdout, stderr = proc.communicate(timeout=600)
-        lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
-        results[backend] = (proc.returncode, lines, stderr[-3000:], out)
-    return results
+        running[backend] = (out, start(backend, "keras3_export_cases.py", out))
+    return running
 
 
 def _report(reports, backend):
-    returncode, lines, stderr, out = reports[backend]
-    assert returncode == 0 and lines, stderr
-    return json.loads(lines[-1][len("RESULT "):]), out
+    out, proc = reports[backend]
+    return finish(proc), out
 
 
 def test_the_test_can_tell_a_wrong_model(reports):

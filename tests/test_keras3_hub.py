@@ -12,25 +12,15 @@ equivalents, and reload in a fresh process.
 
 The cases run in child processes (tests/keras3_hub_cases.py), as in tests/test_keras3.py.
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
+from keras3_child import run_case
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TOLERANCE = {"llama_block": 1e-8, "hub_norms": 1e-5}
 
 
 def _child(mode, out):
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["KERAS_BACKEND"] = "tensorflow"
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "keras3_hub_cases.py"), mode,
-                           str(out)], capture_output=True, text=True, env=env, timeout=900)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_case("tensorflow", "keras3_hub_cases.py", mode, out, timeout=900)
 
 
 @pytest.fixture(scope="module")

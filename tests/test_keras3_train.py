@@ -7,26 +7,19 @@ Keras 3 runs in child processes (tests/keras3_train_cases.py): ``KERAS_BACKEND``
 once at import and this suite's process uses tf-keras. The TensorFlow child runs first; the
 JAX child loads its ``.keras`` file before and after importing surgery.
 """
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from keras3_child import run_case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "jax")
 
 
 def _child(backend, *args):
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["KERAS_BACKEND"] = backend
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "keras3_train_cases.py"),
-                           *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_case(backend, "keras3_train_cases.py", *args)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from surgery.cost.budget import plan_for_latency
 from surgery.cost.micro import cpu_key
 from surgery.pruning.budget import FlopsEstimator, plan_for_budget
 from equivalence import assert_equivalent, randomize_weights
+from keras3_child import run_case
 
 
 def _model():
@@ -214,16 +215,6 @@ print("RESULT " + json.dumps(dict(
 
 def test_keras3_tables_through_model_export(tmp_path):
     """Keras 3 (TensorFlow backend): micro-models go to ONNX through ``model.export``."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["KERAS_BACKEND"] = "tensorflow"
-    proc = subprocess.run([sys.executable, "-c", KERAS3_CASE, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = run_case("tensorflow", "-c", KERAS3_CASE, tmp_path)
     assert result["keras3"] and result["tables"] > 0 and result["deletions"] > 0
     assert "keras3." in result["version"] and result["diff"] <= 1e-5
