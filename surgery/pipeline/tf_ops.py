@@ -29,10 +29,6 @@ def _transpose(x, axes: Optional[Sequence[int]] = None):
     return tf.transpose(x, perm=axes)
 
 
-def _mean(x, axis: Optional[int] = None, keepdims: bool = False):
-    return tf.reduce_mean(x, axis=axis, keepdims=keepdims)
-
-
 def _convert_to_tensor(x, dtype=None):
     return tf.convert_to_tensor(x, dtype=dtype)
 
@@ -47,19 +43,13 @@ TF_OPS = SimpleNamespace(
     sqrt=tf.sqrt,
     rsqrt=tf.math.rsqrt,
     maximum=tf.maximum,
-    minimum=tf.minimum,
     matmul=tf.matmul,
     diagonal=tf.linalg.diag_part,
-    cos=tf.cos,
     power=tf.pow,
     floor=tf.floor,
     where=tf.where,
     clip=tf.clip_by_value,
     log=tf.math.log,
-    mean=_mean,
-    softmax=lambda x, axis=-1: tf.nn.softmax(x, axis=axis),
-    log_softmax=lambda x, axis=-1: tf.nn.log_softmax(x, axis=axis),
-    zeros=lambda shape, dtype="float32": tf.zeros(shape, dtype),
 )
 """The TensorFlow functions under their ``keras.ops`` names (see the module docstring)."""
 
