@@ -86,7 +86,17 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
     assert s["latency_removed"] == pytest.approx(1 - s["latency_after"] / s["latency_before"],
                                                  abs=0.05)
     assert 1 <= len(s["latency_checks"]) <= 2 and s["latency_rounds"] >= 1
+    assert s["latency_scale_start"] == 1.0
     json.loads(p.to_json())
+    # the scale of the best plan is remembered: the next plan of this model starts there
+    again = plan_for_latency(model, 0.4, runtime="onnxruntime", batch_size=2, threads=1,
+                             tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
+                             corrections=0, progress=False)
+    assert again.settings["latency_scale_start"] == s["latency_scale"]
+    other = plan_for_latency(model, 0.3, runtime="onnxruntime", batch_size=2, threads=1,
+                             tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
+                             corrections=0, progress=False)
+    assert other.settings["latency_scale_start"] == 1.0  # another target: not reused
     x = np.random.default_rng(1).normal(size=(4, 12, 12, 3)).astype("float32")
     assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
 

@@ -11,9 +11,13 @@ where probes show the finer step does not pay (:mod:`surgery.cost.alignment`), u
 ``round_to`` is given. The plan is then checked by timing: the pruned model is built and
 timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds until the
 ratio is stable to 2 points); while the measured cut misses the target by more than
-``tolerance``, the tables' predicted savings are scaled by what the timing showed
-(measured cut / predicted cut) and the plan made again. Then it warns with what it
-reached. ``plan.settings`` says what was asked, chosen and measured.
+``tolerance``, the tables' predicted savings are scaled and the plan made again: by what
+the timing showed (measured cut / predicted cut) until two checks fall on either side of
+the target, then by interpolating the scale between the nearest two such checks (the
+measured cut grows as the scale shrinks). The scale of the best plan is kept in the cost
+cache for this model and target (:func:`_scale_key`), and a later plan starts from it, so
+a repeated plan usually needs one check. Then it warns with what it reached.
+``plan.settings`` says what was asked, chosen and measured.
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     tables predicted), ``latency_stability`` (how much the ratio moved in the last timing
     round), ``latency_rounds``, ``latency_checks`` (``[predicted cut, measured cut, scale]``
     of each plan tried) and ``latency_scale`` (the factor the timing check put on the
-    tables' predicted savings).
+    tables' predicted savings; ``latency_scale_start`` the one it started from, remembered
+    from an earlier plan of this model and target, else 1).
 
     Example::
 
@@ -104,6 +109,8 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     if whole is None:
         whole = interleaved({"original": original}, runs=5, min_seconds=0.3)["original"]
     cache = TableCache(cpu_key(rt, flat, batch_size, threads), cache_dir)
+    scale_key = _scale_key(flat, latency_target)
+    remembered = cache.entries.get(scale_key) if check else None
     estimators: dict = {}
 
     def estimator(m, plan0):
@@ -111,6 +118,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
             estimators["est"] = LatencyEstimator(
                 m, plan0, whole=whole, tables=tables, runtime=rt, batch=batch_size,
                 threads=threads, block=block, cache=cache, progress=progress)
+            estimators["est"].scale = remembered or 1.0
         return estimators["est"]
 
     if round_to is None and tables is None:  # measure whether twice the block pays
@@ -147,7 +155,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         if not check:
             if unreachable:
                 _unreachable(latency_target, f"{predicted:.1%} (predicted)", model, rt)
-            best = (p, None)
+            best = (p, None, None)
             break
         pruned = apply(flat, p) if p.deletions else flat
         timed = compare(flat, pruned, runners={
@@ -159,23 +167,26 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                     latency_target, 100 * reached, 100 * predicted)
         if best is None or abs(reached - latency_target) < \
                 abs(1.0 - best[1]["ratio"] - latency_target):
-            best = (p, timed)
+            best = (p, timed, scale)
         if abs(reached - latency_target) <= tolerance:
             break
         # the tables miss what they do not cover (layout changes, memory traffic): scale
-        # their predicted savings by what the timing showed, and plan again
+        # their predicted savings, and plan again
         if predicted > 0.005 and reached > 0.005:
-            estimators["est"].scale = min(max(scale * min(max(reached / predicted, 0.33),
-                                                          3.0), 0.2), 5.0)
+            estimators["est"].scale = _next_scale(tried, latency_target)
     if best[1] is not None and unreachable and \
             1.0 - best[1]["ratio"] < latency_target - tolerance:
         _unreachable(latency_target, f"{1.0 - best[1]['ratio']:.1%} (measured)", model, rt)
-    p, timed = best
+    p, timed, landed = best
+    if landed is not None:
+        cache.put(scale_key, landed)
+        cache.save()
     p.settings.update(
         latency_target=float(latency_target), runtime=rt.name,
         runtime_version=rt.version(flat), batch_size=int(batch_size), threads=int(threads),
         round_to=int(round_to), alignment=alignment, latency_checks=tried,
-        latency_scale=round(estimators["est"].scale, 4),
+        latency_scale=round(landed if landed is not None else estimators["est"].scale, 4),
+        latency_scale_start=round(remembered or 1.0, 4),
         plan_seconds=round(time.perf_counter() - start, 2),
         cost_table=dict(path=cache.path, measured=cache.misses, cached=cache.hits))
     if timed is not None:
@@ -191,6 +202,40 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                 "too coarse", latency_target, 100 * (1.0 - timed["ratio"]), rt.name,
                 batch_size, threads, len(tried), 100 * tolerance)
     return p
+
+
+def _scale_key(model, target: float) -> str:
+    """The cost-cache entry of the scale that made ``model``'s plan for ``target`` land
+    (by architecture: the scale corrects the tables for this graph and depth of cut)."""
+    from surgery.cost.cache import digest
+
+    try:
+        architecture = model.to_json()
+    except Exception:  # noqa: BLE001 — a layer that cannot serialise: its class and shape
+        architecture = [(type(l).__name__, str(l.output.shape)) for l in model.layers]
+    return f"scale:{digest(architecture)}:{target:.3f}"
+
+
+def _next_scale(tried: list, target: float) -> float:
+    """The scale for the next plan from ``tried`` (``[predicted, measured, scale]`` of each
+    check): between the nearest checks on either side of ``target``, linear in the scale;
+    before there are such checks, the last scale times measured / predicted (within a
+    factor 3 per step), all within 0.2-5.
+
+    >>> _next_scale([[0.5, 0.25, 1.0]], 0.5)
+    0.5
+    >>> round(_next_scale([[0.5, 0.18, 1.0], [0.5, 0.57, 0.35], [0.5, 0.44, 0.4]], 0.5), 4)
+    0.3769
+    """
+    below = [(r, s) for _, r, s in tried if r < target]
+    above = [(r, s) for _, r, s in tried if r > target]
+    if below and above:
+        (r0, s0), (r1, s1) = max(below), min(above)
+        scale = s0 + (target - r0) / (r1 - r0) * (s1 - s0)
+    else:
+        predicted, reached, scale = tried[-1]
+        scale *= min(max(reached / predicted, 1 / 3), 3.0)
+    return min(max(scale, 0.2), 5.0)
 
 
 def _unreachable(target, reached: str, model, rt):
