@@ -16,6 +16,9 @@ X32 = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
 @pytest.fixture(scope="module")
 def mobilenet():
     keras.backend.clear_session()
+    # seeded kernels: with some draws (of seeds 0-5, five remove 1-2 channels, seed 3 none)
+    # no channel is proposed by every member of a shortcut group at ratio 0.3
+    keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
                                            classes=5, classifier_activation=None)
     return randomize_weights(model, seed=2)
