@@ -88,7 +88,13 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
     assert 1 <= len(s["latency_checks"]) <= 2 and s["latency_rounds"] >= 1
     assert s["latency_scale_start"] == 1.0
     json.loads(p.to_json())
-    # the scale of the best plan is remembered: the next plan of this model starts there
+    # the scale of the best plan is written to the cost cache under the model and target ...
+    from surgery.cost.budget import _scale_key
+
+    stored = json.loads(open(s["cost_table"]["path"]).read())
+    assert stored["entries"][_scale_key(model, 0.4)] == pytest.approx(s["latency_scale"],
+                                                                       abs=1e-4)
+    # ... and the next plan of this model and target starts from it
     again = plan_for_latency(model, 0.4, runtime="onnxruntime", batch_size=2, threads=1,
                              tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
                              corrections=0, progress=False)
@@ -97,6 +103,13 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
                              tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
                              corrections=0, progress=False)
     assert other.settings["latency_scale_start"] == 1.0  # another target: not reused
+    stored = json.loads(open(s["cost_table"]["path"]).read())  # a scale for 0.3 found there
+    stored["entries"][_scale_key(model, 0.3)] = 0.5
+    open(s["cost_table"]["path"], "w").write(json.dumps(stored))
+    seeded = plan_for_latency(model, 0.3, runtime="onnxruntime", batch_size=2, threads=1,
+                              tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
+                              corrections=0, progress=False)
+    assert seeded.settings["latency_scale_start"] == 0.5
     x = np.random.default_rng(1).normal(size=(4, 12, 12, 3)).astype("float32")
     assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
 

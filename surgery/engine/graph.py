@@ -104,8 +104,3 @@ def resolve(model: Union[Any, ModelGraph]) -> ModelGraph:
     """The :class:`ModelGraph` of ``model``; ``model`` itself when it is one already.
     :class:`~surgery.errors.SurgeryError` for anything but a Keras model."""
     return model if isinstance(model, ModelGraph) else ModelGraph(model)
-
-
-def model_of(model_or_graph) -> Any:
-    """The Keras model of a :class:`ModelGraph`, or the model given."""
-    return model_or_graph.model if isinstance(model_or_graph, ModelGraph) else model_or_graph
