@@ -70,7 +70,7 @@ def test_allocation_spends_channels_where_they_cost_latency(expensive):
     assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
 
 
-def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
+def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog, monkeypatch):
     """The whole path: timed in ONNX Runtime (given tables, the plan checked by timing),
     the plan passes the zeroing oracle and says what it chose and measured."""
     model = _model()
@@ -94,15 +94,26 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
     stored = json.loads(open(s["cost_table"]["path"]).read())
     assert stored["entries"][_scale_key(model, 0.4)] == pytest.approx(s["latency_scale"],
                                                                        abs=1e-4)
-    # ... and the next plan of this model and target starts from it
+    # the original and each checked candidate were converted once, into the cache ...
+    converted = os.listdir(tmp_path / "converted")
+    assert 2 <= len(converted) <= 1 + len(s["latency_checks"]), converted
+    # ... and the next plan of this model and target starts from the remembered scale,
+    # lands on the same plan and converts nothing
+    def no_conversion(_):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(type(get_runtime("onnxruntime")), "export", staticmethod(no_conversion))
     again = plan_for_latency(model, 0.4, runtime="onnxruntime", batch_size=2, threads=1,
                              tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
                              corrections=0, progress=False)
     assert again.settings["latency_scale_start"] == s["latency_scale"]
+    assert again.deletions == p.deletions
+    monkeypatch.undo()
     other = plan_for_latency(model, 0.3, runtime="onnxruntime", batch_size=2, threads=1,
                              tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
                              corrections=0, progress=False)
-    assert other.settings["latency_scale_start"] == 1.0  # another target: not reused
+    # another target starts from the nearest target's scale
+    assert other.settings["latency_scale_start"] == s["latency_scale"]
     stored = json.loads(open(s["cost_table"]["path"]).read())  # a scale for 0.3 found there
     stored["entries"][_scale_key(model, 0.3)] = 0.5
     open(s["cost_table"]["path"], "w").write(json.dumps(stored))
@@ -112,6 +123,40 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog):
     assert seeded.settings["latency_scale_start"] == 0.5
     x = np.random.default_rng(1).normal(size=(4, 12, 12, 3)).astype("float32")
     assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
+
+
+def test_converted_models_are_keyed_by_weights_and_evicted_oldest_first(tmp_path):
+    from surgery.cost.converted import converted, model_key
+
+    model = _model()
+    key = model_key(model, "ort1")
+    assert key == model_key(model, "ort1") and key != model_key(model, "ort2")
+    changed = keras.models.clone_model(model)
+    changed.set_weights([w + 1 for w in model.get_weights()])
+    assert model_key(changed, "ort1") != key  # same architecture, other weights
+    folder = str(tmp_path)
+    for i, name in enumerate("abc"):
+        converted(name, lambda: bytes(100), "onnx", folder, max_bytes=250)
+        os.utime(tmp_path / "converted" / f"{name}.onnx", (i, i))
+    assert sorted(os.listdir(tmp_path / "converted")) == ["b.onnx", "c.onnx"]
+    assert converted("a", lambda: b"new", "onnx", folder) == b"new"  # evicted: converted
+
+
+def test_tables_that_add_up_to_more_than_the_model_start_scaled_down(tmp_path):
+    """Layers timed alone may sum to more than the whole model: the plan starts from the
+    whole model's time over the tables' sum (at scale 1, 30 % of 1762.5 would be 529 units
+    of the tables, 5 channels of ``a``; at 0.5 it takes 1057)."""
+    model = _model()
+    kw = dict(runtime="tensorflow", threads=1, round_to=4, tables=_tables("a"), check=False,
+              cache_dir=str(tmp_path))
+    fits = plan_for_latency(model, 0.3, whole=4000.0, **kw)  # tables: 3525 of 4000
+    assert fits.settings["latency_scale_start"] == 1.0
+    over = plan_for_latency(model, 0.3, whole=1762.5, **kw)  # half the tables' sum
+    assert over.settings["latency_scale_start"] == pytest.approx(0.5)
+    assert over.settings["latency_removed"] == pytest.approx(0.3, abs=0.02)
+    est = LatencyEstimator(model, surgery.plan(model, ratio=0.0), whole=3525.0,
+                           tables=_tables("a"))  # the tables alone
+    assert est.cost_of_plan(over) == pytest.approx(0.7 * 3525, rel=0.02)
 
 
 def test_round_to_given_wins(tmp_path):

@@ -27,7 +27,7 @@ import importlib.util
 import os
 import tempfile
 import warnings
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 
@@ -80,9 +80,20 @@ class Runtime:
         """What decides the kernels: the runtime's version (and the converter's)."""
         return importlib.import_module(self.package).__version__
 
-    def runners(self, model, batch: int, threads: int, branches: bool = False
-                ) -> List[Runner]:  # pragma: no cover  (abstract)
+    def runners(self, model, batch: int, threads: int, branches: bool = False,
+                cache_folder: Optional[str] = None) -> List[Runner]:  # pragma: no cover
         raise NotImplementedError
+
+    def _converted(self, model, convert: Callable[[], bytes], suffix: str,
+                   cache_folder: Optional[str]) -> bytes:
+        """``convert()``, or with ``cache_folder`` the file an earlier call stored there
+        for this model, weights and runtime version."""
+        if cache_folder is None:
+            return convert()
+        from surgery.cost.converted import converted, model_key
+
+        return converted(model_key(model, self.version(model)), convert, suffix,
+                         cache_folder)
 
 
 class OnnxRuntime(Runtime):
@@ -112,9 +123,7 @@ class OnnxRuntime(Runtime):
                                             providers=["CPUExecutionProvider"])
 
     @staticmethod
-    def export(model):
-        import onnx
-
+    def export(model) -> bytes:
         from surgery.pipeline.onnx_export import export_onnx
 
         if _is_keras3(model):  # Keras 3 exports only a model that has been called
@@ -122,22 +131,24 @@ class OnnxRuntime(Runtime):
             model(xs if len(xs) > 1 else xs[0], training=False)
         with tempfile.TemporaryDirectory(prefix="surgery-cost-") as folder:
             path = export_onnx(model, os.path.join(folder, "m.onnx"))
-            return onnx.load(path)
+            with open(path, "rb") as f:
+                return f.read()
 
     def _run(self, session, feeds: dict) -> Runner:
         names = [o.name for o in session.get_outputs()]
         return lambda: session.run(names, feeds)
 
-    def runners(self, model, batch, threads, branches=False):
-        proto = self.export(model)
+    def runners(self, model, batch, threads, branches=False, cache_folder=None):
+        data = self._converted(model, lambda: self.export(model), "onnx", cache_folder)
         if not branches:
-            session = self.session(proto.SerializeToString(), threads)
+            session = self.session(data, threads)
             feeds = {i.name: _batch(t.shape[1:], batch)
                      for i, t in zip(session.get_inputs(), model.inputs)}
             return [self._run(session, feeds)]
         import onnx
         from onnx.utils import Extractor
 
+        proto = onnx.load_from_string(data)
         graph = proto.graph
         known = {v.name for v in list(graph.value_info) + list(graph.input)
                  + list(graph.output)}
@@ -179,11 +190,12 @@ class TFLiteRuntime(Runtime):
 
         return f"tflite{tf.__version__}-xnnpack"
 
-    def _runner(self, model, batch, threads) -> Runner:
+    def _runner(self, model, batch, threads, cache_folder=None) -> Runner:
         from surgery._backend import tf
         from surgery.pipeline.tflite import _convert
 
-        content = _convert(model, lambda converter: None)
+        content = self._converted(model, lambda: _convert(model, lambda converter: None),
+                                  "tflite", cache_folder)
         with warnings.catch_warnings():  # tf.lite.Interpreter warns that it is deprecated
             warnings.simplefilter("ignore")
             interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
@@ -201,9 +213,9 @@ class TFLiteRuntime(Runtime):
             return interpreter.get_tensor(out)
         return run
 
-    def runners(self, model, batch, threads, branches=False):
+    def runners(self, model, batch, threads, branches=False, cache_folder=None):
         models = _branch_models(model) if branches else [model]
-        return [self._runner(m, batch, threads) for m in models]
+        return [self._runner(m, batch, threads, cache_folder) for m in models]
 
 
 class TensorFlowRuntime(Runtime):
@@ -233,7 +245,7 @@ class TensorFlowRuntime(Runtime):
                                                training=False), autograph=False)
         return lambda: forward(*tensors)
 
-    def runners(self, model, batch, threads, branches=False):
+    def runners(self, model, batch, threads, branches=False, cache_folder=None):
         from surgery._backend import tf
 
         try:  # TensorFlow fixes its pools at first use: set them before, never after
