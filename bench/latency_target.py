@@ -15,8 +15,10 @@ It then times the original and both pruned models interleaved, run by run, in on
 table of latency ratios (pruned / original: a target of 0.5 asks for 0.50), next to what
 the latency plan's own check measured (its ratio, and how much the ratio moved in its last
 timing round), and the planning times: the first target of each setting plans with a
-fresh table folder (measuring the tables; later targets reuse them), then plans again with
-the tables cached. Models are tf-keras (Keras 2) ``keras.applications``.
+fresh table folder (measuring the tables; later targets reuse them, but start with no scale
+remembered for their target), and that first plan is then made once more (tables, scale,
+whole-model time and converted models all cached). Models are tf-keras (Keras 2)
+``keras.applications``.
 
 Run (the full grid; on a quiet machine)::
 
@@ -87,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, {args.threads} threads, "
           f"SIMD block {simd_block()}, {args.size}², tf-keras; cost tables in {cache}\n")
     print("| model | runtime | batch | target | FLOPs plan (×) | latency plan (×) | "
-          "latency plan's check (×, ±) | plan s (measuring / cached) |")
+          "latency plan's check (×, ±) | plan s (first / same again) |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for name in args.models:
         keras.backend.clear_session()

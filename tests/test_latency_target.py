@@ -134,6 +134,16 @@ def test_converted_models_are_keyed_by_weights_and_evicted_oldest_first(tmp_path
     changed = keras.models.clone_model(model)
     changed.set_weights([w + 1 for w in model.get_weights()])
     assert model_key(changed, "ort1") != key  # same architecture, other weights
+    # a model that cannot serialise is keyed by its layer classes and output shapes
+    from surgery.cost.converted import architecture_of
+
+    def unserialisable():
+        raise TypeError("a custom layer without get_config")
+
+    text = architecture_of(model)
+    model.to_json = unserialisable
+    assert architecture_of(model) != text and "Conv2D" in architecture_of(model)
+    assert model_key(model, "ort1") != key
     folder = str(tmp_path)
     for i, name in enumerate("abc"):
         converted(name, lambda: bytes(100), "onnx", folder, max_bytes=250)
