@@ -91,6 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("| model | runtime | batch | target | FLOPs plan (×) | latency plan (×) | "
           "latency plan's check (×, ±) | plan s (first / same again) |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
+    checks = []
     for name in args.models:
         keras.backend.clear_session()
         model = builders[name]()
@@ -122,9 +123,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                           f"{ms['flops'] / ms['original']:.3f} | "
                           f"{ms['latency'] / ms['original']:.3f} | {check} | "
                           f"{measuring:.0f}{cached} |", flush=True)
+                    checks.append(f"{name} {runtime} b{batch} {target}: "
+                                  f"{s['latency_checks']}")
                     del runners, lat
                 del original
         del flops_plans, model
+    print("\nEach latency plan's checks, [predicted cut, measured cut, scale]:")
+    for line in checks:
+        print(f"- {line}")
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0
 

@@ -15,10 +15,9 @@ timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds
 ratio is stable to 2 points); while the measured cut misses the target by more than
 ``tolerance``, the tables' predicted savings are scaled (from the start, by the whole
 model's time over the sum of its layers' table times where the layers, timed alone, add
-up to more) and the plan made again: by what
-the timing showed (measured cut / predicted cut) until two checks fall on either side of
-the target, then by interpolating the scale between the nearest two such checks (the
-measured cut grows as the scale shrinks). The scale of the best plan is kept in the cost
+up to more) and the plan made again, at the scale where a power law between scale and
+measured cut meets the target: interpolated between the nearest checks on either side of
+it, else extrapolated from the nearest check (:func:`_next_scale`). The scale of the best plan is kept in the cost
 cache for this model and target (:func:`_scale_key`), and a later plan starts from it (or
 from the scale of the nearest target planned), so a repeated plan usually needs one check;
 the converted original and checked candidates are cached beside the tables
@@ -29,6 +28,7 @@ check misses, it corrects up to ``corrections`` times, then warns with what it r
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, Optional
 
@@ -251,23 +251,34 @@ def _remembered_scale(entries: dict, key: str) -> Optional[float]:
 
 def _next_scale(tried: list, target: float) -> float:
     """The scale for the next plan from ``tried`` (``[predicted, measured, scale]`` of each
-    check): between the nearest checks on either side of ``target``, linear in the scale;
-    before there are such checks, the last scale times measured / predicted (within a
-    factor 3 per step), all within 0.2-5.
+    check). The measured cut falls as the scale grows, faster than in proportion: about as
+    a power law ``measured ~ scale ** -k``, with k of 0.7-2.2 measured on MobileNetV2.
+    Once two checks fall on either side of the target, the next scale interpolates the law
+    between the nearest two such checks; before that it extrapolates from the check
+    nearest the target, with k fitted to the two nearest checks where their cuts differ by
+    over 15 % (closer ones are mostly timing noise), else k = 1.5. All within 0.2-5.
 
-    >>> _next_scale([[0.5, 0.25, 1.0]], 0.5)
-    0.5
+    >>> round(_next_scale([[0.5, 0.25, 1.0]], 0.5), 4)
+    0.63
     >>> round(_next_scale([[0.5, 0.18, 1.0], [0.5, 0.57, 0.35], [0.5, 0.44, 0.4]], 0.5), 4)
-    0.3769
+    0.3745
     """
-    below = [(r, s) for _, r, s in tried if r < target]
-    above = [(r, s) for _, r, s in tried if r > target]
+    points = [(math.log(r), math.log(s)) for _, r, s in tried if r > 0.005 and s > 0]
+    goal = math.log(target)
+    below = [p for p in points if p[0] < goal]
+    above = [p for p in points if p[0] > goal]
     if below and above:
         (r0, s0), (r1, s1) = max(below), min(above)
-        scale = s0 + (target - r0) / (r1 - r0) * (s1 - s0)
+        scale = math.exp(s0 + (goal - r0) / (r1 - r0) * (s1 - s0))
     else:
         predicted, reached, scale = tried[-1]
-        scale *= min(max(reached / predicted, 1 / 3), 3.0)
+        k, near = 1.5, (math.log(reached / max(predicted, 1e-6)) + goal, math.log(scale))
+        if len(points) >= 2:
+            near, other = sorted(points, key=lambda p: abs(p[0] - goal))[:2]
+            if abs(near[0] - other[0]) > math.log(1.15) and near[1] != other[1]:
+                k = min(max(-(near[0] - other[0]) / (near[1] - other[1]), 0.5), 3.0)
+        step = min(max(near[0] - goal, -math.log(3.0)), math.log(3.0))
+        scale = math.exp(near[1] + step / k)
     return min(max(scale, 0.2), 5.0)
 
 
