@@ -256,12 +256,15 @@ def _next_scale(tried: list, target: float) -> float:
     Once two checks fall on either side of the target, the next scale interpolates the law
     between the nearest two such checks; before that it extrapolates from the check
     nearest the target, with k fitted to the two nearest checks where their cuts differ by
-    over 15 % (closer ones are mostly timing noise), else k = 1.5. All within 0.2-5.
+    over 15 % (closer ones are mostly timing noise), else k = 1.5; a scale already tried is
+stepped past (twice as far). All within 0.2-5.
 
     >>> round(_next_scale([[0.5, 0.25, 1.0]], 0.5), 4)
     0.63
     >>> round(_next_scale([[0.5, 0.18, 1.0], [0.5, 0.57, 0.35], [0.5, 0.44, 0.4]], 0.5), 4)
     0.3745
+    >>> round(_next_scale([[0.5, 0.534, 0.4249], [0.5, 0.555, 0.4437]], 0.5), 4)  # not 0.4437
+    0.4639
     """
     points = [(math.log(r), math.log(s)) for _, r, s in tried if r > 0.005 and s > 0]
     goal = math.log(target)
@@ -279,6 +282,12 @@ def _next_scale(tried: list, target: float) -> float:
                 k = min(max(-(near[0] - other[0]) / (near[1] - other[1]), 0.5), 3.0)
         step = min(max(near[0] - goal, -math.log(3.0)), math.log(3.0))
         scale = math.exp(near[1] + step / k)
+        tried_scales = [s for _, _, s in tried]
+        for _ in range(3):  # where the cut did not follow the scale, a repeat plan is wasted
+            if all(abs(scale / t - 1) > 0.01 for t in tried_scales):
+                break
+            step *= 2
+            scale = math.exp(near[1] + step / k)
     return min(max(scale, 0.2), 5.0)
 
 
