@@ -76,7 +76,8 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog, monkey
     model = _model()
     with caplog.at_level(logging.WARNING):  # a busy machine may miss; the plan says so
         p = plan_for_latency(model, 0.4, runtime="onnxruntime", batch_size=2, threads=1,
-                             tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path), corrections=1,
+                             tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
+                             corrections=1,
                              progress=False)
     s = p.settings
     assert s["latency_target"] == 0.4 and s["runtime"] == "onnxruntime"
@@ -167,6 +168,26 @@ def test_tables_that_add_up_to_more_than_the_model_start_scaled_down(tmp_path):
     est = LatencyEstimator(model, surgery.plan(model, ratio=0.0), whole=3525.0,
                            tables=_tables("a"))  # the tables alone
     assert est.cost_of_plan(over) == pytest.approx(0.7 * 3525, rel=0.02)
+
+
+def test_the_whole_model_is_timed_once_per_architecture(tmp_path, monkeypatch):
+    """The remembered scales rest on the whole-model time: later plans read it from the
+    cost cache instead of timing the model again."""
+    import surgery.cost.timing as timing
+
+    model = _model()
+    kw = dict(runtime="tensorflow", threads=1, round_to=4, tables=_tables("a"), check=False,
+              cache_dir=str(tmp_path))
+    first = plan_for_latency(model, 0.3, **kw)
+    stored = json.loads(open(first.settings["cost_table"]["path"]).read())["entries"]
+    assert [k for k in stored if k.startswith("whole:")], stored
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed the whole model again")
+
+    monkeypatch.setattr(timing, "interleaved", no_timing)
+    again = plan_for_latency(model, 0.3, **kw)
+    assert again.deletions == first.deletions
 
 
 def test_round_to_given_wins(tmp_path):

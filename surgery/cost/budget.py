@@ -17,8 +17,9 @@ ratio is stable to 2 points); while the measured cut misses the target by more t
 model's time over the sum of its layers' table times where the layers, timed alone, add
 up to more) and the plan made again, at the scale where a power law between scale and
 measured cut meets the target: interpolated between the nearest checks on either side of
-it, else extrapolated from the nearest check (:func:`_next_scale`). The scale of the best plan is kept in the cost
-cache for this model and target (:func:`_scale_key`), and a later plan starts from it (or
+it, else extrapolated from the nearest check (:func:`_next_scale`). The scale of the best
+plan is kept in the cost cache for this model and target (:func:`_scale_key`), and a
+later plan starts from it (or
 from the scale of the nearest target planned), so a repeated plan usually needs one check;
 the converted original and checked candidates are cached beside the tables
 (:mod:`surgery.cost.converted`), so it converts only what it has not seen. While the
@@ -118,11 +119,12 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         if check or whole is None else None
     scale_key = _scale_key(flat, latency_target)
     if whole is None:  # measured once per architecture: the remembered scales rest on it
-        whole_key = scale_key.rsplit(":", 1)[0].replace("scale:", "whole:", 1)
+        whole_key = f"whole:{_architecture_digest(flat)}"
         whole = cache.entries.get(whole_key)
         if whole is None:
             whole = interleaved({"original": original}, min_seconds=1.0)["original"]
             cache.put(whole_key, whole)
+            cache.save()
     remembered = _remembered_scale(cache.entries, scale_key) if check else None
     estimators: dict = {}
 
@@ -223,13 +225,17 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     return p
 
 
-def _scale_key(model, target: float) -> str:
-    """The cost-cache entry of the scale that made ``model``'s plan for ``target`` land
-    (by architecture: the scale corrects the tables for this graph and depth of cut)."""
+def _architecture_digest(model) -> str:
     from surgery.cost.cache import digest
     from surgery.cost.converted import architecture_of
 
-    return f"scale:{digest(architecture_of(model))}:{target:.3f}"
+    return digest(architecture_of(model))
+
+
+def _scale_key(model, target: float) -> str:
+    """The cost-cache entry of the scale that made ``model``'s plan for ``target`` land
+    (by architecture: the scale corrects the tables for this graph and depth of cut)."""
+    return f"scale:{_architecture_digest(model)}:{target:.3f}"
 
 
 def _remembered_scale(entries: dict, key: str) -> Optional[float]:
@@ -257,7 +263,7 @@ def _next_scale(tried: list, target: float) -> float:
     between the nearest two such checks; before that it extrapolates from the check
     nearest the target, with k fitted to the two nearest checks where their cuts differ by
     over 15 % (closer ones are mostly timing noise), else k = 1.5; a scale already tried is
-stepped past (twice as far). All within 0.2-5.
+    stepped past (twice as far). All within 0.2-5.
 
     >>> round(_next_scale([[0.5, 0.25, 1.0]], 0.5), 4)
     0.63
