@@ -12,7 +12,10 @@ sets in ``KERAS_BACKEND``; the child imports Keras 3 before ``surgery`` and prin
   same outputs in inference mode as in training mode (they differ only in which statistics
   BN uses), on a pruned MobileNetV2 with stale random statistics.
 
-Both also check that every non-BN weight and BN's gamma/beta are unchanged, and that the
+* ``candidates``: ``surgery.plan(flops_target=0.3, candidates=3, data=x)`` reaches the
+  budget with an exact cut, and its winner's agreement, recomputed here, is the highest.
+
+The first two also check that every non-BN weight and BN's gamma/beta are unchanged, and that the
 statistics were wrong before (so each check can fail).
 """
 import json
@@ -127,9 +130,36 @@ def fixed_point(keras, surgery, kwargs):
                     np.array_equal(before[k], after[k]) for k in before))
 
 
+def candidates(keras, surgery, kwargs):
+    """``plan(flops_target=, candidates=3, data=)``: the budget, the winner's score
+    recomputed here (cut, recalibrate, top-1 agreement), exactness and the zeroing oracle."""
+    from surgery.engine.zeroing import max_relative_difference, zero_channels
+    from surgery.models import mobilenet_v2
+
+    keras.utils.set_random_seed(0)
+    model = mobilenet_v2(input_shape=(32, 32, 3), classes=10, alpha=0.35, l1=0.0,
+                         settings=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2)),
+                         last_channels=64, **kwargs)
+    _stale(keras, model)
+    x = np.random.default_rng(3).normal(0.0, 1.0, (64, 32, 32, 3)).astype("float32")
+    best = surgery.plan(model, flops_target=0.3, scope="global", candidates=3, data=x)
+    pruned = surgery.apply(model, best)
+    verify = float(surgery.verify(model, pruned, best, x[:8]))
+    moved = float(max_relative_difference(model(x[:8], training=False),
+                                          zero_channels(model, best.deletions)(
+                                              x[:8], training=False)))
+    surgery.recalibrate_batchnorm(pruned, x, batches=30, batch_size=32)
+    agree = float(np.mean(np.argmax(_numpy(keras, pruned(x, training=False)), -1)
+                          == np.argmax(_numpy(keras, model(x, training=False)), -1)))
+    return dict(flops_removed=best.settings["flops_removed"], verify=verify, moved=moved,
+                scores=best.settings["candidate_scores"], chosen=best.settings["candidate"],
+                recomputed=agree)
+
+
 def run_all(keras, surgery, model_kwargs=None) -> dict:
     return dict(numpy=numpy_oracle(keras, surgery),
-                fixed=fixed_point(keras, surgery, model_kwargs or {}))
+                fixed=fixed_point(keras, surgery, model_kwargs or {}),
+                candidates=candidates(keras, surgery, model_kwargs or {}))
 
 
 if __name__ == "__main__":

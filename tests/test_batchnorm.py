@@ -30,6 +30,11 @@ def _check(result):
     assert fixed["gap_before"] > 0.05, fixed  # stale statistics: inference != training
     assert fixed["gap_after"] < 1e-3, fixed  # float32 through every BN of the model
     assert fixed["others_unchanged"]
+    chosen = result["candidates"]  # EagleEye candidates (tests/test_candidates.py: tf-keras)
+    assert abs(chosen["flops_removed"] - 0.3) <= 0.02 and len(chosen["scores"]) == 3
+    assert chosen["verify"] <= 1e-5 and chosen["moved"] > 1e-3, chosen
+    assert chosen["scores"][chosen["chosen"]] == max(chosen["scores"])
+    assert abs(chosen["recomputed"] - max(chosen["scores"])) < 1e-6, chosen
 
 
 @pytest.fixture(scope="module")

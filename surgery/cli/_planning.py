@@ -32,9 +32,12 @@ def _cached_criterion(name: str):
     return cached
 
 
-def _plan_kwargs(args, criterion, data, scope=None) -> dict:
-    return dict(criterion=criterion, policy=args.policy, round_to=args.round_to,
-                min_channels=args.min_channels, scope=scope or args.scope, data=data)
+def _plan_kwargs(args, criterion, data, scope=None, candidates=1) -> dict:
+    kwargs = dict(criterion=criterion, policy=args.policy, round_to=args.round_to,
+                  min_channels=args.min_channels, scope=scope or args.scope, data=data)
+    if candidates > 1:  # EagleEye: compare allocations of the budget after adaptive BN
+        kwargs["candidates"] = candidates
+    return kwargs
 
 
 def plan_flops_target(model, removed_target: float, flops_ref: int, *,
@@ -57,6 +60,7 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
     flops_now = surgery.count_flops(model)
     relative = 1.0 - (1.0 - removed_target) * flops_ref / flops_now
     if relative <= 0:  # already there (an earlier round overshot)
+        plan_kwargs.pop("candidates", None)
         p = surgery.plan(model, ratio=0.0, **plan_kwargs)
         return 0.0, p, model if apply else None
     # at least the target: the CLI promises "--flops-target 0.5 removes half the FLOPs"
@@ -75,7 +79,8 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
 def plan_latency_target(model, args, data):
     """``surgery.plan(latency_target=--latency-target, runtime=--runtime, ...)`` and the
     pruned model; returns ``(plan, pruned_model)``."""
-    kwargs = _plan_kwargs(args, _cached_criterion(args.criterion), data)
+    kwargs = _plan_kwargs(args, _cached_criterion(args.criterion), data,
+                          candidates=args.candidates)
     if args.round_to == 1:  # the default: let the latency budget choose the alignment
         kwargs.pop("round_to")
     p = surgery.plan(model, latency_target=args.latency_target, runtime=args.runtime,
@@ -96,7 +101,8 @@ def latency_report(plans) -> dict:
 def _prune_once(model, args, data, flops_ref, removed_target=None, ratio=None, scope=None,
                 check_only=False):
     crit = _cached_criterion(args.criterion)
-    kwargs = _plan_kwargs(args, crit, data, scope)
+    kwargs = _plan_kwargs(args, crit, data, scope,
+                          candidates=1 if check_only or ratio is not None else args.candidates)
     if ratio is not None:
         p = surgery.plan(model, ratio=ratio, **kwargs)
         return ratio, p, (surgery.apply(model, p) if p.deletions else model)
@@ -112,12 +118,16 @@ def _plan_ratio(plans):
 
 
 def _criterion_data(args, splits):
+    """Training examples for a data-driven criterion (256) and for comparing
+    ``--candidates`` after adaptive BN (``--recalibrate-batches`` batches, at least 512)."""
     fn = _criteria.get_criterion(args.criterion)
-    if not getattr(fn, "needs_data", False):
+    compare = args.candidates > 1 and args.ratio is None
+    if not getattr(fn, "needs_data", False) and not compare:
         return None
     from surgery import data as dg
 
-    return dg.as_arrays(splits.train, limit=256)
+    limit = max(512, args.recalibrate_batches * args.batch_size) if compare else 256
+    return dg.as_arrays(splits.train, limit=limit)
 
 
 def _merge_plans(plans) -> dict:

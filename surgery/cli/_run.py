@@ -106,6 +106,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.criterion not in _criteria.CRITERIA:
         raise UsageError(f"unknown criterion {args.criterion!r}; known criteria: "
                          f"{', '.join(sorted(_criteria.CRITERIA))}")
+    if args.candidates < 1:
+        raise UsageError(f"--candidates must be >= 1 (1 turns the comparison off), got "
+                         f"{args.candidates}")
     if args.recalibrate_batches < 0:
         raise UsageError(f"--recalibrate-batches must be >= 0 (0 turns adaptive BN off), "
                          f"got {args.recalibrate_batches}")
@@ -357,6 +360,8 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
             ratio=args.ratio, flops_target=target, iterative=args.iterative,
             flops_removed=round(1.0 - flops_after / max(flops_before, 1), 6),
             plan_ratio=_plan_ratio(plans),
+            candidate_scores=plans[0].settings.get("candidate_scores"),
+            candidate=plans[0].settings.get("candidate"),
             layerwise=args.layerwise, distill=args.distill, strategy=args.strategy,
             replicas=kit.replicas(strategy), seed=args.seed,
             keras_generation=kit.generation, keras_backend=kit.backend,
@@ -398,7 +403,8 @@ def _layerwise(base, args, kit, fit_splits, data, flops_ref, target, strategy, f
     fine-tune."""
     t0 = time.perf_counter()
     if target is not None:
-        ratio, _, _ = _prune_once(base, args, data, flops_ref, target, scope="local")
+        ratio, _, _ = _prune_once(base, args, data, flops_ref, target, scope="local",
+                                  check_only=True)
     else:
         ratio = args.ratio
     train, val, test = fit_splits

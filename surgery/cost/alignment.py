@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from surgery.cost import micro
-from surgery.pruning.budget import call_widths
+from surgery.pruning.width_model import call_widths
 
 logger = logging.getLogger(__name__)
 

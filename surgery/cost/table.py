@@ -3,7 +3,7 @@
 This module owns :class:`LatencyTable` (one layer call's seconds on a grid of input and
 output widths, interpolated piecewise-linearly in each width, extended linearly below the
 grid and never negative) and :class:`LatencyEstimator`, the latency form of
-:class:`surgery.pruning.budget.WidthModel`: the pruned model's predicted seconds are the
+:class:`surgery.pruning.width_model.WidthModel`: the pruned model's predicted seconds are the
 whole original model's measured seconds minus, for every call whose widths change, what
 its table says the call saves (``T(full widths) - T(kept widths)``). Calls that follow one
 width (a depthwise conv) get a one-dimensional table, calls whose input and output follow
@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from surgery.pruning.budget import WidthModel, call_widths
+from surgery.pruning.width_model import WidthModel, call_widths
 
 logger = logging.getLogger(__name__)
 

@@ -211,6 +211,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"| latency after (ms) | {report['latency_after'] * 1e3:.2f} |",
                   f"| latency removed (measured) | {report['latency_removed'] * 100:.1f} % "
                   f"(± {report.get('latency_stability', 0) * 100:.1f}) |"]
+    if report.get("candidate_scores"):  # EagleEye: the first round's comparison
+        scores = report["candidate_scores"]
+        chosen = report.get("candidate") or 0
+        lines += ["", f"Plan chosen among {len(scores)} candidate allocations by top-1 "
+                      "agreement with the original after adaptive BN (training examples): "
+                      f"candidate {chosen} ({scores[chosen] * 100:.1f} %; the plain plan: "
+                      f"{scores[0] * 100:.1f} %)."]
     lines += [
         "",
         "| accuracy (test split) | value |",

@@ -107,7 +107,7 @@ def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "ag
                          threshold=None, per_layer: Optional[Mapping[str, float]] = None,
                          ignore: Sequence[str] = (), round_to=1, min_channels=1,
                          scope: str = "local", data=None, flops_target=None,
-                         latency_target=None) -> None:
+                         latency_target=None, candidates=1) -> None:
     """Raise :class:`SurgeryError` for the first mistake in ``surgery.plan``'s arguments.
 
     ``ratio`` is checked only when neither ``threshold`` nor ``flops_target`` decides the
@@ -141,6 +141,11 @@ def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "ag
     else:
         check_fraction("ratio", ratio, hint="the fraction of channels to delete, e.g. "
                        "ratio=0.3 (or pass threshold= or flops_target=)")
+    _check_int("candidates", candidates, 1, "it is how many allocations of a budget are "
+               "compared after adaptive BN; use 1 (the default) for the plain search")
+    if candidates > 1 and flops_target is None and latency_target is None:
+        raise SurgeryError(f"candidates={candidates} compares allocations of a budget: pass "
+                           "flops_target= or latency_target= with it, or candidates=1")
     _check_int("round_to", round_to, 1, "kept widths are multiples of it; use 1 for no "
                "rounding, or 8 for hardware-friendly widths")
     _check_int("min_channels", min_channels, 0, "it is the fewest channels a group keeps; "

@@ -3,12 +3,11 @@
 This module owns the one allocation search every budget shares, :func:`plan_for_budget`,
 and its FLOPs form :func:`plan_for_flops`, which ``surgery.plan(model, flops_target=F)``
 calls (``latency_target`` calls it through :mod:`surgery.cost.budget` with a latency cost).
-It never runs surgery while searching: :class:`WidthModel` walks the model's graph once
-and expresses the channel count of every tensor as a linear function of the kept widths of
-the plan's channel groups; a cost over group widths is then cheap to evaluate for many
-candidate plans at once. :class:`FlopsEstimator` is the exact polynomial that
-:func:`surgery.count_flops` would report for the pruned model; the latency cost
-(:class:`surgery.cost.table.LatencyEstimator`) interpolates measured tables.
+It never runs surgery while searching: costs are functions of the groups' kept widths
+(:mod:`surgery.pruning.width_model`: exact FLOPs; :mod:`surgery.cost.table`: measured
+latency). Asked for ``candidates``, it runs the search several times with the budget
+shared differently between groups and keeps the cut that agrees best with the original
+after adaptive BN (:mod:`surgery.pruning.selection`).
 
 The search bisects one uniform plan ratio (with the caller's criterion, policy, scope and
 rounding) to bracket the target, then fills the gap greedily (a knapsack filled by
@@ -20,14 +19,15 @@ the nearest plan and logs a warning saying what it reached.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from typing import Callable, Optional
 
 import numpy as np
 
 from surgery._backend import keras
+from surgery.pruning.width_model import (  # noqa: F401  (importable from here as before)
+    FlopsEstimator, WidthModel, call_widths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,149 +35,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 0.02
 #: The largest uniform ratio the bracketing search tries.
 DEFAULT_MAX_RATIO = 0.95
-
-
-def _call_flops(info, rule, in_channels: int, out_channels: int) -> float:
-    """The rule's FLOPs of one call with other input and output channel counts."""
-    config = dict(info.config)
-    for key in ("filters", "units"):
-        if key in config:
-            config[key] = out_channels
-    changed = dataclasses.replace(
-        info, config=config,
-        input_shapes=[tuple(s[:-1]) + (in_channels,) for s in info.input_shapes],
-        output_shape=tuple(info.output_shape[:-1]) + (out_channels,))
-    return float(rule.flops(changed))
-
-
-def call_widths(info) -> tuple:
-    """The input and output channel counts of one call, as built."""
-    i0 = int(info.input_shapes[0][-1]) if len(info.input_shapes[0]) else 1
-    return i0, int(info.output_shape[-1]) if info.output_shape else 1
-
-
-class WidthModel:
-    """The costed calls of a model as affine functions of a plan's group widths.
-
-    ``plan`` (a :class:`PrunePlan`) names the prunable groups (``groups``, ``labels``,
-    ``sizes``). Each tensor's channel count is ``coef @ [kept widths..., 1]``;
-    ``calls`` lists, for every call with FLOPs, ``(info, rule, in_row, out_row)``: its
-    :class:`LayerInfo`, its rule and the rows giving its input and output channel counts.
-    Subclasses define :meth:`cost` (and ``total``, the cost of the unpruned model).
-    """
-
-    #: what the cost counts, for messages
-    unit = "cost"
-
-    def __init__(self, model: keras.Model, plan):
-        from surgery.engine.graph import resolve
-        from surgery.engine.rules import CONCAT, PRODUCER, rule_for
-
-        self.groups = [list(g) for g in plan.groups]
-        self.labels = list(plan.labels) or [g[0] for g in self.groups]
-        n = len(self.groups) + 1  # last entry: the constant term
-        self.sizes = np.array([float(plan.sizes[label]) for label in self.labels])
-        membership: dict[str, list[int]] = {}
-        for i, members in enumerate(self.groups):
-            for p in members:
-                membership.setdefault(p, []).append(i)
-
-        def constant(channels: int) -> np.ndarray:
-            v = np.zeros(n)
-            v[-1] = channels
-            return v
-
-        self.calls = []
-
-        def visit(node, in_vecs):
-            info = node.info
-            rule = rule_for(info)
-            out_ch = int(info.output_shape[-1]) if info.output_shape else 1
-            ins = [int(s[-1]) if len(s) else 1 for s in info.input_shapes]
-            in_vecs = [constant(c) if v is None else v for v, c in zip(in_vecs, ins)]
-            flow = rule.flow_of(info) if rule is not None else None
-            if flow == PRODUCER and info.name in membership:
-                out = constant(out_ch)
-                for g in membership[info.name]:
-                    out[g] += 1.0
-                    out[-1] -= self.sizes[g]
-            elif rule is None or flow == PRODUCER:
-                out = constant(out_ch)
-            elif flow == CONCAT and rule.concat_axis(info) == len(info.output_shape) - 1:
-                out = np.sum(in_vecs, axis=0)
-            else:
-                live = [(v, c) for v, c in zip(in_vecs, ins) if np.any(v[:-1])]
-                out = constant(out_ch) if not live else live[0][0] * (out_ch / live[0][1])
-            if rule is not None and ins and rule.flops(info):
-                self.calls.append((info, rule, in_vecs[0], out))
-            return out
-
-        resolve(model).walk(visit, lambda t: None)
-        self._in = np.array([c[2] for c in self.calls]).reshape(-1, n)
-        self._out = np.array([c[3] for c in self.calls]).reshape(-1, n)
-
-    def channels(self, kept) -> tuple:
-        """The input and output channel counts of every call (rows of ``kept`` -> rows)."""
-        kept = np.asarray(kept, np.float64)
-        full = np.concatenate([kept, np.ones(kept.shape[:-1] + (1,))], axis=-1)
-        return full @ self._in.T, full @ self._out.T
-
-    def cost(self, kept):  # pragma: no cover  (abstract)
-        raise NotImplementedError
-
-    def kept(self, plan) -> np.ndarray:
-        """The kept width of every group under ``plan``."""
-        labels = list(plan.labels) or [g[0] for g in plan.groups]
-        return np.array([self.sizes[g] - plan.removed.get(
-            labels[g], len(plan.deletions.get(members[0], ())))
-            for g, members in enumerate(self.groups)])
-
-    def cost_of_plan(self, plan) -> float:
-        return float(self.cost(self.kept(plan)))
-
-
-class FlopsEstimator(WidthModel):
-    """Exact :func:`surgery.count_flops` of a model pruned to given group widths: each
-    counted call's FLOPs is ``A·in·out + B·in + C·out + D`` of its input and output
-    channel counts, with the coefficients read off the layer rules at the unpruned widths.
-
-    Example::
-
-        est = FlopsEstimator(model, p)
-        est.flops_of_plan(p) == surgery.count_flops(surgery.apply(model, p))
-    """
-
-    unit = "FLOPs"
-
-    def __init__(self, model: keras.Model, plan):
-        super().__init__(model, plan)
-        coefs = []
-        for info, rule, in_row, out_row in self.calls:
-            i0, o0 = call_widths(info)
-
-            def m(i, o):
-                return _call_flops(info, rule, i, o) / 2
-
-            f00, f10, f01, f11 = m(i0, o0), m(2 * i0, o0), m(i0, 2 * o0), m(2 * i0, 2 * o0)
-            a = (f11 - f10 - f01 + f00) / (i0 * o0)
-            b = (f10 - f00) / i0 - a * o0
-            c = (f01 - f00) / o0 - a * i0
-            d = f00 - a * i0 * o0 - b * i0 - c * o0
-            coefs.append((a, b, c, d))
-        self._abcd = np.array(coefs).reshape(-1, 4)
-        self.total = self.flops(self.sizes)
-
-    def flops(self, kept) -> float:
-        """FLOPs with group ``g`` keeping ``kept[g]`` channels; ``kept`` may be a matrix of
-        rows (one estimate per row)."""
-        i, o = self.channels(kept)
-        a, b, c, d = self._abcd.T
-        return 2 * (a * i * o + b * i + c * o + d).sum(axis=-1)
-
-    cost = flops
-
-    def flops_of_plan(self, plan) -> int:
-        return int(round(float(self.flops(self.kept(plan)))))
 
 
 def _cached(criterion):
@@ -245,7 +102,7 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
                     plan_fn: Optional[Callable] = None, tolerance: float = DEFAULT_TOLERANCE,
                     max_ratio: float = DEFAULT_MAX_RATIO, iterations: int = 14,
                     at_least: bool = False, greedy: bool = False, quiet: bool = False,
-                    **plan_kwargs):
+                    candidates: int = 1, seed: int = 0, **plan_kwargs):
     """A plan removing ``target`` of the cost that ``estimator(flat_model, unpruned_plan)``
     (a :class:`WidthModel`) gives, by the search in this module's docstring. ``name`` is the
     argument the caller set (for messages); ``settings`` records ``<prefix>_target``,
@@ -254,16 +111,20 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
     uniform-ratio bracketing is skipped: the fill runs from the unpruned plan toward
     ``max_ratio`` in every group, so channels go wherever they buy the least importance
     per unit of cost (a knapsack over all groups, as HALP does). ``quiet`` logs a missed
-    target at debug level (a caller that corrects the target itself warns).
+    target at debug level (a caller that corrects the target itself warns). With
+    ``candidates`` N > 1, the search runs N times with the budget shared differently
+    between groups (:class:`surgery.pruning.selection.Variant`, drawn from ``seed``), and
+    the plan that agrees best with ``model`` on ``data`` after adaptive BN wins
+    (:func:`surgery.pruning.selection.choose_candidate`).
 
     Example::
 
         p = plan_for_budget(model, 0.5, FlopsEstimator, criterion="l1")
     """
     from surgery.engine.flatten import flattened
-    from surgery.engine.groups import channel_groups
     from surgery.errors import SurgeryError
     from surgery.pruning.arguments import check_fraction, check_model
+    from surgery.pruning.selection import Variant, choose_candidate
 
     if plan_fn is None:
         from surgery.pruning.planning import plan as plan_fn
@@ -280,15 +141,40 @@ def plan_for_budget(model: keras.Model, target: float, estimator: Callable, *,
     scope = plan_kwargs.pop("scope", "local")
     plan_kwargs["criterion"] = _cached(criterion)
     model = flattened(model)
+    if candidates > 1 and plan_kwargs.get("data") is None:
+        raise SurgeryError(f"candidates={candidates} chooses between plans by their "
+                           "accuracy after adaptive BN, which needs data=: pass training "
+                           "examples (an (x, y) tuple of arrays or a tf.data.Dataset), or "
+                           "candidates=1")
+    lo_plan = plan_fn(model, ratio=0.0, per_layer=fixed, scope=scope, **plan_kwargs)
+    est = estimator(model, lo_plan)
+    search = dict(model=model, target=target, est=est, name=name, prefix=prefix,
+                  plan_fn=plan_fn, tolerance=tolerance, max_ratio=max_ratio,
+                  iterations=iterations, at_least=at_least, greedy=greedy,
+                  criterion=criterion, fixed=fixed, scope=scope, plan_kwargs=plan_kwargs)
+    if candidates <= 1:
+        return _search(Variant(0), quiet=quiet, **search)
+    plans = [_search(Variant(k, seed), quiet=quiet or k > 0, **search)
+             for k in range(candidates)]
+    return choose_candidate(model, plans, plan_kwargs["data"])
+
+
+def _search(variant, *, model, target, est, name, prefix, plan_fn, tolerance, max_ratio,
+            iterations, at_least, greedy, criterion, fixed, scope, plan_kwargs, quiet):
+    """One run of the search of this module's docstring, perturbed by ``variant``."""
+    from surgery.engine.groups import channel_groups
+
+    plan_kwargs = {**plan_kwargs, "criterion": variant.criterion(plan_kwargs["criterion"])}
 
     def make(ratio, per_layer=None, local=False):
+        if per_layer is None and scope == "local":
+            per_layer = variant.ratios(ratio, est.groups, max_ratio)
         p = plan_fn(model, ratio=ratio, per_layer={**(per_layer or {}), **fixed},
                     scope="local" if local else scope, **plan_kwargs)
         return p
 
     lo_plan = make(0.0)
     all_groups = channel_groups(model)
-    est = estimator(model, lo_plan)
     reference = float(est.total)
 
     def removed(p) -> float:

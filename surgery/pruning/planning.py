@@ -160,7 +160,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          data=None, flops_target: Optional[float] = None,
          latency_target: Optional[float] = None, runtime: str = "onnxruntime",
          batch_size: int = 1, threads: Optional[int] = None, heads: bool = True,
-         head_dims: bool = False, exact: bool = True) -> PrunePlan:
+         head_dims: bool = False, exact: bool = True, candidates: int = 1) -> PrunePlan:
     """Decide which channels to delete, group by group.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -188,6 +188,11 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     ``flops_target`` or ``latency_target`` only channels are searched (heads and head
     widths stay).
 
+    ``candidates`` N > 1 (with ``flops_target`` or ``latency_target``, and ``data``):
+    search N allocations of the budget between groups and keep the one whose cut agrees
+    best with the original on ``data`` after adaptive BN (EagleEye; see
+    :mod:`surgery.pruning.selection`). Candidate 0 is the plan ``candidates=1`` gives.
+
     Example::
 
         p = surgery.plan(model, ratio=0.5, criterion="l1", policy="intersection")
@@ -204,7 +209,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
                           min_channels=min_channels, scope=scope, data=data,
                           flops_target=flops_target, latency_target=latency_target,
                           runtime=runtime, batch_size=batch_size, threads=threads,
-                          heads=heads, head_dims=head_dims, exact=False)
+                          heads=heads, head_dims=head_dims, exact=False,
+                          candidates=candidates)
         return _with_deviation(model, result, data)
     exact = not approximating()
     check_unit_arguments(heads=heads, head_dims=head_dims)
@@ -212,13 +218,13 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     if latency_target is not None:
         from surgery.cost.budget import check_latency_arguments, plan_for_latency
 
-        check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to or 1, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target, latency_target=latency_target)  # noqa: E501
+        check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to or 1, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target, latency_target=latency_target, candidates=candidates)  # noqa: E501
         check_latency_arguments(latency_target, runtime, batch_size, threads)
-        return plan_for_latency(model, latency_target, runtime=runtime, batch_size=batch_size, threads=threads, round_to=round_to, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False)  # noqa: E501
+        return plan_for_latency(model, latency_target, runtime=runtime, batch_size=batch_size, threads=threads, round_to=round_to, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False, candidates=candidates)  # noqa: E501
     round_to = 1 if round_to is None else round_to
-    check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target)  # noqa: E501
+    check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target, candidates=candidates)  # noqa: E501
     if flops_target is not None:
-        return plan_for_flops(model, flops_target, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False)  # noqa: E501
+        return plan_for_flops(model, flops_target, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False, candidates=candidates)  # noqa: E501
     # ---
     if threshold is None and (ratio is None or not 0 <= ratio < 1):
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
