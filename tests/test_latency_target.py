@@ -190,6 +190,28 @@ def test_the_whole_model_is_timed_once_per_architecture(tmp_path, monkeypatch):
     assert again.deletions == first.deletions
 
 
+def test_conversion_for_timing_skips_tf2onnx_copies_and_falls_back(monkeypatch):
+    """The timing conversion runs tf2onnx with TF2ONNX_CATCH_ERRORS=FALSE (no deep copy of
+    its graph per optimiser pass); when that fails, it converts again the default way, and
+    the environment is left as it was."""
+    import surgery.pipeline.onnx_export as onnx_export
+
+    seen = []
+
+    def fake_export(model, path):
+        seen.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
+        if seen[-1] == "FALSE":
+            raise RuntimeError("an optimiser pass failed")
+        with open(path, "wb") as f:
+            f.write(b"onnx bytes")
+        return path
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
+    assert get_runtime("onnxruntime").export(_model()) == b"onnx bytes"
+    assert seen == ["FALSE", None] and "TF2ONNX_CATCH_ERRORS" not in os.environ
+
+
 def test_round_to_given_wins(tmp_path):
     p = plan_for_latency(_model(), 0.3, runtime="tensorflow", threads=1, round_to=4,
                          tables=_tables("b"), whole=4000.0, check=False, cache_dir=str(tmp_path))

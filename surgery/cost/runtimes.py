@@ -23,8 +23,10 @@ surgery.errors.SurgeryError: runtime='openvino' is unknown; ...
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
 import os
 import tempfile
 import warnings
@@ -34,6 +36,8 @@ import numpy as np
 
 from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
+
+logger = logging.getLogger(__name__)
 
 Runner = Callable[[], Any]
 
@@ -61,6 +65,21 @@ def _branch_models(model) -> list:
     """One Keras model per input→output pair of ``model`` (input k feeds output k)."""
     keras = _keras_of(model)
     return [keras.Model(i, o) for i, o in zip(model.inputs, model.outputs)]
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Environment variables set for the duration of a ``with`` block, then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class Runtime:
@@ -135,7 +154,13 @@ class OnnxRuntime(Runtime):
             xs = [_batch(t.shape[1:], 1) for t in model.inputs]
             model(xs if len(xs) > 1 else xs[0], training=False)
         with tempfile.TemporaryDirectory(prefix="surgery-cost-") as folder:
-            path = export_onnx(model, os.path.join(folder, "m.onnx"))
+            try:  # without tf2onnx's deep copy of its graph before every optimiser pass
+                with _environment(TF2ONNX_CATCH_ERRORS="FALSE"):  # (about 1 s a model)
+                    path = export_onnx(model, os.path.join(folder, "m.onnx"))
+            except Exception:  # an optimiser pass failed: convert as tf2onnx does by default
+                logger.debug("tf2onnx without caught optimiser errors failed; converting "
+                             "again with them caught", exc_info=True)
+                path = export_onnx(model, os.path.join(folder, "m.onnx"))
             with open(path, "rb") as f:
                 return f.read()
 
