@@ -11,10 +11,11 @@ makes two plans:
   tables, for the planning time alone) and checks the plan by timing.
 
 It then times the original and both pruned models interleaved, run by run, in one process
-(medians after warm-up, :func:`surgery.cost.timing.interleaved`) and prints a markdown
-table of latency ratios (pruned / original: a target of 0.5 asks for 0.50), next to what
-the latency plan's own check measured (its ratio, and how much the ratio moved in its last
-timing round), and the planning times: the first target of each setting plans with a
+(after warm-up, :func:`surgery.cost.timing.interleaved`) and prints a markdown table of
+latency ratios (pruned / original, each run against the original's runs beside it,
+:func:`surgery.cost.timing.paired_ratio`, ± its standard error: a target of 0.5 asks for
+0.50), next to what the latency plan's own check measured (its ratio ± standard error), and
+the planning times: the first target of each setting plans with a
 fresh table folder (measuring the tables; later targets reuse them, but start with no scale
 remembered for their target), and that first plan is then made once more (tables, scale,
 whole-model time and converted models all cached). Models are tf-keras (Keras 2)
@@ -45,7 +46,7 @@ import_tensorflow_quietly()
 import surgery  # noqa: E402  (selects the Keras 2 API first)
 from surgery import keras, tf  # noqa: E402
 from surgery.cost import get_runtime, simd_block  # noqa: E402
-from surgery.cost.timing import interleaved  # noqa: E402
+from surgery.cost.timing import interleaved, paired_ratio  # noqa: E402
 
 A = keras.applications
 
@@ -73,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width")
     parser.add_argument("--flops-round-to", type=int, default=8,
                         help="round_to of the FLOPs-target plans")
-    parser.add_argument("--runs", type=int, default=9, help="timed runs per variant")
+    parser.add_argument("--runs", type=int, default=25, help="timed runs per variant")
     parser.add_argument("--cache", default=None,
                         help="cost-table folder (default: a fresh temporary one, so the "
                              "first plan of each setting measures its tables)")
@@ -88,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, {args.threads} threads, "
           f"SIMD block {simd_block()}, {args.size}², tf-keras; cost tables in {cache}\n")
-    print("| model | runtime | batch | target | FLOPs plan (×) | latency plan (×) | "
+    print("| model | runtime | batch | target | FLOPs plan (×, ±) | latency plan (×, ±) | "
           "latency plan's check (×, ±) | plan s (first / same again) |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     checks = []
@@ -116,12 +117,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                     runners = {"original": original,
                                "flops": rt.runners(flops_plans[target], batch, args.threads)[0],
                                "latency": rt.runners(lat, batch, args.threads)[0]}
-                    ms = interleaved(runners, runs=args.runs, warmup=2, min_seconds=1.0)
+                    times: Dict[str, List[float]] = {}
+                    interleaved(runners, runs=args.runs, warmup=2, min_seconds=1.0,
+                                times=times)
+                    ratio = {k: paired_ratio(times["original"], times[k])
+                             for k in ("flops", "latency")}
                     s = p.settings
                     check = f"{1 - s['latency_removed']:.3f} ±{s['latency_stability']:.3f}"
                     print(f"| {name} | {runtime} | {batch} | {target} | "
-                          f"{ms['flops'] / ms['original']:.3f} | "
-                          f"{ms['latency'] / ms['original']:.3f} | {check} | "
+                          f"{ratio['flops'][0]:.3f} ±{ratio['flops'][1]:.3f} | "
+                          f"{ratio['latency'][0]:.3f} ±{ratio['latency'][1]:.3f} | {check} | "
                           f"{measuring:.0f}{cached} |", flush=True)
                     checks.append(f"{name} {runtime} b{batch} {target}: "
                                   f"{s['latency_checks']}")

@@ -339,3 +339,38 @@ def test_keras3_tables_through_model_export(tmp_path):
     result = run_case("tensorflow", "-c", KERAS3_CASE, tmp_path)
     assert result["keras3"] and result["tables"] > 0 and result["deletions"] > 0
     assert "keras3." in result["version"] and result["diff"] <= 1e-5
+
+
+def test_compare_pairs_each_pruned_run_with_the_original_runs_beside_it(monkeypatch, caplog):
+    """``compare`` estimates the ratio from neighbouring runs, so drift that hits both
+    models alike cancels (here the machine's speed wanders by ±30 % from run to run: the
+    ratio of the two medians is off, the paired estimate is exact), stops once the
+    estimate's standard error is within ``stable``, and warns when it never is. Synthetic
+    samples: nothing is timed."""
+    import surgery.cost.timing as timing
+
+    rng = np.random.default_rng(0)
+
+    def samples(noise):
+        state = {"speed": 1.0}
+
+        def fake(runners, runs, warmup, min_seconds, times):
+            for _ in range(runs):  # the original, then the pruned model as the speed moves on
+                now, then = state["speed"], state["speed"] * np.exp(rng.normal(0, 0.3))
+                times.setdefault("original", []).append(now)
+                times.setdefault("pruned", []).append(
+                    0.6 * np.sqrt(now * then) * np.exp(rng.normal(0, noise)))
+                state["speed"] = then
+        return fake
+
+    runners = {"original": None, "pruned": None}
+    monkeypatch.setattr(timing, "interleaved", samples(0.0))
+    c = timing.compare(None, None, runners=runners, runs=7)
+    assert c["rounds"] == 2 and c["spread"] == 0.0, c
+    assert c["ratio"] == pytest.approx(0.6, abs=1e-9)
+    assert abs(c["after"] / c["before"] - 0.6) > 0.01  # the drift mattered
+    monkeypatch.setattr(timing, "interleaved", samples(0.3))
+    with caplog.at_level(logging.WARNING, logger="surgery.cost.timing"):
+        noisy = timing.compare(None, None, runners=runners, runs=7, stable=0.001)
+    assert noisy["rounds"] == 4 and noisy["spread"] > 0.001, noisy
+    assert "did not settle" in caplog.text
