@@ -104,8 +104,9 @@ def compare(original, pruned, runtime: str = "onnxruntime", batch_size: int = 1,
     """Time ``original`` and ``pruned`` interleaved in ``runtime``, in rounds of ``runs``
     pairs, until the standard error of their :func:`paired_ratio` over all rounds so far is
     at most ``stable`` (at least two rounds, at most ``max_rounds``). ``runners`` may give
-    ready ``{"original": ..., "pruned": ...}`` runners. Returns ``before``/``after``
-    (median seconds), ``ratio`` (the paired estimate of after/before), ``rounds``,
+    ready ``{"original": ..., "pruned": ...}`` runners. Returns ``before`` (the original's
+    median seconds), ``after`` (``before`` times ``ratio``, so the two always agree),
+    ``ratio`` (the paired estimate of the pruned model's time over the original's), ``rounds``,
     ``ratios`` (the estimate after each round) and ``spread`` (its standard error: how
     stable it was).
 
@@ -138,7 +139,7 @@ def compare(original, pruned, runtime: str = "onnxruntime", batch_size: int = 1,
         logger.warning("the latency ratio did not settle within %.0f points in %d rounds "
                        "(standard error %.1f points): the machine is busy", 100 * stable,
                        len(ratios), 100 * spread)
-    return dict(before=float(statistics.median(times["original"])),
-                after=float(statistics.median(times["pruned"])), ratio=ratios[-1],
+    before = float(statistics.median(times["original"]))
+    return dict(before=before, after=before * ratios[-1], ratio=ratios[-1],
                 rounds=len(ratios), ratios=[round(r, 4) for r in ratios],
                 spread=round(spread, 4))
