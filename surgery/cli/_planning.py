@@ -119,7 +119,9 @@ def _plan_ratio(plans):
 
 def _criterion_data(args, splits):
     """Training examples for a data-driven criterion (256) and for comparing
-    ``--candidates`` after adaptive BN (``--recalibrate-batches`` batches, at least 512)."""
+    ``--candidates`` (at least 512, or ``--recalibrate-batches`` × ``--batch-size``): each
+    candidate is recalibrated on up to 30 batches of 32 of them and scored on the first
+    512, as :func:`surgery.pruning.selection.choose_candidate` does by default."""
     fn = _criteria.get_criterion(args.criterion)
     compare = args.candidates > 1 and args.ratio is None
     if not getattr(fn, "needs_data", False) and not compare:

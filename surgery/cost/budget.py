@@ -12,8 +12,9 @@ Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`), or to
 where probes show the finer step does not pay (:mod:`surgery.cost.alignment`), unless
 ``round_to`` is given. The plan is then checked by timing: the pruned model is built and
 timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds until the
-standard error of the paired ratio is within 2 points); while the measured cut misses the target by more than
-``tolerance``, the tables' predicted savings are scaled (from the start, by the whole
+standard error of the paired ratio is within 2 points); while the measured cut misses the
+target by more than ``tolerance``, the tables' predicted savings are scaled (from the
+start, by the whole
 model's time over the sum of its layers' table times where the layers, timed alone, add
 up to more) and the plan made again, at the scale where a power law between scale and
 measured cut meets the target: interpolated between the nearest checks on either side of
@@ -83,8 +84,9 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     ``runtime``, ``runtime_version``, ``batch_size``, ``threads``, ``round_to`` and
     ``alignment`` (what was chosen, and why), ``latency_before``/``latency_after``
     (measured seconds), ``latency_removed`` (measured), ``latency_predicted`` (what the
-    tables predicted), ``latency_stability`` (the standard error of the measured ratio), ``latency_rounds``, ``latency_checks`` (``[predicted cut, measured cut, scale]``
-    of each plan tried) and ``latency_scale`` (the factor the timing check put on the
+    tables predicted), ``latency_stability`` (the standard error of the measured ratio),
+    ``latency_rounds``, ``latency_checks`` (``[predicted cut, measured cut, scale]`` of each
+    plan tried) and ``latency_scale`` (the factor the timing check put on the
     tables' predicted savings; ``latency_scale_start`` the one it started from, remembered
     from an earlier plan of this model and target, or its nearest target, else the whole
     model's time over the sum of its layers' table times, at most 1).

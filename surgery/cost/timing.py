@@ -26,7 +26,7 @@ import logging
 import math
 import statistics
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def model_latency(model, runtime: str = "onnxruntime", batch_size: int = 1,
     return interleaved({"model": run}, runs=runs, min_seconds=MIN_ROUND_SECONDS)["model"]
 
 
-def paired_ratio(first: List[float], second: List[float]) -> tuple:
+def paired_ratio(first: List[float], second: List[float]) -> Tuple[float, float]:
     """The ratio of ``second``'s run times to ``first``'s from samples taken in turns
     (``first[i]``, then ``second[i]``, then ``first[i + 1]``...), and its standard error.
 

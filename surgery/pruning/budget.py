@@ -202,10 +202,10 @@ def _search(variant, *, model, target, est, name, prefix, plan_fn, tolerance, ma
     def enough(cut: float) -> bool:  # at or above the target, by at most the tolerance
         return target <= cut <= target + tolerance
 
-    candidates = [(lo_plan, lo_cut), (hi_plan, hi_cut)]
-    if at_least and any(enough(c) for _, c in candidates):
-        candidates = [pc for pc in candidates if enough(pc[1])]
-    best, best_cut = min(candidates, key=lambda pc: abs(pc[1] - target))
+    brackets = [(lo_plan, lo_cut), (hi_plan, hi_cut)]
+    if at_least and any(enough(c) for _, c in brackets):
+        brackets = [pc for pc in brackets if enough(pc[1])]
+    best, best_cut = min(brackets, key=lambda pc: abs(pc[1] - target))
 
     # 2. fill the gap greedily, by importance per unit of cost saved
     short = at_least and best_cut < target
