@@ -126,6 +126,43 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog, monkey
     assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
 
 
+def test_a_new_plan_aims_closer_once_and_a_repeated_plan_accepts_its_landing(tmp_path,
+                                                                           monkeypatch):
+    """Timing checks given by hand (in turn): a new plan whose check lands within the
+    3-point tolerance but more than half of it away is made once more, and the closer of
+    the two is kept; a repeated plan (its scale remembered) accepts a check within 3."""
+    import surgery.cost.timing as timing
+
+    ratios = []
+
+    def check(original, pruned, runners, **kwargs):
+        runners["original"](), runners["pruned"]()
+        ratio = ratios.pop(0)
+        return dict(before=1.0, after=ratio, ratio=ratio, rounds=2, ratios=[ratio],
+                    spread=0.01)
+
+    monkeypatch.setattr(timing, "compare", check)
+    model = _model()
+    kw = dict(runtime="tensorflow", threads=1, round_to=4, tables=_tables("a"), whole=4000.0,
+              cache_dir=str(tmp_path), progress=False)
+    ratios[:] = [0.625, 0.595]  # 2.5 points short, then 0.5 over: the second is kept
+    closer = plan_for_latency(model, 0.4, **kw).settings
+    assert [c[1] for c in closer["latency_checks"]] == [0.375, 0.405] and not ratios
+    assert closer["latency_removed"] == 0.405
+    assert closer["latency_scale"] == closer["latency_checks"][1][2]
+    assert closer["latency_checks"][1][2] != closer["latency_checks"][0][2]  # aimed
+    ratios[:] = [0.625]  # the same plan again: 2.5 points short is accepted
+    again = plan_for_latency(model, 0.4, **kw).settings
+    assert len(again["latency_checks"]) == 1 and again["latency_removed"] == 0.375
+    ratios[:] = [0.69, 0.57, 0.64]  # new target: 1 short (accepted at once)
+    assert len(plan_for_latency(model, 0.3, **kw).settings["latency_checks"]) == 1
+    ratios[:] = [0.73, 0.52, 0.9]  # 2 short, then 8 over: only one aim; the first is kept
+    first = plan_for_latency(model, 0.25, **kw).settings
+    assert [c[1] for c in first["latency_checks"]] == [0.27, 0.48] and ratios == [0.9]
+    assert first["latency_removed"] == 0.27
+    assert first["latency_scale"] == first["latency_checks"][0][2]
+
+
 def test_converted_models_are_keyed_by_weights_and_evicted_oldest_first(tmp_path):
     from surgery.cost.converted import converted, model_key
 
