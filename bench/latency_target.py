@@ -14,8 +14,9 @@ It then times the original and both pruned models interleaved, run by run, in on
 (after warm-up, :func:`surgery.cost.timing.interleaved`) and prints a markdown table of
 latency ratios (pruned / original, each run against the original's runs beside it,
 :func:`surgery.cost.timing.paired_ratio`, ± its standard error: a target of 0.5 asks for
-0.50), next to what the latency plan's own check measured (its ratio ± standard error), and
-the planning times: the first target of each setting plans with a
+0.50; rounds of ``--runs`` runs until both ratios' standard errors are within ``--stable``,
+at most ``--max-rounds``), next to what the latency plan's own check measured (its ratio ±
+standard error), and the planning times: the first target of each setting plans with a
 fresh table folder (measuring the tables; later targets reuse them, but start with no scale
 remembered for their target), and that first plan is then made once more (tables, scale,
 whole-model time and converted models all cached). Models are tf-keras (Keras 2)
@@ -74,7 +75,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width")
     parser.add_argument("--flops-round-to", type=int, default=8,
                         help="round_to of the FLOPs-target plans")
-    parser.add_argument("--runs", type=int, default=25, help="timed runs per variant")
+    parser.add_argument("--runs", type=int, default=25, help="timed runs per variant and "
+                        "round")
+    parser.add_argument("--stable", type=float, default=0.01,
+                        help="time more rounds until every ratio's standard error is at most "
+                             "this")
+    parser.add_argument("--max-rounds", type=int, default=4)
     parser.add_argument("--cache", default=None,
                         help="cost-table folder (default: a fresh temporary one, so the "
                              "first plan of each setting measures its tables)")
@@ -118,10 +124,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                                "flops": rt.runners(flops_plans[target], batch, args.threads)[0],
                                "latency": rt.runners(lat, batch, args.threads)[0]}
                     times: Dict[str, List[float]] = {}
-                    interleaved(runners, runs=args.runs, warmup=2, min_seconds=1.0,
-                                times=times)
-                    ratio = {k: paired_ratio(times["original"], times[k])
-                             for k in ("flops", "latency")}
+                    for round_ in range(args.max_rounds):
+                        interleaved(runners, runs=args.runs, warmup=2 if round_ == 0 else 0,
+                                    min_seconds=1.0, times=times)
+                        ratio = {k: paired_ratio(times["original"], times[k])
+                                 for k in ("flops", "latency")}
+                        if max(se for _, se in ratio.values()) <= args.stable:
+                            break
                     s = p.settings
                     check = f"{1 - s['latency_removed']:.3f} ±{s['latency_stability']:.3f}"
                     print(f"| {name} | {runtime} | {batch} | {target} | "
@@ -129,7 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                           f"{ratio['latency'][0]:.3f} ±{ratio['latency'][1]:.3f} | {check} | "
                           f"{measuring:.0f}{cached} |", flush=True)
                     checks.append(f"{name} {runtime} b{batch} {target}: "
-                                  f"{s['latency_checks']}")
+                                  f"{s['latency_checks']} (bench: {len(times['original'])} "
+                                  "runs)")
                     del runners, lat
                 del original
         del flops_plans, model
