@@ -170,8 +170,9 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                                prefix="latency", plan_fn=plan_fn, round_to=round_to,
                                greedy=True, quiet=check, **plan_kwargs)
 
-    # a repeated plan (its scale remembered for this target) accepts what the first landed
-    aimed = check and scale_key in cache.entries
+    # one aiming re-plan per new plan; a repeated plan (its scale remembered for this
+    # target) has none: it accepts what the first landed
+    aim_spent = check and scale_key in cache.entries
     tried, best, unreachable = [], None, False
     for attempt in range(corrections + 1 if check else 1):
         p = search(latency_target)
@@ -197,9 +198,9 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                 abs(1.0 - best[1]["ratio"] - latency_target):
             best = (p, timed, scale)
         missed = abs(1.0 - best[1]["ratio"] - latency_target)
-        if missed <= AIM * tolerance or missed <= tolerance and aimed:
+        if missed <= AIM * tolerance or missed <= tolerance and aim_spent:
             break
-        aimed = aimed or missed <= tolerance
+        aim_spent = aim_spent or missed <= tolerance
         # the tables miss what they do not cover (layout changes, memory traffic): scale
         # their predicted savings, and plan again
         if predicted > 0.005 and reached > 0.005:
