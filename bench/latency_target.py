@@ -11,11 +11,11 @@ makes two plans:
   tables, for the planning time alone) and checks the plan by timing.
 
 It then times the original and both pruned models interleaved, run by run, in one process
-(after warm-up, :func:`surgery.cost.timing.interleaved`) and prints a markdown table of
-latency ratios (pruned / original, each run against the original's runs beside it,
-:func:`surgery.cost.timing.paired_ratio`, ± its standard error: a target of 0.5 asks for
-0.50; rounds of ``--runs`` runs until both ratios' standard errors are within ``--stable``,
-at most ``--max-rounds``), next to what the latency plan's own check measured (its ratio ±
+(after warm-up, rounds of ``--runs`` runs until both ratios' standard errors are within
+``--stable``, at most ``--max-rounds``: :func:`surgery.cost.timing.time_until_stable`) and
+prints a markdown table of latency ratios (pruned / original, each run against the
+original's runs beside it, :func:`surgery.cost.timing.paired_ratio`, ± its standard error:
+a target of 0.5 asks for 0.50), next to what the latency plan's own check measured (its ratio ±
 standard error), and the planning times: the first target of each setting plans with a
 fresh table folder (measuring the tables; later targets reuse them, but start with no scale
 remembered for their target), and that first plan is then made once more (tables, scale,
@@ -47,7 +47,7 @@ import_tensorflow_quietly()
 import surgery  # noqa: E402  (selects the Keras 2 API first)
 from surgery import keras, tf  # noqa: E402
 from surgery.cost import get_runtime, simd_block  # noqa: E402
-from surgery.cost.timing import interleaved, paired_ratio  # noqa: E402
+from surgery.cost.timing import time_until_stable  # noqa: E402
 
 A = keras.applications
 
@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stable", type=float, default=0.01,
                         help="time more rounds until every ratio's standard error is at most "
                              "this")
-    parser.add_argument("--max-rounds", type=int, default=4)
+    parser.add_argument("--max-rounds", type=int, default=8)
     parser.add_argument("--cache", default=None,
                         help="cost-table folder (default: a fresh temporary one, so the "
                              "first plan of each setting measures its tables)")
@@ -124,13 +124,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                "flops": rt.runners(flops_plans[target], batch, args.threads)[0],
                                "latency": rt.runners(lat, batch, args.threads)[0]}
                     times: Dict[str, List[float]] = {}
-                    for round_ in range(args.max_rounds):
-                        interleaved(runners, runs=args.runs, warmup=2 if round_ == 0 else 0,
-                                    min_seconds=1.0, times=times)
-                        ratio = {k: paired_ratio(times["original"], times[k])
-                                 for k in ("flops", "latency")}
-                        if max(se for _, se in ratio.values()) <= args.stable:
-                            break
+                    ratio = {k: rounds[-1] for k, rounds in time_until_stable(
+                        runners, runs=args.runs, stable=args.stable,
+                        max_rounds=args.max_rounds, min_seconds=1.0, times=times).items()}
                     s = p.settings
                     check = f"{1 - s['latency_removed']:.3f} ±{s['latency_stability']:.3f}"
                     print(f"| {name} | {runtime} | {batch} | {target} | "

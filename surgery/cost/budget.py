@@ -2,30 +2,31 @@
 
 This module owns :func:`plan_for_latency`, which ``surgery.plan(model, latency_target=F,
 runtime=..., batch_size=..., threads=...)`` calls. It times the whole model (once per
-architecture: later plans read it from the cost cache, so that the remembered scale below
-means the same on every run, and a plan is not moved by timing noise), measures
-(or reads from the cache) the tables of its prunable layers
-(:class:`surgery.cost.table.LatencyEstimator`), and lets the one allocation search of
-:mod:`surgery.pruning.budget` (its greedy form, over all groups at once) spend channels
-where they buy the most importance per second.
+architecture: later plans read it from the cost cache), measures (or reads from the cache)
+the tables of its prunable layers (:class:`surgery.cost.table.LatencyEstimator`), and lets
+the one allocation search of :mod:`surgery.pruning.budget` (its greedy form, over all
+groups at once) spend channels where they buy the most importance per second.
 Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`), or to twice it
 where probes show the finer step does not pay (:mod:`surgery.cost.alignment`), unless
-``round_to`` is given. The plan is then checked by timing: the pruned model is built and
-timed interleaved with the original (:func:`surgery.cost.timing.compare`, rounds until the
-standard error of the paired ratio is within 2 points); while the measured cut misses the
+``round_to`` is given.
+
+The plan is then checked by timing: the pruned model is built and timed interleaved with
+the original (:func:`surgery.cost.timing.compare`, rounds until the standard error of the
+paired ratio is within 2 points; a check the plan would keep is timed on until it is
+within ``tolerance`` by two standard errors, at most ``FINAL_ROUNDS`` more rounds, so that
+a later timing of the same plan lands within it too). While the measured cut misses the
 target by more than ``tolerance`` (or, once, by more than half of it, for a new plan), the
-tables' predicted savings are scaled (from the start, by the whole model's time over the
-sum of its layers' table times where the layers, timed alone, add up to more) and the plan
-made again, at the scale where a power law between scale and
-measured cut meets the target: interpolated between the nearest checks on either side of
-it, else extrapolated from the nearest check (:func:`_next_scale`). The scale of the best
-plan is kept in the cost cache for this model and target (:func:`_scale_key`), and a
-later plan starts from it (or
-from the scale of the nearest target planned), so a repeated plan usually needs one check;
-the converted original and checked candidates are cached beside the tables
-(:mod:`surgery.cost.converted`), so it converts only what it has not seen. While the
-check misses, it corrects up to ``corrections`` times, then warns with what it reached.
-``plan.settings`` says what was asked, chosen and measured.
+tables' predicted savings are scaled and the plan made again (:func:`_next_scale`), up to
+``corrections`` times; then it warns with what it reached. The search spends channels in one order
+whatever the scale, so a plan is fixed by its *depth* (the tables' unscaled predicted cut),
+and every check of an architecture, whatever its target, is a point on one curve from
+depth to measured cut. Those points are kept in the cost cache (``landings:``, the latest
+``MAX_LANDINGS``), and a plan for a new target starts where they put it (interpolated
+between the nearest points on either side, :func:`_start_scale`); the scale a target's
+plan kept is remembered too (:func:`_scale_key`), so a repeated plan makes the same plan
+and usually needs one check. The converted original and checked candidates are cached
+beside the tables (:mod:`surgery.cost.converted`), so it converts only what it has not
+seen. ``plan.settings`` says what was asked, chosen and measured.
 """
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ DEFAULT_TOLERANCE = 0.03
 AIM = 0.5
 #: re-plans after the first timing check
 DEFAULT_CORRECTIONS = 3
+#: a check the plan would keep is timed on, up to ``FINAL_ROUNDS`` more rounds, until it
+#: is within ``tolerance`` by two standard errors (or its standard error is ``FINAL_STABLE``)
+#: so that a later timing of the plan stays within too
+FINAL_STABLE = 0.005
+FINAL_ROUNDS = 2
+#: checks remembered per architecture (the latest), to start new targets from
+MAX_LANDINGS = 40
 
 
 def check_latency_arguments(latency_target, runtime, batch_size, threads, flops_target=None):
@@ -91,9 +99,10 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     tables predicted), ``latency_stability`` (the standard error of the measured ratio),
     ``latency_rounds``, ``latency_checks`` (``[predicted cut, measured cut, scale]`` of each
     plan tried) and ``latency_scale`` (the factor the timing check put on the
-    tables' predicted savings; ``latency_scale_start`` the one it started from, remembered
-    from an earlier plan of this model and target, or its nearest target, else the whole
-    model's time over the sum of its layers' table times, at most 1).
+    tables' predicted savings; ``latency_scale_start`` the one it started from: remembered
+    from an earlier plan of this model and target, else where earlier checks of this
+    architecture put the target, else the whole model's time over the sum of its layers'
+    table times, at most 1).
 
     Example::
 
@@ -130,7 +139,10 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
             whole = interleaved({"original": original}, min_seconds=1.0)["original"]
             cache.put(whole_key, whole)
             cache.save()
-    remembered = _remembered_scale(cache.entries, scale_key) if check else None
+    landings_key = f"landings:{_architecture_digest(flat)}"
+    landings = [tuple(x) for x in cache.entries.get(landings_key, [])]
+    remembered = _start_scale(cache.entries, scale_key, landings, latency_target) \
+        if check else None
     estimators: dict = {}
 
     def estimator(m, plan0):
@@ -173,7 +185,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     # one aiming re-plan per new plan; a repeated plan (its scale remembered for this
     # target) has none: it accepts what the first landed
     aim_spent = check and scale_key in cache.entries
-    tried, best, unreachable = [], None, False
+    tried, landed, best, unreachable = [], [], None, False
     for attempt in range(corrections + 1 if check else 1):
         p = search(latency_target)
         predicted = p.settings["latency_removed"]
@@ -185,13 +197,26 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
                 _unreachable(latency_target, f"{predicted:.1%} (predicted)", model, rt)
             best = (p, None, None)
             break
-        pruned = apply(flat, p) if p.deletions else flat
-        timed = compare(flat, pruned, runners={
-            "original": original,
-            "pruned": rt.runners(pruned, batch_size, threads, cache_folder=cache.folder)[0]})
-        reached = 1.0 - timed["ratio"]
         scale = estimators["est"].scale
+        depth = round(predicted / scale, 4) if scale > 0 else None
+        if attempt and depth in [d for d, _ in landed]:
+            logger.info("latency_target=%.3f: the corrected plan is one already checked; the "
+                        "channel steps are too coarse to move by less", latency_target)
+            break
+        pruned = apply(flat, p) if p.deletions else flat
+        runners = {"original": original, "pruned": rt.runners(
+            pruned, batch_size, threads, cache_folder=cache.folder)[0]}
+        timed = compare(flat, pruned, runners=runners)
+        miss = abs(1.0 - timed["ratio"] - latency_target)
+        sure = max((tolerance - miss) / 2, FINAL_STABLE)
+        if miss <= (tolerance if aim_spent else AIM * tolerance) and timed["spread"] > sure:
+            timed = compare(flat, pruned, runners=runners, max_rounds=FINAL_ROUNDS,
+                            stable=sure, resume=timed, warn=False)
+        reached = 1.0 - timed["ratio"]
         tried.append([round(predicted, 4), round(reached, 4), round(scale, 4)])
+        if predicted > 0.005 and reached > 0.005 and scale > 0:  # what this plan depth gave
+            landed.append((depth, round(reached, 4)))
+            cache.put(landings_key, [list(x) for x in (landings + landed)[-MAX_LANDINGS:]])
         logger.info("latency_target=%.3f: the plan removes %.1f%% measured, %.1f%% predicted",
                     latency_target, 100 * reached, 100 * predicted)
         if best is None or abs(reached - latency_target) < \
@@ -204,19 +229,21 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         # the tables miss what they do not cover (layout changes, memory traffic): scale
         # their predicted savings, and plan again
         if predicted > 0.005 and reached > 0.005:
-            estimators["est"].scale = _next_scale(tried, latency_target)
+            estimators["est"].scale = _next_scale(
+                _as_checks(landings + landed, latency_target), latency_target)
     if best[1] is not None and unreachable and \
             1.0 - best[1]["ratio"] < latency_target - tolerance:
         _unreachable(latency_target, f"{1.0 - best[1]['ratio']:.1%} (measured)", model, rt)
-    p, timed, landed = best
-    if landed is not None:
-        cache.put(scale_key, landed)
-        cache.save()
+    p, timed, kept_scale = best
+    if kept_scale is not None:
+        cache.put(scale_key, kept_scale)
+    cache.save()
     p.settings.update(
         latency_target=float(latency_target), runtime=rt.name,
         runtime_version=rt.version(flat), batch_size=int(batch_size), threads=int(threads),
         round_to=int(round_to), alignment=alignment, latency_checks=tried,
-        latency_scale=round(landed if landed is not None else estimators["est"].scale, 4),
+        latency_scale=round(kept_scale if kept_scale is not None else
+                            estimators["est"].scale, 4),
         latency_scale_start=round(estimators.get("start", 1.0), 4),
         plan_seconds=round(time.perf_counter() - start, 2),
         cost_table=dict(path=cache.path, measured=cache.misses, cached=cache.hits))
@@ -246,6 +273,49 @@ def _scale_key(model, target: float) -> str:
     """The cost-cache entry of the scale that made ``model``'s plan for ``target`` land
     (by architecture: the scale corrects the tables for this graph and depth of cut)."""
     return f"scale:{_architecture_digest(model)}:{target:.3f}"
+
+
+def _start_scale(entries: dict, key: str, landings: list, target: float) -> Optional[float]:
+    """The scale a plan for ``target`` starts from: the one remembered for this target
+    (``key``); else the one where this architecture's earlier checks (``landings``, of any
+    target) put the target (:func:`_next_scale`); else :func:`_remembered_scale`.
+
+    >>> round(_start_scale({}, "scale:ab:0.500", [(0.8, 0.3), (1.4, 0.7)], 0.5), 4)
+    0.446
+    """
+    if key in entries:
+        return entries[key]
+    if landings:
+        return _next_scale(_as_checks(landings, target), target)
+    return _remembered_scale(entries, key)
+
+
+def _as_checks(landings: list, target: float) -> list:
+    """Checks ``(depth, measured cut)`` in the terms of a plan for ``target``:
+    ``[target, measured, scale]``, along a curve that rises with depth. The plan search
+    spends channels in one order whatever the scale, and stops where its scaled prediction
+    meets the target: a plan is fixed by its *depth* (the tables' unscaled predicted cut),
+    and every check of an architecture, whatever target it was made for, is a point on one
+    rising curve from depth to measured cut, and says which scale would make that depth for
+    this target. Timing noise bends the points: checks of one depth, and neighbours that
+    fall where the curve rises, are pooled (geometric means; pool-adjacent-violators).
+
+    >>> _as_checks([(1.0, 0.45), (2.0, 0.8), (1.0, 0.55)], 0.5)  # one depth, twice
+    [[0.5, 0.4975, 0.5], [0.5, 0.8, 0.25]]
+    >>> [round(m, 3) for _, m, _ in _as_checks([(1.0, 0.5), (1.1, 0.45), (1.5, 0.7)], 0.5)]
+    [0.474, 0.7]
+    """
+    logs: dict = {}
+    for depth, measured in landings:
+        if depth and depth > 0 and measured > 0:
+            logs.setdefault(depth, []).append(math.log(measured))
+    blocks: list = []  # [sum of log depths, sum of log cuts, points]
+    for depth in sorted(logs):
+        blocks.append([math.log(depth) * len(logs[depth]), sum(logs[depth]), len(logs[depth])])
+        while len(blocks) > 1 and blocks[-2][1] / blocks[-2][2] >= blocks[-1][1] / blocks[-1][2]:
+            last = blocks.pop()
+            blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]
+    return [[target, round(math.exp(m / n), 4), target / math.exp(d / n)] for d, m, n in blocks]
 
 
 def _remembered_scale(entries: dict, key: str) -> Optional[float]:

@@ -80,8 +80,10 @@ class TableCache:
             self.hits += 1
         return value
 
-    def put(self, signature: str, seconds: float) -> None:
-        self.entries[signature] = float(seconds)
+    def put(self, signature: str, seconds) -> None:
+        """Store ``seconds`` (a number, or a JSON-able list of numbers) under
+        ``signature``."""
+        self.entries[signature] = seconds if isinstance(seconds, list) else float(seconds)
         self._dirty = True
 
     def save(self) -> str:

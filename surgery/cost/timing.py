@@ -4,9 +4,10 @@ This module owns how every latency in :mod:`surgery.cost` is taken: :func:`inter
 runs several runners in turn, run by run, so drift on the machine hits all of them alike,
 and returns each one's median seconds per call; :func:`model_latency` times one whole model
 in a runtime; :func:`paired_ratio` estimates how much faster one runner is than another
-from their interleaved samples; :func:`compare` times an original and a pruned model
-interleaved, round after round, until that estimate is stable to ``stable`` (or
-``max_rounds`` is spent), and says how stable it was.
+from their interleaved samples; :func:`time_until_stable` times runners interleaved, round
+after round, until every runner's estimate against the first is stable to ``stable`` (or
+``max_rounds`` is spent); :func:`compare` does so for an original and a pruned model, and
+says how stable it was.
 
 On a shared machine a run's time wanders with what the neighbours do, and runs next to
 each other wander together (consecutive runs of two MobileNetV2s at batch 32 correlated at
@@ -98,17 +99,55 @@ def paired_ratio(first: List[float], second: List[float]) -> Tuple[float, float]
     return median, 1.2533 * 1.4826 * mad / math.sqrt(len(ratios))
 
 
+def time_until_stable(runners: Mapping[str, Callable[[], object]], *,
+                      runs: int = DEFAULT_RUNS, stable: float = 0.02, max_rounds: int = 4,
+                      min_seconds: float = MIN_ROUND_SECONDS,
+                      times: Optional[Dict[str, List[float]]] = None
+                      ) -> Dict[str, List[Tuple[float, float]]]:
+    """Time ``runners`` :func:`interleaved`, in rounds of at least ``runs`` runs each, until
+    the :func:`paired_ratio` of every runner against the first has a standard error of at
+    most ``stable`` (over at least ``2 * runs`` samples), or ``max_rounds`` rounds are spent.
+    ``times`` (name -> samples, e.g. an earlier call's) is extended. Returns, for every
+    runner but the first, its ``(ratio, standard error)`` after each round timed.
+
+    >>> import time
+    >>> spin = lambda s: (lambda: time.sleep(s))
+    >>> times = {}
+    >>> rounds = time_until_stable({"a": spin(0.002), "b": spin(0.001)}, runs=3,
+    ...                            stable=1.0, min_seconds=0.0, times=times)
+    >>> len(rounds["b"]), len(times["a"]), rounds["b"][-1][0] < 1
+    (2, 6, True)
+    """
+    times = {} if times is None else times
+    first, others = list(runners)[0], list(runners)[1:]
+    history: Dict[str, List[Tuple[float, float]]] = {name: [] for name in others}
+    for round_ in range(max_rounds):
+        if len(times.get(first, ())) >= 2 * runs and all(
+                paired_ratio(times[first], times[name])[1] <= stable for name in others):
+            break
+        interleaved(runners, runs=runs, warmup=0 if times.get(first) else 2,
+                    min_seconds=min_seconds, times=times)
+        for name in others:
+            history[name].append(paired_ratio(times[first], times[name]))
+        logger.debug("timing round %d: %s", round_ + 1, {
+            name: "%.4f ± %.4f" % h[-1] for name, h in history.items()})
+    return history
+
+
 def compare(original, pruned, runtime: str = "onnxruntime", batch_size: int = 1,
             threads: Optional[int] = None, *, runs: int = DEFAULT_RUNS, stable: float = 0.02,
-            max_rounds: int = 4, runners: Optional[Mapping[str, Callable]] = None) -> dict:
+            max_rounds: int = 4, runners: Optional[Mapping[str, Callable]] = None,
+            resume: Optional[dict] = None, warn: bool = True) -> dict:
     """Time ``original`` and ``pruned`` interleaved in ``runtime``, in rounds of ``runs``
     pairs, until the standard error of their :func:`paired_ratio` over all rounds so far is
     at most ``stable`` (at least two rounds, at most ``max_rounds``). ``runners`` may give
     ready ``{"original": ..., "pruned": ...}`` runners. Returns ``before`` (the original's
     median seconds), ``after`` (``before`` times ``ratio``, so the two always agree),
     ``ratio`` (the paired estimate of the pruned model's time over the original's), ``rounds``,
-    ``ratios`` (the estimate after each round) and ``spread`` (its standard error: how
-    stable it was).
+    ``ratios`` (the estimate after each round), ``spread`` (its standard error: how
+    stable it was) and ``times`` (every sample). ``resume``, an earlier result for the same
+    runners, goes on from its samples (up to ``max_rounds`` more rounds), for a tighter
+    ``stable``. Logs a warning when the ratio does not settle, unless ``warn=False``.
 
     Example::
 
@@ -124,22 +163,17 @@ def compare(original, pruned, runtime: str = "onnxruntime", batch_size: int = 1,
         runners = {"original": rt.runners(original, batch_size, threads)[0],
                    "pruned": rt.runners(pruned, batch_size, threads)[0]}
     runners = {"original": runners["original"], "pruned": runners["pruned"]}  # this order
-    times: Dict[str, List[float]] = {}
-    ratios: List[float] = []
-    spread = float("nan")
-    for round_ in range(max_rounds):
-        interleaved(runners, runs=runs, warmup=2 if round_ == 0 else 0,
-                    min_seconds=MIN_ROUND_SECONDS, times=times)
-        ratio, spread = paired_ratio(times["original"], times["pruned"])
-        ratios.append(ratio)
-        logger.debug("timing round %d: ratio %.4f ± %.4f", round_ + 1, ratio, spread)
-        if round_ >= 1 and spread <= stable:
-            break
-    if not spread <= stable:
+    times: Dict[str, List[float]] = {k: list(v) for k, v in (resume or {}).get(
+        "times", {}).items()}
+    rounds = time_until_stable(runners, runs=runs, stable=stable, max_rounds=max_rounds,
+                               times=times)["pruned"]
+    ratios = list((resume or {}).get("ratios", [])) + [r for r, _ in rounds]
+    ratio, spread = paired_ratio(times["original"], times["pruned"])
+    if warn and not spread <= stable:
         logger.warning("the latency ratio did not settle within %.0f points in %d rounds "
                        "(standard error %.1f points): the machine is busy", 100 * stable,
                        len(ratios), 100 * spread)
     before = float(statistics.median(times["original"]))
-    return dict(before=before, after=before * ratios[-1], ratio=ratios[-1],
+    return dict(before=before, after=before * ratio, ratio=ratio,
                 rounds=len(ratios), ratios=[round(r, 4) for r in ratios],
-                spread=round(spread, 4))
+                spread=round(spread, 4), times=times)
