@@ -171,7 +171,8 @@ def test_a_new_plan_aims_closer_once_and_a_repeated_plan_accepts_its_landing(tmp
     assert len(again["latency_checks"]) == 1 and again["latency_removed"] == 0.375
     ratios[:] = [(0.69, 0.01)]  # new target: 1 short (accepted at once)
     assert len(plan_for_latency(model, 0.3, **kw).settings["latency_checks"]) == 1
-    ratios[:] = [(0.73, 0.01), (0.52, 0.01), (0.9, 0.01)]  # 2 short, then 8 over: only one aim; the first is kept
+    # 2 short, then 8 over: only one aim; the first is kept
+    ratios[:] = [(0.73, 0.01), (0.52, 0.01), (0.9, 0.01)]
     first = plan_for_latency(model, 0.25, **kw).settings
     assert [c[1] for c in first["latency_checks"]] == [0.27, 0.48] and len(ratios) == 1
     assert first["latency_removed"] == 0.27
