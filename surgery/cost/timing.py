@@ -140,7 +140,8 @@ def compare(original, pruned, runtime: str = "onnxruntime", batch_size: int = 1,
             resume: Optional[dict] = None, warn: bool = True) -> dict:
     """Time ``original`` and ``pruned`` interleaved in ``runtime``, in rounds of ``runs``
     pairs, until the standard error of their :func:`paired_ratio` over all rounds so far is
-    at most ``stable`` (at least two rounds, at most ``max_rounds``). ``runners`` may give
+    at most ``stable`` (over at least ``2 * runs`` pairs, in at most ``max_rounds`` rounds;
+    :func:`time_until_stable`). ``runners`` may give
     ready ``{"original": ..., "pruned": ...}`` runners. Returns ``before`` (the original's
     median seconds), ``after`` (``before`` times ``ratio``, so the two always agree),
     ``ratio`` (the paired estimate of the pruned model's time over the original's), ``rounds``,
