@@ -227,6 +227,14 @@ def test_a_new_target_starts_where_earlier_checks_of_the_architecture_put_it(tmp
     assert s["latency_scale_start"] != first["latency_scale"]
     x = np.random.default_rng(3).normal(size=(4, 12, 12, 3)).astype("float32")
     assert_equivalent(model, new.deletions, x, pruned=surgery.apply(model, new))
+    # a malformed entry in a hand-edited cache file is skipped, not a crash
+    path = s["cost_table"]["path"]
+    stored = json.loads(open(path).read())
+    key = next(k for k in stored["entries"] if k.startswith("landings:"))
+    stored["entries"][key] = [[0.5], "x"] + stored["entries"][key]
+    open(path, "w").write(json.dumps(stored))
+    assert plan_for_latency(model, 0.3, **kw).settings["latency_removed"] == \
+        pytest.approx(0.3, abs=0.015)
 
 
 def test_converted_models_are_keyed_by_weights_and_evicted_oldest_first(tmp_path):

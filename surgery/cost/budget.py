@@ -17,10 +17,10 @@ within ``tolerance`` by two standard errors, at most ``FINAL_ROUNDS`` more round
 a later timing of the same plan lands within it too). While the measured cut misses the
 target by more than ``tolerance`` (or, once, by more than half of it, for a new plan), the
 tables' predicted savings are scaled and the plan made again (:func:`_next_scale`), up to
-``corrections`` times; then it warns with what it reached. The search spends channels in one order
-whatever the scale, so a plan is fixed by its *depth* (the tables' unscaled predicted cut),
-and every check of an architecture, whatever its target, is a point on one curve from
-depth to measured cut. Those points are kept in the cost cache (``landings:``, the latest
+``corrections`` times; then it warns with what it reached. The search spends channels in
+one order whatever the scale, so a plan is fixed by its *depth* (the tables' unscaled
+predicted cut), and every check of an architecture, whatever its target, is a point on one
+curve from depth to measured cut. Those points are kept in the cost cache (``landings:``, the latest
 ``MAX_LANDINGS``), and a plan for a new target starts where they put it (interpolated
 between the nearest points on either side, :func:`_start_scale`); the scale a target's
 plan kept is remembered too (:func:`_scale_key`), so a repeated plan makes the same plan
@@ -140,7 +140,8 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
             cache.put(whole_key, whole)
             cache.save()
     landings_key = f"landings:{_architecture_digest(flat)}"
-    landings = [tuple(x) for x in cache.entries.get(landings_key, [])]
+    landings = [tuple(x) for x in cache.entries.get(landings_key, [])  # a hand-edited
+                if isinstance(x, list) and len(x) == 2]  # cache file costs only the start
     remembered = _start_scale(cache.entries, scale_key, landings, latency_target) \
         if check else None
     estimators: dict = {}
