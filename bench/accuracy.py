@@ -319,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(summarise(rows, args.targets))
     print(f"budget: {dataclasses.asdict(budget)}; {time.perf_counter() - start:.0f} s")
     if args.json:
-        from surgery.pipeline.atomic import write_atomically
+        from surgery.atomic import write_atomically
 
         text = json.dumps(dict(budget=dataclasses.asdict(budget), ratios=ratios, rows=rows),
                           indent=1, default=float)

@@ -90,7 +90,7 @@ def baseline(splits, path: str, epochs: int, lr: float, verbose: int):
     model = plain_cnn(input_shape=splits.input_shape, classes=splits.num_classes)
     finetune(model, splits.train, splits.val, epochs=epochs, lr=lr, warmup_epochs=1,
              verbose=verbose, stage="training the baseline")
-    from surgery.pipeline.report import save_model_atomic
+    from surgery.export.saving import save_model_atomic
 
     save_model_atomic(model, path)
     return model
@@ -272,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
-    for noisy in ("tf2onnx", "surgery.pipeline.onnx_export"):
+    for noisy in ("tf2onnx", "surgery.export.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.quick:
         args.baseline_epochs, args.finetune_epochs, args.seeds = 1, 1, [0]

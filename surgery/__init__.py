@@ -25,9 +25,10 @@ from surgery.engine.zeroing import zero_channels
 from surgery.engine.flatten import flatten_model
 from surgery.engine.groups import ChannelGroup, channel_groups
 from surgery.engine.flops import count_flops
-from surgery.pruning.planning import PrunePlan, plan
-from surgery.pruning.execution import apply, delete_channels, prune, verify
+from surgery.pruning.plan import Cut, PrunePlan
+from surgery.pruning.execution import apply, delete_channels, verify
 from surgery.pruning import criteria
+from surgery.calibration.planner import plan, prune
 from surgery.model_files import check_model_file, load_model_checked
 
 if legacy_tf_keras():  # tf.keras is Keras 2: kerassurgeon works, patch it now, as always
@@ -44,17 +45,17 @@ else:  # a Keras 3 process: .keras files carrying the sparsity penalties load by
 # are slow to import and most engine users never need them).
 _LAZY = {
     "Surgeon": "surgery.engine.surgeon",  # Keras 2 only: loads kerassurgeon
-    "export_tflite": "surgery.pipeline.tflite",
-    "evaluate_tflite": "surgery.pipeline.tflite",
-    "tflite_predict": "surgery.pipeline.tflite",
-    "export_onnx": "surgery.pipeline.onnx_export",
-    "onnx_predict": "surgery.pipeline.onnx_export",
+    "export_tflite": "surgery.export.tflite",
+    "evaluate_tflite": "surgery.export.tflite",
+    "tflite_predict": "surgery.export.tflite",
+    "export_onnx": "surgery.export.onnx",
+    "onnx_predict": "surgery.export.onnx",
     "size_table": "surgery.pipeline.export",
     "size_table_markdown": "surgery.pipeline.export",
     "sensitivity": "surgery.pipeline.sensitivity",
     "accuracy_vs_flops": "surgery.pipeline.sensitivity",
     "model_latency": "surgery.cost.timing",
-    "recalibrate_batchnorm": "surgery.pipeline.batchnorm",
+    "recalibrate_batchnorm": "surgery.calibration.batchnorm",
 }
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
     "LayerRule", "register_rule", "rule_for", "register_handler",
     "Surgeon", "delete_channels", "zero_channels", "flatten_model",
     "ChannelGroup", "channel_groups", "count_flops",
-    "PrunePlan", "plan", "apply", "prune", "verify", "criteria",
+    "Cut", "PrunePlan", "plan", "apply", "prune", "verify", "criteria",
     "check_model_file", "load_model_checked",
     *_LAZY,
 ]

@@ -15,7 +15,8 @@ import os
 import tempfile
 from typing import Tuple
 
-from surgery.pipeline.report import gzip_size, save_model_atomic
+from surgery.export.saving import save_model_atomic
+from surgery.pipeline.report import gzip_size
 
 
 def saved_h5_sizes(model) -> Tuple[int, int]:

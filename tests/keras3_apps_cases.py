@@ -107,7 +107,7 @@ def run(name, dtype):
         "skipped": len(plan.skipped), "groups": len(plan.groups),
     }
     if name in WRONG_CUT:  # the oracle must see channels shifted by one
-        shifted = surgery.PrunePlan({
+        shifted = surgery.PrunePlan.from_deletions({
             layer: sorted((c + 1) % _width(model.get_layer(layer)) for c in channels)
             for layer, channels in plan.deletions.items()}, plan.groups)
         wrong = surgery.apply(model, shifted)

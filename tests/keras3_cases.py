@@ -105,7 +105,7 @@ def prune(out):
             "flops": [surgery.count_flops(model), surgery.count_flops(pruned)],
             "groups": len(plan.groups), "deleted_layers": len(plan.deletions),
         }
-        shifted = surgery.PrunePlan({
+        shifted = surgery.PrunePlan.from_deletions({
             name: sorted((c + 1) % _width(model.get_layer(name)) for c in channels)
             for name, channels in plan.deletions.items()}, plan.groups)
         wrong = surgery.apply(model, shifted)  # the oracle must see a wrong cut

@@ -40,7 +40,7 @@ def _max_error(a, b) -> float:
 
 def main(out: str) -> dict:
     import surgery
-    from surgery.pipeline import onnx_export
+    from surgery.export import onnx as onnx_export
 
     backend = keras.backend.backend()
     size = 96 if backend == "tensorflow" else 32
@@ -114,7 +114,7 @@ def main(out: str) -> dict:
             pruned, path, quantize=mode, representative_data=calibration,
             calibration_examples=16))
         report["sizes"][name] = os.path.getsize(path)
-        report[f"{name}_input_dtype"] = str(surgery.pipeline.tflite.tflite_input_dtype(path))
+        report[f"{name}_input_dtype"] = str(surgery.export.tflite.tflite_input_dtype(path))
         got = surgery.tflite_predict(path, x, progress=False)
         report["errors"][name] = _max_error(got, expected)
         report[f"{name}_argmax_agreement"] = float(np.mean(got.argmax(-1)

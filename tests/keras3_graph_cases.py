@@ -44,7 +44,7 @@ def run_graph(graph):
     shifted = {name: sorted((c + 1) % model.get_layer(name).output.shape[-1]
                             for c in channels) for name, channels in p.deletions.items()}
     try:  # the oracle must see a wrong cut (or the cut be refused)
-        wrong = surgery.verify(model, surgery.apply(model, surgery.PrunePlan(shifted, p.groups)), p, x)
+        wrong = surgery.verify(model, surgery.apply(model, surgery.PrunePlan.from_deletions(shifted, p.groups)), p, x)
     except surgery.SurgeryError as err:
         wrong = f"refused: {err}"
     return {"wrong": wrong, "groups": group_summary(groups), "deletions": p.deletions,

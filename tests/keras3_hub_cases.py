@@ -141,9 +141,10 @@ def prune(out):
             "epsilon": [model.get_layer("ffn_norm").epsilon,
                         pruned.get_layer("ffn_norm").epsilon],
         }
-        shifted = surgery.PrunePlan({n: sorted((c + 1) % D for c in v) if n == "embed" else v
-                                     for n, v in plan.deletions.items()}, plan.groups)
-        shifted.deletions.update({n: shifted.deletions["embed"] for n in ("attn_o", "down")})
+        moved = {n: sorted((c + 1) % D for c in v) if n == "embed" else v
+                 for n, v in plan.deletions.items()}
+        moved.update({n: moved["embed"] for n in ("attn_o", "down")})
+        shifted = surgery.PrunePlan.from_deletions(moved, plan.groups)
         report[case]["verify_wrong_channels"] = surgery.verify(
             model, surgery.apply(model, shifted), plan, data)
         pruned.save(os.path.join(out, f"{case}.keras"))
@@ -164,7 +165,7 @@ def prune(out):
             "summary": plan.summary(),
             "heads": plan.units,
         }
-        shifted = surgery.PrunePlan(plan.deletions, plan.groups, units={
+        shifted = surgery.PrunePlan.from_deletions(plan.deletions, plan.groups, units={
             layer: {axis: sorted((c + 1) % 4 for c in v) if axis.endswith("heads") else v
                     for axis, v in axes.items()} for layer, axes in plan.units.items()})
         report[case]["verify_wrong_heads"] = surgery.verify(

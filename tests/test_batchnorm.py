@@ -139,7 +139,7 @@ def test_the_pipeline_recalibrates_after_every_cut(bn_model_file, tmp_path, capl
     argv += {"iterative": ["--iterative", "2"], "layerwise": ["--layerwise",
                                                               "--layerwise-steps", "1"],
              "off": []}[mode]
-    caplog.set_level(logging.INFO, logger="surgery.pipeline.batchnorm")
+    caplog.set_level(logging.INFO, logger="surgery.calibration.batchnorm")
     pf.run(pf.build_parser().parse_args(argv))
     calls = [r for r in caplog.records if "re-estimated on 128 examples" in r.getMessage()]
     report = json.loads((out / "report.json").read_text())

@@ -69,9 +69,9 @@ def test_surgery_error_is_a_value_error():
 MODEL_CALLS = {
     "plan": lambda m: surgery.plan(m, ratio=0.5),
     "plan flops_target": lambda m: surgery.plan(m, flops_target=0.5),
-    "apply": lambda m: surgery.apply(m, surgery.PrunePlan({}, [])),
+    "apply": lambda m: surgery.apply(m, surgery.PrunePlan()),
     "prune": lambda m: surgery.prune(m, ratio=0.5),
-    "verify": lambda m: surgery.verify(m, m, surgery.PrunePlan({}, []), np.zeros((1, 8, 8, 3))),
+    "verify": lambda m: surgery.verify(m, m, surgery.PrunePlan(), np.zeros((1, 8, 8, 3))),
     "channel_groups": lambda m: surgery.channel_groups(m),
     "count_flops": lambda m: surgery.count_flops(m),
     "zero_channels": lambda m: surgery.zero_channels(m, {}),
@@ -92,7 +92,7 @@ def test_model_that_is_none_or_a_path(call, bad):
 
 def test_verify_checks_the_pruned_model_too(model):
     with pytest.raises(surgery.SurgeryError, match=r"verify\(pruned=...\)\(model=None\)"):
-        surgery.verify(model, None, surgery.PrunePlan({}, []), np.zeros((1, 8, 8, 3)))
+        surgery.verify(model, None, surgery.PrunePlan(), np.zeros((1, 8, 8, 3)))
 
 
 def test_apply_wants_a_plan(model):

@@ -9,7 +9,7 @@ import pytest
 
 import surgery
 from surgery import keras
-from surgery.pipeline import onnx_export
+from surgery.export import onnx as onnx_export
 from surgery.pipeline.export import (evaluate_tflite, export_onnx, export_tflite, onnx_predict,
                                      size_table, size_table_markdown, tflite_input_dtype,
                                      tflite_predict, write_atomically)
@@ -51,7 +51,7 @@ def test_float32_tflite_matches_keras_on_digits(trained, tmp_path, capsys, monke
     assert path == str(tmp_path / "lenet.tflite") and os.listdir(tmp_path) == ["lenet.tflite"]
     assert tflite_input_dtype(path) == np.float32
     assert len(x) > 300
-    # bars show only on a terminal (surgery.pipeline.progress): let captured stderr pose as one
+    # bars show only on a terminal (surgery.progress): let captured stderr pose as one
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     out = tflite_predict(path, x, progress=True)
     assert "tflite" in capsys.readouterr().err  # a tqdm bar for > 300 examples

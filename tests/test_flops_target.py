@@ -7,7 +7,10 @@ import pytest
 
 import surgery
 from surgery import keras
-from surgery.pruning.budget import FlopsEstimator, plan_for_flops
+from surgery.cost.width import FlopsEstimator
+from surgery.engine.graph import resolve
+from surgery.pruning.allocation import Budget, plan_for_flops
+from surgery.pruning.planning import PlanSpec, Ranking
 
 A = keras.applications
 APPLICATIONS = {
@@ -53,11 +56,14 @@ def test_settings_are_respected_and_the_estimate_is_exact():
         assert kept == p.sizes[members[0]] or (kept % 4 == 0 and kept >= 8), members
     pruned = surgery.apply(model, p)
     assert abs(_removed(model, pruned) - 0.4) <= 0.02
-    est = FlopsEstimator(model, p)
-    assert est.flops_of_plan(p) == surgery.count_flops(pruned)
-    # an explicit plan_fn gets the same result as the plan() hook
-    q = plan_for_flops(model, 0.4, plan_fn=surgery.plan, round_to=4, min_channels=8,
-                       policy="deepest", criterion="l2", scope="global", ignore=["Conv1"])
+    graph = resolve(model)
+    spec = PlanSpec(round_to=4, min_channels=8, policy="deepest", criterion="l2",
+                    scope="global", ignore=("Conv1",), heads=False)
+    ranking = Ranking(graph, spec)
+    est = FlopsEstimator(graph, ranking.width_groups())
+    assert round(est.cost_of(p.removed)) == surgery.count_flops(pruned)
+    # the allocation itself, given the ranking, gets the same plan as surgery.plan
+    q = plan_for_flops(ranking, spec, Budget(0.4))
     assert q.deletions == p.deletions
 
 
@@ -67,7 +73,7 @@ def test_lenet5_lands_close_and_warns_when_too_coarse(caplog):
     model = models.lenet5()
     # with unit widths the greedy fill gets LeNet-5 within 2 points of 0.5 (the old
     # uniform-ratio bisection jumped from 47.9 % to 59.2 %) ...
-    with caplog.at_level(logging.WARNING, logger="surgery.pruning.budget"):
+    with caplog.at_level(logging.WARNING, logger="surgery.pruning.allocation"):
         p = surgery.plan(model, flops_target=0.5, scope="global", min_channels=2)
     assert abs(_removed(model, surgery.apply(model, p)) - 0.5) <= 0.02
     assert not caplog.records
@@ -78,7 +84,7 @@ def test_lenet5_lands_close_and_warns_when_too_coarse(caplog):
     # ... but with only the two convolutions, in multiples of 4, it cannot: nearest plan,
     # and a warning
     coarse = dict(round_to=4, ignore=["fc1", "fc2"])
-    with caplog.at_level(logging.WARNING, logger="surgery.pruning.budget"):
+    with caplog.at_level(logging.WARNING, logger="surgery.pruning.allocation"):
         p = surgery.plan(model, flops_target=0.5, **coarse)
     reached = _removed(model, surgery.apply(model, p))
     assert abs(reached - 0.5) > 0.02
@@ -101,7 +107,7 @@ def test_unreachable_target_returns_the_deepest_cut_with_a_warning(caplog):
     x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
     outputs = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)
-    with caplog.at_level(logging.WARNING, logger="surgery.pruning.budget"):
+    with caplog.at_level(logging.WARNING, logger="surgery.pruning.allocation"):
         p = surgery.plan(model, flops_target=0.9)
     assert p.deletions == {"c1": [int(i) for i in p.deletions["c1"]]}
     assert len(p.deletions["c1"]) == 3  # min_channels=1 keeps one
@@ -112,14 +118,14 @@ def test_unreachable_target_returns_the_deepest_cut_with_a_warning(caplog):
 def test_at_least_never_stops_short_of_the_target():
     """``at_least=True`` (the CLI's promise) reaches the target on every model and ratio
     where the nearest plan may fall short by a rounding step."""
-    from surgery.pruning.budget import plan_for_flops
-
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
                                            weights=None, classes=5)
+    spec = PlanSpec(heads=False)
+    ranking = Ranking(resolve(model), spec)
     short = 0
     for target in (0.45, 0.57, 0.62):  # the nearest plans of 0.45 and 0.57 fall short
-        nearest = plan_for_flops(model, target)
-        floor = plan_for_flops(model, target, at_least=True)
+        nearest = plan_for_flops(ranking, spec, Budget(target))
+        floor = surgery.plan(model, flops_target=target, at_least=True)
         assert floor.settings["flops_removed"] >= target, floor.settings
         assert floor.settings["flops_removed"] - target <= 0.02, floor.settings
         pruned = surgery.apply(model, floor)

@@ -15,11 +15,25 @@ import pytest
 import surgery
 from surgery import keras
 from surgery.cost import LatencyEstimator, LatencyTable, TableCache, get_runtime
-from surgery.cost.budget import _as_checks, _next_scale, plan_for_latency
+from surgery.calibration import latency
+from surgery.calibration.latency import _as_checks, _next_scale
 from surgery.cost.micro import cpu_key
-from surgery.pruning.budget import FlopsEstimator, plan_for_budget
+from surgery.cost.width import FlopsEstimator
+from surgery.engine.graph import resolve
+from surgery.pruning.allocation import Budget, allocate
+from surgery.pruning.planning import PlanSpec, Ranking
 from equivalence import assert_equivalent, randomize_weights
 from keras3_child import run_case
+
+
+def plan_for_latency(model, target, **kwargs):
+    """:func:`surgery.calibration.latency.plan_for_latency` of a model's graph."""
+    return latency.plan_for_latency(resolve(model), target, **kwargs)
+
+
+def _groups(model):
+    """The channel groups of ``model`` as a cost model takes them."""
+    return Ranking(resolve(model), PlanSpec(ratio=0.0)).width_groups()
 
 
 def _model():
@@ -48,23 +62,22 @@ def _tables(expensive: str):
 @pytest.mark.parametrize("expensive", ["a", "b"])
 def test_allocation_spends_channels_where_they_cost_latency(expensive):
     model = _model()
-    base = surgery.plan(model, ratio=0.0)
+    graph, spec = resolve(model), PlanSpec(heads=False)
+    ranking = Ranking(graph, spec)
     whole = 4000.0  # 3200 + 320 + 5 in the tables, the rest fixed
-
-    def estimator(m, p0):
-        return LatencyEstimator(m, p0, whole=whole, tables=_tables(expensive))
-
-    est = estimator(model, base)
-    assert est.cost_of_plan(base) == pytest.approx(whole)
-    p = plan_for_budget(model, 0.5, estimator, name="latency_target", prefix="latency",
-                        greedy=True)
+    est = LatencyEstimator(graph, ranking.width_groups(), whole=whole,
+                           tables=_tables(expensive))
+    assert est.cost_of({}) == pytest.approx(whole)
+    p = allocate(ranking, spec, est, Budget(0.5, name="latency_target", prefix="latency",
+                                            greedy=True))
     assert p.settings["latency_removed"] == pytest.approx(0.5, abs=0.02)
-    kept = dict(zip(p.labels, est.kept(p)))
+    kept = dict(zip(est.labels, est.kept(p.removed)))
     cheap = "b" if expensive == "a" else "a"
     assert kept[expensive] < kept[cheap] - 8, kept
     if expensive == "a":  # the FLOPs budget (one search, another cost) spares ``a``
-        f = plan_for_budget(model, 0.5, FlopsEstimator)
-        fk = dict(zip(f.labels, FlopsEstimator(model, base).kept(f)))
+        flops = FlopsEstimator(graph, ranking.width_groups())
+        f = allocate(ranking, spec, flops, Budget(0.5))
+        fk = dict(zip(flops.labels, flops.kept(f.removed)))
         assert fk["a"] - kept["a"] >= 8, (fk, kept)
     x = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32")
     assert_equivalent(model, p.deletions, x, pruned=surgery.apply(model, p))
@@ -90,7 +103,7 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog, monkey
     assert s["latency_scale_start"] == 1.0
     json.loads(p.to_json())
     # the scale of the best plan is written to the cost cache under the model and target ...
-    from surgery.cost.budget import _scale_key
+    from surgery.calibration.latency import _scale_key
 
     stored = json.loads(open(s["cost_table"]["path"]).read())
     assert stored["entries"][_scale_key(model, 0.4)] == pytest.approx(s["latency_scale"],
@@ -183,11 +196,11 @@ def test_a_new_plan_aims_closer_once_and_a_repeated_plan_accepts_its_landing(tmp
     assert [c[1] for c in on["latency_checks"]] == [0.33, 0.345] and not ratios + resumed
     assert on["latency_removed"] == 0.345 and on["latency_stability"] == 0.01
     # a correction that comes back to a plan already checked is not timed again
-    import surgery.cost.budget as budget
+    import surgery.calibration.latency as budget
 
     monkeypatch.setattr(budget, "_next_scale", lambda checks, target: checks[-1][2])
     ratios[:] = [(0.66, 0.01)]  # 6 points short; timing it again would find no ratio left
-    with caplog.at_level(logging.WARNING, logger="surgery.cost.budget"):
+    with caplog.at_level(logging.WARNING, logger="surgery.calibration.latency"):
         stuck = plan_for_latency(model, 0.4, **{**kw, "cache_dir": str(tmp_path / "stuck")})
     assert len(stuck.settings["latency_checks"]) == 1 and not ratios
     assert "more than 3 points away" in caplog.text
@@ -276,9 +289,9 @@ def test_tables_that_add_up_to_more_than_the_model_start_scaled_down(tmp_path):
     over = plan_for_latency(model, 0.3, whole=1762.5, **kw)  # half the tables' sum
     assert over.settings["latency_scale_start"] == pytest.approx(0.5)
     assert over.settings["latency_removed"] == pytest.approx(0.3, abs=0.02)
-    est = LatencyEstimator(model, surgery.plan(model, ratio=0.0), whole=3525.0,
+    est = LatencyEstimator(resolve(model), _groups(model), whole=3525.0,
                            tables=_tables("a"))  # the tables alone
-    assert est.cost_of_plan(over) == pytest.approx(0.7 * 3525, rel=0.02)
+    assert est.cost_of(over.removed) == pytest.approx(0.7 * 3525, rel=0.02)
 
 
 def test_the_whole_model_is_timed_once_per_architecture(tmp_path, monkeypatch):
@@ -305,7 +318,7 @@ def test_conversion_for_timing_skips_tf2onnx_copies_and_falls_back(monkeypatch):
     """The timing conversion runs tf2onnx with TF2ONNX_CATCH_ERRORS=FALSE (no deep copy of
     its graph per optimiser pass); when that fails, it converts again the default way, and
     the environment is left as it was."""
-    import surgery.pipeline.onnx_export as onnx_export
+    import surgery.export.onnx as onnx_export
 
     seen = []
 
@@ -335,12 +348,11 @@ def test_measured_tables_are_keyed_and_cached(tmp_path):
     """Tiny model, ONNX Runtime: a well-formed table, then all hits; another thread count
     or batch size finds no table (never a stale one)."""
     model = _model()
-    base = surgery.plan(model, ratio=0.0)
     rt = get_runtime("onnxruntime")
 
     def measure(batch, threads):
         cache = TableCache(cpu_key(rt, model, batch, threads), str(tmp_path))
-        est = LatencyEstimator(model, base, whole=1.0, runtime=rt, batch=batch,
+        est = LatencyEstimator(resolve(model), _groups(model), whole=1.0, runtime=rt, batch=batch,
                                threads=threads, block=8, cache=cache, progress=False)
         return est, cache
 
@@ -396,7 +408,7 @@ def test_cli_latency_target(tmp_path, monkeypatch, capsys):
     import prune_and_finetune as pf
 
     monkeypatch.setenv("SURGERY_COST_CACHE", str(tmp_path / "tables"))
-    monkeypatch.setattr("surgery.cost.budget.DEFAULT_CORRECTIONS", 0)  # one timing check
+    monkeypatch.setattr("surgery.calibration.latency.DEFAULT_CORRECTIONS", 0)  # one timing check
     tiny = ["--model", "lenet5", "--image-size", "16", "--baseline-epochs", "1",
             "--finetune-epochs", "1", "--quiet", "--batch-size", "64", "--no-plots"]
     assert pf.main(tiny + ["--latency-target", "1.5"]) == 2
@@ -436,7 +448,7 @@ import json, sys
 import keras
 import numpy as np
 import surgery
-from surgery.cost.budget import plan_for_latency
+from surgery.calibration.latency import plan_for_latency
 inputs = keras.Input((12, 12, 3))
 h = keras.layers.Conv2D(32, 3, padding="same", name="a")(inputs)
 h = keras.layers.BatchNormalization(name="a_bn")(h)
@@ -444,7 +456,8 @@ h = keras.layers.ReLU(name="a_relu")(h)
 h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="b")(h)
 m = keras.Model(inputs, keras.layers.Dense(3, name="head")(
     keras.layers.GlobalAveragePooling2D()(h)))
-p = plan_for_latency(m, 0.4, runtime="onnxruntime", batch_size=2, threads=1, round_to=8,
+from surgery.engine.graph import resolve
+p = plan_for_latency(resolve(m), 0.4, runtime="onnxruntime", batch_size=2, threads=1, round_to=8,
                      check=False, cache_dir=sys.argv[1], progress=False)
 x = np.random.default_rng(0).random((2, 12, 12, 3)).astype("float32")
 small = surgery.apply(m, p)

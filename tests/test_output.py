@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from surgery.pipeline.progress import bars_wanted, fit_verbose
+from surgery.progress import bars_wanted, fit_verbose
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

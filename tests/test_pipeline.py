@@ -175,7 +175,7 @@ def test_plan_flops_target_nearest_plan_and_unreachable(caplog):
     model = keras.Model(inputs, outputs)
     flops = surgery.count_flops(model)
     cut = lambda m: 1 - surgery.count_flops(m) / flops  # noqa: E731
-    with caplog.at_level(logging.WARNING, logger="surgery.pruning.budget"):
+    with caplog.at_level(logging.WARNING, logger="surgery.pruning.allocation"):
         ratio, p, pruned = pf.plan_flops_target(model, 0.45, flops, round_to=4)
     # every kept width is a multiple of 4: 12 of 16 kept is about a 40 % cut, the nearest
     assert cut(pruned) == pytest.approx(p.settings["flops_removed"], abs=1e-6)

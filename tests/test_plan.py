@@ -7,7 +7,7 @@ import pytest
 import surgery
 from surgery import keras
 from equivalence import randomize_weights
-from surgery.pruning.planning import _keep_count
+from surgery.pruning.planning import keep_count
 
 L = keras.layers
 X32 = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
@@ -78,7 +78,7 @@ def test_intersection_removes_only_channels_every_member_proposed(mobilenet):
     for members in p.groups:
         chosen = set(p.deletions.get(members[0], ()))
         size = len(scores[members[0]])
-        k = size - _keep_count(size, k_ratio, 1, 1, 1)
+        k = size - keep_count(size, k_ratio, 1, 1, 1)
         for m in members:
             proposed = set(np.argsort(scores[m], kind="stable")[:k].tolist())
             assert chosen <= proposed

@@ -96,6 +96,7 @@ def run_case(K, surgery, case, dtype, modes=("heads", "both", "taylor")):
     and head widths; ``taylor``: heads by Taylor scores), apply, compare with the zeroed
     original; and the Taylor head scores of ``mha0`` with central differences. Returns the
     figures the tests assert on."""
+    from surgery.engine.graph import resolve
     from surgery.engine.zeroing import max_relative_difference
     from surgery.pruning.criteria.units import unit_scores
 
@@ -119,7 +120,7 @@ def run_case(K, surgery, case, dtype, modes=("heads", "both", "taylor")):
             heads=[int(pruned.get_layer(f"mha{i}").get_config()["num_heads"]) for i in range(2)],
             summary=plan.summary())
     eps = 1e-5 if dtype == "float64" else 1e-2
-    result["taylor_scores"] = unit_scores(model, [("mha0", "heads")], "taylor",
+    result["taylor_scores"] = unit_scores(resolve(model), [("mha0", "heads")], "taylor",
                                           (x, y))["mha0:heads"].tolist()
     result["taylor_differences"] = taylor_by_differences(model, "mha0", x, y, eps).tolist()
     return result

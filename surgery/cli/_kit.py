@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional, Tuple
 
 from surgery._backend import legacy_tf_keras
 from surgery._startup import file_keras_generation
-from surgery.pipeline.report import gzip_size, save_model_atomic
+from surgery.export.saving import save_model_atomic
+from surgery.pipeline.report import gzip_size
 
 
 from surgery.cli.usage import UsageError  # noqa: E402  (re-exported for the stages)

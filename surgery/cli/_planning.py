@@ -3,7 +3,7 @@
 This module owns the planning stage of :mod:`surgery.cli._run`, for both Keras
 generations: a criterion cached per (model, layers) so that the FLOPs-target search scores
 each model once, :func:`plan_flops_target` (``surgery.plan(flops_target=...)`` through
-:mod:`surgery.pruning.budget`, relative to the original model's FLOPs in iterative rounds),
+:mod:`surgery.pruning.allocation`, relative to the original model's FLOPs in iterative rounds),
 one prune step (plan + :func:`surgery.apply`), the data a data-driven criterion needs, and
 the ``plan.json`` of several rounds.
 """
@@ -14,6 +14,23 @@ import json
 import surgery
 from surgery.cli._kit import UsageError
 from surgery.pruning import criteria as _criteria
+from surgery.pruning.allocation import DEFAULT_TOLERANCE
+
+
+def _cut(model, p):
+    """``model`` cut by plan ``p``; :class:`UsageError` when ``p`` removes nothing (a run
+    that fine-tuned an unchanged model would report a cut it did not make)."""
+    if p.empty:
+        raise UsageError(f"the plan removes nothing from model '{model.name}': "
+                         + _nothing_to_cut(p))
+    return surgery.apply(model, p)
+
+
+def _nothing_to_cut(p) -> str:
+    if not p.cuts:
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(p.skipped.items())[:2])
+        return f"no layer can be pruned ({reasons or 'no prunable layers'})"
+    return "every group keeps all its channels at these settings; raise --ratio or the target"
 
 
 def _cached_criterion(name: str):
@@ -48,15 +65,13 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
     ``ratio`` is the uniform plan ratio nearest the target (``--layerwise`` uses it). Raises
     :class:`UsageError` when even ``max_ratio`` falls short of the target by more than 2
     points; a plan that misses only because the channels are coarse is logged as a warning
-    by :mod:`surgery.pruning.budget` and returned.
+    by :mod:`surgery.pruning.allocation` and returned.
 
     Example::
 
         ratio, p, smaller = plan_flops_target(model, 0.5, surgery.count_flops(model),
                                               criterion="l1", scope="global")
     """
-    from surgery.pruning.budget import DEFAULT_TOLERANCE, plan_for_flops
-
     flops_now = surgery.count_flops(model)
     relative = 1.0 - (1.0 - removed_target) * flops_ref / flops_now
     if relative <= 0:  # already there (an earlier round overshot)
@@ -64,8 +79,8 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
         p = surgery.plan(model, ratio=0.0, **plan_kwargs)
         return 0.0, p, model if apply else None
     # at least the target: the CLI promises "--flops-target 0.5 removes half the FLOPs"
-    p = plan_for_flops(model, min(relative, 0.999), plan_fn=surgery.plan,
-                       max_ratio=max_ratio, at_least=True, **plan_kwargs)
+    p = surgery.plan(model, flops_target=min(relative, 0.999), max_ratio=max_ratio,
+                     at_least=True, **plan_kwargs)
     removed = 1.0 - p.settings["flops_after"] / flops_ref
     if removed < removed_target - DEFAULT_TOLERANCE and not p.settings["flops_reachable"]:
         raise UsageError(f"FLOPs target unreachable: removing {removed_target:.0%} of FLOPs "
@@ -73,7 +88,7 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
                          f"{removed:.1%})")
     if not apply:
         return p.settings["ratio"], p, None
-    return p.settings["ratio"], p, (surgery.apply(model, p) if p.deletions else model)
+    return p.settings["ratio"], p, _cut(model, p)
 
 
 def plan_latency_target(model, args, data):
@@ -85,7 +100,7 @@ def plan_latency_target(model, args, data):
         kwargs.pop("round_to")
     p = surgery.plan(model, latency_target=args.latency_target, runtime=args.runtime,
                      batch_size=args.latency_batch_size, threads=args.threads, **kwargs)
-    return p, (surgery.apply(model, p) if p.deletions else model)
+    return p, _cut(model, p)
 
 
 def latency_report(plans) -> dict:
@@ -105,7 +120,7 @@ def _prune_once(model, args, data, flops_ref, removed_target=None, ratio=None, s
                           candidates=1 if check_only or ratio is not None else args.candidates)
     if ratio is not None:
         p = surgery.plan(model, ratio=ratio, **kwargs)
-        return ratio, p, (surgery.apply(model, p) if p.deletions else model)
+        return ratio, p, _cut(model, p)
     return plan_flops_target(model, removed_target, flops_ref, max_ratio=args.max_ratio,
                              apply=not check_only, **kwargs)
 
@@ -121,7 +136,7 @@ def _criterion_data(args, splits):
     """Training examples for a data-driven criterion (256) and for comparing
     ``--candidates`` (at least 512, or ``--recalibrate-batches`` × ``--batch-size``): each
     candidate is recalibrated on up to 30 batches of 32 of them and scored on the first
-    512, as :func:`surgery.pruning.selection.choose_candidate` does by default."""
+    512, as :func:`surgery.calibration.candidates.choose_candidate` does by default."""
     fn = _criteria.get_criterion(args.criterion)
     compare = args.candidates > 1 and args.ratio is None
     if not getattr(fn, "needs_data", False) and not compare:

@@ -35,7 +35,7 @@ from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _
 from surgery.pruning import criteria as _criteria
 from surgery.pipeline.artifacts import write_plots, write_tflite
 from surgery.pipeline.resume import RunFolder
-from surgery.pipeline.progress import fit_verbose
+from surgery.progress import fit_verbose
 from surgery.pipeline.report import atomic_write, build_report, gzip_size, write_report
 
 logger = logging.getLogger("prune_and_finetune")
@@ -298,12 +298,12 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
                 _, p, pruned = _prune_once(current, args, data, flops_before, ratio=step_ratio)
             if saved is not None:
                 verify_diffs += saved["verify"]
-            elif p.deletions:
+            elif not p.empty:
                 verify_diffs.append(_verify(current, pruned, p, val))
             pruned = kit.clone_into(pruned, strategy)
             kit.set_bn_momentum(pruned, momentum)
             if saved is None:
-                saved = dict(plan=p.to_json(), verify=verify_diffs[-1:] if p.deletions else [],
+                saved = dict(plan=p.to_json(), verify=verify_diffs[-1:] if not p.empty else [],
                              seconds=time.perf_counter() - t0)
                 resume.state.setdefault("rounds", {})[str(k)] = saved
                 resume.save_state()
@@ -421,7 +421,7 @@ def _layerwise(base, args, kit, fit_splits, data, flops_ref, target, strategy, f
         p = surgery.plan(current, ratio=ratio, criterion=args.criterion, policy=args.policy,
                          round_to=args.round_to, min_channels=args.min_channels,
                          scope="local", ignore=ignore, data=data)
-        if not p.deletions:
+        if p.empty:
             continue
         cut = surgery.apply(current, p)
         verify_diffs.append(_verify(current, cut, p, val))

@@ -51,8 +51,8 @@ from surgery.cli.train_args import (  # noqa: E402,F401  (train.build_parser, tr
 from surgery.pipeline import regularizers as _regularizers  # noqa: E402  (registers the penalties)
 from surgery.pipeline.schedules import WarmupSchedule  # noqa: E402,F401  (train.WarmupSchedule)
 from surgery.pipeline import sparsity as _sparsity  # noqa: E402
-from surgery.pipeline.progress import fit_verbose  # noqa: E402
-from surgery.pipeline.report import save_model_atomic  # noqa: E402
+from surgery.progress import fit_verbose  # noqa: E402
+from surgery.export.saving import save_model_atomic  # noqa: E402
 from surgery.data import DataError  # noqa: E402
 from surgery.errors import SurgeryError  # noqa: E402
 from surgery.model_files import check_model_file  # noqa: E402

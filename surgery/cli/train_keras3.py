@@ -31,8 +31,8 @@ from surgery.cli.train_args import (PENALTIES, UsageError, run_folder, steps_per
 from surgery.errors import SurgeryError
 from surgery.model_files import check_model_file
 from surgery.pipeline import regularizers
-from surgery.pipeline.atomic import write_atomically
-from surgery.pipeline.progress import fit_verbose
+from surgery.atomic import write_atomically
+from surgery.progress import fit_verbose
 from surgery.pipeline.schedules import WarmupScheduleBase
 
 logger = logging.getLogger("train.py")

@@ -5,8 +5,8 @@ This package owns latency as a cost. :mod:`~surgery.cost.cpu` says what the CPU 
 :mod:`~surgery.cost.timing` times runners interleaved, :mod:`~surgery.cost.micro` times
 one layer at candidate widths, :mod:`~surgery.cost.cache` keeps those times on disk keyed by
 everything they depend on, :mod:`~surgery.cost.table` turns them into a cost over channel
-group widths, and :mod:`~surgery.cost.budget` plans for a latency target with the
-allocation search of :mod:`surgery.pruning.budget`.
+group widths, and :mod:`~surgery.calibration.latency` plans for a latency target with the
+allocation search of :mod:`surgery.pruning.allocation`.
 
 Example::
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from surgery.cost import micro
-from surgery.pruning.width_model import call_widths
+import surgery.cost.micro as micro
+from surgery.cost.width import call_widths
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def choose_alignment(est, runtime, batch: int, threads: int, cache, block: int, 
                      progress: bool = False) -> dict:
     """``{"round_to": block or 2 * block, "probes": [...]}`` for ``est`` (a measured
     :class:`~surgery.cost.table.LatencyEstimator`)."""
-    chains = micro.cheap_followers(est.model) if hasattr(est, "model") else {}
+    chains = micro.cheap_followers(est.graph) if hasattr(est, "graph") else {}
     entries, pairs = [], []
     for info, kind, i0, o0 in _probes(est, block):
         width = i0 if kind == "tied" else o0

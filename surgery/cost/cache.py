@@ -27,7 +27,7 @@ import logging
 import os
 from typing import Mapping, Optional
 
-from surgery.pipeline.atomic import write_atomically
+from surgery.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import logging
 import os
 from typing import Callable, Optional
 
-from surgery.pipeline.atomic import write_atomically
+from surgery.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,12 @@ import statistics
 import time
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from tqdm.auto import tqdm
+
 from surgery.cost.cache import TableCache, digest
+from surgery.cost.cpu import cpu_features
+from surgery.engine.graph import ModelGraph
+from surgery.engine.rules import CHANNELWISE, rule_for
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +51,11 @@ def signature(info, in_channels: int, out_channels: int, followers: Sequence = (
         digest(json.loads(json.dumps(configs, default=str)))
 
 
-def cheap_followers(model) -> dict:
+def cheap_followers(graph: ModelGraph) -> dict:
     """``{layer name: [LayerInfo, ...]}``: the channel-wise calls without FLOPs of their
     own (BatchNormalization, activations) that follow each layer alone, in a chain; a
     runtime fuses them into the layer, so a micro-model times them with it."""
-    from surgery.engine.graph import resolve
-    from surgery.engine.rules import CHANNELWISE, rule_for
-
-    nodes = resolve(model).calls()
+    nodes = graph.calls()
     users: dict = {}
     for n in nodes:
         for k in n.input_keys:
@@ -96,8 +98,6 @@ def measure(entries: Sequence[Entry], runtime, batch: int, threads: int, cache: 
             keras, repeats: int = DEFAULT_REPEATS, progress: bool = True) -> dict:
     """Seconds of every entry's micro-model (from ``cache`` where present, else timed in
     ``runtime`` and added to it). Returns ``{signature: seconds}``."""
-    from tqdm.auto import tqdm
-
     seconds, missing = {}, {}
     for sig, info, i, o, after in entries:
         if sig in seconds or sig in missing:
@@ -161,7 +161,5 @@ def widths(full: int, block: int, fractions: Iterable[float]) -> List[int]:
 def cpu_key(runtime, model, batch: int, threads: int, features: Optional[Sequence] = None
             ) -> dict:
     """The environment a table belongs to (see :class:`TableCache`)."""
-    from surgery.cost.cpu import cpu_features
-
     return dict(runtime=runtime.name, version=runtime.version(model),
                 cpu=list(features or cpu_features()), threads=int(threads), batch=int(batch))

@@ -34,26 +34,20 @@ from typing import Any, Callable, List, Optional
 
 import numpy as np
 
-from surgery.engine.graph import resolve
+from surgery._backend import tf
+from surgery.cost.converted import converted, model_key
+from surgery.engine.adapters import is_keras3, keras_of
 from surgery.errors import SurgeryError
+import surgery.export.onnx as onnx_export
+from surgery.export.tflite import _convert
 
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[], Any]
 
 
-def _is_keras3(model) -> bool:
-    return resolve(model).keras3
-
-
-def _keras_of(model):
-    if _is_keras3(model):
-        import keras as keras3
-
-        return keras3
-    from surgery._backend import keras
-
-    return keras
+_is_keras3 = is_keras3
+_keras_of = keras_of
 
 
 def _batch(shape, batch: int, seed: int = 0) -> np.ndarray:
@@ -110,8 +104,6 @@ class Runtime:
         for this model, weights and runtime version."""
         if cache_folder is None:
             return convert()
-        from surgery.cost.converted import converted, model_key
-
         return converted(model_key(model, self.version(model)), convert, suffix,
                          cache_folder)
 
@@ -121,19 +113,18 @@ class OnnxRuntime(Runtime):
     install = "pip install 'keras-surgery[onnx]'"
 
     def version(self, model=None) -> str:
-        import onnxruntime
+        import onnxruntime  # lazy: an optional runtime (the onnx extra)
 
         if model is not None and _is_keras3(model):
-            import keras as keras3
-
+            keras3 = keras_of(model)
             return f"ort{onnxruntime.__version__}-keras{keras3.__version__}-" \
                    f"{keras3.backend.backend()}"
-        import tf2onnx
+        import tf2onnx  # lazy: an optional converter (the onnx extra)
 
         return f"ort{onnxruntime.__version__}-tf2onnx{tf2onnx.__version__}"
 
     def session(self, proto: bytes, threads: int):
-        import onnxruntime
+        import onnxruntime  # lazy: an optional runtime (the onnx extra)
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -148,19 +139,17 @@ class OnnxRuntime(Runtime):
 
     @staticmethod
     def export(model) -> bytes:
-        from surgery.pipeline.onnx_export import export_onnx
-
         if _is_keras3(model):  # Keras 3 exports only a model that has been called
             xs = [_batch(t.shape[1:], 1) for t in model.inputs]
             model(xs if len(xs) > 1 else xs[0], training=False)
         with tempfile.TemporaryDirectory(prefix="surgery-cost-") as folder:
             try:  # without tf2onnx's deep copy of its graph before every optimiser pass
                 with _environment(TF2ONNX_CATCH_ERRORS="FALSE"):  # (about 1 s a model)
-                    path = export_onnx(model, os.path.join(folder, "m.onnx"))
+                    path = onnx_export.export_onnx(model, os.path.join(folder, "m.onnx"))
             except Exception:  # an optimiser pass failed: convert as tf2onnx does by default
                 logger.debug("tf2onnx without caught optimiser errors failed; converting "
                              "again with them caught", exc_info=True)
-                path = export_onnx(model, os.path.join(folder, "m.onnx"))
+                path = onnx_export.export_onnx(model, os.path.join(folder, "m.onnx"))
             with open(path, "rb") as f:
                 return f.read()
 
@@ -175,7 +164,7 @@ class OnnxRuntime(Runtime):
             feeds = {i.name: _batch(t.shape[1:], batch)
                      for i, t in zip(session.get_inputs(), model.inputs)}
             return [self._run(session, feeds)]
-        import onnx
+        import onnx  # lazy: an optional package (the onnx extra)
         from onnx.utils import Extractor
 
         proto = onnx.load_from_string(data)
@@ -216,14 +205,9 @@ class TFLiteRuntime(Runtime):
     install = "pip install tensorflow"
 
     def version(self, model=None) -> str:
-        from surgery._backend import tf
-
         return f"tflite{tf.__version__}-xnnpack"
 
     def _runner(self, model, batch, threads, cache_folder=None) -> Runner:
-        from surgery._backend import tf
-        from surgery.pipeline.tflite import _convert
-
         content = self._converted(model, lambda: _convert(model, lambda converter: None),
                                   "tflite", cache_folder)
         with warnings.catch_warnings():  # tf.lite.Interpreter warns that it is deprecated
@@ -253,22 +237,15 @@ class TensorFlowRuntime(Runtime):
     install = "pip install tensorflow"
 
     def version(self, model=None) -> str:
-        from surgery._backend import tf
-
         if model is not None and _is_keras3(model):
-            import keras as keras3
-
+            keras3 = keras_of(model)
             return f"keras{keras3.__version__}-{keras3.backend.backend()}-tf{tf.__version__}"
         return f"tf{tf.__version__}-tfkeras"
 
     def _runner(self, model, batch, threads) -> Runner:
-        from surgery._backend import tf
-
         xs = [_batch(t.shape[1:], batch) for t in model.inputs]
         if _is_keras3(model):
-            import keras as keras3
-
-            if keras3.backend.backend() != "tensorflow":
+            if keras_of(model).backend.backend() != "tensorflow":
                 return lambda: model.predict_on_batch(xs if len(xs) > 1 else xs[0])
         tensors = [tf.constant(x) for x in xs]
         forward = tf.function(lambda *t: model(list(t) if len(t) > 1 else t[0],
@@ -276,8 +253,6 @@ class TensorFlowRuntime(Runtime):
         return lambda: forward(*tensors)
 
     def runners(self, model, batch, threads, branches=False, cache_folder=None):
-        from surgery._backend import tf
-
         try:  # TensorFlow fixes its pools at first use: set them before, never after
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         except RuntimeError:

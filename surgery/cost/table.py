@@ -3,7 +3,7 @@
 This module owns :class:`LatencyTable` (one layer call's seconds on a grid of input and
 output widths, interpolated piecewise-linearly in each width, extended linearly below the
 grid and never negative) and :class:`LatencyEstimator`, the latency form of
-:class:`surgery.pruning.width_model.WidthModel`: the pruned model's predicted seconds are the
+:class:`surgery.cost.width.WidthModel`: the pruned model's predicted seconds are the
 whole original model's measured seconds minus, for every call whose widths change, what
 its table says the call saves (``T(full widths) - T(kept widths)``). Calls that follow one
 width (a depthwise conv) get a one-dimensional table, calls whose input and output follow
@@ -21,7 +21,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from surgery.pruning.width_model import WidthModel, call_widths
+import surgery.cost.micro as micro
+from surgery.cost.runtimes import _keras_of
+from surgery.cost.width import WidthModel, call_widths
+from surgery.engine.graph import ModelGraph
 
 logger = logging.getLogger(__name__)
 
@@ -74,34 +77,32 @@ class LatencyEstimator(WidthModel):
 
     Example::
 
-        est = LatencyEstimator(model, plan0, whole=0.120, tables=my_tables)
-        est.cost_of_plan(p) / est.total   # predicted latency ratio of plan p
+        est = LatencyEstimator(graph, groups, whole=0.120, tables=my_tables)
+        est.cost_of(p.removed) / est.total   # predicted latency ratio of plan p
     """
 
     unit = "latency"
 
-    def __init__(self, model, plan, *, whole: float,
+    def __init__(self, graph: ModelGraph, groups: Sequence[tuple], *, whole: float,
                  tables: Optional[Mapping[str, LatencyTable]] = None, runtime=None,
                  batch: int = 1, threads: int = 1, block: int = 8, cache=None,
                  progress: bool = True, floor: float = 0.05):
-        super().__init__(model, plan)
+        super().__init__(graph, groups)
         self.total = float(whole)
-        self.model = model
+        self.graph = graph
         self.floor = floor
         self.scale = 1.0  # on the predicted savings (the timing check calibrates it)
         self.tables = dict(tables) if tables is not None else \
-            self._measure(model, runtime, batch, threads, block, cache, progress)
+            self._measure(graph, runtime, batch, threads, block, cache, progress)
         self._used = [(k, self.tables[info.name]) for k, (info, *_r) in enumerate(self.calls)
                       if info.name in self.tables]
         self._full = sum(float(t(*call_widths(self.calls[k][0]))) for k, t in self._used)
 
-    def _measure(self, model, runtime, batch, threads, block, cache, progress) -> dict:
-        from surgery.cost import micro
-        from surgery.cost.runtimes import _keras_of
-
+    def _measure(self, graph: ModelGraph, runtime, batch, threads, block, cache,
+                 progress) -> dict:
         plans = {}
         entries = []
-        chains = micro.cheap_followers(model)
+        chains = micro.cheap_followers(graph)
         for info, rule, in_row, out_row in self.calls:
             if not (np.any(in_row[:-1]) or np.any(out_row[:-1])) or not micro.measurable(info):
                 continue
@@ -125,7 +126,8 @@ class LatencyEstimator(WidthModel):
             plans[info.name] = (ins, outs, tied, i0, o0, sigs)
         if not entries:
             return {}
-        seconds = micro.measure(entries, runtime, batch, threads, cache, _keras_of(model),
+        seconds = micro.measure(entries, runtime, batch, threads, cache,
+                                _keras_of(graph.model),
                                 progress=progress)
         tables = {}
         for name, (ins, outs, tied, i0, o0, sigs) in plans.items():

@@ -29,6 +29,11 @@ import statistics
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
+
+from surgery.cost.cpu import default_threads
+from surgery.cost.runtimes import get_runtime
+
 logger = logging.getLogger(__name__)
 
 #: Each runner is timed at least this many times per round.
@@ -68,9 +73,6 @@ def model_latency(model, runtime: str = "onnxruntime", batch_size: int = 1,
 
         surgery.cost.model_latency(model, "onnxruntime", batch_size=32, threads=2)
     """
-    from surgery.cost.cpu import default_threads
-    from surgery.cost.runtimes import get_runtime
-
     rt = get_runtime(runtime)
     run = rt.runners(model, batch_size, threads or default_threads())[0]
     return interleaved({"model": run}, runs=runs, min_seconds=MIN_ROUND_SECONDS)["model"]
@@ -89,8 +91,6 @@ def paired_ratio(first: List[float], second: List[float]) -> Tuple[float, float]
     >>> round(paired_ratio([1.0, 1.0, 1.0], [0.5, 0.7, 0.6])[0], 3)
     0.6
     """
-    import numpy as np
-
     n = min(len(first), len(second))
     a, b = np.asarray(first[:n], dtype=float), np.asarray(second[:n], dtype=float)
     ratios = b / np.sqrt(a * np.append(a[1:], a[-1]))
@@ -155,9 +155,6 @@ def compare(original, pruned, runtime: str = "onnxruntime", batch_size: int = 1,
         c = surgery.cost.compare(model, smaller, "onnxruntime", batch_size=32, threads=2)
         c["ratio"], c["spread"]
     """
-    from surgery.cost.cpu import default_threads
-    from surgery.cost.runtimes import get_runtime
-
     if runners is None:
         rt = get_runtime(runtime)
         threads = threads or default_threads()

@@ -15,7 +15,7 @@ import numpy as np
 from surgery.errors import SurgeryError, UnsupportedLayerError
 from surgery.engine.rules import PRODUCER, rule_for
 from surgery.engine.rules.base import concrete
-from surgery.engine.graph import resolve
+from surgery.engine.graph import ModelGraph
 
 
 def cut(info, masks: list, channels: Optional[Sequence[int]], nested: bool = False,
@@ -96,13 +96,13 @@ def checked_units(info, units: Mapping[str, Sequence[int]]) -> dict:
     return result
 
 
-def delete_by_rebuild(graph, deletions: Mapping[str, Sequence[int]],
+def delete_by_rebuild(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
                       units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None):
     """A new model without the output channels in ``deletions`` (layer name -> indices)
     and the heads / head widths in ``units`` (layer name -> axis -> indices) of ``graph``
-    (a :class:`~surgery.engine.graph.ModelGraph` or a model), built by its adapter's
+    (a :class:`~surgery.engine.graph.ModelGraph`), built by its adapter's
     ``rebuild``; the model is untouched."""
-    graph = resolve(graph).require_functional()
+    graph.require_functional()
     model = graph.model
     units = dict(units or {})
     names = {n.layer.name for n in graph.calls()}

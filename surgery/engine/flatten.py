@@ -4,11 +4,13 @@ The most common way to fine-tune is ``Sequential([MobileNetV2(...), GlobalAverag
 Dense(10)])``: the backbone is one *layer* of the outer model, so its channels cannot be
 reached by surgery. This module owns :func:`flatten_model`, which replays every functional
 sub-model's layers directly in the outer graph (fresh layer copies, weights copied, names
-kept unique) so the result is one flat functional model computing the same function.
+kept unique) so the result is one flat functional model computing the same function, and
+:func:`flattened`, the graph every planning stage reads (the graph itself when nothing is
+nested).
 """
 from __future__ import annotations
 
-from surgery.engine.graph import resolve
+from surgery.engine.graph import ModelGraph, resolve
 
 
 def flatten_model(model):
@@ -23,7 +25,11 @@ def flatten_model(model):
                                   keras.layers.Dense(10)])
         flat = surgery.flatten_model(model)   # MobileNetV2's layers are now reachable
     """
-    graph = resolve(model).require_functional()
+    return _inlined(resolve(model, "flatten_model").require_functional()).model
+
+
+def _inlined(graph: ModelGraph) -> ModelGraph:
+    """The graph of a flat copy of ``graph``'s model (every nested model inlined)."""
     model, adapter = graph.model, graph.adapter
     used_names: set[str] = set(graph.input_names())
     copies: list = []
@@ -43,12 +49,11 @@ def flatten_model(model):
         return cache[layer]
 
     def replay(sub, inputs):
-        sub = resolve(sub)
         start = {sub.key(t): new for t, new in zip(sub.inputs(), inputs)}
 
         def visit(node, tensors):
             if sub.is_nested(node.layer):
-                return replay(node.layer, tensors)
+                return replay(sub.nested(node.layer), tensors)
             return node.call(copy_of(node.layer), tensors)
 
         values = sub.walk(visit, lambda t: start[sub.key(t)])
@@ -57,13 +62,13 @@ def flatten_model(model):
     new_inputs = adapter.fresh_inputs(model)
     outputs = replay(graph, new_inputs)
     adapter.set_weights(copies)
-    return adapter.build_model(model, new_inputs, outputs)
+    return graph.with_model(adapter.build_model(model, new_inputs, outputs))
 
 
-def flattened(model):
-    """``model`` (a model or its :class:`~surgery.engine.graph.ModelGraph`) itself when
-    nothing is nested in it, else :func:`flatten_model` of it; a model either way."""
-    graph = resolve(model).require_functional()
+def flattened(graph: ModelGraph) -> ModelGraph:
+    """``graph`` itself when nothing is nested in its model, else the graph of a flat copy
+    (:func:`flatten_model`)."""
+    graph.require_functional()
     if any(graph.is_nested(layer) for layer in graph.model.layers):
-        return flatten_model(graph)
-    return graph.model
+        return _inlined(graph)
+    return graph

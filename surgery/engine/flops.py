@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Union
 
+from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.rules import rule_for
 
 
@@ -21,13 +22,18 @@ def count_flops(model, per_layer: bool = False) -> Union[int, dict[str, int]]:
         before, after = surgery.count_flops(model), surgery.count_flops(smaller)
         by_layer = surgery.count_flops(model, per_layer=True)
     """
-    from surgery.pruning.arguments import check_model
+    counts = flops_by_layer(resolve(model, "count_flops"))
+    return counts if per_layer else int(sum(counts.values()))
 
-    graph = check_model(model, "count_flops").require_functional()
+
+def flops_by_layer(graph: ModelGraph) -> dict[str, int]:
+    """FLOPs of every layer (by name) of ``graph``'s model that has any; nested models
+    counted layer by layer."""
+    graph.require_functional()
     counts: dict[str, int] = {}
     for node in graph.calls():
         if graph.is_nested(node.layer):
-            inner = count_flops(node.layer, per_layer=True)
+            inner = flops_by_layer(graph.nested(node.layer))
         else:
             info = node.info
             rule = rule_for(info)
@@ -35,4 +41,4 @@ def count_flops(model, per_layer: bool = False) -> Union[int, dict[str, int]]:
         for name, flops in inner.items():
             if flops:
                 counts[name] = counts.get(name, 0) + int(flops)
-    return counts if per_layer else int(sum(counts.values()))
+    return counts

@@ -4,12 +4,11 @@ This module owns :class:`ModelGraph`: a functional model together with the graph
 of the Keras generation that built it (:mod:`~surgery.engine.keras2` or
 :mod:`~surgery.engine.keras3`), answering the adapter's questions about that one model:
 its calls in topological order, the calls of a layer, the readers of a call's outputs, its
-inputs and outputs, a probe model to internal tensors. The public functions resolve the
-graph at their boundary (:func:`resolve`, through
-:func:`~surgery.pruning.arguments.check_model`) and hand it to the stages below them —
-groups, zeroing, FLOPs, criteria, budgets, apply, verify, batch-norm recalibration and
-export — which accept a :class:`ModelGraph` or a bare model alike. Besides
-:mod:`~surgery.engine.adapters`, only this module asks which generation built a model.
+inputs and outputs, a probe model to internal tensors. Only the public functions call
+:func:`resolve` (it refuses anything but a Keras model with an error naming the function);
+the stages below them — groups, zeroing, FLOPs, criteria, allocation, apply, verify —
+take the resolved graph. Besides :mod:`~surgery.engine.adapters`, only this module asks
+which generation built a model.
 
 Example:
     >>> from surgery._backend import keras
@@ -20,10 +19,12 @@ Example:
 """
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any, Callable, Union
 
 from surgery.engine.adapters import adapter_for
+from surgery.errors import SurgeryError
 
 
 class ModelGraph:
@@ -99,8 +100,37 @@ class ModelGraph:
         """Every call once in topological order (see the adapters' ``walk``)."""
         return self.adapter.walk(self.model, visit, start)
 
+    def nested(self, layer) -> "ModelGraph":
+        """The graph of ``layer``, a model nested in this one (same adapter)."""
+        return ModelGraph(layer, self.adapter)
 
-def resolve(model: Union[Any, ModelGraph]) -> ModelGraph:
+    def with_model(self, model) -> "ModelGraph":
+        """The graph of another model of the same generation (a copy or a cut of this one)."""
+        return ModelGraph(model, self.adapter)
+
+
+def resolve(model: Union[Any, ModelGraph], function: str = "surgery") -> ModelGraph:
     """The :class:`ModelGraph` of ``model``; ``model`` itself when it is one already.
-    :class:`~surgery.errors.SurgeryError` for anything but a Keras model."""
-    return model if isinstance(model, ModelGraph) else ModelGraph(model)
+    :class:`~surgery.errors.SurgeryError` naming ``function`` for ``None``, a path, or
+    anything but a Keras model (tf-keras / Keras 2, or Keras 3 on any backend).
+
+    Example::
+
+        resolve("model.h5", "plan")  # SurgeryError: ... keras.models.load_model(...)
+    """
+    if isinstance(model, ModelGraph):
+        return model
+    if model is None:
+        raise SurgeryError(f"{function}(model=None): model must be a keras.Model; build one, "
+                           "or load a saved one with keras.models.load_model(path)")
+    if isinstance(model, (str, bytes, os.PathLike)):
+        raise SurgeryError(
+            f"{function}(model={os.fsdecode(model)!r}): model must be a keras.Model, not a "
+            "path; load it first with keras.models.load_model(path, compile=False)")
+    try:
+        return ModelGraph(model)
+    except SurgeryError:
+        raise SurgeryError(f"{function}(model=...): model must be a keras.Model, got "
+                           f"{type(model).__name__}; build it (tf-keras or Keras 3) with the "
+                           "Keras functional API or load it with "
+                           "keras.models.load_model(path)") from None

@@ -22,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from surgery.engine.graph import resolve
+from surgery.engine.flatten import flattened
+from surgery.engine.graph import ModelGraph, resolve
 from surgery.errors import SurgeryError
 from surgery.engine.rules.base import concrete
 from surgery.engine.rules import (
@@ -257,10 +258,10 @@ class _Analysis:
         return result + list(self.units.values())
 
 
-def analyse(model) -> tuple[list[ChannelGroup], dict[str, str]]:
-    """The channel groups of a flat functional model, and the layers left alone because
-    no rule cuts their output channels (name -> reason)."""
-    graph = resolve(model).require_functional()
+def analyse(graph: ModelGraph) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """The channel groups of a flat functional model's graph, and the layers left alone
+    because no rule cuts their output channels (name -> reason)."""
+    graph.require_functional()
     analysis = _Analysis()
     values = graph.walk(analysis.visit,
                         lambda t: analysis.new(_width(tuple(t.shape)), "model input"))
@@ -279,8 +280,4 @@ def channel_groups(model) -> list[ChannelGroup]:
         for group in surgery.channel_groups(model):
             print(group.producers, group.size, group.skipped or "prunable")
     """
-    from surgery.engine.flatten import flattened
-    from surgery.pruning.arguments import check_model
-
-    graph = check_model(model, "channel_groups").require_functional()
-    return analyse(flattened(graph))[0]
+    return analyse(flattened(resolve(model, "channel_groups")))[0]

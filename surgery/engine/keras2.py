@@ -14,9 +14,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from surgery._backend import keras, tf
 from surgery.errors import SurgeryError
-from surgery.engine import adapters
+from surgery.engine import adapter_base
 from surgery.engine.rules import LayerInfo
 
+
+
+#: the Keras module that builds this generation's models
+KERAS = keras
 
 
 def require_functional(model) -> None:
@@ -46,10 +50,10 @@ def _shape(tensor) -> tuple:
     return tuple(tensor.shape)[1:]
 
 
-class Node:
+class Node(adapter_base.NodeBase):
     """One call of a layer in a model: its layer, input and output tensors."""
 
-    __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "__weakref__")
+    __slots__ = ()
 
     def __init__(self, node):
         self._node = node
@@ -57,19 +61,6 @@ class Node:
         self.is_input = node.is_input
         self.inputs = [] if node.is_input else list(node.keras_inputs)
         self.outputs = tf.nest.flatten(node.outputs)
-
-    @property
-    def identity(self) -> int:
-        """Tells two calls of the same layer apart."""
-        return id(self._node)
-
-    @property
-    def input_keys(self) -> list:
-        return [key(t) for t in self.inputs]
-
-    @property
-    def output_keys(self) -> list:
-        return [key(t) for t in self.outputs]
 
     @property
     def info(self) -> LayerInfo:
@@ -80,7 +71,7 @@ class Node:
             input_shapes=[_shape(t) for t in self.inputs],
             output_shape=_shape(self.outputs[0]), op=getattr(layer, "symbol", None),
             layer=layer, load_weights=layer.get_weights,
-            input_roles=adapters.input_roles(layer, self._node.call_args,
+            input_roles=adapter_base.input_roles(layer, self._node.call_args,
                                              self._node.call_kwargs, self.inputs,
                                              tf.nest.flatten))
 
@@ -153,8 +144,8 @@ def new_layer(layer, config: Optional[dict] = None):
 
 
 def carried(layer):
-    """A copy of a layer that no cut touches (:func:`surgery.engine.adapters.carried`)."""
-    return adapters.carried(layer, new_layer)
+    """A copy of a layer that no cut touches (:func:`surgery.engine.adapter_base.carried`)."""
+    return adapter_base.carried(layer, new_layer)
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:

@@ -20,13 +20,17 @@ import keras
 from keras import tree
 
 from surgery.errors import SurgeryError
-from surgery.engine import adapters
+from surgery.engine import adapter_base
 from surgery.engine.rules import LayerInfo
 from surgery.engine.rules.base import CLASS_KEY
 
 #: attributes of non-layer operations that rules read as config (``Concatenate``'s axis)
 _OP_ATTRIBUTES = ("axis", "axes", "newshape", "new_shape", "pad_width", "mode")
 _PLAIN = (bool, int, float, str, type(None))
+
+
+#: the Keras module that builds this generation's models
+KERAS = keras
 
 
 def _graph(model):
@@ -113,10 +117,10 @@ def _no_weights() -> list:
     return []
 
 
-class Node:
+class Node(adapter_base.NodeBase):
     """One call of a layer or operation in a model: the operation, its tensors."""
 
-    __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "__weakref__")
+    __slots__ = ()
 
     def __init__(self, node):
         self._node = node
@@ -124,19 +128,6 @@ class Node:
         self.is_input = node.is_input
         self.inputs = [] if node.is_input else list(node.input_tensors)
         self.outputs = list(node.outputs)
-
-    @property
-    def identity(self) -> int:
-        """Tells two calls of the same layer apart."""
-        return id(self._node)
-
-    @property
-    def input_keys(self) -> list:
-        return [key(t) for t in self.inputs]
-
-    @property
-    def output_keys(self) -> list:
-        return [key(t) for t in self.outputs]
 
     @property
     def info(self) -> LayerInfo:
@@ -149,7 +140,7 @@ class Node:
             output_shape=_shape(self.outputs[0]) if self.outputs else (),
             op=None if is_layer else type(op).__name__, layer=op,
             load_weights=op.get_weights if is_layer else _no_weights,
-            input_roles=adapters.input_roles(op, self._node.arguments.args,
+            input_roles=adapter_base.input_roles(op, self._node.arguments.args,
                                              self._node.arguments.kwargs, self.inputs,
                                              tree.flatten) if is_layer else [],
             keras=3)
@@ -253,8 +244,8 @@ def clone(model):
 
 
 def carried(layer):
-    """A copy of a layer that no cut touches (:func:`surgery.engine.adapters.carried`)."""
-    return adapters.carried(layer, new_layer)
+    """A copy of a layer that no cut touches (:func:`surgery.engine.adapter_base.carried`)."""
+    return adapter_base.carried(layer, new_layer)
 
 
 def rebuild(model, replaced: Mapping[int, tuple]):

@@ -17,7 +17,8 @@ import numpy as np
 from surgery.errors import SurgeryError
 from surgery.engine.rules import PRODUCER, channel_vector, rule_for
 from surgery.engine.rules.base import concrete
-from surgery.engine.graph import resolve
+from surgery.engine.flatten import flattened
+from surgery.engine.graph import ModelGraph, resolve
 
 
 def zero_channels(model, deletions: Mapping[str, Sequence[int]],
@@ -32,12 +33,14 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]],
         pruned = surgery.delete_channels(model, "block_1_expand", [0, 3])
         np.testing.assert_allclose(zeroed.predict(x), pruned.predict(x), rtol=1e-5)
     """
-    from surgery.engine.flatten import flattened
-    from surgery.pruning.arguments import check_model
+    return zeroed_copy(resolve(model, "zero_channels"), deletions, units)
 
-    graph = check_model(model, "zero_channels").require_functional()
+
+def zeroed_copy(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
+                units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None):
+    """:func:`zero_channels` of a resolved graph (its model is untouched)."""
     flat = flattened(graph)
-    clone = resolve(graph.adapter.clone(flat))  # layers of nested models are reachable
+    clone = flat.with_model(graph.adapter.clone(flat.model))  # nested layers reachable
     changed: dict = {}  # layer -> new weights
 
     def visit(node, masks):
@@ -70,7 +73,7 @@ def zero_channels(model, deletions: Mapping[str, Sequence[int]],
         return out
 
     clone.walk(visit, lambda t: None)
-    shared = {id(l) for l in flat.layers}
+    shared = {id(l) for l in flat.model.layers}
     for layer in changed:
         if id(layer) in shared:  # carried over uncopied: zeroing would change the input
             raise SurgeryError(

@@ -4,10 +4,10 @@ This module is the pipeline's one place to import export functions from, and own
 size report: :func:`size_table` and :func:`size_table_markdown` give raw and gzipped
 file sizes side by side, like the table in the TensorFlow model-optimisation pruning
 guide (baseline, pruned, pruned + quantised). The exporters live next to it and are
-re-exported here: TensorFlow Lite in :mod:`surgery.pipeline.tflite` (:func:`export_tflite`,
+re-exported here: TensorFlow Lite in :mod:`surgery.export.tflite` (:func:`export_tflite`,
 :func:`tflite_predict`, :func:`evaluate_tflite`, :func:`tflite_input_dtype`) and ONNX in
-:mod:`surgery.pipeline.onnx_export` (:func:`export_onnx`, :func:`onnx_predict`); the
-array helpers (:func:`data_arrays`, :func:`class_ids`) in :mod:`surgery.pipeline.batches`.
+:mod:`surgery.export.onnx` (:func:`export_onnx`, :func:`onnx_predict`); the
+array helpers (:func:`data_arrays`, :func:`class_ids`) in :mod:`surgery.export.batches`.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import gzip
 import os
 from typing import Mapping
 
-from surgery.pipeline.atomic import write_atomically
-from surgery.pipeline.batches import (PROGRESS_MIN_EXAMPLES, Data, RepresentativeData,
+from surgery.atomic import write_atomically
+from surgery.export.batches import (PROGRESS_MIN_EXAMPLES, Data, RepresentativeData,
                                       class_ids, data_arrays)
-from surgery.pipeline.onnx_export import export_onnx, onnx_predict
-from surgery.pipeline.tflite import (DEFAULT_CALIBRATION_EXAMPLES, QUANTIZE_MODES,
+from surgery.export.onnx import export_onnx, onnx_predict
+from surgery.export.tflite import (DEFAULT_CALIBRATION_EXAMPLES, QUANTIZE_MODES,
                                      evaluate_tflite, export_tflite, tflite_input_dtype,
                                      tflite_predict)
 

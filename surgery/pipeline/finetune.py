@@ -18,7 +18,7 @@ import numpy as np
 
 from surgery._backend import keras, tf
 from surgery.pipeline.distillation import checked_settings, distillation_loss, ends_in_softmax
-from surgery.pipeline.progress import fit_verbose
+from surgery.progress import fit_verbose
 from surgery.pipeline.schedules import warmup_cosine
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from surgery._backend import keras
 from surgery.pipeline.export import write_atomically
-from surgery.engine.flatten import flattened
+from surgery.engine.flatten import flatten_model
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def save_png(ax: Axes, path: str) -> PlotPath:
 def _channel_layers(model: keras.Model) -> dict[str, int]:
     """Output channels of every layer with ``filters`` or ``units``, in model order."""
     out: dict[str, int] = {}
-    for layer in flattened(model).layers:
+    for layer in flatten_model(model).layers:
         width = getattr(layer, "filters", None) or getattr(layer, "units", None)
         if isinstance(width, (int, np.integer)):
             out[layer.name] = int(width)

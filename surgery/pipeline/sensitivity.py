@@ -16,13 +16,17 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from surgery._backend import keras
+from tqdm.auto import tqdm
+
+from surgery.calibration.planner import plan as make_plan
+from surgery.engine.graph import resolve
+from surgery.progress import bars_wanted
 from surgery.pruning.execution import apply as apply_plan
 from surgery.pipeline.export import Data, class_ids, data_arrays
 from surgery.engine.flops import count_flops
 from surgery.engine.groups import channel_groups
 from surgery.engine.flatten import flattened
 from surgery.engine.zeroing import to_numpy
-from surgery.pruning.planning import plan as make_plan
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +88,6 @@ def _group_names(model: keras.Model, groups: Optional[Sequence[str]]) -> list[st
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    from surgery.pipeline.progress import bars_wanted
-
     return tqdm(total=total, desc=desc, leave=False, disable=not bars_wanted(enabled))
 
 
@@ -120,7 +120,7 @@ def sensitivity(model: keras.Model, data: Data, ratios: Sequence[float] = (0.1, 
         smaller = surgery.prune(model, ratio=0.5, per_layer={g: 0.1 for g in fragile})
     """
     metric = metric or accuracy
-    model = flattened(model)
+    model = flattened(resolve(model, "sensitivity")).model
     x, y = data_arrays(data)
     values = _ratios(ratios)
     names = _group_names(model, groups)
@@ -135,7 +135,7 @@ def sensitivity(model: keras.Model, data: Data, ratios: Sequence[float] = (0.1, 
                 bar.set_postfix_str(f"{name} @ {ratio:g}", refresh=False)
                 p = make_plan(model, ratio=0.0, per_layer={name: ratio}, criterion=criterion,
                               data=(x, y))
-                if not p.deletions:
+                if p.empty:
                     scores[ratio] = baseline
                 else:
                     pruned = apply_plan(model, p)
@@ -170,7 +170,7 @@ def accuracy_vs_flops(model: keras.Model, data: Data,
     metric = metric or accuracy
     if "ratio" in plan_kwargs:
         raise ValueError("accuracy_vs_flops: pass ratios=, not ratio=")
-    model = flattened(model)
+    model = flattened(resolve(model, "accuracy_vs_flops")).model
     x, y = data_arrays(data)
     plan_kwargs.setdefault("data", (x, y))
     values = sorted({float(r) for r in ratios})

@@ -20,7 +20,7 @@ import numpy as np
 from keras import ops
 
 from surgery.pipeline.distillation3 import compile_distiller, make_distiller
-from surgery.pipeline.progress import fit_verbose
+from surgery.progress import fit_verbose
 from surgery.pipeline.schedules import register_legacy, warmup_cosine
 
 logger = logging.getLogger(__name__)

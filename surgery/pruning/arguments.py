@@ -1,69 +1,27 @@
 """Checking what a user passes to the library, before any work is done.
 
-This module owns the one error model of the public API: every mistake a caller can make
-in ``surgery.plan``, ``apply``, ``prune``, ``verify``, ``channel_groups``, ``count_flops``
-or ``zero_channels`` raises :class:`~surgery.errors.SurgeryError` (a ``ValueError``) whose
-message names the argument and says how to fix it. :func:`check_model` refuses ``None``
-and path strings, :func:`check_plan_arguments` the planning budget (``ratio``,
-``threshold``, ``flops_target``, ``round_to``, ``min_channels``, ``scope``), the criterion
-and policy names, the ``ignore`` and ``per_layer`` layer names, and a data-driven
-criterion called without ``data``.
+This module owns the one error model of planning: every mistake a caller can make in
+``surgery.plan``'s arguments raises :class:`~surgery.errors.SurgeryError` (a
+``ValueError``) whose message names the argument and says how to fix it.
+:func:`check_plan_arguments` checks the budget (``ratio``, ``threshold``, ``flops_target``,
+``latency_target``, ``candidates``, ``round_to``, ``min_channels``, ``scope``), the
+criterion and policy names, the ``ignore`` and ``per_layer`` layer names, and a
+data-driven criterion called without ``data``; :func:`check_latency_arguments` the
+runtime, batch size and threads of a latency target. (A model that is not a Keras model
+is refused where it is resolved: :func:`surgery.engine.graph.resolve`.)
 """
 from __future__ import annotations
 
 import math
 import numbers
-import os
 from typing import Mapping, Optional, Sequence
 
+from surgery.cost.runtimes import Runtime, get_runtime
+from surgery.engine.graph import ModelGraph
 from surgery.errors import SurgeryError
+from surgery.pruning.criteria import CRITERIA
+from surgery.pruning.policies import POLICIES
 
-
-def check_model(model, function: str = "surgery"):
-    """The graph of ``model`` (a :class:`~surgery.engine.graph.ModelGraph`, resolved here
-    at the public boundary and handed down); :class:`SurgeryError` unless it is a Keras
-    model (tf-keras / Keras 2, or Keras 3 on any backend) or such a graph.
-
-    Example::
-
-        check_model("model.h5", "plan")  # SurgeryError: ... keras.models.load_model(...)
-    """
-    from surgery.engine.graph import resolve
-
-    if model is None:
-        raise SurgeryError(f"{function}(model=None): model must be a keras.Model; build one, or "
-                           "load a saved one with keras.models.load_model(path)")
-    if isinstance(model, (str, bytes, os.PathLike)):
-        raise SurgeryError(
-            f"{function}(model={os.fsdecode(model)!r}): model must be a keras.Model, not a "
-            "path; load it first with keras.models.load_model(path, compile=False)")
-    try:
-        return resolve(model)
-    except SurgeryError:
-        raise SurgeryError(f"{function}(model=...): model must be a keras.Model, got "
-                           f"{type(model).__name__}; build it (tf-keras or Keras 3) with the "
-                           "Keras functional API or load it with keras.models.load_model(path)") from None
-
-
-
-def check_values(function: str, argument: str, value) -> None:
-    """:class:`SurgeryError` when ``value`` (an array or a nest of them) holds a symbolic
-    tensor — a ``keras.Input`` or a layer output, of either Keras generation — where
-    data is needed.
-
-    Example::
-
-        check_values("verify", "x", keras.Input((8,)))  # SurgeryError: ... NumPy array
-    """
-    from surgery._backend import tf
-
-    for leaf in tf.nest.flatten(value):
-        if type(leaf).__name__ == "KerasTensor" or "keras_tensor" in type(leaf).__module__:
-            raise SurgeryError(
-                f"{function}({argument}=...): got a symbolic tensor "
-                f"({type(leaf).__module__}.{type(leaf).__name__}: a keras.Input or a layer "
-                "output) where data is needed; pass a batch of values, e.g. a NumPy array "
-                "like x_test[:8]")
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -78,7 +36,7 @@ def check_fraction(name: str, value, *, low_open: bool = False, hint: str = "") 
                            + (f"; {hint}" if hint else ""))
 
 
-def _check_int(name: str, value, minimum: int, hint: str) -> None:
+def check_int(name: str, value, minimum: int, hint: str) -> None:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
         raise SurgeryError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}")
 
@@ -103,24 +61,38 @@ def check_unit_arguments(*, heads=True, head_dims=False) -> None:
                                f"got {value!r}")
 
 
-def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "aggregate",
-                         threshold=None, per_layer: Optional[Mapping[str, float]] = None,
+def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
+                         policy: str = "aggregate", threshold=None,
+                         per_layer: Optional[Mapping[str, float]] = None,
                          ignore: Sequence[str] = (), round_to=1, min_channels=1,
                          scope: str = "local", data=None, flops_target=None,
                          latency_target=None, candidates=1) -> None:
     """Raise :class:`SurgeryError` for the first mistake in ``surgery.plan``'s arguments.
 
-    ``ratio`` is checked only when neither ``threshold`` nor ``flops_target`` decides the
-    budget (they override it).
+    ``ratio`` is checked only when neither ``threshold`` nor a target decides the budget
+    (they override it).
 
     Example::
 
-        check_plan_arguments(model, ratio=0.5, round_to=0)  # SurgeryError: round_to ...
+        check_plan_arguments(graph, ratio=0.5, round_to=0)  # SurgeryError: round_to ...
     """
-    from surgery.pruning.criteria import CRITERIA
-    from surgery.pruning.policies import POLICIES
+    _check_budget(ratio, threshold, flops_target, latency_target, candidates)
+    check_int("round_to", round_to, 1, "kept widths are multiples of it; use 1 for no "
+              "rounding, or 8 for hardware-friendly widths")
+    check_int("min_channels", min_channels, 0, "it is the fewest channels a group keeps; "
+              "use 1 (the default) or more")
+    if scope not in ("local", "global"):
+        raise SurgeryError(f"scope must be 'local' or 'global', got {scope!r}")
+    _check_criterion(criterion, data)
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise SurgeryError(f"unknown policy {policy!r}; known policies: "
+                           f"{', '.join(sorted(POLICIES))} (pass one as policy=, or "
+                           "register one with surgery.policies.register_policy)")
+    _check_layers(graph.model, ignore, per_layer)
 
-    check_model(model, "plan")
+
+def _check_budget(ratio, threshold, flops_target, latency_target, candidates) -> None:
+    """One budget: a ratio, a threshold, or a FLOPs or latency target."""
     if latency_target is not None and flops_target is not None:
         raise SurgeryError("latency_target and flops_target both set how much to prune; pass "
                            "only one of them (latency_target=0.5 removes half the measured "
@@ -141,17 +113,15 @@ def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "ag
     else:
         check_fraction("ratio", ratio, hint="the fraction of channels to delete, e.g. "
                        "ratio=0.3 (or pass threshold= or flops_target=)")
-    _check_int("candidates", candidates, 1, "it is how many allocations of a budget are "
-               "compared after adaptive BN; use 1 (the default) for the plain search")
+    check_int("candidates", candidates, 1, "it is how many allocations of a budget are "
+              "compared after adaptive BN; use 1 (the default) for the plain search")
     if candidates > 1 and flops_target is None and latency_target is None:
         raise SurgeryError(f"candidates={candidates} compares allocations of a budget: pass "
                            "flops_target= or latency_target= with it, or candidates=1")
-    _check_int("round_to", round_to, 1, "kept widths are multiples of it; use 1 for no "
-               "rounding, or 8 for hardware-friendly widths")
-    _check_int("min_channels", min_channels, 0, "it is the fewest channels a group keeps; "
-               "use 1 (the default) or more")
-    if scope not in ("local", "global"):
-        raise SurgeryError(f"scope must be 'local' or 'global', got {scope!r}")
+
+
+def _check_criterion(criterion, data) -> None:
+    """A known criterion name or a callable, with ``data`` when it is data-driven."""
     if isinstance(criterion, str):
         if criterion not in CRITERIA:
             raise SurgeryError(f"unknown criterion {criterion!r}; known criteria: "
@@ -170,10 +140,10 @@ def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "ag
                            "tuple of numpy arrays or a tf.data.Dataset of (x, y) batches (a "
                            "few hundred examples are enough), or use a weight criterion such "
                            "as 'l1'")
-    if not isinstance(policy, str) or policy not in POLICIES:
-        raise SurgeryError(f"unknown policy {policy!r}; known policies: "
-                           f"{', '.join(sorted(POLICIES))} (pass one as policy=, or "
-                           "register one with surgery.policies.register_policy)")
+
+
+def _check_layers(model, ignore, per_layer) -> None:
+    """``ignore`` and ``per_layer`` name layers of the model, with valid ratios."""
     if isinstance(ignore, str):
         raise SurgeryError(f"ignore must be a list of layer names, got the string "
                            f"{ignore!r}; write ignore=[{ignore!r}]")
@@ -189,3 +159,15 @@ def check_plan_arguments(model, *, ratio=None, criterion="l1", policy: str = "ag
     for name, value in (per_layer or {}).items():
         check_fraction(f"per_layer[{name!r}]", value,
                        hint="the fraction of that group's channels to delete")
+
+
+def check_latency_arguments(latency_target, runtime, batch_size, threads) -> Runtime:
+    """:class:`SurgeryError` for a bad latency budget; returns the :class:`Runtime`."""
+    check_fraction("latency_target", latency_target, low_open=True,
+                   hint="the fraction of measured latency to remove, e.g. "
+                        "latency_target=0.5 makes the model about twice as fast")
+    check_int("batch_size", batch_size, 1, "the batch size you deploy with, e.g. 1 or 32")
+    if threads is not None:
+        check_int("threads", threads, 1, "the threads the runtime may use, or None for all "
+                  "cores")
+    return get_runtime(runtime)

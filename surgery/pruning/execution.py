@@ -1,54 +1,64 @@
 """Carrying out a plan, and checking the result.
 
-This module owns :func:`apply` (one surgery pass over a
-:class:`~surgery.plan.PrunePlan`, weights copied, input untouched: kerassurgeon's
+This module owns :func:`apply` (one surgery pass over every cut of a
+:class:`~surgery.pruning.plan.PrunePlan`, weights copied, input untouched: kerassurgeon's
 interface through :class:`~surgery.engine.surgeon.Surgeon` for tf-keras models, a
-``clone_model`` rebuild for Keras 3 models), :func:`delete_channels`, :func:`prune`
-(plan + apply) and :func:`verify` (the equivalence check of DESIGN.md: the pruned model
-against the original with the deleted channels zeroed).
+``clone_model`` rebuild for Keras 3 models), :func:`delete_channels`, and :func:`verify`
+(the equivalence check of DESIGN.md: the pruned model against the original with the
+deleted units zeroed). :func:`cut_graph` and :func:`difference` are the same for a
+resolved graph, for the stages above that already hold one.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable
 
 from surgery.engine.adapters import same_adapter
 from surgery.engine.cutting import delete_by_rebuild
+from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.rules.base import approximate
-from surgery.pruning.arguments import check_model, check_values
-from surgery.engine.flatten import flattened
-from surgery.engine.zeroing import max_relative_difference, zero_channels
-from surgery.pruning.planning import PrunePlan, plan as make_plan
+from surgery.engine.zeroing import max_relative_difference, zeroed_copy
+from surgery.errors import SurgeryError
+from surgery.pruning.plan import PrunePlan
+from surgery.pruning.samples import check_values
 
 
-def _delete(graph: ModelGraph, deletions: Mapping[str, Sequence[int]], units=None):
+def _delete(graph: ModelGraph, plan: PrunePlan):
     if graph.keras3:
-        return delete_by_rebuild(graph, deletions, units)
-    from surgery.engine.surgeon import Surgeon  # Keras 2 only: loads kerassurgeon
+        return delete_by_rebuild(graph, plan.deletions, plan.units)
+    from surgery.engine.surgeon import Surgeon  # lazy: Keras 2 only, loads kerassurgeon
 
     surgeon = Surgeon(graph.model)
-    for name, channels in deletions.items():
+    for name, channels in plan.deletions.items():
         surgeon.add_job("delete_channels", name, channels=channels)
-    for name, cuts in (units or {}).items():
+    for name, cuts in plan.units.items():
         surgeon.delete_units(name, cuts)
     return surgeon.operate()
 
 
+def _exact(plan: PrunePlan) -> bool:
+    return plan.settings.get("exact", True)
+
+
+def cut_graph(graph: ModelGraph, plan: PrunePlan):
+    """:func:`apply` of a resolved graph: a new model without every cut of ``plan``."""
+    with approximate(not _exact(plan)):
+        return _delete(flattened(graph), plan)
+
+
 def apply(model, plan: PrunePlan):
-    """A new, smaller model with ``plan.deletions`` cut out; ``model`` is untouched. The
-    result is a model of the same Keras generation as ``model``.
+    """A new, smaller model with every cut of ``plan`` carried out; ``model`` is
+    untouched. The result is a model of the same Keras generation as ``model``.
 
     Example::
 
         smaller = surgery.apply(model, surgery.plan(model, ratio=0.3))
     """
-    graph = check_model(model, "apply")
+    graph = resolve(model, "apply")
     if not isinstance(plan, PrunePlan):
-        from surgery.errors import SurgeryError
         raise SurgeryError(f"apply(plan=...): plan must be a PrunePlan from surgery.plan(...) "
                            f"or PrunePlan.from_json(text), got {type(plan).__name__}")
-    with approximate(not plan.settings.get("exact", True)):
-        return _delete(resolve(flattened(graph)), plan.deletions, plan.units)
+    return cut_graph(graph, plan)
 
 
 def delete_channels(model, layer, channels: Iterable[int]):
@@ -59,38 +69,32 @@ def delete_channels(model, layer, channels: Iterable[int]):
 
         smaller = surgery.delete_channels(model, "conv1", [0, 5, 7])
     """
-    graph = check_model(model, "delete_channels")
+    graph = resolve(model, "delete_channels")
     if not graph.keras3:
-        from surgery.engine.surgeon import delete_channels as keras2_delete
+        from surgery.engine.surgeon import delete_channels as keras2_delete  # lazy: Keras 2
 
         return keras2_delete(model, layer, channels)
     name = layer if isinstance(layer, str) else layer.name
-    return delete_by_rebuild(graph, {name: list(channels)})
+    return delete_by_rebuild(graph.require_functional(), {name: list(channels)})
 
 
-def prune(model, **plan_kwargs):
-    """``apply(model, plan(model, **plan_kwargs))``.
-
-    Example::
-
-        smaller = surgery.prune(model, ratio=0.5, criterion="l1", round_to=8)
-    """
-    check_model(model, "prune")
-    return apply(model, make_plan(model, **plan_kwargs))
+def difference(graph: ModelGraph, pruned, plan: PrunePlan, x) -> float:
+    """:func:`verify` of a resolved graph."""
+    with approximate(not _exact(plan)):
+        zeroed = zeroed_copy(graph, plan.deletions, plan.units)
+    return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))
 
 
 def verify(model, pruned, plan: PrunePlan, x) -> float:
-    """Max relative output difference between ``pruned`` and ``model`` with the planned
-    channels zeroed (0 for an exact cut; float32 models should give ≤ 1e-5).
+    """Max relative output difference between ``pruned`` and ``model`` with every cut of
+    ``plan`` zeroed (0 for an exact cut; float32 models should give ≤ 1e-5).
 
     Example::
 
         assert surgery.verify(model, smaller, p, x_batch) <= 1e-5
     """
-    graph = check_model(model, "verify")
-    check_model(pruned, "verify(pruned=...)")
+    graph = resolve(model, "verify")
+    resolve(pruned, "verify(pruned=...)")
     same_adapter(model, pruned)
     check_values("verify", "x", x)
-    with approximate(not plan.settings.get("exact", True)):
-        zeroed = zero_channels(flattened(graph), plan.deletions, plan.units)
-    return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))
+    return difference(graph, pruned, plan, x)

@@ -1,127 +1,87 @@
-"""Prune plans: which channels every layer loses, decided group by group.
+"""Planning: a flat model's groups and scores -> how many units each group keeps -> a plan.
 
-This module owns :func:`plan` and :class:`PrunePlan`. It asks :mod:`surgery.engine.groups` for the
-channel groups, :mod:`surgery.pruning.criteria` for per-layer channel scores, and
-:mod:`surgery.pruning.policies` for how members of a group agree, and applies the user's budget
-(``ratio`` or ``threshold``, ``per_layer`` ratios, ``ignore``, ``round_to``,
-``min_channels``, ``local`` or ``global`` scope). The plan is plain data: it serialises to
-JSON and is carried out by :func:`surgery.apply`.
+This module owns :class:`PlanSpec` (what a plan is asked for: criterion, policy, ratio or
+threshold, ``per_layer``, ``ignore``, rounding, scope, which unit axes) and
+:class:`Ranking`: the channel groups of a flat model (:mod:`surgery.engine.groups`) and
+their scores (:mod:`surgery.pruning.criteria`), computed once, from which
+:meth:`Ranking.plan` makes a :class:`~surgery.pruning.plan.PrunePlan` for a ratio or a
+threshold, group by group (``scope="local"``) or in one ranking across groups
+(``"global"``), the members of each group reconciled by a policy
+(:mod:`surgery.pruning.policies`). A budget's search (:mod:`surgery.pruning.allocation`)
+asks one ranking for many plans. Output channels that reach a model output (the
+classifier) are never pruned.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from surgery.engine.graph import resolve
-from surgery.engine.flatten import flattened
+from surgery.engine.graph import ModelGraph
 from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
-from surgery.engine.rules.base import approximate, approximating
 from surgery.pruning.criteria import channel_scores
 from surgery.pruning.criteria.units import unit_axis_wanted, unit_scores
-from surgery.pruning.policies import BelowThreshold, LowestK, get_policy
-from surgery.pruning.arguments import check_plan_arguments, check_unit_arguments
-from surgery.pruning.budget import plan_for_flops
+from surgery.pruning.plan import CHANNELS, Cut, PrunePlan
+from surgery.pruning.policies import BelowThreshold, LowestK, get_policy, normalised
 
 
-@dataclasses.dataclass
-class PrunePlan:
-    """What a surgery will delete.
+@dataclasses.dataclass(frozen=True, eq=False)
+class PlanSpec:
+    """What a plan is asked for (the arguments of :func:`surgery.plan` that shape it).
 
-    ``deletions``: layer name -> sorted channel indices, for every layer with ``filters``
-    or ``units`` that loses channels; ``groups``: the producer names of each group (all
-    members of a group have the same entry in ``deletions``); ``units``: layer name ->
-    unit axis -> sorted indices, the heads and head widths a layer loses
-    (``{"mha": {"heads": [1, 3], "key_dim": []}}``; one entry per planned unit axis, see
-    ``LayerRule.unit_axes``); ``skipped``: group or layer -> why it was left alone;
-    ``sizes``: group name (``"mha:heads"`` for a unit axis) -> channels before;
-    ``settings``: the arguments the plan was made with.
+    ``ratio`` of each group's units goes (``scope="global"``: of all units, ranked
+    across groups); with ``threshold``, instead every unit scoring below it;
+    ``per_layer``: ratios for the groups containing the named layers; ``ignore``: layers
+    whose groups are left alone; kept widths are multiples of ``round_to`` and never below
+    ``min_channels``; ``heads`` / ``head_dims`` turn attention heads and head widths on.
     """
 
-    deletions: dict[str, list[int]]
-    groups: list[list[str]]
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
-    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
-    settings: dict = dataclasses.field(default_factory=dict)
-    labels: list[str] = dataclasses.field(default_factory=list)
-    removed: dict[str, int] = dataclasses.field(default_factory=dict)
-    units: dict[str, dict[str, list[int]]] = dataclasses.field(default_factory=dict)
+    ratio: Optional[float] = 0.3
+    criterion: Any = "l1"
+    policy: str = "aggregate"
+    threshold: Optional[float] = None
+    per_layer: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    ignore: tuple = ()
+    round_to: int = 1
+    min_channels: int = 1
+    scope: str = "local"
+    data: Any = None
+    heads: bool = True
+    head_dims: bool = False
+    exact: bool = True
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "PrunePlan":
-        data = json.loads(text)
-        data["deletions"] = {k: [int(i) for i in v] for k, v in data["deletions"].items()}
-        data["units"] = {k: {a: [int(i) for i in v] for a, v in axes.items()}
-                         for k, axes in data.get("units", {}).items()}
-        return cls(**data)
+    def replace(self, **changes) -> "PlanSpec":
+        return dataclasses.replace(self, **changes)
 
     @property
-    def channels_removed(self) -> int:
-        if self.removed:
-            return sum(self.removed.values())
-        return sum(len(self.deletions.get(g[0], ())) for g in self.groups)
+    def criterion_name(self) -> str:
+        c = self.criterion
+        return c if isinstance(c, str) else getattr(c, "__name__", str(c))
 
-    def summary(self) -> str:
-        """A table of channels before -> after per group."""
-        rows = [("group", "layers", "before", "after", "note")]
-        labels = self.labels or [members[0] for members in self.groups]
-        for name, members in zip(labels, self.groups):
-            size = self.sizes.get(name, 0)
-            lost = self.removed.get(name, len(self.deletions.get(members[0], ())))
-            rows.append((name, str(len(members)), str(size), str(size - lost), ""))
-        for layer, axes in self.units.items():
-            for axis, lost in axes.items():
-                size = self.sizes.get(f"{layer}:{axis}", 0)
-                rows.append((f"{layer}:{axis}", "1", str(size), str(size - len(lost)), ""))
-        for name, reason in self.skipped.items():
-            size = self.sizes.get(name, 0)
-            rows.append((name, "", str(size), str(size), "skipped: " + reason))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+    def settings(self) -> dict:
+        """The plan's ``settings``: what it was made with."""
+        return dict(ratio=self.ratio, criterion=self.criterion_name, policy=self.policy,
+                    threshold=self.threshold, per_layer=dict(self.per_layer),
+                    ignore=list(self.ignore), round_to=self.round_to,
+                    min_channels=self.min_channels, scope=self.scope, heads=self.heads,
+                    head_dims=self.head_dims, exact=self.exact)
 
 
-def _keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks: int) -> int:
+def keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks: int) -> int:
+    """How many of ``size`` units a group keeps at ``ratio``: rounded up to ``round_to``,
+    at least ``min_channels``, a multiple of ``blocks`` (grouped convolutions).
+
+    >>> keep_count(32, 0.3, 8, 1, 1), keep_count(32, 0.99, 1, 4, 1), keep_count(30, 0.5, 1, 1, 4)
+    (24, 4, 16)
+    """
     keep = size - math.floor(size * ratio + 1e-9)
     keep = math.ceil(keep / round_to) * round_to
     keep = max(keep, min_channels, blocks)
     keep = math.ceil(keep / blocks) * blocks
     return min(size, keep)
-
-
-def _member_scores(group: ChannelGroup, scores, policy: str) -> dict[str, np.ndarray]:
-    """One score per group channel for each member (a producer split between groups
-    contributes the channels it has in this group)."""
-    members = {p: np.array([np.mean(np.asarray(scores[p], np.float64)[rows])
-                            for rows in group.channels[p]]) for p in group.producers}
-    if policy == "depthwise" and group.followers:
-        dw = [f for f in group.followers if f in scores and
-              np.size(scores[f]) % group.size == 0]
-        if dw:
-            raw = np.asarray(scores[dw[0]], np.float64)
-            members[dw[0]] = raw.reshape(group.size, -1).sum(axis=1)
-    return members
-
-
-def _scored_followers(model, groups) -> list[str]:
-    """The first follower of each group that criteria can score (a depthwise conv)."""
-    infos = {n.layer.name: n.info for n in resolve(model).calls()}
-    names = []
-    for g in groups:
-        for f in g.followers:
-            rule = rule_for(infos[f])
-            if type(rule).filter_matrix is not LayerRule.filter_matrix:
-                names.append(f)
-                break
-    return names
 
 
 def _labels(groups) -> list[str]:
@@ -140,11 +100,23 @@ def _labels(groups) -> list[str]:
     return labels
 
 
+def _scored_followers(graph: ModelGraph, groups) -> list[str]:
+    """The first follower of each group that criteria can score (a depthwise conv)."""
+    infos = {n.layer.name: n.info for n in graph.calls()}
+    names = []
+    for g in groups:
+        for f in g.followers:
+            if type(rule_for(infos[f])).filter_matrix is not LayerRule.filter_matrix:
+                names.append(f)
+                break
+    return names
+
+
 def _trim(chosen, combined: np.ndarray, size: int, round_to: int, min_channels: int,
           blocks: int) -> np.ndarray:
     """Threshold mode: give back the best-scored channels until the budget rules hold."""
     order = sorted((int(c) for c in chosen), key=lambda c: combined[c])  # worst first
-    n_delete = size - _keep_count(size, len(order) / size, round_to, min_channels, blocks)
+    n_delete = size - keep_count(size, len(order) / size, round_to, min_channels, blocks)
     if blocks == 1:
         return np.sort(np.array(order[:n_delete], int))
     width = size // blocks
@@ -153,173 +125,138 @@ def _trim(chosen, combined: np.ndarray, size: int, round_to: int, min_channels: 
     return np.sort(np.array([c for b in by_block for c in b[:per_block]], int))
 
 
-def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
-         policy: str = "aggregate", *, threshold: Optional[float] = None,
-         per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
-         round_to: Optional[int] = None, min_channels: int = 1, scope: str = "local",
-         data=None, flops_target: Optional[float] = None,
-         latency_target: Optional[float] = None, runtime: str = "onnxruntime",
-         batch_size: int = 1, threads: Optional[int] = None, heads: bool = True,
-         head_dims: bool = False, exact: bool = True, candidates: int = 1) -> PrunePlan:
-    """Decide which channels to delete, group by group.
+class Ranking:
+    """The prunable groups of a flat model and their scores, computed once.
 
-    ``ratio``: fraction of each group's channels to delete (or of all channels with
-    ``scope="global"``, ranked across groups by normalised importance); ``threshold``:
-    instead, delete channels whose score is below it; ``per_layer``: ratios for the groups
-    containing the named layers; ``ignore``: layers whose groups are left alone;
-    ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
-    With ``threshold`` given, ``ratio`` is ignored. ``flops_target``: instead, remove
-    that fraction of ``count_flops(model)`` (see :mod:`surgery.pruning.budget`).
-    ``latency_target``: instead, remove that fraction of the latency measured in
-    ``runtime`` (``"onnxruntime"``, ``"tflite"`` or ``"tensorflow"``) at ``batch_size``
-    with ``threads`` (default all cores); ``round_to`` then defaults to the CPU's SIMD
-    block, and the plan is checked by timing (see :mod:`surgery.cost.budget`). Output
-    channels that reach a model output (the classifier) are never pruned. ``exact=False``
-    also lets deletions cross layers where they are only approximate (mean-centred
-    ``LayerNormalization``: the residual width of a post- or pre-norm transformer); the
-    plan lists them in ``settings["approximate"]`` and, given ``data``, how far they moved
-    the outputs (``settings["deviation"]``: max relative difference on up to 64 examples
-    between the pruned model and the original with the deleted channels zeroed).
-
-    Attention layers (``MultiHeadAttention``) also lose units that no tensor carries, each
-    axis a group of its own (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes
-    whole heads, ``head_dims=True`` the per-head query/key width (``key_dim``) and value
-    width (``value_dim``); both may be on. ``plan.units`` holds those decisions. With
-    ``flops_target`` or ``latency_target`` only channels are searched (heads and head
-    widths stay).
-
-    ``candidates`` N > 1 (with ``flops_target`` or ``latency_target``, and ``data``):
-    search N allocations of the budget between groups and keep the one whose cut agrees
-    best with the original on ``data`` after adaptive BN (EagleEye; see
-    :mod:`surgery.pruning.selection`). Candidate 0 is the plan ``candidates=1`` gives.
-
-    Example::
-
-        p = surgery.plan(model, ratio=0.5, criterion="l1", policy="intersection")
-        print(p.summary())
-        smaller = surgery.apply(model, p)
+    ``groups``: the channel groups to plan (``labels`` names them), then the unit-axis
+    groups the spec's ``heads`` / ``head_dims`` turn on; ``skipped``: group or layer ->
+    why it is left alone (``skipped_sizes`` their widths); ``scores``: layer (or
+    ``"layer:axis"``) -> the criterion's scores. ``transform`` (per layer name, e.g. a
+    candidate's perturbation) applies to every score read.
     """
-    if not isinstance(exact, bool):
-        from surgery.errors import SurgeryError
-        raise SurgeryError(f"plan(exact=...) must be True or False, got {exact!r}")
-    if not exact and not approximating():
-        with approximate():
-            result = plan(model, ratio, criterion, policy, threshold=threshold,
-                          per_layer=per_layer, ignore=ignore, round_to=round_to,
-                          min_channels=min_channels, scope=scope, data=data,
-                          flops_target=flops_target, latency_target=latency_target,
-                          runtime=runtime, batch_size=batch_size, threads=threads,
-                          heads=heads, head_dims=head_dims, exact=False,
-                          candidates=candidates)
-        return _with_deviation(model, result, data)
-    exact = not approximating()
-    check_unit_arguments(heads=heads, head_dims=head_dims)
-    # --- argument checks and the budgets: surgery.pruning.arguments, .budget, surgery.cost ---
-    if latency_target is not None:
-        from surgery.cost.budget import check_latency_arguments, plan_for_latency
 
-        check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to or 1, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target, latency_target=latency_target, candidates=candidates)  # noqa: E501
-        check_latency_arguments(latency_target, runtime, batch_size, threads)
-        return plan_for_latency(model, latency_target, runtime=runtime, batch_size=batch_size, threads=threads, round_to=round_to, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False, candidates=candidates)  # noqa: E501
-    round_to = 1 if round_to is None else round_to
-    check_plan_arguments(model, ratio=ratio, criterion=criterion, policy=policy, threshold=threshold, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, flops_target=flops_target, candidates=candidates)  # noqa: E501
-    if flops_target is not None:
-        return plan_for_flops(model, flops_target, plan_fn=plan, criterion=criterion, policy=policy, per_layer=per_layer, ignore=ignore, round_to=round_to, min_channels=min_channels, scope=scope, data=data, heads=False, head_dims=False, candidates=candidates)  # noqa: E501
-    # ---
-    if threshold is None and (ratio is None or not 0 <= ratio < 1):
-        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    if scope not in ("local", "global"):
-        raise ValueError(f"scope must be 'local' or 'global', got '{scope}'")
-    per_layer = dict(per_layer or {})
-    policy_fn = get_policy(policy)
-    graph = resolve(flattened(model))  # the one graph every stage below reads
-    model = graph.model
-    unknown = [n for n in list(per_layer) + list(ignore)
-               if n not in {l.name for l in model.layers}]
-    if unknown:
-        raise ValueError(f"per_layer/ignore name layers that the model does not have: {unknown}")
-    groups, skipped_layers = analyse(graph)
-    labels = dict(zip(map(id, groups), _labels(groups)))
-    result = PrunePlan({}, [], settings=dict(
-        ratio=ratio, criterion=criterion if isinstance(criterion, str) else criterion.__name__,
-        policy=policy, threshold=threshold, per_layer=per_layer, ignore=list(ignore),
-        round_to=round_to, min_channels=min_channels, scope=scope, heads=heads,
-        head_dims=head_dims, exact=exact))
-    active = []
-    for g in groups:
-        label = labels[id(g)]
-        if g.axis is not None and not unit_axis_wanted(g.axis, heads, head_dims):
-            continue
-        result.sizes[label] = g.size
-        hit = set(ignore) & set(g.producers + g.followers)
-        if g.skipped or hit:
-            result.skipped[label] = g.skipped or f"ignored ({', '.join(sorted(hit))})"
-        else:
-            active.append(g)
-    result.skipped.update(skipped_layers)
-    units = [g for g in active if g.axis is not None]
-    active = [g for g in active if g.axis is None]
-    names = list(dict.fromkeys(p for g in active for p in g.producers))
-    if policy == "depthwise":
-        names += [n for n in _scored_followers(graph, active) if n not in names]
-    scores = channel_scores(model, names, criterion, data) if names else {}
-    scores.update(unit_scores(model, [(g.producers[0], g.axis) for g in units], criterion,
-                              data) if units else {})
+    def __init__(self, graph: ModelGraph, spec: PlanSpec,
+                 transform: Optional[Callable[[str, np.ndarray], np.ndarray]] = None):
+        self.graph, self.spec, self.transform = graph, spec, transform
+        groups, skipped_layers = analyse(graph)
+        labels = dict(zip(map(id, groups), _labels(groups)))
+        self.skipped: dict[str, str] = {}
+        self.skipped_sizes: dict[str, int] = {}
+        active: list[ChannelGroup] = []
+        for g in groups:
+            if g.axis is not None and not unit_axis_wanted(g.axis, spec.heads, spec.head_dims):
+                continue
+            hit = set(spec.ignore) & set(g.producers + g.followers)
+            if g.skipped or hit:
+                self.skipped[labels[id(g)]] = g.skipped or f"ignored ({', '.join(sorted(hit))})"
+                self.skipped_sizes[labels[id(g)]] = g.size
+            else:
+                active.append(g)
+        self.skipped.update(skipped_layers)
+        self.groups = [g for g in active if g.axis is None] + \
+            [g for g in active if g.axis is not None]
+        self.labels = [labels[id(g)] for g in self.groups]
+        self.scores = self._score()
 
-    keep_counts = _global_keep_counts(active, scores, ratio, round_to, min_channels) \
-        if scope == "global" and threshold is None else {}
-    for g in active + units:
-        members = {g.name: scores[g.name]} if g.axis else _member_scores(g, scores, policy)
-        depthwise = next((m for m in members if m not in g.producers), None)
-        if threshold is not None:
-            proposer = BelowThreshold(threshold)
-            chosen = policy_fn(members, proposer, depthwise)
-            chosen = _trim(np.asarray(chosen, int), proposer.combine(members), g.size,
-                           round_to, min_channels, g.blocks)
-        else:
-            group_ratio = max((per_layer[p] for p in g.producers if p in per_layer),
-                              default=ratio)
-            keep = keep_counts.get(id(g)) or _keep_count(g.size, group_ratio, round_to,
-                                                          min_channels, g.blocks)
-            chosen = policy_fn(members, LowestK(g.size - keep, g.blocks), depthwise)
-        result.removed[labels[id(g)]] = len(chosen)
+    def _score(self) -> dict[str, np.ndarray]:
+        spec, channels = self.spec, [g for g in self.groups if g.axis is None]
+        names = list(dict.fromkeys(p for g in channels for p in g.producers))
+        if spec.policy == "depthwise":
+            names += [n for n in _scored_followers(self.graph, channels) if n not in names]
+        scores = channel_scores(self.graph, names, spec.criterion, spec.data) if names else {}
+        units = [(g.producers[0], g.axis) for g in self.groups if g.axis is not None]
+        if units:
+            scores.update(unit_scores(self.graph, units, spec.criterion, spec.data))
+        return scores
+
+    def with_transform(self, transform) -> "Ranking":
+        """This ranking with ``transform(layer, scores)`` applied to every score read."""
+        other = object.__new__(Ranking)
+        other.__dict__.update(self.__dict__, transform=transform)
+        return other
+
+    def score(self, name: str) -> np.ndarray:
+        s = self.scores[name]
+        return s if self.transform is None else self.transform(name, s)
+
+    def width_groups(self) -> list[tuple]:
+        """``(label, producers, size)`` of each channel group, for a cost model."""
+        return [(label, list(g.producers), g.size)
+                for label, g in zip(self.labels, self.groups) if g.axis is None]
+
+    def member_scores(self, group: ChannelGroup, policy: str) -> dict[str, np.ndarray]:
+        """One score per group unit for each member (a producer split between groups
+        contributes the channels it has in this group)."""
+        if group.axis is not None:
+            return {group.name: self.score(group.name)}
+        members = {p: np.array([np.mean(np.asarray(self.score(p), np.float64)[rows])
+                                for rows in group.channels[p]]) for p in group.producers}
+        if policy == "depthwise" and group.followers:
+            dw = [f for f in group.followers if f in self.scores and
+                  np.size(self.scores[f]) % group.size == 0]
+            if dw:
+                raw = np.asarray(self.score(dw[0]), np.float64)
+                members[dw[0]] = raw.reshape(group.size, -1).sum(axis=1)
+        return members
+
+    def combined(self, index: int) -> np.ndarray:
+        """Group ``index``'s units' scores, its members' normalised scores averaged (the
+        members scoring every unit; else the unit order)."""
+        g = self.groups[index]
         if g.axis is not None:
-            result.units.setdefault(g.producers[0], {})[g.axis] = sorted(int(c) for c in chosen)
-            continue
-        result.groups.append(list(g.producers))
-        result.labels.append(labels[id(g)])
-        for p in g.producers:
-            lost = g.member_channels(p, chosen)
-            if lost:
-                result.deletions[p] = sorted(set(result.deletions.get(p, [])) | set(lost))
-        if len(chosen) and g.approximate:
-            approximated = result.settings.setdefault("approximate", [])
-            approximated += [n for n in g.approximate if n not in approximated]
-    return result
+            return normalised(self.score(g.name))
+        whole = [p for p in g.producers if np.size(self.scores[p]) == g.size]
+        if not whole:
+            return np.arange(g.size, dtype=np.float64)
+        return sum(normalised(self.score(p)) for p in whole) / len(whole)
 
-
-def _with_deviation(model, result: PrunePlan, data, examples: int = 64) -> PrunePlan:
-    """An approximate plan with ``settings["deviation"]`` measured on ``data``."""
-    if not result.settings.get("approximate") or data is None:
+    def plan(self, spec: PlanSpec) -> PrunePlan:
+        """The plan for ``spec``'s ratio (or threshold), ``per_layer`` and scope."""
+        policy_fn = get_policy(spec.policy)
+        global_keep = self._global_keep_counts(spec) \
+            if spec.scope == "global" and spec.threshold is None else {}
+        cuts = []
+        for index, (label, g) in enumerate(zip(self.labels, self.groups)):
+            members = self.member_scores(g, spec.policy)
+            depthwise = next((m for m in members if m not in g.producers), None)
+            if spec.threshold is not None:
+                proposer = BelowThreshold(spec.threshold)
+                chosen = _trim(np.asarray(policy_fn(members, proposer, depthwise), int),
+                               proposer.combine(members), g.size, spec.round_to,
+                               spec.min_channels, g.blocks)
+            else:
+                ratio = max((spec.per_layer[p] for p in g.producers if p in spec.per_layer),
+                            default=spec.ratio)
+                keep = global_keep.get(index) or keep_count(
+                    g.size, ratio, spec.round_to, spec.min_channels, g.blocks)
+                chosen = policy_fn(members, LowestK(g.size - keep, g.blocks), depthwise)
+            cuts.append(self._cut(label, g, chosen))
+        result = PrunePlan(cuts, dict(self.skipped), spec.settings(), dict(self.skipped_sizes))
+        approximate = [n for c, g in zip(cuts, self.groups) if c.removed
+                       for n in g.approximate]
+        if approximate:
+            result.settings["approximate"] = list(dict.fromkeys(approximate))
         return result
-    from surgery.pruning.criteria._data import _iter_batches
-    from surgery.pruning.execution import apply, verify
 
-    x = next(_iter_batches(data, max_samples=examples, batch_size=examples))[0]
-    result.settings["deviation"] = float(verify(model, apply(model, result), result, x))
-    return result
+    @staticmethod
+    def _cut(label: str, g: ChannelGroup, chosen) -> Cut:
+        chosen = sorted(int(c) for c in chosen)
+        if g.axis is not None:
+            return Cut(label, g.axis, g.size, len(chosen), {g.producers[0]: chosen})
+        return Cut(label, CHANNELS, g.size, len(chosen),
+                   {p: g.member_channels(p, chosen) for p in g.producers})
 
-
-def _global_keep_counts(groups, scores, ratio, round_to, min_channels) -> dict[str, int]:
-    """One ranking across groups: how many channels each group keeps."""
-    ranked = []
-    for i, g in enumerate(groups):
-        combined = LowestK(0).combine(_member_scores(g, scores, "aggregate"))
-        ranked += [(float(s), i) for s in combined]
-    budget = math.floor(sum(g.size for g in groups) * ratio)
-    lost = [0] * len(groups)
-    for _, i in sorted(ranked)[:budget]:
-        lost[i] += 1
-    return {id(g): _keep_count(g.size, lost[i] / g.size, round_to, min_channels, g.blocks)
-            for i, g in enumerate(groups)}
-
+    def _global_keep_counts(self, spec: PlanSpec) -> dict[int, int]:
+        """One ranking across channel groups: how many units each keeps."""
+        channel = [i for i, g in enumerate(self.groups) if g.axis is None]
+        ranked = []
+        for i in channel:
+            combined = LowestK(0).combine(self.member_scores(self.groups[i], "aggregate"))
+            ranked += [(float(s), i) for s in combined]
+        budget = math.floor(sum(self.groups[i].size for i in channel) * spec.ratio)
+        lost = dict.fromkeys(channel, 0)
+        for _, i in sorted(ranked)[:budget]:
+            lost[i] += 1
+        return {i: keep_count(self.groups[i].size, lost[i] / self.groups[i].size,
+                              spec.round_to, spec.min_channels, self.groups[i].blocks)
+                for i in channel}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from surgery.engine.rules import BLOCKING, CHANNELWISE, LayerRule, register_rule
-from surgery.engine.rules.base import ChannelWeightsRule
+from surgery.engine.rules.base import BLOCKING, CHANNELWISE, LayerRule, ChannelWeightsRule
+from surgery.engine.rules.registry import register_rule
 
 _RELU = ("relu", "relu6")
 _CHANNEL_MIXING = ("softmax", "log_softmax")

@@ -25,8 +25,8 @@ import math
 
 import numpy as np
 
-from surgery.engine.rules import PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector, with_config
+from surgery.engine.rules.base import PRODUCER, LayerRule, channel_vector, with_config
+from surgery.engine.rules.registry import register_rule
 from surgery.engine.rules.convolutions import positions
 
 _QKV = ("query", "value", "key")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, UnsupportedLayerError
 
 #: A layer that makes its own output channels (``filters`` / ``units``) and reads its
 #: inputs through a weight matrix, so deletions upstream end at it.
@@ -288,7 +288,6 @@ class LayerRule:
         if flow == RESHAPE:
             return reshaped_mask(info, masks[0])
         if flow == BLOCKING:
-            from surgery.errors import UnsupportedLayerError
             raise UnsupportedLayerError(info, self.blocked(info))
         axis = self.channel_axis(info)
         keep = np.repeat(channel_vector(masks[0], axis), self.multiplier(info))

@@ -20,8 +20,8 @@ import dataclasses
 
 import numpy as np
 
-from surgery.engine.rules import BLOCKING, LayerRule, register_rule, rule_for
-from surgery.engine.rules.base import CLASS_KEY, concrete, with_config
+from surgery.engine.rules.base import BLOCKING, LayerRule, CLASS_KEY, concrete, with_config
+from surgery.engine.rules.registry import register_rule, rule_for
 
 _HEAD_AXES = ("heads", "key_dim", "value_dim")
 

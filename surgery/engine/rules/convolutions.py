@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from surgery.errors import SurgeryError
-from surgery.engine.rules import CHANNELWISE, PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector, concrete, with_config, zeroed
+from surgery.engine.rules.base import (
+    CHANNELWISE, PRODUCER, LayerRule, channel_vector, concrete, with_config, zeroed,
+)
+from surgery.engine.rules.registry import register_rule
 
 
 def positions(shape) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from surgery.engine.rules import PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector, with_config, zeroed
+from surgery.engine.rules.base import PRODUCER, LayerRule, channel_vector, with_config, zeroed
+from surgery.engine.rules.registry import register_rule
 from surgery.engine.rules.convolutions import positions
 
 

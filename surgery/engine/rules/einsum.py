@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 
 from surgery.errors import SurgeryError
-from surgery.engine.rules import BLOCKING, MIXING, PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import concrete, with_config
+from surgery.engine.rules.base import BLOCKING, MIXING, PRODUCER, LayerRule, concrete, with_config
+from surgery.engine.rules.registry import register_rule
 
 _EQUATION = re.compile(r"^([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$")
 

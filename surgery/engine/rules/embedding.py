@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from surgery.engine.rules import PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import with_config, zeroed
+from surgery.engine.rules.base import PRODUCER, LayerRule, with_config, zeroed
+from surgery.engine.rules.registry import register_rule
 
 
 @register_rule("Embedding")

@@ -12,7 +12,8 @@ stays last, ``ops.pad`` while it pads only other axes with zeros (or reflects th
 """
 from __future__ import annotations
 
-from surgery.engine.rules import BLOCKING, CHANNELWISE, MERGE, LayerRule, register_rule
+from surgery.engine.rules.base import BLOCKING, CHANNELWISE, MERGE, LayerRule
+from surgery.engine.rules.registry import register_rule
 
 #: element-wise activations and maths on one tensor (Keras 3 op class names)
 UNARY_OPS = (

@@ -4,7 +4,8 @@ channels; inputs may broadcast (a ``(1, 1, C)`` squeeze-excite gate times an ``(
 map). ``Concatenate`` stacks its inputs' channels at their offsets."""
 from __future__ import annotations
 
-from surgery.engine.rules import CONCAT, MERGE, LayerRule, register_rule
+from surgery.engine.rules.base import CONCAT, MERGE, LayerRule
+from surgery.engine.rules.registry import register_rule
 
 ELEMENTWISE_MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
                       "CustomScaleLayer")

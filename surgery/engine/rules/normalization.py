@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from surgery.engine.rules import BLOCKING, CHANNELWISE, LayerRule, register_rule
+from surgery.engine.rules.base import BLOCKING, CHANNELWISE, LayerRule
+from surgery.engine.rules.registry import register_rule
 from surgery.engine.rules.base import (
     ChannelWeightsRule, approximating, channel_vector, with_config,
 )
@@ -129,7 +130,7 @@ class RMSNormRule(ChannelWeightsRule):
         ratio = len(keep) / int(keep.sum())  # d / d'
         epsilon = info.config.get("epsilon")
         if epsilon is None:
-            from keras import config as keras_config  # Keras 3 only: its default
+            from keras import config as keras_config  # lazy: Keras 3 only (its default)
             epsilon = keras_config.epsilon()
         offset = self._offset(info)
         weights = []

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from surgery.errors import UnsupportedLayerError
-from surgery.engine.rules import CHANNELWISE, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector
+from surgery.engine.rules.base import CHANNELWISE, LayerRule, channel_vector
+from surgery.engine.rules.registry import register_rule
 
 
 @register_rule("Rescaling")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from surgery.errors import SurgeryError
-from surgery.engine.rules import PRODUCER, LayerRule, register_rule
-from surgery.engine.rules.base import channel_vector, with_config
+from surgery.engine.rules.base import PRODUCER, LayerRule, channel_vector, with_config
+from surgery.engine.rules.registry import register_rule
 
 _GATES = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}
 _CANDIDATE = {"SimpleRNN": 0, "GRU": 2, "LSTM": 2}

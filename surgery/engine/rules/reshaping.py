@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from surgery.engine.rules import BLOCKING, CHANNELWISE, RESHAPE, LayerRule, register_rule
-from surgery.engine.rules.base import reshaped_mask, rows_consistent
+from surgery.errors import UnsupportedLayerError
+from surgery.engine.rules.base import (
+    BLOCKING, CHANNELWISE, RESHAPE, LayerRule, reshaped_mask, rows_consistent,
+)
+from surgery.engine.rules.registry import register_rule
 
 
 @register_rule("Flatten")
@@ -23,7 +26,6 @@ class ReshapeRule(LayerRule):
             return None
         out = reshaped_mask(info, masks[0])
         if not rows_consistent(out):
-            from surgery.errors import UnsupportedLayerError
             raise UnsupportedLayerError(info, "it splits channels across its new last axis")
         kept = int(out.reshape(-1, out.shape[-1])[0].sum())
         config = dict(info.config)

@@ -4,7 +4,8 @@ identity at inference (dropout, noise). Channel ``c`` stays channel ``c``; only 
 spatial axes of a mask change, which the output shape gives."""
 from __future__ import annotations
 
-from surgery.engine.rules import CHANNELWISE, LayerRule, register_rule
+from surgery.engine.rules.base import CHANNELWISE, LayerRule
+from surgery.engine.rules.registry import register_rule
 
 _DIMS = ("1D", "2D", "3D")
 SPATIAL = tuple(f"{kind}{d}" for d in _DIMS for kind in (

@@ -5,7 +5,8 @@ they pass channels through, as hard-swish and scaled residuals need. Any other o
 deletions, because what it does to the channel axis is unknown."""
 from __future__ import annotations
 
-from surgery.engine.rules import BLOCKING, CHANNELWISE, MERGE, LayerRule, register_rule
+from surgery.engine.rules.base import BLOCKING, CHANNELWISE, MERGE, LayerRule
+from surgery.engine.rules.registry import register_rule
 
 ELEMENTWISE_OPS = {
     "__operators__.add", "math.add", "math.add_n", "math.subtract", "math.multiply",

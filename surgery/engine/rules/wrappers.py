@@ -11,12 +11,11 @@ import dataclasses
 import numpy as np
 
 from surgery.errors import SurgeryError, UnsupportedLayerError
-from surgery.engine.rules import MIXING, PRODUCER, LayerRule, register_rule
+from surgery.engine.rules.base import MIXING, PRODUCER, LayerRule
+from surgery.engine.rules.registry import register_rule, rule_for
 
 
 def _inner(info, key, weights, shift=1):
-    from surgery.engine.rules import rule_for
-
     spec = info.config[key]
     inner = dataclasses.replace(
         info, class_name=spec["class_name"], config=spec["config"], load_weights=None,

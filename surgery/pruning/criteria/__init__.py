@@ -30,6 +30,7 @@ import numpy as np
 
 from surgery._backend import keras, tf  # noqa: F401
 from surgery.pruning.criteria._data import _no_data_message
+from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
 from surgery.pruning.criteria._graph import _n_out_channels, _resolve_layers
 from surgery.pruning.criteria._registry import (  # noqa: F401
@@ -82,12 +83,13 @@ def channel_scores(
     >>> channel_scores(model, ["c"], "l2")["c"].shape
     (4,)
     """
+    graph = resolve(model, "channel_scores")
     names = list(layer_names)
-    layers = _resolve_layers(model, names)
+    layers = _resolve_layers(graph, names)
     fn = get_criterion(criterion)
     if getattr(fn, "needs_data", False) and data is None:
         raise SurgeryError(_no_data_message(getattr(fn, "__name__", str(criterion))))
-    result = fn(model, names, data, **options)
+    result = fn(graph.model, names, data, **options)  # a criterion takes the Keras model
     if not isinstance(result, dict):
         raise ValueError(
             f"criterion {criterion!r} returned {type(result).__name__}, expected a dict "
@@ -98,7 +100,7 @@ def channel_scores(
         if name not in result:
             raise ValueError(f"criterion {criterion!r} returned no scores for layer {name!r}")
         scores = np.asarray(result[name], dtype=np.float64).reshape(-1)
-        expected = _n_out_channels(model, layer)
+        expected = _n_out_channels(graph, layer)
         if scores.shape[0] != expected:
             raise ValueError(
                 f"criterion {criterion!r} returned {scores.shape[0]} scores for layer "

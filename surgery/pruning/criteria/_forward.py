@@ -16,15 +16,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from surgery._backend import tf
-from surgery.engine.graph import resolve
+from surgery._backend import keras as keras2, tf
+from surgery.engine.graph import ModelGraph
 
 
-def backend_of(model) -> str:
+def backend_of(graph: ModelGraph) -> str:
     """``"keras2"`` for a tf-keras model, else the Keras 3 backend name."""
-    if not resolve(model).keras3:
+    if not graph.keras3:
         return "keras2"
-    import keras
+    import keras  # lazy: a Keras 2 process never imports Keras 3
 
     return keras.backend.backend()
 
@@ -38,18 +38,18 @@ def _numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def batch_for(model, value: Any) -> Any:
+def batch_for(graph: ModelGraph, value: Any) -> Any:
     """``value`` (``x`` or ``y``) in a form the model's backend takes: NumPy leaves on JAX
     and PyTorch (a ``tf.data.Dataset`` yields TensorFlow tensors)."""
-    if value is None or backend_of(model) in ("keras2", "tensorflow"):
+    if value is None or backend_of(graph) in ("keras2", "tensorflow"):
         return value
     return tf.nest.map_structure(_numpy, value)
 
 
-def _model_inputs(model, x: Any) -> Any:
+def _model_inputs(graph: ModelGraph, x: Any) -> Any:
     """A single array for a one-input Keras 3 model goes in as ``[x]``, the structure the
     adapter's probe models are built with."""
-    if backend_of(model) != "keras2" and len(resolve(model).inputs()) == 1 \
+    if backend_of(graph) != "keras2" and len(graph.inputs()) == 1 \
             and not isinstance(x, (list, tuple, dict)):
         return [x]
     return x
@@ -59,35 +59,33 @@ def _as_list(outs: Any) -> list:
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
-def forward(model, probe, x: Any) -> list[np.ndarray]:
-    """The outputs of ``probe`` (a sub-model of ``model``) on batch ``x``, in inference
-    mode, as NumPy arrays."""
-    outs = probe(_model_inputs(model, batch_for(model, x)), training=False)
+def forward(graph: ModelGraph, probe, x: Any) -> list[np.ndarray]:
+    """The outputs of ``probe`` (a sub-model of the graph's model) on batch ``x``, in
+    inference mode, as NumPy arrays."""
+    outs = probe(_model_inputs(graph, batch_for(graph, x)), training=False)
     return [_numpy(t) for t in _as_list(outs)]
 
 
 def _loss_keras2(y: Any, pred: Any, probabilities: bool) -> Any:
     """Cross-entropy of ``pred`` vs ``y`` (one-hot or integer labels), one value per element."""
-    from surgery._backend import keras
-
     pred = tf.convert_to_tensor(pred)
     y = tf.convert_to_tensor(y)
     n_classes = pred.shape[-1]
     if n_classes == 1:
         y = tf.reshape(tf.cast(y, pred.dtype), tf.shape(pred))
-        return keras.losses.binary_crossentropy(y, pred, from_logits=not probabilities)
+        return keras2.losses.binary_crossentropy(y, pred, from_logits=not probabilities)
     sparse = y.shape.rank < pred.shape.rank or (y.shape[-1] == 1 and n_classes != 1)
     if sparse:
         y = tf.cast(tf.reshape(y, tf.shape(pred)[:-1]), tf.int64)
-        return keras.losses.sparse_categorical_crossentropy(
+        return keras2.losses.sparse_categorical_crossentropy(
             y, pred, from_logits=not probabilities)
-    return keras.losses.categorical_crossentropy(
+    return keras2.losses.categorical_crossentropy(
         tf.cast(y, pred.dtype), pred, from_logits=not probabilities)
 
 
 def _loss_keras3(y: Any, pred: Any, probabilities: bool) -> Any:
     """:func:`_loss_keras2` written with Keras 3 ops (any backend)."""
-    import keras
+    import keras  # lazy: a Keras 2 process never imports Keras 3
     from keras import ops
 
     y = np.asarray(_numpy(y))
@@ -103,36 +101,35 @@ def _loss_keras3(y: Any, pred: Any, probabilities: bool) -> Any:
         ops.cast(y, pred.dtype), pred, from_logits=not probabilities)
 
 
-def per_example_loss(model, y: Any, pred: Any, probabilities: bool) -> Any:
-    """Cross-entropy of ``pred`` vs ``y`` with the ops of ``model``'s generation."""
-    if backend_of(model) == "keras2":
+def per_example_loss(graph: ModelGraph, y: Any, pred: Any, probabilities: bool) -> Any:
+    """Cross-entropy of ``pred`` vs ``y`` with the ops of the model's generation."""
+    if backend_of(graph) == "keras2":
         return _loss_keras2(y, pred, probabilities)
     return _loss_keras3(y, pred, probabilities)
 
 
-def taylor_probe(model, tensors: Sequence) -> Any:
+def taylor_probe(graph: ModelGraph, tensors: Sequence) -> Any:
     """The sub-model :func:`taylor_products` runs: ``tensors`` plus the model's output
     (JAX: ``tensors`` only, the gradient comes from a replay)."""
-    graph = resolve(model)
     if backend_of(graph) == "jax":
         return graph.submodel(list(tensors))
     return graph.submodel(list(tensors) + [graph.outputs()[0]])
 
 
-def taylor_products(model, probe, tensors: Sequence, x: Any, y: Any,
+def taylor_products(graph: ModelGraph, probe, tensors: Sequence, x: Any, y: Any,
                     probabilities: bool) -> list[np.ndarray]:
     """``a * dL/da`` for each internal tensor ``a`` of ``tensors`` on batch ``(x, y)``, where
     ``L`` is the summed per-example cross-entropy of the model's single output; NumPy
     arrays of the activations' shapes (zero where ``a`` does not reach the output).
     ``probe`` is :func:`taylor_probe` of the same tensors."""
-    backend = backend_of(model)
+    backend = backend_of(graph)
     if backend == "jax":
-        return _products_jax(model, probe, tensors, x, y, probabilities)
+        return _products_jax(graph, probe, tensors, x, y, probabilities)
     if backend == "torch":
-        import torch
+        import torch  # lazy: an optional backend
 
-        outs = _as_list(probe(_model_inputs(model, batch_for(model, x)), training=False))
-        loss = per_example_loss(model, y, outs[-1], probabilities).sum()
+        outs = _as_list(probe(_model_inputs(graph, batch_for(graph, x)), training=False))
+        loss = per_example_loss(graph, y, outs[-1], probabilities).sum()
         grads = torch.autograd.grad(loss, outs[:-1], allow_unused=True)
         return [_numpy(a * g) if g is not None else np.zeros(tuple(a.shape), _numpy(a).dtype)
                 for a, g in zip(outs[:-1], grads)]
@@ -141,20 +138,19 @@ def taylor_products(model, probe, tensors: Sequence, x: Any, y: Any,
         for leaf in tf.nest.flatten(x):
             if leaf.dtype.is_floating:
                 tape.watch(leaf)
-        outs = _as_list(probe(_model_inputs(model, x), training=False))
-        loss = tf.reduce_sum(per_example_loss(model, y, outs[-1], probabilities))
+        outs = _as_list(probe(_model_inputs(graph, x), training=False))
+        loss = tf.reduce_sum(per_example_loss(graph, y, outs[-1], probabilities))
     grads = tape.gradient(loss, outs[:-1], unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return [_numpy(a * g) for a, g in zip(outs[:-1], grads)]
 
 
-def _products_jax(model, probe, tensors: Sequence, x: Any, y: Any,
+def _products_jax(graph: ModelGraph, probe, tensors: Sequence, x: Any, y: Any,
                   probabilities: bool) -> list[np.ndarray]:
     """JAX has no gradient w.r.t. an intermediate value, so the graph is replayed with
     ``a + eps`` in place of each ``a`` and differentiated w.r.t. ``eps`` at zero."""
-    import jax
+    import jax  # lazy: an optional backend
     import jax.numpy as jnp
 
-    graph = resolve(model)
     acts = forward(graph, probe, x)
     targets = {graph.key(t): i for i, t in enumerate(tensors)}
     x = batch_for(graph, x)
@@ -170,22 +166,23 @@ def _products_jax(model, probe, tensors: Sequence, x: Any, y: Any,
                     for o, k in zip(outs, node.output_keys)]
 
         values = graph.walk(visit, lambda t: jnp.asarray(xs[slot[graph.key(t)]]))
-        return jnp.sum(per_example_loss(model, y, values[out_key], probabilities))
+        return jnp.sum(per_example_loss(graph, y, values[out_key], probabilities))
 
     grads = jax.grad(loss_fn)([jnp.zeros(a.shape, a.dtype) for a in acts])
     return [a * np.asarray(g) for a, g in zip(acts, grads)]
 
 
-def weight_gradients(model, layers: Sequence, x: Any, y: Any, probabilities: bool
+def weight_gradients(graph: ModelGraph, layers: Sequence, x: Any, y: Any, probabilities: bool
                      ) -> dict[str, list[np.ndarray]]:
     """``{layer name: [dL/dw for w in layer.weights]}`` on batch ``(x, y)``, ``L`` the
     summed per-example cross-entropy of the model's single output (zeros for weights
     that do not reach it)."""
-    backend = backend_of(model)
+    backend = backend_of(graph)
+    model = graph.model
     variables = [v for layer in layers for v in layer.weights]
-    inputs = _model_inputs(model, batch_for(model, x))
+    inputs = _model_inputs(graph, batch_for(graph, x))
     if backend == "jax":
-        import jax
+        import jax  # lazy: an optional backend
 
         trainable = list(model.trainable_variables)
         position = {id(v): i for i, v in enumerate(trainable)}
@@ -193,15 +190,15 @@ def weight_gradients(model, layers: Sequence, x: Any, y: Any, probabilities: boo
 
         def loss_fn(values):
             outs, _ = model.stateless_call(values, non_trainable, inputs, training=False)
-            return per_example_loss(model, y, _as_list(outs)[0], probabilities).sum()
+            return per_example_loss(graph, y, _as_list(outs)[0], probabilities).sum()
 
         grads = jax.grad(loss_fn)([v.value for v in trainable])
         found = [grads[position[id(v)]] if id(v) in position else None for v in variables]
     elif backend == "torch":
-        import torch
+        import torch  # lazy: an optional backend
 
         outs = _as_list(model(inputs, training=False))
-        loss = per_example_loss(model, y, outs[0], probabilities).sum()
+        loss = per_example_loss(graph, y, outs[0], probabilities).sum()
         found = list(torch.autograd.grad(loss, [v.value for v in variables],
                                          allow_unused=True))
     else:
@@ -209,7 +206,7 @@ def weight_gradients(model, layers: Sequence, x: Any, y: Any, probabilities: boo
         with tf.GradientTape() as tape:
             tape.watch(handles)
             outs = _as_list(model(inputs, training=False))
-            loss = tf.reduce_sum(per_example_loss(model, y, outs[0], probabilities))
+            loss = tf.reduce_sum(per_example_loss(graph, y, outs[0], probabilities))
         found = tape.gradient(loss, handles,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
     result, i = {}, 0

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from surgery.engine.graph import resolve
+from surgery.engine.graph import ModelGraph
 from surgery.engine.rules import CHANNELWISE, LayerRule, rule_for
 from surgery.errors import SurgeryError
 from surgery.pruning.criteria._registry import logger
@@ -20,21 +20,24 @@ def _scorable(info) -> bool:
     return rule is not None and type(rule).filter_matrix is not LayerRule.filter_matrix
 
 
-def _call(model, layer) -> Any:
-    """The layer's first call in ``model`` (data-driven criteria use that one)."""
-    calls = resolve(model).nodes_of(layer)
+def _call(graph: ModelGraph, layer) -> Any:
+    """The layer's first call in the graph's model (data-driven criteria use that one)."""
+    calls = graph.nodes_of(layer)
+    name = graph.model.name
     if not calls:
-        raise SurgeryError(f"layer {layer.name!r} is not connected in model {model.name!r}")
+        raise SurgeryError(f"layer {layer.name!r} is not connected in model {name!r}")
     if len(calls) > 1:
         logger.warning("layer %r is called %d times in model %r; data-driven criteria use "
-                       "its first call", layer.name, len(calls), model.name)
+                       "its first call", layer.name, len(calls), name)
     return calls[0]
 
 
-def _resolve_layers(model, names: Sequence[str]) -> list:
+def _resolve_layers(graph: ModelGraph, names: Sequence[str]) -> list:
+    """The scorable layers named ``names`` (:class:`SurgeryError` for any other name)."""
     if isinstance(names, str):
         raise SurgeryError(f"layer_names must be a sequence of names, got the string {names!r}")
-    graph = resolve(model).require_functional()
+    graph.require_functional()
+    model = graph.model
     by_name = {layer.name: layer for layer in model.layers}
     layers = []
     for name in names:
@@ -57,32 +60,32 @@ def _resolve_layers(model, names: Sequence[str]) -> list:
     return layers
 
 
-def _info(model, layer):
-    return resolve(model).nodes_of(layer)[0].info
+def _info(graph: ModelGraph, layer):
+    return graph.nodes_of(layer)[0].info
 
 
-def _filter_matrix(model, layer) -> np.ndarray:
+def _filter_matrix(graph: ModelGraph, layer) -> np.ndarray:
     """The layer's weights as ``(out_channels, fan)``: one row per output channel."""
-    info = _info(model, layer)
+    info = _info(graph, layer)
     return np.asarray(rule_for(info).filter_matrix(info))
 
 
-def _n_out_channels(model, layer) -> int:
-    return int(_filter_matrix(model, layer).shape[0])
+def _n_out_channels(graph: ModelGraph, layer) -> int:
+    return int(_filter_matrix(graph, layer).shape[0])
 
 
-def _channel_axis(model, layer) -> int:
-    info = _info(model, layer)
+def _channel_axis(graph: ModelGraph, layer) -> int:
+    info = _info(graph, layer)
     return 1 if rule_for(info).channel_axis(info) == 0 else -1
 
 
-def _follow_chain(model, node, passthrough: Callable[[Any], bool],
+def _follow_chain(graph: ModelGraph, node, passthrough: Callable[[Any], bool],
                   target: Callable[[Any], bool]) -> Optional[Any]:
     """Walk the single-consumer chain from ``node`` through calls for which
     ``passthrough(info)`` holds to the first call with ``target(info)``; ``None`` when
     the chain forks, ends or hits anything else."""
-    graph, current = resolve(model), node
-    for _ in range(len(model.layers) + 1):
+    current = node
+    for _ in range(len(graph.model.layers) + 1):
         consumers = graph.consumers(current)
         if len(consumers) != 1:
             return None

@@ -16,6 +16,7 @@ import numpy as np
 
 from surgery._backend import keras, tf
 from surgery.errors import SurgeryError
+from surgery.pruning.samples import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES  # noqa: F401
 
 #: One logger for the whole package, named as the single module it replaced.
 logger = logging.getLogger("surgery.pruning.criteria")
@@ -28,9 +29,6 @@ Data = Union[tuple, tf.data.Dataset]
 Criterion = Callable[[keras.Model, Sequence[str], Optional[Data]], dict[str, np.ndarray]]
 #: name -> criterion function; fill it with :func:`register_criterion`.
 CRITERIA: dict[str, Criterion] = {}
-
-DEFAULT_MAX_SAMPLES = 512
-DEFAULT_BATCH_SIZE = 64
 
 
 def register_criterion(name: str, *, needs_data: bool = False) -> Callable[[Criterion], Criterion]:

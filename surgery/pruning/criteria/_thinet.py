@@ -14,7 +14,7 @@ import numpy as np
 
 from surgery._backend import keras
 from surgery.pruning.criteria._data import _iter_batches, _require_data
-from surgery.engine.graph import resolve
+from surgery.engine.graph import ModelGraph, resolve
 from surgery.pruning.criteria._forward import forward
 from surgery.pruning.criteria._graph import (
     _call, _follow_chain, _keeps_channels, _linear_window, _n_out_channels, _resolve_layers,
@@ -197,27 +197,28 @@ def thinet(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
     >>> int(np.argmin(scores)), sorted(scores.tolist())
     (2, [0.0, 1.0, 2.0, 3.0])
     """
+    graph = resolve(model, "thinet")
     _require_data("thinet", data)
     if int(n_locations) <= 0:
         raise ValueError(f"n_locations must be positive, got {n_locations!r}")
-    layers = _resolve_layers(model, layer_names)
+    layers = _resolve_layers(graph, layer_names)
     rng = np.random.default_rng(seed)
     plans: list[tuple[Any, dict, Any]] = []
     fallback: list[str] = []
     for layer in layers:
-        hit = _follow_chain(model, _call(model, layer), _keeps_channels,
+        hit = _follow_chain(graph, _call(graph, layer), _keeps_channels,
                             lambda info: _linear_window(info) is not None)
         window = None if hit is None else _linear_window(hit.info)
-        if window is None or window["kernel"].shape[-2] != _n_out_channels(model, layer):
+        if window is None or window["kernel"].shape[-2] != _n_out_channels(graph, layer):
             fallback.append(layer.name)
             continue
         plans.append((layer, window, hit.inputs[0]))
     out: dict[str, np.ndarray] = {}
     if plans:
-        probe = resolve(model).submodel([t for _, _, t in plans])
+        probe = graph.submodel([t for _, _, t in plans])
         reservoirs = [_Reservoir(n_locations, rng) for _ in plans]
         for x, _ in _iter_batches(data, max_samples, batch_size):
-            for (_, window, _), xin, res in zip(plans, forward(model, probe, x), reservoirs):
+            for (_, window, _), xin, res in zip(plans, forward(graph, probe, x), reservoirs):
                 res.offer(_n_positions(xin, window),
                           lambda idx, xin=xin, window=window: _patches(xin, window, idx))
         for (layer, window, _), res in zip(plans, reservoirs):
@@ -237,5 +238,5 @@ def thinet(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
             "single-consumer chain; using l1 for them",
             ", ".join(repr(n) for n in fallback),
         )
-        out.update(l1(model, fallback))
+        out.update(l1(graph, fallback))
     return out

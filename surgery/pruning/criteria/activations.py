@@ -14,7 +14,7 @@ import numpy as np
 
 from surgery._backend import keras
 from surgery.pruning.criteria._data import _iter_batches, _reduce_to_channels, _require_data
-from surgery.engine.graph import resolve
+from surgery.engine.graph import ModelGraph, resolve
 from surgery.pruning.criteria._forward import forward, taylor_probe, taylor_products
 from surgery.pruning.criteria._graph import (
     _activation, _call, _channel_axis, _follow_chain, _is_identity_like, _is_relu_like,
@@ -24,13 +24,13 @@ from surgery.pruning.criteria._registry import (
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, Data, register_criterion,
 )
 
-def _apoz_tensor(model: keras.Model, layer: keras.layers.Layer) -> tuple[Any, int]:
+def _apoz_tensor(graph: ModelGraph, layer: keras.layers.Layer) -> tuple[Any, int]:
     """The tensor whose zeros APoZ counts for ``layer`` and its channel axis."""
-    node = _call(model, layer)
-    axis = _channel_axis(model, layer)
+    node = _call(graph, layer)
+    axis = _channel_axis(graph, layer)
     if _activation(node.info) in ("relu", "relu6"):
         return node.outputs[0], axis
-    hit = _follow_chain(model, node, _is_identity_like, _is_relu_like)
+    hit = _follow_chain(graph, node, _is_identity_like, _is_relu_like)
     if hit is None:
         return node.outputs[0], axis
     return hit.outputs[0], axis
@@ -59,14 +59,15 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
     >>> int(np.argmin(apoz(model, ["c"], (xs, None))["c"]))
     3
     """
+    graph = resolve(model, "apoz")
     _require_data("apoz", data)
-    layers = _resolve_layers(model, layer_names)
-    targets = [_apoz_tensor(model, layer) for layer in layers]
-    probe = resolve(model).submodel([t for t, _ in targets])
+    layers = _resolve_layers(graph, layer_names)
+    targets = [_apoz_tensor(graph, layer) for layer in layers]
+    probe = graph.submodel([t for t, _ in targets])
     zeros: list[Optional[np.ndarray]] = [None] * len(layers)
     totals = [0] * len(layers)
     for x, _ in _iter_batches(data, max_samples, batch_size):
-        for i, (t, (_, axis)) in enumerate(zip(forward(model, probe, x), targets)):
+        for i, (t, (_, axis)) in enumerate(zip(forward(graph, probe, x), targets)):
             flat, _ = _reduce_to_channels(t, axis)
             z = (flat == 0).sum(axis=0).astype(np.float64)
             zeros[i] = z if zeros[i] is None else zeros[i] + z
@@ -76,8 +77,7 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
     return {layer.name: 1.0 - z / total for layer, z, total in zip(layers, zeros, totals)}
 
 
-def _output_is_probability(model: keras.Model) -> bool:
-    graph = resolve(model)
+def _output_is_probability(graph: ModelGraph) -> bool:
     calls = graph.nodes_of(graph.output_layer())
     if not calls:
         return False
@@ -112,24 +112,25 @@ def taylor(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] 
     >>> int(np.argmin(taylor(model, ["c"], data)["c"]))
     0
     """
+    graph = resolve(model, "taylor")
     _require_data("taylor", data)
-    layers = _resolve_layers(model, layer_names)
-    n_outputs = len(resolve(model).outputs())
+    layers = _resolve_layers(graph, layer_names)
+    n_outputs = len(graph.outputs())
     if n_outputs != 1:
         raise ValueError(
-            f"taylor needs a single-output model; model {model.name!r} has "
+            f"taylor needs a single-output model; model {graph.model.name!r} has "
             f"{n_outputs} outputs (score a single-output sub-model instead)"
         )
-    probabilities = _output_is_probability(model)
-    acts = [_call(model, layer).outputs[0] for layer in layers]
-    axes = [_channel_axis(model, layer) for layer in layers]
-    probe = taylor_probe(model, acts)
+    probabilities = _output_is_probability(graph)
+    acts = [_call(graph, layer).outputs[0] for layer in layers]
+    axes = [_channel_axis(graph, layer) for layer in layers]
+    probe = taylor_probe(graph, acts)
     sums: list[Optional[np.ndarray]] = [None] * len(layers)
     seen = 0
     for x, y in _iter_batches(data, max_samples, batch_size):
         if y is None:
             raise ValueError("taylor needs labels: pass data= as (x, y) or (x, y) batches")
-        products = taylor_products(model, probe, acts, x, y, probabilities)
+        products = taylor_products(graph, probe, acts, x, y, probabilities)
         n = int(products[0].shape[0])
         for i, (p, axis) in enumerate(zip(products, axes)):
             prod = np.moveaxis(p.astype(np.float64), axis, -1)

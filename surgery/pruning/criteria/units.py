@@ -21,9 +21,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from surgery.engine.graph import resolve
+from surgery.engine.graph import ModelGraph
 from surgery.engine.rules import rule_for
 from surgery.pruning.criteria._data import _iter_batches, _require_data
+from surgery.pruning.criteria._forward import weight_gradients
+from surgery.pruning.criteria.activations import _output_is_probability
 from surgery.pruning.criteria._registry import DEFAULT_BATCH_SIZE, DEFAULT_MAX_SAMPLES, logger
 
 #: unit axes that are whole heads, and those that are the width of every head
@@ -48,8 +50,8 @@ def unit_axis_wanted(axis: str, heads: bool, head_dims: bool) -> bool:
     return True
 
 
-def _infos(model) -> dict:
-    return {n.layer.name: n for n in resolve(model).calls()}
+def _infos(graph: ModelGraph) -> dict:
+    return {n.layer.name: n for n in graph.calls()}
 
 
 def _per_unit(weights: list, slices: list, size: int) -> np.ndarray:
@@ -61,23 +63,24 @@ def _per_unit(weights: list, slices: list, size: int) -> np.ndarray:
     return total
 
 
-def unit_scores(model, targets: Sequence[tuple], criterion: Any = "l1", data=None, *,
+def unit_scores(graph: ModelGraph, targets: Sequence[tuple], criterion: Any = "l1", data=None, *,
                 max_samples: int = DEFAULT_MAX_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE
                 ) -> dict[str, np.ndarray]:
     """Scores of the units of ``targets`` (``(layer name, axis)`` pairs), keyed
     ``"layer:axis"``; higher = keep.
 
     >>> from surgery._backend import keras
+    >>> from surgery.engine.graph import resolve
     >>> q = keras.Input((5, 8))
     >>> m = keras.Model(q, keras.layers.MultiHeadAttention(4, 2, name="mha")(q, q))
-    >>> unit_scores(m, [("mha", "heads")], "l2")["mha:heads"].shape
+    >>> unit_scores(resolve(m), [("mha", "heads")], "l2")["mha:heads"].shape
     (4,)
     """
-    nodes = _infos(model)
+    nodes = _infos(graph)
     name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "")
     out: dict[str, np.ndarray] = {}
     if name == "taylor":
-        return _taylor(model, targets, nodes, data, max_samples, batch_size)
+        return _taylor(graph, targets, nodes, data, max_samples, batch_size)
     if name not in ("l1", "l2", "fpgm"):
         logger.warning("criterion %r scores output channels only; heads and head widths "
                        "are scored with l1", name)
@@ -95,19 +98,16 @@ def unit_scores(model, targets: Sequence[tuple], criterion: Any = "l1", data=Non
     return out
 
 
-def _taylor(model, targets, nodes, data, max_samples, batch_size) -> dict[str, np.ndarray]:
-    from surgery.pruning.criteria._forward import weight_gradients
-    from surgery.pruning.criteria.activations import _output_is_probability
-
+def _taylor(graph: ModelGraph, targets, nodes, data, max_samples, batch_size) -> dict[str, np.ndarray]:
     _require_data("taylor", data)
     layers = list(dict.fromkeys(layer for layer, _ in targets))
-    probabilities = _output_is_probability(model)
+    probabilities = _output_is_probability(graph)
     sums: dict[str, Optional[np.ndarray]] = {f"{l}:{a}": None for l, a in targets}
     batches = 0
     for x, y in _iter_batches(data, max_samples, batch_size):
         if y is None:
             raise ValueError("taylor needs labels: pass data= as (x, y) or (x, y) batches")
-        grads = weight_gradients(model, [nodes[l].layer for l in layers], x, y, probabilities)
+        grads = weight_gradients(graph, [nodes[l].layer for l in layers], x, y, probabilities)
         for layer, axis in targets:
             info = nodes[layer].info
             rule = rule_for(info)

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from surgery._backend import keras
-from surgery.engine.graph import resolve
+from surgery.engine.graph import ModelGraph, resolve
 from surgery.pruning.criteria._graph import (
     _channel_scale, _filter_matrix, _n_out_channels, _resolve_layers,
 )
@@ -36,8 +36,9 @@ def l1(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = No
     >>> int(np.argmin(l1(model, ["c"])["c"]))
     2
     """
-    layers = _resolve_layers(model, layer_names)
-    return {layer.name: np.abs(_filter_matrix(model, layer)).sum(axis=1) for layer in layers}
+    graph = resolve(model, "l1")
+    layers = _resolve_layers(graph, layer_names)
+    return {layer.name: np.abs(_filter_matrix(graph, layer)).sum(axis=1) for layer in layers}
 
 
 @register_criterion("l2")
@@ -51,19 +52,19 @@ def l2(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = No
     >>> l2(model, ["d"])["d"].shape
     (3,)
     """
-    layers = _resolve_layers(model, layer_names)
+    graph = resolve(model, "l2")
+    layers = _resolve_layers(graph, layer_names)
     return {
-        layer.name: np.sqrt(np.square(_filter_matrix(model, layer).astype(np.float64))
+        layer.name: np.sqrt(np.square(_filter_matrix(graph, layer).astype(np.float64))
                             .sum(axis=1))
         for layer in layers
     }
 
 
-def _direct_scale(model: keras.Model, layer) -> Optional[np.ndarray]:
+def _direct_scale(graph: ModelGraph, layer) -> Optional[np.ndarray]:
     """The per-channel scale (BatchNormalization gamma) of the layer that directly
     consumes ``layer``'s output, if any."""
-    n_out = _n_out_channels(model, layer)
-    graph = resolve(model)
+    n_out = _n_out_channels(graph, layer)
     for node in graph.nodes_of(layer):
         for consumer in graph.consumers(node):
             scale = _channel_scale(consumer.info)
@@ -91,11 +92,12 @@ def bn_gamma(model: keras.Model, layer_names: Sequence[str], data: Optional[Data
     >>> int(np.argmin(bn_gamma(model, ["c"])["c"]))
     1
     """
-    layers = _resolve_layers(model, layer_names)
+    graph = resolve(model, "bn_gamma")
+    layers = _resolve_layers(graph, layer_names)
     out: dict[str, np.ndarray] = {}
     fallback: list[str] = []
     for layer in layers:
-        scale = _direct_scale(model, layer)
+        scale = _direct_scale(graph, layer)
         if scale is None:
             fallback.append(layer.name)
             continue
@@ -105,7 +107,7 @@ def bn_gamma(model: keras.Model, layer_names: Sequence[str], data: Optional[Data
             "bn_gamma: no BatchNormalization directly after layer(s) %s; using l1 for them",
             ", ".join(repr(n) for n in fallback),
         )
-        out.update(l1(model, fallback))
+        out.update(l1(graph, fallback))
     return out
 
 
@@ -127,10 +129,11 @@ def fpgm(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
     >>> int(np.argmin(fpgm(model, ["d"])["d"]))
     5
     """
-    layers = _resolve_layers(model, layer_names)
+    graph = resolve(model, "fpgm")
+    layers = _resolve_layers(graph, layer_names)
     out = {}
     for layer in layers:
-        w = _filter_matrix(model, layer).astype(np.float64)
+        w = _filter_matrix(graph, layer).astype(np.float64)
         sq = np.square(w).sum(axis=1)
         d2 = sq[:, None] + sq[None, :] - 2.0 * (w @ w.T)
         dist = np.sqrt(np.maximum(d2, 0.0))

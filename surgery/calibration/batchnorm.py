@@ -18,9 +18,12 @@ from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
-from surgery.engine.graph import resolve
+from tqdm.auto import tqdm
+
+from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.zeroing import to_numpy
 from surgery.errors import SurgeryError
+from surgery.progress import bars_wanted
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +82,10 @@ def _reduce_axes(layer, rank: int) -> tuple:
     return tuple(a for a in range(rank) if a not in kept)
 
 
-def _check_flat(model) -> None:
-    """Refuse non-models, subclassed models and BN layers hidden in nested models."""
-    graph = resolve(model).require_functional()
+def _check_flat(graph: ModelGraph) -> None:
+    """Refuse subclassed models and BN layers hidden in nested models."""
+    graph.require_functional()
+    model = graph.model
     nested = [l.name for l in model.layers if graph.is_nested(l) and batchnorm_layers(l)]
     if nested:
         raise SurgeryError(
@@ -90,9 +94,9 @@ def _check_flat(model) -> None:
             "with surgery.flatten_model(model)")
 
 
-def _probe(model, layers: list):
-    """A model from ``model``'s inputs to the input of each layer in ``layers``."""
-    graph = resolve(model)
+def _probe(graph: ModelGraph, layers: list):
+    """A model from the graph's inputs to the input of each layer in ``layers``."""
+    model = graph.model
     tensors = []
     for layer in layers:
         if len(graph.nodes_of(layer)) != 1:
@@ -129,7 +133,7 @@ def recalibrate_batchnorm(model, data: BatchData, batches: int = DEFAULT_BATCHES
         batches: how many batches to read (at least 1); fewer when ``data`` ends first.
         batch_size: batch size used to cut array ``data`` into batches.
         progress: show a tqdm bar over the batches (in a terminal or a notebook; see
-            :func:`surgery.pipeline.progress.bars_wanted`).
+            :func:`surgery.progress.bars_wanted`).
 
     Raises:
         SurgeryError: ``batches`` < 1, ``data`` of an unknown form or empty, or a
@@ -153,20 +157,17 @@ def recalibrate_batchnorm(model, data: BatchData, batches: int = DEFAULT_BATCHES
                            f"{batches!r}; use 0 in the CLI's --recalibrate-batches to skip it")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise SurgeryError(f"recalibrate_batchnorm: batch_size must be >= 1, got {batch_size}")
-    _check_flat(model)
+    graph = resolve(model, "recalibrate_batchnorm")
+    _check_flat(graph)
     layers = batchnorm_layers(model)
     if not layers:
         logger.info("recalibrate_batchnorm: model %r has no BatchNormalization layer",
                     model.name)
         return model
-    probe = _probe(model, layers)
+    probe = _probe(graph, layers)
     count = [0] * len(layers)
     means = [None] * len(layers)
     m2 = [None] * len(layers)
-    from tqdm.auto import tqdm
-
-    from surgery.pipeline.progress import bars_wanted
-
     stream = tqdm(_input_batches(data, int(batches), int(batch_size)), total=int(batches),
                   desc="recalibrating BatchNormalization", unit="batch", leave=False,
                   disable=not bars_wanted(progress))

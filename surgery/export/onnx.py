@@ -33,7 +33,7 @@ import numpy as np
 
 from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
-from surgery.pipeline.atomic import write_atomically
+from surgery.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _jax_onnx_through_tensorflow(model: Any, target: str, opset: Optional[int]) 
     import sys
 
     _require("tf2onnx", "export_onnx(model=<a Keras 3 model on JAX>)")
-    from surgery.pipeline.report import save_model_atomic
+    from surgery.export.saving import save_model_atomic
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")

@@ -1,19 +1,22 @@
-"""Channel counts and FLOPs of a model as functions of a plan's group widths.
+"""Channel counts and FLOPs of a model as functions of its channel groups' kept widths.
 
 This module owns :class:`WidthModel`, which walks a model's graph once and expresses the
-channel count of every tensor as an affine function of the kept widths of the plan's channel
-groups, so a cost over group widths is cheap to evaluate for many candidate plans at once,
-and :class:`FlopsEstimator`, the exact polynomial that :func:`surgery.count_flops` would
-report for the pruned model. The budgets (:mod:`surgery.pruning.budget`) search over it;
-the latency cost (:class:`surgery.cost.table.LatencyEstimator`) is another subclass.
+channel count of every tensor as an affine function of the kept widths of its prunable
+channel groups, so a cost over group widths is cheap to evaluate for many candidate widths
+at once, and :class:`FlopsEstimator`, the exact polynomial that :func:`surgery.count_flops`
+would report for the pruned model. It answers "what does this width cost"; the allocation
+that searches over it lives in :mod:`surgery.pruning.allocation`, and the latency cost
+(:class:`surgery.cost.table.LatencyEstimator`) is another subclass.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
-from surgery._backend import keras
+from surgery.engine.graph import ModelGraph
+from surgery.engine.rules import CONCAT, PRODUCER, rule_for
 
 
 def _call_flops(info, rule, in_channels: int, out_channels: int) -> float:
@@ -36,26 +39,23 @@ def call_widths(info) -> tuple:
 
 
 class WidthModel:
-    """The costed calls of a model as affine functions of a plan's group widths.
+    """The costed calls of a model as affine functions of its groups' kept widths.
 
-    ``plan`` (a :class:`PrunePlan`) names the prunable groups (``groups``, ``labels``,
-    ``sizes``). Each tensor's channel count is ``coef @ [kept widths..., 1]``;
-    ``calls`` lists, for every call with FLOPs, ``(info, rule, in_row, out_row)``: its
-    :class:`LayerInfo`, its rule and the rows giving its input and output channel counts.
-    Subclasses define :meth:`cost` (and ``total``, the cost of the unpruned model).
+    ``groups`` names the prunable channel groups, each ``(label, producers, size)``.
+    Each tensor's channel count is ``coef @ [kept widths..., 1]``; ``calls`` lists, for
+    every call with FLOPs, ``(info, rule, in_row, out_row)``: its :class:`LayerInfo`, its
+    rule and the rows giving its input and output channel counts. Subclasses define
+    :meth:`cost` (and ``total``, the cost of the unpruned model).
     """
 
     #: what the cost counts, for messages
     unit = "cost"
 
-    def __init__(self, model: keras.Model, plan):
-        from surgery.engine.graph import resolve
-        from surgery.engine.rules import CONCAT, PRODUCER, rule_for
-
-        self.groups = [list(g) for g in plan.groups]
-        self.labels = list(plan.labels) or [g[0] for g in self.groups]
+    def __init__(self, graph: ModelGraph, groups: Sequence[tuple]):
+        self.labels = [str(label) for label, _, _ in groups]
+        self.groups = [list(producers) for _, producers, _ in groups]
         n = len(self.groups) + 1  # last entry: the constant term
-        self.sizes = np.array([float(plan.sizes[label]) for label in self.labels])
+        self.sizes = np.array([float(size) for _, _, size in groups])
         membership: dict[str, list[int]] = {}
         for i, members in enumerate(self.groups):
             for p in members:
@@ -91,7 +91,7 @@ class WidthModel:
                 self.calls.append((info, rule, in_vecs[0], out))
             return out
 
-        resolve(model).walk(visit, lambda t: None)
+        graph.walk(visit, lambda t: None)
         self._in = np.array([c[2] for c in self.calls]).reshape(-1, n)
         self._out = np.array([c[3] for c in self.calls]).reshape(-1, n)
 
@@ -104,15 +104,15 @@ class WidthModel:
     def cost(self, kept):  # pragma: no cover  (abstract)
         raise NotImplementedError
 
-    def kept(self, plan) -> np.ndarray:
-        """The kept width of every group under ``plan``."""
-        labels = list(plan.labels) or [g[0] for g in plan.groups]
-        return np.array([self.sizes[g] - plan.removed.get(
-            labels[g], len(plan.deletions.get(members[0], ())))
-            for g, members in enumerate(self.groups)])
+    def kept(self, removed: dict) -> np.ndarray:
+        """The kept width of every group when group ``label`` loses ``removed[label]``
+        units (a plan's ``removed``; groups not named keep all)."""
+        return np.array([self.sizes[g] - removed.get(label, 0)
+                         for g, label in enumerate(self.labels)])
 
-    def cost_of_plan(self, plan) -> float:
-        return float(self.cost(self.kept(plan)))
+    def cost_of(self, removed: dict) -> float:
+        """The cost when groups lose ``removed`` units (label -> count)."""
+        return float(self.cost(self.kept(removed)))
 
 
 class FlopsEstimator(WidthModel):
@@ -122,14 +122,14 @@ class FlopsEstimator(WidthModel):
 
     Example::
 
-        est = FlopsEstimator(model, p)
-        est.flops_of_plan(p) == surgery.count_flops(surgery.apply(model, p))
+        est = FlopsEstimator(graph, [(g.name, g.producers, g.size) for g in groups])
+        est.cost_of(p.removed) == surgery.count_flops(surgery.apply(model, p))
     """
 
     unit = "FLOPs"
 
-    def __init__(self, model: keras.Model, plan):
-        super().__init__(model, plan)
+    def __init__(self, graph: ModelGraph, groups: Sequence[tuple]):
+        super().__init__(graph, groups)
         coefs = []
         for info, rule, in_row, out_row in self.calls:
             i0, o0 = call_widths(info)
@@ -154,6 +154,3 @@ class FlopsEstimator(WidthModel):
         return 2 * (a * i * o + b * i + c * o + d).sum(axis=-1)
 
     cost = flops
-
-    def flops_of_plan(self, plan) -> int:
-        return int(round(float(self.flops(self.kept(plan)))))

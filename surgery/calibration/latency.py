@@ -4,7 +4,7 @@ This module owns :func:`plan_for_latency`, which ``surgery.plan(model, latency_t
 runtime=..., batch_size=..., threads=...)`` calls. It times the whole model (once per
 architecture: later plans read it from the cost cache), measures (or reads from the cache)
 the tables of its prunable layers (:class:`surgery.cost.table.LatencyEstimator`), and lets
-the one allocation search of :mod:`surgery.pruning.budget` (its greedy form, over all
+the one allocation search of :mod:`surgery.pruning.allocation` (its greedy form, over all
 groups at once) spend channels where they buy the most importance per second.
 Widths snap to the CPU's SIMD block (:func:`surgery.cost.cpu.simd_block`), or to twice it
 where probes show the finer step does not pay (:mod:`surgery.cost.alignment`), unless
@@ -33,9 +33,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Optional
+from typing import Optional
 
+from surgery.calibration.candidates import best_candidate
+from surgery.cost.alignment import choose_alignment
+from surgery.cost.cache import TableCache, digest
+from surgery.cost.converted import architecture_of
+from surgery.cost.cpu import cpu_features, default_threads, simd_block
+from surgery.cost.micro import cpu_key
+from surgery.cost.runtimes import _keras_of
+from surgery.cost.table import LatencyEstimator
+import surgery.cost.timing as timing
+from surgery.engine.graph import ModelGraph
 from surgery.errors import SurgeryError
+from surgery.pruning.allocation import Budget, allocate
+from surgery.pruning.arguments import check_latency_arguments
+from surgery.pruning.execution import cut_graph
+from surgery.pruning.planning import PlanSpec, Ranking
 
 logger = logging.getLogger(__name__)
 
@@ -56,43 +70,25 @@ FINAL_ROUNDS = 2
 MAX_LANDINGS = 40
 
 
-def check_latency_arguments(latency_target, runtime, batch_size, threads, flops_target=None):
-    """:class:`SurgeryError` for a bad latency budget; returns the :class:`Runtime`."""
-    from surgery.cost.runtimes import get_runtime
-    from surgery.pruning.arguments import _check_int, check_fraction
-
-    if flops_target is not None:
-        raise SurgeryError("latency_target and flops_target both set how much to prune; pass "
-                           "only one of them (latency_target=0.5 removes half the measured "
-                           "latency, flops_target=0.5 half the FLOPs)")
-    check_fraction("latency_target", latency_target, low_open=True,
-                   hint="the fraction of measured latency to remove, e.g. "
-                        "latency_target=0.5 makes the model about twice as fast")
-    _check_int("batch_size", batch_size, 1, "the batch size you deploy with, e.g. 1 or 32")
-    if threads is not None:
-        _check_int("threads", threads, 1, "the threads the runtime may use, or None for all "
-                   "cores")
-    return get_runtime(runtime)
-
-
-def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntime",
+def plan_for_latency(graph: ModelGraph, latency_target: float, *,
+                     spec: Optional[PlanSpec] = None, runtime: str = "onnxruntime",
                      batch_size: int = 1, threads: Optional[int] = None,
-                     round_to: Optional[int] = None, plan_fn: Optional[Callable] = None,
-                     check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-                     corrections: Optional[int] = None, cache_dir: Optional[str] = None,
-                     progress: bool = True, tables=None, whole: Optional[float] = None,
-                     **plan_kwargs):
-    """A plan whose pruned model takes ``1 - latency_target`` of ``model``'s time in
-    ``runtime`` at ``batch_size`` with ``threads`` (default: all cores).
+                     round_to: Optional[int] = None, check: bool = True,
+                     tolerance: float = DEFAULT_TOLERANCE, corrections: Optional[int] = None,
+                     cache_dir: Optional[str] = None, progress: bool = True, tables=None,
+                     whole: Optional[float] = None, candidates: int = 1):
+    """A plan whose pruned model takes ``1 - latency_target`` of the time of ``graph``'s
+    (flat) model in ``runtime`` at ``batch_size`` with ``threads`` (default: all cores).
 
     ``round_to``: kept widths are multiples of it (default: the SIMD block this CPU's
     runtime kernels use, 8 with AVX2 and 16 with AVX-512, or twice it where measured
     probes show that pays). ``check=False`` skips the timing
     check (the plan then rests on the tables alone). ``tables`` (``{layer: LatencyTable}``)
     and ``whole`` (the unpruned model's cost in the tables' unit) replace the measured
-    tables and whole-model time. Other ``plan_kwargs`` go to the plan search (criterion,
-    policy, scope,
-    min_channels, ignore, per_layer, data). ``settings`` records ``latency_target``,
+    tables and whole-model time. ``spec`` (a :class:`PlanSpec`: criterion, policy, scope,
+    min_channels, ignore, per_layer, data) shapes the plans searched; with ``candidates``
+    N > 1 each search compares N allocations after adaptive BN
+    (:mod:`surgery.calibration.candidates`). ``settings`` records ``latency_target``,
     ``runtime``, ``runtime_version``, ``batch_size``, ``threads``, ``round_to`` and
     ``alignment`` (what was chosen, and why), ``latency_before``/``latency_after``
     (measured seconds), ``latency_removed`` (measured), ``latency_predicted`` (what the
@@ -106,20 +102,10 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
 
     Example::
 
-        p = plan_for_latency(model, 0.5, runtime="onnxruntime", batch_size=32, threads=2)
+        p = plan_for_latency(graph, 0.5, runtime="onnxruntime", batch_size=32, threads=2)
         p.settings["latency_removed"]   # 0.47 .. 0.53
     """
-    from surgery.cost.cache import TableCache
-    from surgery.cost.cpu import cpu_features, default_threads, simd_block
-    from surgery.cost.micro import cpu_key
-    from surgery.cost.table import LatencyEstimator
-    from surgery.cost.timing import compare, interleaved
-    from surgery.engine.flatten import flattened
-    from surgery.pruning.arguments import check_model
-    from surgery.pruning.budget import plan_for_budget
-    from surgery.pruning.execution import apply
-
-    check_model(model, "plan")
+    spec = (spec or PlanSpec()).replace(heads=False, head_dims=False)
     corrections = DEFAULT_CORRECTIONS if corrections is None else corrections
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
     threads = threads or default_threads()
@@ -127,7 +113,8 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     alignment = dict(simd_block=block, cpu=[f for f in cpu_features() if "avx" in f or
                                             f in ("neon", "asimd", "sve")])
     start = time.perf_counter()
-    flat = flattened(model)
+    flat, model = graph.model, graph.model
+    ranking = Ranking(graph, spec)
     cache = TableCache(cpu_key(rt, flat, batch_size, threads), cache_dir)
     original = rt.runners(flat, batch_size, threads, cache_folder=cache.folder)[0] \
         if check or whole is None else None
@@ -136,7 +123,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         whole_key = f"whole:{_architecture_digest(flat)}"
         whole = cache.entries.get(whole_key)
         if whole is None:
-            whole = interleaved({"original": original}, min_seconds=1.0)["original"]
+            whole = timing.interleaved({"original": original}, min_seconds=1.0)["original"]
             cache.put(whole_key, whole)
             cache.save()
     landings_key = f"landings:{_architecture_digest(flat)}"
@@ -146,10 +133,10 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         if check else None
     estimators: dict = {}
 
-    def estimator(m, plan0):
+    def estimator():
         if "est" not in estimators:
             estimators["est"] = LatencyEstimator(
-                m, plan0, whole=whole, tables=tables, runtime=rt, batch=batch_size,
+                graph, ranking.width_groups(), whole=whole, tables=tables, runtime=rt, batch=batch_size,
                 threads=threads, block=block, cache=cache, progress=progress)
             est = estimators["est"]
             # measured alone, the layers' times sum to more than the whole model (2.4x for
@@ -160,14 +147,7 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
         return estimators["est"]
 
     if round_to is None and tables is None:  # measure whether twice the block pays
-        from surgery.cost.alignment import choose_alignment
-        from surgery.cost.runtimes import _keras_of
-
-        if plan_fn is None:
-            from surgery.pruning.planning import plan as plan_fn
-        plan0 = plan_fn(flat, ratio=0.0, ignore=plan_kwargs.get("ignore", ()),
-                        criterion="l1")
-        probe = choose_alignment(estimator(flat, plan0), rt, batch_size, threads, cache,
+        probe = choose_alignment(estimator(), rt, batch_size, threads, cache,
                                  block, _keras_of(flat), progress=progress)
         round_to = probe["round_to"]
         alignment.update(probes=probe["probes"], chosen=f"measured: {round_to} pays" if
@@ -178,10 +158,14 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
     else:
         alignment["chosen"] = "round_to given"
 
+    searched = spec.replace(round_to=round_to)
+
     def search(goal):
-        return plan_for_budget(flat, goal, estimator, name="latency_target",
-                               prefix="latency", plan_fn=plan_fn, round_to=round_to,
-                               greedy=True, quiet=check, **plan_kwargs)
+        def variant(v):
+            budget = Budget(goal, name="latency_target", prefix="latency", greedy=True,
+                            quiet=check or v.index > 0)
+            return allocate(ranking, searched, estimator(), budget, v)
+        return best_candidate(graph, variant, candidates, spec.data)
 
     # one aiming re-plan per new plan; a repeated plan (its scale remembered for this
     # target) has none: it accepts what the first landed
@@ -204,14 +188,14 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
             logger.info("latency_target=%.3f: the corrected plan is one already checked; the "
                         "channel steps are too coarse to move by less", latency_target)
             break
-        pruned = apply(flat, p) if p.deletions else flat
+        pruned = flat if p.empty else cut_graph(graph, p)
         runners = {"original": original, "pruned": rt.runners(
             pruned, batch_size, threads, cache_folder=cache.folder)[0]}
-        timed = compare(flat, pruned, runners=runners)
+        timed = timing.compare(flat, pruned, runners=runners)
         miss = abs(1.0 - timed["ratio"] - latency_target)
         sure = max((tolerance - miss) / 2, FINAL_STABLE)
         if miss <= (tolerance if aim_spent else AIM * tolerance) and timed["spread"] > sure:
-            timed = compare(flat, pruned, runners=runners, max_rounds=FINAL_ROUNDS,
+            timed = timing.compare(flat, pruned, runners=runners, max_rounds=FINAL_ROUNDS,
                             stable=sure, resume=timed, warn=False)
         reached = 1.0 - timed["ratio"]
         tried.append([round(predicted, 4), round(reached, 4), round(scale, 4)])
@@ -264,9 +248,6 @@ def plan_for_latency(model, latency_target: float, *, runtime: str = "onnxruntim
 
 
 def _architecture_digest(model) -> str:
-    from surgery.cost.cache import digest
-    from surgery.cost.converted import architecture_of
-
     return digest(architecture_of(model))
 
 

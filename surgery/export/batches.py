@@ -4,8 +4,8 @@ This module owns the small helpers that turn ``(x, y)`` tuples or ``tf.data`` da
 into numpy arrays (:func:`data_arrays`), labels into class ids (:func:`class_ids`), and
 representative data into the single-example batches a TFLite converter calibrates on
 (:func:`representative_examples`), plus the tqdm progress bar that long evaluations show.
-:mod:`surgery.pipeline.export`, :mod:`surgery.pipeline.tflite`,
-:mod:`surgery.pipeline.onnx_export` and :mod:`surgery.sensitivity` share them.
+:mod:`surgery.pipeline.export`, :mod:`surgery.export.tflite`,
+:mod:`surgery.export.onnx` and :mod:`surgery.sensitivity` share them.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def class_ids(y: np.ndarray) -> np.ndarray:
 def progress_bar(iterable: Iterable, total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm  # imported lazily: only evaluation loops need it
 
-    from surgery.pipeline.progress import bars_wanted
+    from surgery.progress import bars_wanted
 
     return tqdm(iterable, total=total, desc=desc, unit="ex", leave=False,
                 disable=not bars_wanted(enabled) or total <= PROGRESS_MIN_EXAMPLES)

@@ -24,8 +24,8 @@ import numpy as np
 from surgery._backend import tf
 from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
-from surgery.pipeline.atomic import write_atomically
-from surgery.pipeline.batches import (Data, RepresentativeData, class_ids, data_arrays,
+from surgery.atomic import write_atomically
+from surgery.export.batches import (Data, RepresentativeData, class_ids, data_arrays,
                                       progress_bar, representative_examples)
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def tflite_input_dtype(path: str) -> np.dtype:
 
     Example::
 
-        assert surgery.pipeline.tflite.tflite_input_dtype("model_int8.tflite") == np.int8
+        assert surgery.export.tflite.tflite_input_dtype("model_int8.tflite") == np.int8
     """
     return _Runner(path).input_dtype
 

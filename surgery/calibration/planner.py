@@ -1,0 +1,156 @@
+"""The planner: :func:`surgery.plan`, one entry for every budget.
+
+This module owns the public :func:`plan` and :func:`prune`. ``plan`` checks the arguments,
+resolves the model's graph once (flattening nested models), and hands it down: a ratio or
+a threshold is planned by a :class:`~surgery.pruning.planning.Ranking`; a FLOPs target by
+the allocation of :mod:`surgery.pruning.allocation`; a latency target by the
+measure-and-correct loop of :mod:`surgery.calibration.latency`; with ``candidates``, a
+budget's allocations are compared after adaptive BN (:mod:`surgery.calibration.candidates`).
+``exact=False`` lets cuts cross mean-centred norms and measures how far that moves the
+outputs. A plan that removes nothing says so in a warning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Mapping, Optional, Sequence
+
+from surgery.calibration.candidates import best_candidate
+from surgery.calibration.latency import plan_for_latency
+from surgery.engine.flatten import flattened
+from surgery.engine.graph import ModelGraph, resolve
+from surgery.engine.rules.base import approximate
+from surgery.errors import SurgeryError
+from surgery.pruning.allocation import DEFAULT_MAX_RATIO, Budget, plan_for_flops
+from surgery.pruning.arguments import (
+    check_latency_arguments, check_plan_arguments, check_unit_arguments,
+)
+from surgery.pruning.execution import cut_graph, difference
+from surgery.pruning.plan import PrunePlan
+from surgery.pruning.planning import PlanSpec, Ranking
+from surgery.pruning.samples import first_inputs
+
+logger = logging.getLogger(__name__)
+
+#: examples an approximate plan's deviation is measured on
+DEVIATION_EXAMPLES = 64
+
+
+def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
+         policy: str = "aggregate", *, threshold: Optional[float] = None,
+         per_layer: Optional[Mapping[str, float]] = None, ignore: Sequence[str] = (),
+         round_to: Optional[int] = None, min_channels: int = 1, scope: str = "local",
+         data=None, flops_target: Optional[float] = None,
+         latency_target: Optional[float] = None, runtime: str = "onnxruntime",
+         batch_size: int = 1, threads: Optional[int] = None, heads: bool = True,
+         head_dims: bool = False, exact: bool = True, candidates: int = 1,
+         max_ratio: float = DEFAULT_MAX_RATIO, at_least: bool = False) -> PrunePlan:
+    """Decide which channels (and heads, head widths, block units) to delete.
+
+    ``ratio``: fraction of each group's channels to delete (or of all channels with
+    ``scope="global"``, ranked across groups by normalised importance); ``threshold``:
+    instead, delete channels whose score is below it; ``per_layer``: ratios for the groups
+    containing the named layers; ``ignore``: layers whose groups are left alone;
+    ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
+    ``flops_target``: instead, remove that fraction of ``count_flops(model)`` (a search up
+    to the uniform ratio ``max_ratio``; with ``at_least``, never less than the target
+    where a plan within 2 points above it exists). ``latency_target``: instead, remove
+    that fraction of the latency measured in ``runtime`` (``"onnxruntime"``, ``"tflite"``
+    or ``"tensorflow"``) at ``batch_size`` with ``threads`` (default all cores);
+    ``round_to`` then defaults to the CPU's SIMD block, and the plan is checked by timing
+    (see :mod:`surgery.calibration.latency`). Output channels that reach a model output
+    (the classifier) are never pruned. ``exact=False`` also lets deletions cross layers
+    where they are only approximate (mean-centred ``LayerNormalization``); the plan lists
+    them in ``settings["approximate"]`` and, given ``data``, how far they moved the
+    outputs (``settings["deviation"]``).
+
+    Attention layers lose units that no tensor carries, each axis a group of its own
+    (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes whole heads,
+    ``head_dims=True`` the per-head query/key and value widths. With ``flops_target`` or
+    ``latency_target`` heads and head widths stay.
+
+    ``candidates`` N > 1 (with a target, and ``data``): search N allocations of the budget
+    and keep the one whose cut agrees best with the original on ``data`` after adaptive
+    BN (EagleEye); candidate 0 is the plan ``candidates=1`` gives.
+
+    Example::
+
+        p = surgery.plan(model, ratio=0.5, criterion="l1", policy="intersection")
+        print(p.summary())
+        smaller = surgery.apply(model, p)
+    """
+    graph = resolve(model, "plan")
+    if not isinstance(exact, bool):
+        raise SurgeryError(f"plan(exact=...) must be True or False, got {exact!r}")
+    check_unit_arguments(heads=heads, head_dims=head_dims)
+    check_plan_arguments(graph, ratio=ratio, criterion=criterion, policy=policy,
+                         threshold=threshold, per_layer=per_layer, ignore=ignore,
+                         round_to=1 if round_to is None else round_to,
+                         min_channels=min_channels, scope=scope,
+                         data=data, flops_target=flops_target, latency_target=latency_target,
+                         candidates=candidates)
+    if candidates > 1 and data is None:
+        raise SurgeryError(f"candidates={candidates} chooses between plans by their "
+                           "accuracy after adaptive BN, which needs data=: pass training "
+                           "examples (an (x, y) tuple of arrays or a tf.data.Dataset), or "
+                           "candidates=1")
+    spec = PlanSpec(ratio, criterion, policy, threshold, dict(per_layer or {}), tuple(ignore),
+                    1 if round_to is None else round_to, min_channels, scope, data, heads,
+                    head_dims, exact)
+    flat = flattened(graph)
+    with approximate(not exact):
+        if latency_target is not None:
+            runtime_ok = check_latency_arguments(latency_target, runtime, batch_size, threads)
+            result = plan_for_latency(flat, latency_target, spec=spec, runtime=runtime_ok.name,
+                                      batch_size=batch_size, threads=threads,
+                                      round_to=round_to, candidates=candidates)
+        elif flops_target is not None:
+            result = _plan_for_flops(flat, spec, Budget(flops_target, max_ratio=max_ratio,
+                                                        at_least=at_least), candidates)
+        else:
+            result = Ranking(flat, spec).plan(spec)
+        if not exact:
+            _measure_deviation(flat, result, data)
+    if result.empty and (ratio or threshold or flops_target or latency_target):
+        logger.warning("plan: nothing to cut in model '%s' (%s); every group is skipped or "
+                       "keeps all its units", graph.model.name, _why_empty(result))
+    return result
+
+
+def _plan_for_flops(graph: ModelGraph, spec: PlanSpec, budget: Budget,
+                    candidates: int) -> PrunePlan:
+    """A FLOPs target's plan; heads and head widths stay (only channels are costed)."""
+    spec = spec.replace(heads=False, head_dims=False)
+    ranking = Ranking(graph, spec)
+
+    def search(variant):
+        quiet = dataclasses.replace(budget, quiet=budget.quiet or variant.index > 0)
+        return plan_for_flops(ranking, spec, quiet, variant)
+
+    return best_candidate(graph, search, candidates, spec.data)
+
+
+def _measure_deviation(graph: ModelGraph, result: PrunePlan, data) -> None:
+    """An approximate plan's ``settings["deviation"]`` on up to 64 examples of ``data``."""
+    if result.settings.get("approximate") and data is not None:
+        x = first_inputs(data, DEVIATION_EXAMPLES)
+        result.settings["deviation"] = float(difference(graph, cut_graph(graph, result),
+                                                        result, x))
+
+
+def _why_empty(result: PrunePlan) -> str:
+    if not result.cuts:
+        return "no prunable group: " + ("; ".join(
+            f"{k}: {v}" for k, v in list(result.skipped.items())[:3]) or "none found")
+    return f"{len(result.cuts)} groups, none cut at these settings; raise ratio or the target"
+
+
+def prune(model, **plan_kwargs):
+    """``apply(model, plan(model, **plan_kwargs))``.
+
+    Example::
+
+        smaller = surgery.prune(model, ratio=0.5, criterion="l1", round_to=8)
+    """
+    graph = resolve(model, "prune")
+    return cut_graph(graph, plan(graph.model, **plan_kwargs))

@@ -1,0 +1,73 @@
+"""What both graph adapters share.
+
+This module owns the parts of :mod:`surgery.engine.keras2` and :mod:`surgery.engine.keras3`
+that do not depend on the Keras generation: :class:`NodeBase`, the common half of an
+adapter's call record; :func:`carried`, how they copy a layer that no cut touches; and
+:func:`input_roles`, which call argument each tensor input of a call is.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+class NodeBase:
+    """One call of a layer (or operation) in a model: its layer, input and output tensors.
+    An adapter's subclass fills them from its generation's node and adds ``info`` and
+    ``call``."""
+
+    __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "__weakref__")
+
+    @property
+    def identity(self) -> int:
+        """Tells two calls of the same layer apart."""
+        return id(self._node)
+
+    @property
+    def input_keys(self) -> list:
+        return [id(t) for t in self.inputs]
+
+    @property
+    def output_keys(self) -> list:
+        return [id(t) for t in self.outputs]
+
+
+def carried(layer, new_layer: Callable):
+    """A copy of a layer that no cut touches, for a rebuilt model: ``new_layer(layer)``, a
+    fresh layer from its config (its weights are set later), or, when its config cannot
+    rebuild it (keras-hub's ``ViTPatchingAndEmbedding``, a custom layer without a complete
+    ``get_config``), the layer object itself, carried over as it is and shared, weights
+    included, with the input model."""
+    try:
+        new = new_layer(layer)
+        if new.name == layer.name:
+            return new
+        err = f"its config does not keep its name '{layer.name}'"  # an incomplete config
+    except Exception as error:  # noqa: BLE001 — any failure to rebuild: carry it over
+        err = error
+    logger.warning("layer '%s' (%s) cannot be rebuilt from its config (%s); the pruned "
+                   "model shares it, weights included, with the input model",
+                   layer.name, type(layer).__name__, err)
+    return layer
+
+
+def input_roles(layer, args: Sequence, kwargs: dict, inputs: Sequence,
+                flatten: Callable) -> list[str]:
+    """The call parameter each of a call's tensor ``inputs`` was passed as (``"query"``,
+    ``"value"``, ``"attention_mask"`` for ``MultiHeadAttention``), in the order Keras
+    lists them: positional arguments first, then keyword arguments by sorted name.
+    ``flatten`` is the generation's ``tree.flatten``; a name is ``""`` where unknown."""
+    try:
+        names = [p for p in inspect.signature(layer.call).parameters
+                 if p not in ("self", "args", "kwargs")]
+    except (TypeError, ValueError):
+        names = []
+    ids = {id(t) for t in inputs}
+    roles: list[str] = []
+    pairs = [(names[i] if i < len(names) else "", a) for i, a in enumerate(args)]
+    for name, value in pairs + sorted(kwargs.items()):
+        roles += [name] * sum(1 for v in flatten(value) if id(v) in ids)
+    return roles if len(roles) == len(inputs) else [""] * len(inputs)
