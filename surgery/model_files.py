@@ -31,6 +31,9 @@ import re
 import zipfile
 from typing import Any, Iterator, List, Optional, Tuple
 
+import h5py
+
+from surgery._backend import keras
 from surgery.errors import SurgeryError
 
 _log = logging.getLogger(__name__)
@@ -88,8 +91,6 @@ def _stored_configs(path: str) -> List[Any]:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("config.json")]
             return [json.loads(zf.read(n).decode("utf-8")) for n in names]
-    import h5py
-
     if not h5py.is_hdf5(path):
         return []
     configs = []
@@ -140,8 +141,6 @@ def load_model_checked(path: str, trust_code: bool = False, compile: bool = Fals
     """:func:`check_model_file`, then ``keras.models.load_model`` (``safe_mode`` on unless
     ``trust_code``). Returns the model."""
     check_model_file(path, trust_code=trust_code)
-    from surgery._backend import keras
-
     return keras.models.load_model(path, compile=compile, safe_mode=not trust_code)
 
 

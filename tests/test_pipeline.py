@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
+import surgery
 from surgery._backend import keras, tf
 import data_generator as dg
 import prune_and_finetune as pf
@@ -73,7 +74,8 @@ def test_end_to_end_artifacts(tmp_path):
     assert report["acc_finetuned"] == pytest.approx(evaluate_accuracy(
         reloaded, dg.load_splits("digits", image_size=(16, 16), channels=1).test))
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["deletions"]
+    assert any(cut["removed"] for cut in plan["cuts"])
+    assert not surgery.PrunePlan.from_json(json.dumps(plan)).empty
     md = (out / "report.md").read_text()
     assert "FLOPs" in md and "after fine-tuning" in md
     assert "| FLOPs to remove (target) | 40.0 % |" in md

@@ -12,17 +12,23 @@ from __future__ import annotations
 import json
 
 import surgery
+from surgery import data as dg
 from surgery.cli._kit import UsageError
 from surgery.pruning import criteria as _criteria
 from surgery.pruning.allocation import DEFAULT_TOLERANCE
 
 
-def _cut(model, p):
-    """``model`` cut by plan ``p``; :class:`UsageError` when ``p`` removes nothing (a run
-    that fine-tuned an unchanged model would report a cut it did not make)."""
+def require_cuts(model, p) -> None:
+    """:class:`UsageError` when plan ``p`` removes nothing (a run that fine-tuned an
+    unchanged model would report a cut it did not make)."""
     if p.empty:
         raise UsageError(f"the plan removes nothing from model '{model.name}': "
                          + _nothing_to_cut(p))
+
+
+def _cut(model, p):
+    """``model`` cut by plan ``p`` (:func:`require_cuts` first)."""
+    require_cuts(model, p)
     return surgery.apply(model, p)
 
 
@@ -87,6 +93,7 @@ def plan_flops_target(model, removed_target: float, flops_ref: int, *,
                          f"needs more than --max-ratio {max_ratio} (the nearest plan removes "
                          f"{removed:.1%})")
     if not apply:
+        require_cuts(model, p)
         return p.settings["ratio"], p, None
     return p.settings["ratio"], p, _cut(model, p)
 
@@ -120,6 +127,9 @@ def _prune_once(model, args, data, flops_ref, removed_target=None, ratio=None, s
                           candidates=1 if check_only or ratio is not None else args.candidates)
     if ratio is not None:
         p = surgery.plan(model, ratio=ratio, **kwargs)
+        if check_only:
+            require_cuts(model, p)
+            return ratio, p, None
         return ratio, p, _cut(model, p)
     return plan_flops_target(model, removed_target, flops_ref, max_ratio=args.max_ratio,
                              apply=not check_only, **kwargs)
@@ -141,8 +151,6 @@ def _criterion_data(args, splits):
     compare = args.candidates > 1 and args.ratio is None
     if not getattr(fn, "needs_data", False) and not compare:
         return None
-    from surgery import data as dg
-
     limit = max(512, args.recalibrate_batches * args.batch_size) if compare else 256
     return dg.as_arrays(splits.train, limit=limit)
 

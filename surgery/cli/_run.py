@@ -1,65 +1,42 @@
-"""The stages of the ``prune`` pipeline, written once for both Keras generations.
+"""The ``prune`` pipeline, written once for both Keras generations.
 
-This module owns what :func:`run` does with parsed arguments: load the model (or build and
-train a baseline), evaluate it, plan the cut (``--ratio`` or ``--flops-target`` through
-``surgery.plan(flops_target=...)``, ``--criterion``, ``--policy``), apply it with
-:func:`surgery.apply` and check it with :func:`surgery.verify`, re-estimate the
-BatchNormalization statistics of the cut model on ``--recalibrate-batches`` training batches
-(:func:`surgery.recalibrate_batchnorm`, after every cut), fine-tune with warmup +
-cosine decay (optionally distilling, in ``--iterative`` rounds or ``--layerwise``), measure
-again and write ``pruned.<h5|keras>``, ``baseline.<h5|keras>``, ``plan.json``, the report
-and the PNGs. What differs between tf-keras and Keras 3 (loading, training, evaluation,
-saving, strategies, data form) comes from a :class:`surgery.cli._kit.Kit`.
+This module owns what :func:`run` does with parsed arguments and the stages around the
+cut: check them and load the model (or build and train a baseline), evaluate it, fail
+early when the plan would be unreachable or empty, hand over to the pruning stage
+(:mod:`surgery.cli._rounds`: plan, cut, verify, recalibrate, fine-tune), measure again and
+write ``pruned.<h5|keras>``, ``baseline.<h5|keras>``, ``plan.json``, the report and the
+PNGs. What differs between tf-keras and Keras 3 (loading, training, evaluation, saving,
+strategies, data form) comes from a :class:`surgery.cli._kit.Kit`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import inspect
 import json
 import logging
 import os
 import time
-from typing import Any, Optional
-
-import numpy as np
+from typing import Optional
 
 import surgery
+from surgery import data as dg
+from surgery import models
 from surgery._startup import muted_stderr
 from surgery.cli import usage
 from surgery.cli._kit import Kit, UsageError, kit_for_process
 from surgery.cli._workers import artifact_folder, is_chief, worker_name
+from surgery.cli._context import CutResult, RunResult, RunSetup
 from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _prune_once,
-                                   latency_report, plan_flops_target, plan_latency_target)
+                                   latency_report)
+from surgery.cli._rounds import (VERIFY_TOLERANCE, prune_in_rounds,  # noqa: F401
+                                 prune_layerwise, train_kwargs)
 from surgery.pruning import criteria as _criteria
 from surgery.pipeline.artifacts import write_plots, write_tflite
 from surgery.pipeline.resume import RunFolder
-from surgery.progress import fit_verbose
 from surgery.pipeline.report import atomic_write, build_report, gzip_size, write_report
 
 logger = logging.getLogger("prune_and_finetune")
-
-#: Largest relative output difference :func:`surgery.verify` may report after surgery
-#: (the zeroed original against the pruned model; float32).
-VERIFY_TOLERANCE = 1e-4
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What :func:`run` produced: the folder, artifact paths, report and pruned model."""
-
-    out: str
-    pruned_path: str
-    plan_path: str
-    report_path: str
-    markdown_path: str
-    report: dict
-    model: Any
-    baseline_path: Optional[str] = None
-    files: tuple = ()  # every file the run wrote, relative to ``out``
-    chief: bool = True  # False on a non-chief worker: it wrote nothing (paths: the chief's)
-    worker: str = ""  # e.g. "worker 1 of 2" under --strategy multiworker
 
 
 def check_generation(args: argparse.Namespace, kit: Kit) -> None:
@@ -70,8 +47,6 @@ def check_generation(args: argparse.Namespace, kit: Kit) -> None:
 
 
 def _load_data(args: argparse.Namespace, input_shape: Optional[tuple]):
-    from surgery import data as dg
-
     if input_shape is not None:
         size, channels = tuple(input_shape[:2]), input_shape[2]
     else:
@@ -87,8 +62,6 @@ def _load_data(args: argparse.Namespace, input_shape: Optional[tuple]):
 # validation
 # --------------------------------------------------------------------------------------
 def _validate(args: argparse.Namespace) -> None:
-    from surgery import models
-
     if args.model_path is None and args.model not in models.MODELS:
         raise UsageError(f"unknown model {args.model!r}; known models: "
                          f"{', '.join(sorted(models.MODELS))}")
@@ -126,8 +99,6 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"model file not found: {args.model_path}")
 
 
-
-
 # --------------------------------------------------------------------------------------
 # the pipeline
 # --------------------------------------------------------------------------------------
@@ -157,37 +128,6 @@ def _run_folder(args: argparse.Namespace, kit: Kit, out: str) -> RunFolder:
     return folder
 
 
-def _train_kwargs(args, strategy, kit: Kit):
-    extra = {} if kit.generation == 2 else dict(batch_size=args.batch_size, seed=args.seed)
-    return dict(strategy=strategy, verbose=fit_verbose(quiet=args.quiet), **extra)
-
-
-def _verify(original, pruned, p, splits_val) -> float:
-    """:func:`surgery.verify` on a few validation images; raises when the cut is not exact."""
-    from surgery.data import as_arrays
-
-    x = as_arrays(splits_val, limit=16)[0] if not isinstance(splits_val, tuple) \
-        else np.asarray(splits_val[0][:16])
-    diff = float(surgery.verify(original, pruned, p, x))
-    if diff > VERIFY_TOLERANCE:
-        logger.warning("surgery.verify: the pruned model differs from the zeroed original by "
-                       "%.2e (> %g): the cut is not exact; please report the model", diff,
-                       VERIFY_TOLERANCE)
-    else:
-        logger.info("surgery.verify: max relative output difference %.2e", diff)
-    return diff
-
-
-def _recalibrate(model, args, train) -> bool:
-    """Adaptive BN after a cut: re-estimate ``model``'s BatchNormalization statistics on
-    ``--recalibrate-batches`` training batches (in place); False when turned off (0)."""
-    if args.recalibrate_batches <= 0:
-        return False
-    surgery.recalibrate_batchnorm(model, train, batches=args.recalibrate_batches,
-                                  batch_size=args.batch_size, progress=not args.quiet)
-    return True
-
-
 def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     """Run the whole pipeline for parsed ``args``; raises :class:`UsageError` for user
     errors before anything is written.
@@ -197,19 +137,35 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
         result = run(build_parser().parse_args(["--model", "lenet5", "--out", "runs/t"]))
         result.report["acc_finetuned"]
     """
-    from surgery import models
+    setup = _set_up(args, kit or kit_for_process())
+    base = _base_model(setup)
+    flops_before = surgery.count_flops(base)
+    _check_plan_early(setup, base, flops_before)
+    setup.resume.start()
+    baseline_seconds = _train_baseline(setup, base)
+    acc_baseline = setup.kit.evaluate(base, setup.fit[2])
+    data = _criterion_data(args, setup.splits)
+    teacher = setup.kit.copy_model(base, setup.strategy) if args.distill else None
+    if args.layerwise:
+        cut = prune_layerwise(setup, base, data, flops_before, teacher)
+    else:
+        cut = prune_in_rounds(setup, base, data, flops_before, teacher)
+    values = dict(params_before=int(base.count_params()), flops_before=int(flops_before),
+                  acc_baseline=acc_baseline, baseline_seconds=round(baseline_seconds, 3))
+    return _finish(setup, base, cut, values)
 
+
+def _set_up(args: argparse.Namespace, kit: Kit) -> RunSetup:
+    """Checks, strategy, the loaded model, data and the run folder; nothing is written."""
     _validate(args)
-    kit = kit or kit_for_process()
     check_generation(args, kit)
     try:  # first TensorFlow work: collective ops (multiworker) are configured only here
         strategy = kit.make_strategy(args.strategy)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    devices = kit.replicas(strategy)
-    if kit.generation == 3 and args.batch_size % devices:
-        raise UsageError(f"--batch-size {args.batch_size} must be a multiple of the {devices} "
-                         f"devices of --strategy {args.strategy}")
+    if kit.generation == 3 and args.batch_size % kit.replicas(strategy):
+        raise UsageError(f"--batch-size {args.batch_size} must be a multiple of the "
+                         f"{kit.replicas(strategy)} devices of --strategy {args.strategy}")
     kit.keras.utils.set_random_seed(args.seed)
     loaded = kit.load(args.model_path, args.trust_model_code) if args.model_path else None
     splits = _load_data(args, tuple(loaded.input_shape[1:]) if loaded is not None else None)
@@ -219,228 +175,147 @@ def run(args: argparse.Namespace, kit: Optional[Kit] = None) -> RunResult:
     if args.tflite and kit.backend != "tensorflow":
         raise UsageError(f"--tflite needs the TensorFlow backend (this run: {kit.label}); "
                          "set KERAS_BACKEND=tensorflow")
-    train, val, test = (kit.fit_data(d) for d in (splits.train, splits.val, splits.test))
-    momentum = args.bn_momentum if args.bn_momentum > 0 else None
+    fit = tuple(kit.fit_data(d) for d in (splits.train, splits.val, splits.test))
     out = args.out or _timestamp_folder()
     in_path = os.path.abspath(args.model_path) if args.model_path else None
     pruned_path = os.path.abspath(os.path.join(out, f"pruned.{kit.ext}"))
     if in_path is not None and pruned_path == in_path:
         raise UsageError(f"--out {out} would overwrite the input model {args.model_path}")
-    resume = _run_folder(args, kit, out)
+    return RunSetup(args, kit, strategy, loaded, splits, fit,
+                  args.bn_momentum if args.bn_momentum > 0 else None, out, in_path,
+                  pruned_path, _run_folder(args, kit, out))
 
-    if loaded is None:
+
+def _base_model(setup: RunSetup):
+    """The model to prune: a new ``--model`` baseline, or the loaded one, under the
+    strategy, with the run's BN momentum."""
+    args, kit = setup.args, setup.kit
+    if setup.loaded is None:
         build = models.MODELS[args.model]
-        kw = dict(input_shape=splits.input_shape, classes=splits.num_classes,
+        kw = dict(input_shape=setup.splits.input_shape, classes=setup.splits.num_classes,
                   **kit.model_kwargs())
         if "alpha" in inspect.signature(build).parameters:
             kw["alpha"] = args.alpha
-        with kit.scope(strategy):
+        with kit.scope(setup.strategy):
             base = build(**kw)
     else:
-        base = kit.clone_into(loaded, strategy)
-    kit.set_bn_momentum(base, momentum)
-    flops_before = surgery.count_flops(base)
-    latency = getattr(args, "latency_target", None)
-    target = None if args.ratio is not None or latency is not None else args.flops_target
-    if target is not None:  # fail early (before any training) if the target is unreachable
-        _prune_once(base, args, _criterion_data(args, splits), flops_before, target,
-                    check_only=True)
-    resume.start()
+        base = kit.clone_into(setup.loaded, setup.strategy)
+    kit.set_bn_momentum(base, setup.momentum)
+    return base
 
-    baseline_seconds = 0.0
-    if loaded is None:
-        t0, before = time.perf_counter(), resume.seconds("baseline")
-        kit.finetune(base, train, val, epochs=args.baseline_epochs,
-                     lr=args.baseline_lr, warmup_epochs=1, stage="training the baseline",
-                     callbacks=resume.callbacks(kit.keras, "baseline", args.baseline_epochs),
-                     **_train_kwargs(args, strategy, kit))
-        baseline_seconds = before + time.perf_counter() - t0
-    acc_baseline = kit.evaluate(base, test)
-    params_before = base.count_params()
-    data = _criterion_data(args, splits)
 
-    teacher = None
-    if args.distill:  # a frozen copy, so that base (saved as the baseline) stays trainable
-        teacher = kit.copy_model(base, strategy)
+def _check_plan_early(setup: RunSetup, base, flops_before: int) -> None:
+    """Fail before any training when the FLOPs target is unreachable or the plan would
+    remove nothing (a latency plan is checked where it is made: it needs timing)."""
+    args = setup.args
+    if setup.latency is not None or args.iterative > 1 and setup.target is None:
+        return
+    data = _criterion_data(args, setup.splits)
+    if setup.target is not None:
+        _prune_once(base, args, data, flops_before, setup.target, check_only=True)
+    elif not args.layerwise:
+        _prune_once(base, args, data, flops_before, ratio=args.ratio, check_only=True)
 
-    prune_seconds = finetune_seconds = 0.0
-    plans, acc_pruned = [], None
-    acc_raw = acc_recalibrated = None  # right after the first cut: stale BN / recalibrated
-    current = base
-    ft = dict(lr=args.lr, warmup_epochs=args.warmup_epochs, teacher=teacher,
-              temperature=args.temperature, alpha=args.kd_alpha,
-              **_train_kwargs(args, strategy, kit))
-    verify_diffs: list = []
-    if args.layerwise:
-        current, plans, acc_pruned, prune_seconds, finetune_seconds = _layerwise(
-            base, args, kit, (train, val, test), data, flops_before, target, strategy, ft,
-            momentum, verify_diffs, splits.train)
-        if args.recalibrate_batches > 0:  # measured once: every group cut and recalibrated
-            acc_recalibrated = acc_pruned
-    else:
-        rounds = args.iterative
-        epochs_left = args.finetune_epochs
-        for k in range(1, rounds + 1):
-            t0 = time.perf_counter()
-            saved = resume.state.get("rounds", {}).get(str(k))
-            if saved is not None:  # planned before the interruption: read back, cut again
-                p = surgery.PrunePlan.from_json(saved["plan"])
-                pruned = surgery.apply(current, p)
-                logger.info("round %d/%d: the plan saved in %s, applied again", k, rounds,
-                            resume.working)
-            elif latency is not None:
-                p, pruned = plan_latency_target(current, args, data)
-            elif target is not None:
-                goal = 1.0 - (1.0 - target) ** (k / rounds) if rounds > 1 else target
-                _, p, pruned = _prune_once(current, args, data, flops_before, goal)
-            else:
-                step_ratio = 1.0 - (1.0 - args.ratio) ** (1.0 / rounds)
-                _, p, pruned = _prune_once(current, args, data, flops_before, ratio=step_ratio)
-            if saved is not None:
-                verify_diffs += saved["verify"]
-            elif not p.empty:
-                verify_diffs.append(_verify(current, pruned, p, val))
-            pruned = kit.clone_into(pruned, strategy)
-            kit.set_bn_momentum(pruned, momentum)
-            if saved is None:
-                saved = dict(plan=p.to_json(), verify=verify_diffs[-1:] if not p.empty else [],
-                             seconds=time.perf_counter() - t0)
-                resume.state.setdefault("rounds", {})[str(k)] = saved
-                resume.save_state()
-            prune_seconds += saved["seconds"]
-            plans.append(p)
-            if acc_pruned is None:  # right after the cut, stale BatchNormalization statistics
-                acc_raw = acc_pruned = kit.evaluate(pruned, test)
-            t0 = time.perf_counter()
-            recalibrated = _recalibrate(pruned, args, splits.train)
-            prune_seconds += time.perf_counter() - t0
-            if recalibrated and acc_recalibrated is None:  # what fine-tuning starts from
-                acc_recalibrated = acc_pruned = kit.evaluate(pruned, test)
-            epochs = epochs_left if k == rounds else max(1, args.finetune_epochs // rounds)
-            epochs_left -= epochs
-            logger.info("round %d/%d: %d FLOPs left, fine-tuning %d epochs", k, rounds,
-                        surgery.count_flops(pruned), epochs)
-            t0, stage = time.perf_counter(), f"finetune-{k}"
-            before = resume.seconds(stage)
-            kit.finetune(pruned, train, val, epochs=max(1, epochs),
-                         callbacks=resume.callbacks(kit.keras, stage, max(1, epochs)), **ft)
-            finetune_seconds += before + time.perf_counter() - t0
-            current = pruned
-    acc_finetuned = kit.evaluate(current, test)
-    flops_after = surgery.count_flops(current)
 
-    chief, chief_pruned = is_chief(strategy), pruned_path
-    with artifact_folder(out, chief) as folder:  # a deleted scratch folder off the chief
-        baseline_path = None
-        pruned_path = os.path.abspath(os.path.join(folder, os.path.basename(pruned_path)))
-        if loaded is None:
-            baseline_path = kit.save(base, os.path.join(folder, f"baseline.{kit.ext}"))
-        ref_path = in_path or baseline_path
-        # "before" size like the pruned one: saved the same way, no optimizer state
-        ref_sizes = (os.path.getsize(baseline_path), gzip_size(baseline_path)) \
-            if baseline_path else kit.saved_sizes(base)
-        kit.save(current, pruned_path, forbid=in_path)
-        plan_text = plans[0].to_json() if len(plans) == 1 else \
-            json.dumps(_merge_plans(plans), indent=1, sort_keys=True)
-        plan_path = atomic_write(os.path.join(folder, "plan.json"), plan_text)
-        values = dict(
-            params_before=int(params_before), params_after=int(current.count_params()),
-            flops_before=int(flops_before), flops_after=int(flops_after),
-            acc_baseline=acc_baseline, acc_pruned=acc_pruned, acc_finetuned=acc_finetuned,
-            acc_pruned_raw=acc_raw, acc_recalibrated=acc_recalibrated,
-            recalibrate_batches=args.recalibrate_batches,
-            h5_bytes=os.path.getsize(pruned_path), h5_gzip_bytes=gzip_size(pruned_path),
-            h5_bytes_baseline=ref_sizes[0], h5_gzip_bytes_baseline=ref_sizes[1],
-            prune_seconds=round(prune_seconds, 3),
-            finetune_seconds=round(finetune_seconds, 3),
-            baseline_seconds=round(baseline_seconds, 3),
-            model=args.model if loaded is None else os.path.basename(args.model_path),
-            data=str(args.data), input_shape=list(splits.input_shape),
-            criterion=args.criterion, policy=args.policy, scope=args.scope,
-            ratio=args.ratio, flops_target=target, iterative=args.iterative,
-            flops_removed=round(1.0 - flops_after / max(flops_before, 1), 6),
-            plan_ratio=_plan_ratio(plans),
-            candidate_scores=plans[0].settings.get("candidate_scores"),
-            candidate=plans[0].settings.get("candidate"),
-            layerwise=args.layerwise, distill=args.distill, strategy=args.strategy,
-            replicas=kit.replicas(strategy), seed=args.seed,
-            keras_generation=kit.generation, keras_backend=kit.backend,
-            model_format=kit.ext,
-            verify_max_diff=max(verify_diffs) if verify_diffs else None,
-            finetune_epochs=args.finetune_epochs, lr=args.lr, resumes=resume.resumes,
-            warmup_epochs=args.warmup_epochs, pruned_h5=pruned_path, baseline_h5=ref_path)
-        if args.plots:
-            from surgery.data import as_arrays
-            values.update(write_plots(base, current, as_arrays(splits.val), folder,
-                                      criterion=args.criterion, progress=not args.quiet,
-                                      chosen_flops=flops_after))
-        if args.tflite:
-            with muted_stderr() if args.quiet else contextlib.nullcontext():
-                values.update(write_tflite(base, current, splits, folder,
-                                           progress=not args.quiet))
-        if latency is not None:
-            values.update(latency_report(plans))
-        report = build_report(values)
-        json_path, md_path = write_report(folder, report)
-    resume.finish()  # every artifact is in place: nothing is left to resume
-    written = [baseline_path, pruned_path, plan_path, json_path, md_path]
-    written += [v for k, v in values.items() if k.endswith("_png")]
+def _train_baseline(setup: RunSetup, base) -> float:
+    """Train a new baseline (not a loaded model); returns its seconds, resumed included."""
+    if setup.loaded is not None:
+        return 0.0
+    args, kit, train, val = setup.args, setup.kit, setup.fit[0], setup.fit[1]
+    t0, before = time.perf_counter(), setup.resume.seconds("baseline")
+    kit.finetune(base, train, val, epochs=args.baseline_epochs, lr=args.baseline_lr,
+                 warmup_epochs=1, stage="training the baseline",
+                 callbacks=setup.resume.callbacks(kit.keras, "baseline", args.baseline_epochs),
+                 **train_kwargs(args, setup.strategy, kit))
+    return before + time.perf_counter() - t0
+
+
+def _finish(setup: RunSetup, base, cut: CutResult, values: dict) -> RunResult:
+    """Measure the fine-tuned model, write every artifact (the chief only), finish the
+    run folder."""
+    values.update(acc_finetuned=setup.kit.evaluate(cut.model, setup.fit[2]),
+                  flops_after=int(surgery.count_flops(cut.model)))
+    chief, chief_pruned = is_chief(setup.strategy), setup.pruned_path
+    with artifact_folder(setup.out, chief) as folder:  # a deleted scratch folder off the chief
+        paths, report = _write_artifacts(setup, base, cut, values, folder)
+    setup.resume.finish()  # every artifact is in place: nothing is left to resume
+    baseline_path, pruned_path, plan_path, json_path, md_path = paths
+    written = list(paths) + [v for k, v in values.items() if k.endswith("_png")]
     written += [row["path"] for row in values.get("tflite", ())]
     files = tuple(os.path.relpath(p, folder) for p in written if p) if chief else ()
     if not chief:  # name the chief's files, not the deleted scratch copies
         baseline_path, plan_path, json_path, md_path = (
-            p and os.path.join(out, os.path.basename(p))
+            p and os.path.join(setup.out, os.path.basename(p))
             for p in (baseline_path, plan_path, json_path, md_path))
         pruned_path = chief_pruned
-    return RunResult(out, pruned_path, plan_path, json_path, md_path, report, current,
-                     baseline_path, files, chief, worker_name(strategy))
+    return RunResult(setup.out, pruned_path, plan_path, json_path, md_path, report, cut.model, baseline_path, files, chief, worker_name(setup.strategy))
 
 
-def _layerwise(base, args, kit, fit_splits, data, flops_ref, target, strategy, ft, momentum,
-               verify_diffs, recalibration_data):
-    """ThiNet's way: a uniform local ratio (the one meeting the target), applied one group
-    at a time with BN recalibration and a brief fine-tune after each, then the full
-    fine-tune."""
-    t0 = time.perf_counter()
-    if target is not None:
-        ratio, _, _ = _prune_once(base, args, data, flops_ref, target, scope="local",
-                                  check_only=True)
-    else:
-        ratio = args.ratio
-    train, val, test = fit_splits
-    groups = [g for g in surgery.channel_groups(base) if g.producers and not g.skipped]
-    prune_seconds, finetune_seconds, plans = time.perf_counter() - t0, 0.0, []
-    current, acc_pruned = base, None
-    all_layers = [l.name for l in base.layers]
-    brief = dict(ft, warmup_epochs=0.0)
-    for i, g in enumerate(groups, 1):
-        t0 = time.perf_counter()
-        members = set(g.producers) | set(g.followers)
-        names = {l.name for l in current.layers}
-        ignore = [n for n in all_layers if n in names and n not in members]
-        p = surgery.plan(current, ratio=ratio, criterion=args.criterion, policy=args.policy,
-                         round_to=args.round_to, min_channels=args.min_channels,
-                         scope="local", ignore=ignore, data=data)
-        if p.empty:
-            continue
-        cut = surgery.apply(current, p)
-        verify_diffs.append(_verify(current, cut, p, val))
-        current = kit.clone_into(cut, strategy)
-        kit.set_bn_momentum(current, momentum)
-        _recalibrate(current, args, recalibration_data)
-        plans.append(p)
-        prune_seconds += time.perf_counter() - t0
-        logger.info("layerwise %d/%d: group %s, %d FLOPs left", i, len(groups), g.name,
-                    surgery.count_flops(current))
-        t0 = time.perf_counter()
-        kit.finetune(current, train, None, epochs=1, steps=args.layerwise_steps, **brief)
-        finetune_seconds += time.perf_counter() - t0
-    if not plans:
-        raise UsageError("--layerwise found no channel group to prune")
-    acc_pruned = kit.evaluate(current, test)
-    t0 = time.perf_counter()
-    kit.finetune(current, train, val, epochs=args.finetune_epochs, **ft)
-    finetune_seconds += time.perf_counter() - t0
-    return current, plans, acc_pruned, prune_seconds, finetune_seconds
+def _write_artifacts(setup: RunSetup, base, cut: CutResult, values: dict, folder: str) -> tuple:
+    """Models, ``plan.json``, plots, TFLite files and the report, in ``folder``; returns
+    the paths of the baseline (or ``None``), pruned model, plan and report files, and the
+    report."""
+    kit = setup.kit
+    baseline_path = None
+    pruned_path = os.path.abspath(os.path.join(folder, os.path.basename(setup.pruned_path)))
+    if setup.loaded is None:
+        baseline_path = kit.save(base, os.path.join(folder, f"baseline.{kit.ext}"))
+    # "before" size like the pruned one: saved the same way, no optimizer state
+    ref_sizes = (os.path.getsize(baseline_path), gzip_size(baseline_path)) \
+        if baseline_path else kit.saved_sizes(base)
+    kit.save(cut.model, pruned_path, forbid=setup.in_path)
+    plans = cut.plans
+    plan_text = plans[0].to_json() if len(plans) == 1 else \
+        json.dumps(_merge_plans(plans), indent=1, sort_keys=True)
+    plan_path = atomic_write(os.path.join(folder, "plan.json"), plan_text)
+    values.update(_report_values(setup, cut, pruned_path, ref_sizes,
+                                 setup.in_path or baseline_path))
+    _extras(setup, base, cut, values, folder)
+    report = build_report(values)
+    json_path, md_path = write_report(folder, report)
+    return (baseline_path, pruned_path, plan_path, json_path, md_path), report
+
+
+def _report_values(setup: RunSetup, cut: CutResult, pruned_path: str, ref_sizes, ref_path) -> dict:
+    """The report's keys besides the baseline's (DESIGN.md: Report)."""
+    args, kit, plans = setup.args, setup.kit, cut.plans
+    return dict(
+        params_after=int(cut.model.count_params()),
+        acc_pruned=cut.acc_pruned, acc_pruned_raw=cut.acc_raw,
+        acc_recalibrated=cut.acc_recalibrated, recalibrate_batches=args.recalibrate_batches,
+        h5_bytes=os.path.getsize(pruned_path), h5_gzip_bytes=gzip_size(pruned_path),
+        h5_bytes_baseline=ref_sizes[0], h5_gzip_bytes_baseline=ref_sizes[1],
+        prune_seconds=round(cut.prune_seconds, 3),
+        finetune_seconds=round(cut.finetune_seconds, 3),
+        model=args.model if setup.loaded is None else os.path.basename(args.model_path),
+        data=str(args.data), input_shape=list(setup.splits.input_shape),
+        criterion=args.criterion, policy=args.policy, scope=args.scope,
+        ratio=args.ratio, flops_target=setup.target, iterative=args.iterative,
+        plan_ratio=_plan_ratio(plans),
+        candidate_scores=plans[0].settings.get("candidate_scores"),
+        candidate=plans[0].settings.get("candidate"),
+        layerwise=args.layerwise, distill=args.distill, strategy=args.strategy,
+        replicas=kit.replicas(setup.strategy), seed=args.seed,
+        keras_generation=kit.generation, keras_backend=kit.backend, model_format=kit.ext,
+        verify_max_diff=max(cut.verify_diffs) if cut.verify_diffs else None,
+        finetune_epochs=args.finetune_epochs, lr=args.lr, resumes=setup.resume.resumes,
+        warmup_epochs=args.warmup_epochs, pruned_h5=pruned_path, baseline_h5=ref_path)
+
+
+def _extras(setup: RunSetup, base, cut: CutResult, values: dict, folder: str) -> None:
+    """FLOPs removed, plots, TFLite files and the latency keys, into ``values``."""
+    args = setup.args
+    values["flops_removed"] = round(1.0 - values["flops_after"] /
+                                    max(values["flops_before"], 1), 6)
+    if args.plots:
+        values.update(write_plots(base, cut.model, dg.as_arrays(setup.splits.val), folder,
+                                  criterion=args.criterion, progress=not args.quiet,
+                                  chosen_flops=values["flops_after"]))
+    if args.tflite:
+        with muted_stderr() if args.quiet else contextlib.nullcontext():
+            values.update(write_tflite(base, cut.model, setup.splits, folder,
+                                       progress=not args.quiet))
+    if setup.latency is not None:
+        values.update(latency_report(cut.plans))
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from surgery._startup import file_keras_generation
+
 
 class UsageError(Exception):
     """An error the user can fix (bad file, name, flag or target): one line, exit 2."""
@@ -29,8 +31,6 @@ def check_generation(model_path: Optional[str], keras_flag: Optional[int], proce
         ...
         surgery.cli.usage.UsageError: this run needs Keras 3 but this process already imported Keras 2 (tf-keras); start it as `python train.py ...` or `keras-surgery ...`, which choose before importing Keras
     """
-    from surgery._startup import file_keras_generation
-
     written_by = file_keras_generation(model_path) if model_path else None
     if keras_flag is not None and written_by is not None and keras_flag != written_by:
         raise UsageError(f"--keras {keras_flag} conflicts with {model_path}, written by "

@@ -36,9 +36,10 @@ def cpu_features() -> tuple:
         pass
     if not flags:  # not Linux: numpy's runtime dispatch knows the CPU too
         try:
+            # private, and moved in numpy 2: imported only off Linux, where /proc is missing
             from numpy._core._multiarray_umath import __cpu_features__ as found
         except ImportError:  # pragma: no cover  (older numpy)
-            from numpy.core._multiarray_umath import __cpu_features__ as found
+            from numpy.core._multiarray_umath import __cpu_features__ as found  # numpy 1
         flags = {k.lower().replace("avx512_skx", "avx512f") for k, v in found.items() if v}
     return tuple(sorted({f for f in flags if f in RELEVANT} | {platform.machine() or "cpu"}))
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from surgery._backend import tf
+from surgery.progress import bars_wanted
 
 #: evaluations with more examples than this show a tqdm progress bar
 PROGRESS_MIN_EXAMPLES = 300
@@ -84,10 +86,6 @@ def class_ids(y: np.ndarray) -> np.ndarray:
 
 
 def progress_bar(iterable: Iterable, total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm  # imported lazily: only evaluation loops need it
-
-    from surgery.progress import bars_wanted
-
     return tqdm(iterable, total=total, desc=desc, unit="ex", leave=False,
                 disable=not bars_wanted(enabled) or total <= PROGRESS_MIN_EXAMPLES)
 

@@ -26,14 +26,19 @@ import importlib.util
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from surgery._backend import tf
+from surgery.atomic import write_atomically
+from surgery.engine.adapters import keras_of
 from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
-from surgery.atomic import write_atomically
+from surgery.export.saving import save_model_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +65,7 @@ def _require(module: str, what: str) -> None:
 def _keras2_onnx(model: Any, target: str, opset: Optional[int]) -> None:
     """tf-keras ``model`` to ONNX with tf2onnx, batch dimension left free."""
     _require("tf2onnx", "export_onnx(model=<a tf-keras model>)")
-    import tf2onnx  # imported lazily: slow, and only ONNX export needs it
-
-    from surgery._backend import tf
+    import tf2onnx  # lazy: slow to import, and only ONNX export needs it
 
     specs = tuple(tf.TensorSpec((None, *tuple(t.shape)[1:]), t.dtype, name=name)
                   for t, name in zip(model.inputs, model.input_names))
@@ -73,9 +76,7 @@ def _keras2_onnx(model: Any, target: str, opset: Optional[int]) -> None:
 
 def _keras3_onnx(model: Any, target: str, opset: Optional[int]) -> None:
     """Keras 3 ``model`` to ONNX with ``model.export(format="onnx")``."""
-    import keras as keras3  # the model is a Keras 3 model, so Keras 3 is imported
-
-    backend = keras3.backend.backend()
+    backend = keras_of(model).backend.backend()
     if backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
         _jax_onnx_through_tensorflow(model, target, opset)
         return
@@ -119,12 +120,7 @@ def _jax_onnx_through_tensorflow(model: Any, target: str, opset: Optional[int]) 
     file is backend-independent, so the same model, loaded by Keras 3 on TensorFlow, is
     exported there with tf2onnx (``model.export(format="onnx")``); the caller checks the
     file against this model with ONNX Runtime."""
-    import subprocess
-    import sys
-
     _require("tf2onnx", "export_onnx(model=<a Keras 3 model on JAX>)")
-    from surgery.export.saving import save_model_atomic
-
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TF_USE_LEGACY_KERAS", None)
@@ -238,7 +234,7 @@ def onnx_predict(path: str, x: Arrays, *, batch_size: int = DEFAULT_BATCH_SIZE
     if batch_size < 1:
         raise SurgeryError(f"onnx_predict(batch_size=...) must be >= 1, got {batch_size}")
     _require("onnxruntime", "onnx_predict")
-    import onnxruntime  # imported lazily: only running ONNX files needs it
+    import onnxruntime  # lazy: only running ONNX files needs it
 
     session = onnxruntime.InferenceSession(os.fspath(path),
                                            providers=["CPUExecutionProvider"])

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from surgery._backend import tf
-from surgery.engine.graph import resolve
+from surgery.engine.adapters import is_keras3, keras_of
 from surgery.errors import SurgeryError
 from surgery.atomic import write_atomically
 from surgery.export.batches import (Data, RepresentativeData, class_ids, data_arrays,
@@ -47,8 +47,7 @@ def _write_bytes(path: str, content: bytes) -> str:
 
 def _keras3_saved_model(model: Any, folder: str) -> None:
     """Write Keras 3 ``model``'s inference call as a SavedModel (endpoint ``serve``)."""
-    import keras as keras3  # Keras 3: the model is one, so it is imported already
-
+    keras3 = keras_of(model)
     backend = keras3.backend.backend()
     if backend not in ("tensorflow", "jax"):  # JAX: through jax2tf, inside ExportArchive
         raise SurgeryError(
@@ -72,7 +71,7 @@ def _keras3_saved_model(model: Any, folder: str) -> None:
 
 def _convert(model: Any, configure) -> bytes:
     """Build the converter for ``model``'s Keras generation, ``configure`` it, convert."""
-    keras3 = resolve(model).keras3
+    keras3 = is_keras3(model)
     with tempfile.TemporaryDirectory(prefix="surgery-tflite-") as folder, \
             warnings.catch_warnings():
         # int8 inputs: the converter asks for input statistics that the calibration gives
@@ -150,7 +149,7 @@ def _interpreter(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no TFLite file at {path!r}; write one with export_tflite()")
     try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore  # lazy: optional
     except ImportError:
         with warnings.catch_warnings():  # tf.lite.Interpreter warns it is deprecated
             warnings.simplefilter("ignore", UserWarning)

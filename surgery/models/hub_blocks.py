@@ -16,6 +16,7 @@ file stays loadable: keras-hub's ``from_config`` passes every key to ``__init__`
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import keras
@@ -44,7 +45,7 @@ def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) 
 def transformer_encoder_class():
     """``keras_hub.layers.TransformerEncoder`` with ``key_dim`` / ``value_dim`` in its
     config."""
-    from keras_hub.layers import TransformerEncoder as Stock
+    from keras_hub.layers import TransformerEncoder as Stock  # lazy: keras-hub takes 10 s
 
     @keras.saving.register_keras_serializable(package=PACKAGE, name="TransformerEncoder")
     class TransformerEncoder(Stock):
@@ -70,7 +71,7 @@ def transformer_encoder_class():
 def vit_encoder_class():
     """keras-hub's ``ViTEncoder`` whose config may list each block's ``num_heads``,
     ``key_dim`` and ``mlp_dim`` (``blocks``; ``None``: all blocks as the stock config)."""
-    from keras_hub.src.models.vit.vit_layers import ViTEncoder as Stock
+    from keras_hub.src.models.vit.vit_layers import ViTEncoder as Stock  # lazy: slow import
     from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock as StockBlock
 
     class ViTEncoderBlock(StockBlock):
@@ -116,6 +117,7 @@ def vit_embedding_class():
     derived keys (``num_patches``, ``num_positions``) its ``__init__`` rejects: a copy made
     from its config (``clone_model``, a saved functional model) fails. This one accepts and
     recomputes them."""
+    # lazy: keras-hub takes about 10 s to import
     from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding as Stock
 
     @keras.saving.register_keras_serializable(package=PACKAGE,
@@ -142,8 +144,7 @@ def llama_decoder_class():
     ``get_config`` that works: 0.32.0's reads an attribute the layer never sets
     (``rope_scaling_factor``) and raises, so a Llama block cannot be cloned or saved
     in a functional model at all."""
-    import math
-
+    # lazy: keras-hub takes about 10 s to import
     from keras_hub.src.models.llama.llama_decoder import LlamaTransformerDecoder as Stock
 
     @keras.saving.register_keras_serializable(package=PACKAGE,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+import importlib_metadata
+
 from surgery.patches.base import Patch
 
 SUPPORTED_KERASSURGEON = "0.2.0"
@@ -32,7 +34,7 @@ def _import_kerassurgeon_quietly():
     had_handlers = bool(root.handlers)
     if not had_handlers:
         root.addHandler(placeholder)
-    try:
+    try:  # lazy: kerassurgeon is Keras 2 only, and logs on import (hence the handler)
         import kerassurgeon  # noqa: F401
         import kerassurgeon.operations  # noqa: F401
         import kerassurgeon.surgeon  # noqa: F401
@@ -48,8 +50,6 @@ def _import_kerassurgeon_quietly():
 
 
 def installed_version() -> str:
-    import importlib_metadata
-
     return importlib_metadata.version("kerassurgeon")
 
 
@@ -65,7 +65,7 @@ def check_version() -> None:
 
 
 def all_patches() -> list[Patch]:
-    from surgery.patches import kerassurgeon_0_2_0
+    from surgery.patches import kerassurgeon_0_2_0  # lazy: it imports kerassurgeon
 
     return list(kerassurgeon_0_2_0.PATCHES)
 

@@ -12,13 +12,13 @@ from surgery.patches.base import Patch
 
 
 def _utils():
-    from kerassurgeon import utils
+    from kerassurgeon import utils  # lazy: imported quietly by surgery.patches first
 
     return utils
 
 
 def _surgeon_class():
-    from kerassurgeon.surgeon import Surgeon
+    from kerassurgeon.surgeon import Surgeon  # lazy: imported quietly by surgery.patches
 
     return Surgeon
 

@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import PowerNorm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -130,8 +131,6 @@ def plot_sensitivity(result: Mapping[str, Mapping[float, float]], path: str, *,
         result = surgery.sensitivity(model, (x_val, y_val))
         surgery.plots.plot_sensitivity(result, "sensitivity.png")
     """
-    from matplotlib.colors import PowerNorm
-
     if not result:
         raise ValueError("plot_sensitivity: the result is empty")
     names = list(result)

@@ -32,6 +32,7 @@ import inspect
 import json
 import logging
 import os
+import tempfile
 import shutil
 import time
 from types import ModuleType
@@ -74,8 +75,6 @@ class RunFolder:
         if enabled:
             self.working = os.path.join(out, WORKING)
         else:
-            import tempfile
-
             self.working = tempfile.mkdtemp(prefix="surgery-unfinished-")
         self.state: Dict[str, Any] = self._read("state.json") or {}
         self.resuming = self._read("settings.json") is not None

@@ -41,14 +41,13 @@ def check_int(name: str, value, minimum: int, hint: str) -> None:
         raise SurgeryError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}")
 
 
-def _layer_names(model) -> set:
-    from surgery._backend import keras
-
+def _layer_names(graph: ModelGraph) -> set:
+    """The names of every layer of the graph's model, nested models' layers included."""
     names = set()
-    for layer in model.layers:
+    for layer in graph.model.layers:
         names.add(layer.name)
-        if isinstance(layer, keras.Model):
-            names |= _layer_names(layer)
+        if graph.is_nested(layer):
+            names |= _layer_names(graph.nested(layer))
     return names
 
 
@@ -88,7 +87,7 @@ def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
         raise SurgeryError(f"unknown policy {policy!r}; known policies: "
                            f"{', '.join(sorted(POLICIES))} (pass one as policy=, or "
                            "register one with surgery.policies.register_policy)")
-    _check_layers(graph.model, ignore, per_layer)
+    _check_layers(graph, ignore, per_layer)
 
 
 def _check_budget(ratio, threshold, flops_target, latency_target, candidates) -> None:
@@ -142,7 +141,7 @@ def _check_criterion(criterion, data) -> None:
                            "as 'l1'")
 
 
-def _check_layers(model, ignore, per_layer) -> None:
+def _check_layers(graph: ModelGraph, ignore, per_layer) -> None:
     """``ignore`` and ``per_layer`` name layers of the model, with valid ratios."""
     if isinstance(ignore, str):
         raise SurgeryError(f"ignore must be a list of layer names, got the string "
@@ -150,7 +149,7 @@ def _check_layers(model, ignore, per_layer) -> None:
     if per_layer is not None and not isinstance(per_layer, Mapping):
         raise SurgeryError(f"per_layer must be a dict {{layer name: ratio}}, got "
                            f"{type(per_layer).__name__}")
-    names = _layer_names(model)
+    names, model = _layer_names(graph), graph.model
     for arg, given in (("ignore", list(ignore or ())), ("per_layer", list(per_layer or {}))):
         unknown = [n for n in given if n not in names]
         if unknown:

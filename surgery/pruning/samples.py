@@ -29,8 +29,6 @@ def check_values(function: str, argument: str, value) -> None:
 
         check_values("verify", "x", keras.Input((8,)))  # SurgeryError: ... NumPy array
     """
-    from surgery._backend import tf
-
     for leaf in tf.nest.flatten(value):
         if type(leaf).__name__ == "KerasTensor" or "keras_tensor" in type(leaf).__module__:
             raise SurgeryError(

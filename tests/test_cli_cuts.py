@@ -1,0 +1,39 @@
+"""What the command line cuts is what it reports (issue 29): a keras-hub ViT classifier
+whose plan holds only heads and block units is cut, checked by ``verify`` and reported as
+saved; a plan that removes nothing stops the run with one line, before any fine-tuning."""
+import json
+import os
+
+import prune_and_finetune as pf
+from keras3_child import run_case
+from test_keras3_pipeline import _cli
+
+
+def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path):
+    made = run_case("tensorflow", "keras3_vit_cases.py", "make", tmp_path)
+    out = tmp_path / "run"
+    proc = _cli(["--model-path", made["path"], "--data", "digits", "--ratio", "0.5",
+                 "--finetune-epochs", "1", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    cut = {c["unit"] for c in plan["cuts"] if c["removed"]}
+    assert any(u.endswith("heads") for u in cut) and any(u.endswith("mlp_dim") for u in cut)
+    assert report["params_before"] == made["params"]
+    assert report["params_after"] <= 0.7 * report["params_before"], report
+    assert report["flops_after"] < report["flops_before"]
+    assert report["verify_max_diff"] is not None and report["verify_max_diff"] <= 1e-4
+    saved = run_case("tensorflow", "keras3_vit_cases.py", "load", out / "pruned.keras")
+    assert (saved["params"], saved["flops"]) == (report["params_after"], report["flops_after"])
+
+
+def test_a_plan_that_removes_nothing_stops_with_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    # lenet5 has 226 prunable channels: 0.1 % of them (the default global scope) is none
+    status = pf.main(["--model", "lenet5", "--image-size", "16", "--ratio", "0.001",
+                      "--baseline-epochs", "1", "--finetune-epochs", "1", "--quiet",
+                      "--no-plots", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert "removes nothing" in err[0] and "--ratio" in err[0]
+    assert not out.exists() or not os.listdir(out)
