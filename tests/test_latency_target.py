@@ -16,7 +16,9 @@ import surgery
 from surgery import keras
 from surgery.cost import LatencyEstimator, LatencyTable, TableCache, get_runtime
 from surgery.calibration import latency
-from surgery.calibration.latency import _as_checks, _next_scale
+from surgery.calibration.curve import LatencyCurve, target_key
+from surgery.cost.cache import digest
+from surgery.cost.converted import architecture_of
 from surgery.cost.micro import cpu_key
 from surgery.cost.width import FlopsEstimator
 from surgery.engine.graph import resolve
@@ -29,6 +31,11 @@ from keras3_child import run_case
 def plan_for_latency(model, target, **kwargs):
     """:func:`surgery.calibration.latency.plan_for_latency` of a model's graph."""
     return latency.plan_for_latency(resolve(model), target, **kwargs)
+
+
+def _architecture(model):
+    """The cost cache's name of ``model``'s architecture (its curve, scales, whole time)."""
+    return digest(architecture_of(model))
 
 
 def _groups(model):
@@ -103,11 +110,10 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog, monkey
     assert s["latency_scale_start"] == 1.0
     json.loads(p.to_json())
     # the scale of the best plan is written to the cost cache under the model and target ...
-    from surgery.calibration.latency import _scale_key
-
     stored = json.loads(open(s["cost_table"]["path"]).read())
-    assert stored["entries"][_scale_key(model, 0.4)] == pytest.approx(s["latency_scale"],
-                                                                       abs=1e-4)
+    assert stored["version"] == 2
+    assert stored["scales"][_architecture(model)][target_key(0.4)] == pytest.approx(
+        s["latency_scale"], abs=1e-4)
     # the original and each checked candidate were converted once, into the cache ...
     converted = os.listdir(tmp_path / "converted")
     assert 2 <= len(converted) <= 1 + len(s["latency_checks"]), converted
@@ -123,19 +129,19 @@ def test_latency_plan_is_exact_and_records_its_settings(tmp_path, caplog, monkey
     assert again.settings["latency_scale_start"] == s["latency_scale"]
     assert again.deletions == p.deletions
     monkeypatch.undo()
-    landings = [v for k, v in json.loads(open(s["cost_table"]["path"]).read())[
-        "entries"].items() if k.startswith("landings:")]  # checks that cut anything
-    assert len(landings) <= 1 and len(sum(landings, [])) <= len(s["latency_checks"]) + \
+    curves = list(json.loads(open(s["cost_table"]["path"]).read())[
+        "curves"].values())  # checks that cut anything
+    assert len(curves) <= 1 and len(sum(curves, [])) <= len(s["latency_checks"]) + \
         len(again.settings["latency_checks"])
     other = plan_for_latency(model, 0.3, runtime="onnxruntime", batch_size=2, threads=1,
                              tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
                              corrections=0, progress=False)
-    # another target starts from the scale where the checks so far put it (else from the
-    # nearest target's)
-    assert other.settings["latency_scale_start"] == (round(_next_scale(_as_checks(
-        landings[0], 0.3), 0.3), 4) if landings else s["latency_scale"])
+    # another target starts from the scale where the checks so far put it (with no points,
+    # from the tables' fit: 1.0 here)
+    assert other.settings["latency_scale_start"] == (round(LatencyCurve(
+        curves[0]).scale_for(0.3), 4) if curves else 1.0)
     stored = json.loads(open(s["cost_table"]["path"]).read())  # a scale for 0.3 found there
-    stored["entries"][_scale_key(model, 0.3)] = 0.5
+    stored["scales"].setdefault(_architecture(model), {})[target_key(0.3)] = 0.5
     open(s["cost_table"]["path"], "w").write(json.dumps(stored))
     seeded = plan_for_latency(model, 0.3, runtime="onnxruntime", batch_size=2, threads=1,
                               tables=_tables("a"), whole=4000.0, cache_dir=str(tmp_path),
@@ -196,9 +202,8 @@ def test_a_new_plan_aims_closer_once_and_a_repeated_plan_accepts_its_landing(tmp
     assert [c[1] for c in on["latency_checks"]] == [0.33, 0.345] and not ratios + resumed
     assert on["latency_removed"] == 0.345 and on["latency_stability"] == 0.01
     # a correction that comes back to a plan already checked is not timed again
-    import surgery.calibration.latency as budget
-
-    monkeypatch.setattr(budget, "_next_scale", lambda checks, target: checks[-1][2])
+    monkeypatch.setattr(LatencyCurve, "scale_for", lambda curve, target: target / curve.points[
+        -1][0] if curve.points else None)  # the scale of the plan just checked
     ratios[:] = [(0.66, 0.01)]  # 6 points short; timing it again would find no ratio left
     with caplog.at_level(logging.WARNING, logger="surgery.calibration.latency"):
         stuck = plan_for_latency(model, 0.4, **{**kw, "cache_dir": str(tmp_path / "stuck")})
@@ -230,9 +235,9 @@ def test_a_new_target_starts_where_earlier_checks_of_the_architecture_put_it(tmp
     first = plan_for_latency(model, 0.4, **kw).settings
     assert len(first["latency_checks"]) >= 2  # the curve is not the tables'
     assert first["latency_removed"] == pytest.approx(0.4, abs=0.015)
-    stored = json.loads(open(first["cost_table"]["path"]).read())["entries"]
-    landings = [v for k, v in stored.items() if k.startswith("landings:")]
-    assert len(landings) == 1 and len(landings[0]) == len(first["latency_checks"])
+    stored = json.loads(open(first["cost_table"]["path"]).read())["curves"]
+    curves = list(stored.values())
+    assert len(curves) == 1 and len(curves[0]) == len(first["latency_checks"])
     new = plan_for_latency(model, 0.25, **kw)
     s = new.settings
     assert len(s["latency_checks"]) == 1, s["latency_checks"]
@@ -243,11 +248,52 @@ def test_a_new_target_starts_where_earlier_checks_of_the_architecture_put_it(tmp
     # a malformed entry in a hand-edited cache file is skipped, not a crash
     path = s["cost_table"]["path"]
     stored = json.loads(open(path).read())
-    key = next(k for k in stored["entries"] if k.startswith("landings:"))
-    stored["entries"][key] = [[0.5], "x"] + stored["entries"][key]
+    key = _architecture(model)
+    stored["curves"][key] = [[0.5], "x", [0.3, None], [True, 0.2]] + stored["curves"][key]
     open(path, "w").write(json.dumps(stored))
     assert plan_for_latency(model, 0.3, **kw).settings["latency_removed"] == \
         pytest.approx(0.3, abs=0.015)
+
+
+def test_a_version_1_cost_cache_still_serves(tmp_path, monkeypatch, caplog):
+    """A cost cache written before the versioned schema (one flat ``entries`` map told apart
+    by the prefixes ``whole:``, ``landings:`` and ``scale:``) is migrated: the whole model is
+    not timed again, a target whose plan kept a scale starts from it, and another target
+    starts where the old points put it on the curve."""
+    import surgery.cost.timing as timing
+
+    def check(original, pruned, runners, **kwargs):
+        runners["original"](), runners["pruned"]()
+        return dict(before=1.0, after=0.6, ratio=0.6, rounds=2, ratios=[0.6], spread=0.001)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed the whole model again")
+
+    monkeypatch.setattr(timing, "compare", check)
+    monkeypatch.setattr(timing, "interleaved", no_timing)
+    model = _model()
+    arch = _architecture(model)
+    cache = TableCache(cpu_key(get_runtime("tensorflow"), resolve(model).model, 1, 1),
+                       str(tmp_path))
+    points = [[0.3, 0.2], [0.6, 0.5]]
+    open(cache.path, "w").write(json.dumps(dict(key=cache.key, entries={
+        f"whole:{arch}": 4000.0, f"landings:{arch}": points, f"scale:{arch}:0.400": 0.8})))
+    kw = dict(runtime="tensorflow", threads=1, round_to=4, tables=_tables("a"),
+              cache_dir=str(tmp_path), progress=False, corrections=0)
+    with caplog.at_level(logging.INFO, logger="surgery.cost.cache"):
+        kept = plan_for_latency(model, 0.4, **kw).settings
+    assert "version-1" in caplog.text
+    assert kept["latency_scale_start"] == 0.8 and kept["latency_removed"] == 0.4
+    stored = json.loads(open(cache.path).read())
+    assert stored["version"] == 2 and "entries" not in stored
+    assert stored["whole"] == {arch: 4000.0} and stored["curves"][arch][:2] == points
+    assert len(stored["curves"][arch]) == 3  # and the check just made
+    new = plan_for_latency(model, 0.3, **kw).settings
+    start = round(LatencyCurve(stored["curves"][arch]).scale_for(0.3), 4)
+    assert new["latency_scale_start"] == start != 1.0  # not the tables' fit
+    stored = json.loads(open(cache.path).read())
+    assert len(stored["curves"][arch]) == 4 and set(stored["scales"][arch]) == {"0.300",
+                                                                               "0.400"}
 
 
 def test_converted_models_are_keyed_by_weights_and_evicted_oldest_first(tmp_path):
@@ -303,8 +349,8 @@ def test_the_whole_model_is_timed_once_per_architecture(tmp_path, monkeypatch):
     kw = dict(runtime="tensorflow", threads=1, round_to=4, tables=_tables("a"), check=False,
               cache_dir=str(tmp_path))
     first = plan_for_latency(model, 0.3, **kw)
-    stored = json.loads(open(first.settings["cost_table"]["path"]).read())["entries"]
-    assert [k for k in stored if k.startswith("whole:")], stored
+    stored = json.loads(open(first.settings["cost_table"]["path"]).read())["whole"]
+    assert list(stored) == [_architecture(model)], stored
 
     def no_timing(*args, **kwargs):
         raise AssertionError("timed the whole model again")
@@ -361,15 +407,15 @@ def test_measured_tables_are_keyed_and_cached(tmp_path):
     stored = json.loads(open(cache.path).read())
     assert stored["key"]["runtime"] == "onnxruntime" and stored["key"]["threads"] == 1
     assert stored["key"]["batch"] == 1 and stored["key"]["cpu"] and stored["key"]["version"]
-    assert len(stored["entries"]) == cache.misses
-    assert all(v > 0 for v in stored["entries"].values())
-    assert any("[12, 12, 16]->" in k for k in stored["entries"])  # shapes in the key
+    assert len(stored["tables"]) == cache.misses
+    assert all(v > 0 for v in stored["tables"].values())
+    assert any("[12, 12, 16]->" in k for k in stored["tables"])  # shapes in the key
     t = est.tables["b"]
     assert list(t.ins) == [16.0, 32.0] and list(t.outs) == [16.0, 32.0]
     again, cache2 = measure(1, 1)
     assert cache2.misses == 0 and cache2.hits == cache.misses
     assert again.tables["b"].seconds.tolist() == t.seconds.tolist()
-    some = next(iter(stored["entries"]))
+    some = next(iter(stored["tables"]))
     for batch, threads in ((1, 2), (2, 1)):  # another setting: another table, no entries
         other = TableCache(cpu_key(rt, model, batch, threads), str(tmp_path))
         assert other.path != cache.path and other.get(some) is None
