@@ -65,11 +65,12 @@ class ModelGraph:
 
     def nodes_of(self, layer) -> list:
         """The calls of ``layer`` in this model."""
-        return self.adapter.nodes_of(self.model, layer)
+        return [n for n in self.nodes() if n.layer is layer and not n.is_input]
 
     def consumers(self, node) -> list:
         """The calls that read an output of ``node``."""
-        return self.adapter.consumers(self.model, node)
+        outs = set(node.output_keys)
+        return [n for n in self.nodes() if not n.is_input and outs & set(n.input_keys)]
 
     def inputs(self) -> list:
         return self.adapter.inputs(self.model)

@@ -4,7 +4,7 @@ It owns walking a functional model's nodes in topological order (``_nodes_by_dep
 describing each call as a :class:`~surgery.engine.rules.LayerInfo` (class, config,
 weights, shapes, the TF op of a ``TFOpLambda``), replaying a node with other tensors
 (``map_arguments``), making fresh inputs and packing outputs the way the model nests
-them, following a node's consumers, and setting many weights at once. Everything above
+them, and setting many weights at once. Everything above
 it (groups, surgery, zeroing, flattening, FLOPs, criteria) sees only these functions.
 """
 from __future__ import annotations
@@ -182,17 +182,6 @@ def _replayed(model) -> keras.Model:
     values = walk(model, visit, lambda t: start[key(t)])
     set_weights(pairs)
     return build_model(model, inputs, [values[key(t)] for t in model.outputs])
-
-
-def nodes_of(model, layer) -> list[Node]:
-    """The calls of ``layer`` that belong to ``model``."""
-    return [n for n in nodes(model) if n.layer is layer and not n.is_input]
-
-
-def consumers(model, node: Node) -> list[Node]:
-    """The calls in ``model`` that read an output of ``node``."""
-    outs = set(node.output_keys)
-    return [n for n in nodes(model) if not n.is_input and outs & set(n.input_keys)]
 
 
 def output_layer(model):

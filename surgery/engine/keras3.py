@@ -288,17 +288,6 @@ def rebuild(model, replaced: Mapping[int, tuple]):
     return copy
 
 
-def nodes_of(model, layer) -> list[Node]:
-    """The calls of ``layer`` that belong to ``model``."""
-    return [n for n in nodes(model) if n.layer is layer and not n.is_input]
-
-
-def consumers(model, node: Node) -> list[Node]:
-    """The calls in ``model`` that read an output of ``node``."""
-    outs = set(node.output_keys)
-    return [n for n in nodes(model) if not n.is_input and outs & set(n.input_keys)]
-
-
 def output_layer(model):
     """The layer (or operation) that makes the model's first output."""
     return outputs(model)[0]._keras_history.operation

@@ -1,14 +1,41 @@
-"""Small helpers shared by the model families: channel rounding and kernel regularisers.
+"""Small helpers shared by the model families: channel rounding, kernel regularisers, and
+one family member's signature lent to another.
 
 Every model function in this package builds its layers through these helpers so that
 width multipliers round the same way and regularisers are attached the same way.
 """
 from __future__ import annotations
 
+import inspect
 from types import ModuleType
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from surgery._backend import keras
+
+
+def signature_of(template: Callable) -> Callable:
+    """Decorator: a model function takes ``template``'s arguments and defaults (as
+    ``keras.applications.VGG19`` takes ``VGG16``'s); it reads them with
+    :func:`arguments_of`.
+
+    >>> def base(input_shape=(8, 8, 1), classes=4): ...
+    >>> @signature_of(base)
+    ... def other(*args, **kwargs):
+    ...     return arguments_of(base, args, kwargs)
+    >>> str(inspect.signature(other)), other(classes=2)
+    ('(input_shape=(8, 8, 1), classes=4)', {'input_shape': (8, 8, 1), 'classes': 2})
+    """
+    def decorate(fn: Callable) -> Callable:
+        fn.__signature__ = inspect.signature(template)
+        return fn
+    return decorate
+
+
+def arguments_of(template: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """``args`` and ``kwargs`` bound to ``template``'s signature, defaults filled in."""
+    bound = inspect.signature(template).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:

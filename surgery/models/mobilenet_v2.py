@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 from surgery._backend import keras
 from surgery.engine import keras2
 
-from ._common import check_input_shape, keras_api, kernel_regularizer, make_divisible
+from ._common import (arguments_of, check_input_shape, keras_api, kernel_regularizer,
+                      make_divisible, signature_of)
 
 # (expansion t, output channels c, repeats n, first stride s), from the MobileNetV2 paper.
 INVERTED_RESIDUAL_SETTINGS: tuple = (
@@ -168,17 +169,8 @@ def mobilenet_v2(
     )
 
 
-def mobilenet_v2_res(
-    input_shape: Sequence[int] = (100, 100, 1),
-    classes: int = 4,
-    alpha: float = 1.0,
-    l1: float = 1e-4,
-    weight_decay: float = 0.0,
-    last_channels: Optional[int] = None,
-    dropout: float = 0.0,
-    settings: Sequence[Sequence[int]] = INVERTED_RESIDUAL_SETTINGS,
-    keras_module: Optional[ModuleType] = None,
-) -> keras.Model:
+@signature_of(mobilenet_v2)
+def mobilenet_v2_res(*args, **kwargs) -> keras.Model:
     """MobileNetV2 with each pw·dw·pw block replaced by 3x3 conv + 1x1 conv, with shortcuts.
 
     Arguments as in :func:`mobilenet_v2`.
@@ -188,23 +180,12 @@ def mobilenet_v2_res(
         >>> model.get_layer("block_1_conv").kernel_size
         (3, 3)
     """
-    return _build(
-        "mobilenet_v2_res", _conv_conv, True, input_shape, classes, alpha, l1, weight_decay,
-        last_channels, dropout, settings, keras_module,
-    )
+    return _build("mobilenet_v2_res", _conv_conv, True,
+                  **arguments_of(mobilenet_v2, args, kwargs))
 
 
-def mobilenet_v2_vgg(
-    input_shape: Sequence[int] = (100, 100, 1),
-    classes: int = 4,
-    alpha: float = 1.0,
-    l1: float = 1e-4,
-    weight_decay: float = 0.0,
-    last_channels: Optional[int] = None,
-    dropout: float = 0.0,
-    settings: Sequence[Sequence[int]] = INVERTED_RESIDUAL_SETTINGS,
-    keras_module: Optional[ModuleType] = None,
-) -> keras.Model:
+@signature_of(mobilenet_v2)
+def mobilenet_v2_vgg(*args, **kwargs) -> keras.Model:
     """Like :func:`mobilenet_v2_res` but without any shortcut: a plain chain of convs.
 
     Arguments as in :func:`mobilenet_v2`.
@@ -214,7 +195,5 @@ def mobilenet_v2_vgg(
         >>> any("add" in layer.name for layer in model.layers)
         False
     """
-    return _build(
-        "mobilenet_v2_vgg", _conv_conv, False, input_shape, classes, alpha, l1, weight_decay,
-        last_channels, dropout, settings, keras_module,
-    )
+    return _build("mobilenet_v2_vgg", _conv_conv, False,
+                  **arguments_of(mobilenet_v2, args, kwargs))

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 
 from surgery._backend import keras
 
-from ._common import check_input_shape, keras_api, kernel_regularizer, scaled
+from ._common import (arguments_of, check_input_shape, keras_api, kernel_regularizer, scaled,
+                      signature_of)
 
 # Filters per stage; every stage ends with a 2x2 max-pool.
 VGG_STAGES = {
@@ -69,14 +70,8 @@ def vgg16(
     return _vgg(16, input_shape, classes, width, weight_decay, dropout, keras_module)
 
 
-def vgg19(
-    input_shape: Sequence[int] = (32, 32, 3),
-    classes: int = 10,
-    width: float = 1.0,
-    weight_decay: float = 0.0,
-    dropout: float = 0.5,
-    keras_module: Optional[ModuleType] = None,
-) -> keras.Model:
+@signature_of(vgg16)
+def vgg19(*args, **kwargs) -> keras.Model:
     """CIFAR-style VGG-19 with BatchNormalization (16 convs, 5 pools, 2 dense layers);
     ``keras_module`` is the Keras to build with (``import keras`` for Keras 3).
 
@@ -85,4 +80,4 @@ def vgg19(
         >>> sum(type(l).__name__ == "Conv2D" for l in model.layers)
         16
     """
-    return _vgg(19, input_shape, classes, width, weight_decay, dropout, keras_module)
+    return _vgg(19, **arguments_of(vgg16, args, kwargs))
