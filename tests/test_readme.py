@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 INSTALL = ("pip install -r requirements.txt && pip install --no-deps kerassurgeon==0.2.0 && "
            "pip install --no-deps -e .")
-TEST = "python -m pytest -q -n 2 --dist loadfile"
+TEST = "lint-imports && python -m pytest -q -n 2 --dist loadfile"
 MAX_LINE = 100
 
 
@@ -93,6 +93,8 @@ def test_readme_is_a_short_guide_with_the_ci_commands():
     lines = open(README, encoding="utf-8").read().splitlines()
     assert len(lines) <= 450, len(lines)
     assert INSTALL in lines and TEST in lines  # .ci/run runs exactly these two lines
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read().splitlines()
+    assert INSTALL in ci and TEST in ci
     assert not long_lines(README, allowed=(INSTALL,))
 
 
