@@ -9,7 +9,6 @@ functions that choose them, so it can run before TensorFlow is loaded (the top-l
   fresh process it chooses the Keras 2 API (:func:`select_keras2`, ``TF_USE_LEGACY_KERAS=1``),
   or Keras 3 for ``keras-surgery prune|train`` runs whose model file or ``--keras`` asks for
   it; a process that already imported TensorFlow or Keras keeps its choice.
-
 * :func:`avoid_onednn_crash` — TensorFlow 2.21's oneDNN CPU kernels crash the process
   (segfault, or heap corruption) when fitting some shapes on AVX-512 CPUs, e.g. a 1x1
   stride-2 ``Conv2D`` reading a 64x64x8 input, or the emotion CNN of the ``fer`` package.
