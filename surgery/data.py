@@ -6,10 +6,11 @@ A source (read by :mod:`surgery.data_sources`) is the built-in ``"digits"`` set
 (``"mnist"``, ``"cifar10"``, ``"cifar100"``), a folder holding ``image_array.npy`` +
 ``label_one_hot.npy`` (the seed project's format; an optional ``class_names.txt`` names the
 classes, one per line), a folder of class subfolders of PNG/JPEG images, or an ``(x, y)``
-tuple of arrays. The source is validated (bad input raises :class:`DataError` with one clear line), split into fixed
-seeded stratified train/val/test parts, scaled to [0, 1] per dataset, converted to the
-requested channels and size, standardised with the training split's per-channel mean and
-std, optionally augmented (train only), and served as ``(x, y_onehot)`` float32 batches.
+tuple of arrays. The source is validated (bad input raises :class:`DataError` with one
+clear line), split into fixed seeded stratified train/val/test parts, scaled to [0, 1] per
+dataset, converted to the requested channels and size, standardised with the training
+split's per-channel mean and std, optionally augmented (train only), and served as
+``(x, y_onehot)`` float32 batches.
 It also provides the representative-dataset generator for TFLite int8 calibration and a
 small helper to pull a dataset back into numpy arrays.
 """
@@ -182,42 +183,15 @@ def load_splits(
         >>> splits.num_classes, splits.input_shape
         (10, (32, 32, 1))
     """
-    if channels not in (None, 1, 3):
-        raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
-    if image_size is not None:
-        image_size = tuple(int(s) for s in image_size)
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise DataError(f"image_size must be (height, width), got {image_size}")
-    if int(batch_size) < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    _check_fractions(val_fraction, test_fraction)
-
+    image_size = _checked_options(image_size, channels, batch_size, val_fraction,
+                                  test_fraction)
     raw = load_source(source, image_size, cache_dir)
-    num_classes = len(raw.class_names)
-    if raw.test_x is None:
-        train_idx, val_idx, test_idx = split_indices(raw.y, val_fraction, test_fraction, seed)
-        test_x, test_y = raw.x[test_idx], raw.y[test_idx]
-    else:
-        train_idx, val_idx, _ = split_indices(raw.y, val_fraction, 0.0, seed)
-        test_x, test_y = raw.test_x, raw.test_y
-    if len(train_idx) == 0:
-        raise DataError("the training split is empty; lower val_fraction/test_fraction")
-
-    arrays = [raw.x] if raw.test_x is None else [raw.x, raw.test_x]
-    lo = float(min(a.min() for a in arrays))
-    span = float(max(a.max() for a in arrays)) - lo
-    scale = 1.0 / span if span > 0 else 1.0
+    train_idx, val_idx, (test_x, test_y) = _split(raw, val_fraction, test_fraction, seed)
     out_channels = channels or raw.x.shape[-1]
-
-    def transform(xb):
-        return _transform(xb, lo, scale, out_channels, image_size)
-
     train_x = raw.x[train_idx]
-    mean, std = _channel_stats(train_x, transform)
+    preprocess, mean, std = _standardisation(raw, train_x, out_channels, image_size)
 
-    def preprocess(xb):
-        return (transform(xb) - mean) / std
-
+    num_classes = len(raw.class_names)
     batch_size = int(batch_size)
     train = _make_dataset(train_x, raw.y[train_idx], num_classes, preprocess, batch_size,
                           shuffle=True, augment=augment, seed=seed)
@@ -229,6 +203,56 @@ def load_splits(
                 else "arrays", sizes, input_shape, num_classes)
     return Splits(train, val, test, num_classes, input_shape, raw.class_names,
                   mean=mean, std=std, sizes=sizes)
+
+
+def _checked_options(image_size, channels, batch_size, val_fraction: float,
+                     test_fraction: float) -> Optional[Tuple[int, int]]:
+    """:func:`load_splits`'s options checked (:class:`DataError`); ``image_size`` as ints."""
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
+    if image_size is not None:
+        image_size = tuple(int(s) for s in image_size)
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise DataError(f"image_size must be (height, width), got {image_size}")
+    if int(batch_size) < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    _check_fractions(val_fraction, test_fraction)
+    return image_size
+
+
+def _split(raw, val_fraction: float, test_fraction: float, seed: int):
+    """Train and validation indices into ``raw``, and the test ``(x, y)``: the source's own
+    test split when it has one, else a seeded stratified part of it."""
+    if raw.test_x is None:
+        train_idx, val_idx, test_idx = split_indices(raw.y, val_fraction, test_fraction, seed)
+        test = (raw.x[test_idx], raw.y[test_idx])
+    else:
+        train_idx, val_idx, _ = split_indices(raw.y, val_fraction, 0.0, seed)
+        test = (raw.test_x, raw.test_y)
+    if len(train_idx) == 0:
+        raise DataError("the training split is empty; lower val_fraction/test_fraction")
+    return train_idx, val_idx, test
+
+
+def _standardisation(raw, train_x: np.ndarray, channels: int,
+                     image_size: Optional[Tuple[int, int]]):
+    """The batch preprocessing of every split: scale to [0, 1] over the whole source,
+    convert channels and size, standardise with the training split's per-channel mean and
+    std; returns ``(preprocess, mean, std)``."""
+    arrays = [raw.x] if raw.test_x is None else [raw.x, raw.test_x]
+    lo = float(min(a.min() for a in arrays))
+    span = float(max(a.max() for a in arrays)) - lo
+    scale = 1.0 / span if span > 0 else 1.0
+
+    def transform(xb):
+        return _transform(xb, lo, scale, channels, image_size)
+
+    mean, std = _channel_stats(train_x, transform)
+
+    def preprocess(xb):
+        return (transform(xb) - mean) / std
+
+    return preprocess, mean, std
 
 
 def representative_dataset(

@@ -141,6 +141,7 @@ def _validate(x, y, what: str, class_names: Optional[List[str]] = None) -> _Raw:
 
 
 def _load_digits() -> _Raw:
+    # scikit-learn is imported here, not at the top: it is heavy and only "digits" needs it.
     from sklearn.datasets import load_digits
 
     digits = load_digits()

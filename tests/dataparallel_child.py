@@ -10,7 +10,7 @@ import keras  # noqa: E402  (Keras 3 first: this process runs Keras 3 on JAX)
 import numpy as np
 
 import surgery
-from surgery.pipeline import training3
+from surgery.pipeline import finetune
 
 
 def main() -> int:
@@ -30,8 +30,8 @@ def main() -> int:
     plan = surgery.plan(model, ratio=0.5)
     pruned = surgery.apply(model, plan)
     before = [np.array(w) for w in pruned.get_weights()]
-    history = training3.finetune(pruned, (x, y), epochs=4, lr=1e-2, warmup_epochs=0,
-                                 batch_size=32, verbose=0)
+    history = finetune.finetune(pruned, (x, y), epochs=4, lr=1e-2, warmup_epochs=0,
+                                batch_size=32, verbose=0)
     after = pruned.get_weights()
     spans = [len(v.value.sharding.device_set) for v in pruned.trainable_variables]
     print(json.dumps(dict(

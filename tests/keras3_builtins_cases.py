@@ -6,7 +6,7 @@ JSON line:
 - ``legacy``: for each ``.keras`` file in tests/data saved under the old schedule names,
   the class of its loaded schedule, its rates at the recorded steps, and the penalties'
   classes;
-- ``loss``: the loss of :func:`surgery.pipeline.distillation3.make_distiller` on a small
+- ``loss``: the loss of :func:`surgery.pipeline.distillation.make_distiller` on a small
   softmax model with an L1 kernel regulariser, next to the same sum computed in NumPy (the
   oracle), and next to the loss of plain ``keras.distillation.Distiller`` +
   ``LogitsDistillation`` (which differs: it takes the probabilities for logits and leaves
@@ -26,8 +26,8 @@ import keras  # noqa: E402  (Keras 3 first)
 
 import surgery  # noqa: E402,F401
 from surgery.pipeline import regularizers3  # noqa: E402,F401  (registers the penalties)
-from surgery.pipeline import training3  # noqa: E402,F401  (registers the old schedule name)
-from surgery.pipeline.distillation3 import compile_distiller, make_distiller  # noqa: E402
+from surgery.pipeline import schedules  # noqa: E402,F401  (registers the old schedule names)
+from surgery.pipeline.distillation import compile_distiller, make_distiller  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T, ALPHA, L1 = 3.0, 0.3, 1e-2
@@ -35,8 +35,6 @@ T, ALPHA, L1 = 3.0, 0.3, 1e-2
 
 def legacy():
     record = json.load(open(os.path.join(HERE, "data", "legacy_schedules.json")))
-    from surgery.cli import train_keras3  # noqa: F401  (registers train>WarmupSchedule)
-
     out = {}
     for name in ("finetune", "train"):
         model = keras.models.load_model(os.path.join(HERE, "data", f"legacy_keras3_{name}.keras"))

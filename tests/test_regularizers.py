@@ -195,7 +195,9 @@ def test_one_formula_serves_both_generations():
     keras.ops: tests/test_keras3_train.py); add_penalties' argument errors name the fix."""
     from surgery.errors import SurgeryError
     from surgery.pipeline.regularizers import angular_penalty, group_lasso_penalty
-    from surgery.pipeline.tf_ops import TF_OPS
+    from surgery.pipeline.generation import keras2
+
+    TF_OPS = keras2().ops
 
     w = np.random.default_rng(3).normal(size=(3, 3, 4, 5)).astype("float32")
     for axis in ("filter", "channel", "all"):

@@ -22,11 +22,12 @@ import surgery
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "surgery")
 MAX_LINES = 80
 #: what a function may import lazily: optional backends and extras, heavy or Keras-2-only
-#: packages, and Keras 3 itself (a Keras 2 process must never import it)
+#: packages, Keras 3 itself (a Keras 2 process must never import it), and TensorFlow at
+#: start-up (it must load after the Keras generation is chosen)
 LAZY_OK = ("onnx", "onnxruntime", "tf2onnx", "torch", "jax", "keras", "keras_hub",
            "kerassurgeon", "tensorflow_model_optimization", "ai_edge_litert", "jax2onnx",
-           "numpy._core", "numpy.core", "surgery.engine.keras3", "surgery.engine.surgeon",
-           "surgery.patches")
+           "sklearn", "tensorflow", "tf_keras", "numpy._core", "numpy.core",
+           "surgery.engine.keras3", "surgery.engine.surgeon", "surgery.patches")
 #: the command line's entry points (they may resolve what the user passed)
 CLI_ENTRY_POINTS = ("main", "run")
 

@@ -6,23 +6,29 @@ between Keras 2 (tf-keras, kerassurgeon, ``tf.distribute``, ``.h5``) and Keras 3
 (TensorFlow, JAX or PyTorch backend, Keras 3's own optimizer/schedule/``fit``, ``.keras``)
 comes from a :class:`Kit`, built by :func:`kit_for_process` for the generation this
 process imported first (the CLI start-up decides that, :func:`surgery._startup.keras_generation`).
-It also owns loading ``--model-path`` with one clear line when the file cannot be loaded.
+It also owns loading a model file (``--model-path``, ``train``'s ``--restore``) with one
+clear line when the file cannot be loaded. The training functions are the same for both
+generations (:mod:`surgery.pipeline.finetune` asks the model which Keras built it); the Kit
+holds them so the stages call one object.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import tempfile
+import zipfile
 from types import ModuleType
 from typing import Any, Callable, Optional, Tuple
 
 from surgery._backend import legacy_tf_keras
 from surgery._startup import file_keras_generation
+from surgery.cli.usage import UsageError  # re-exported for the stages
+from surgery.errors import SurgeryError
 from surgery.export.saving import save_model_atomic
+from surgery.model_files import check_model_file
+from surgery.pipeline import distribution, finetune
+from surgery.pipeline.generation import of_process
 from surgery.pipeline.report import gzip_size
-
-
-from surgery.cli.usage import UsageError  # noqa: E402  (re-exported for the stages)
 
 
 @dataclasses.dataclass
@@ -46,40 +52,29 @@ class Kit:
     # ---------------------------------------------------------------- strategies
     def make_strategy(self, name: str):
         if self.generation == 2:
-            from surgery.pipeline.finetune import make_strategy
-
             if name == "dataparallel":
                 raise UsageError("--strategy dataparallel is Keras 3 on JAX "
                                  "(keras.distribution); Keras 2 runs take mirrored, "
                                  "multiworker or tpu")
-            return make_strategy(name)
-        from surgery.errors import SurgeryError
-        from surgery.pipeline.distribution import make_keras3_strategy
-
+            return finetune.make_strategy(name)
         try:
-            return make_keras3_strategy(name, self.backend)
+            return distribution.make_keras3_strategy(name, self.backend)
         except SurgeryError as exc:
             raise UsageError(str(exc)) from None
 
     def scope(self, strategy):
-        from surgery.pipeline.distribution import scope
-
-        return scope(strategy)
+        return distribution.scope(strategy)
 
     def clone_into(self, model, strategy):
         if self.generation == 2:
-            from surgery.pipeline.finetune import clone_into
-
-            return clone_into(model, strategy)
+            return finetune.clone_into(model, strategy)
         if strategy is None or not hasattr(strategy, "num_replicas_in_sync"):
             return model  # no strategy, or DataParallel: set globally, variables follow it
         return self.copy_model(model, strategy)  # variables under the tf.distribute scope
 
     @staticmethod
     def replicas(strategy) -> int:
-        from surgery.pipeline.distribution import replicas
-
-        return replicas(strategy)
+        return distribution.replicas(strategy)
 
     def copy_model(self, model, strategy):
         """A same-weights copy (the frozen distillation teacher)."""
@@ -91,18 +86,12 @@ class Kit:
     # ---------------------------------------------------------------- data
     def fit_data(self, dataset):
         """A split as this backend's ``fit`` takes it (tf.data on TensorFlow, else arrays)."""
-        if self.generation == 2:
-            return dataset
-        from surgery.pipeline.training3 import fit_data
-
-        return fit_data(dataset, self.backend)
+        return finetune.fit_data(dataset, self.backend)
 
     # ---------------------------------------------------------------- files
     def load(self, path: str, trust_code: bool = False):
         """Load ``path`` with this process's Keras, or raise :class:`UsageError` with one
         line naming the file's format, the Keras generation and the way out."""
-        import surgery
-
         written_by = file_keras_generation(path)
         if written_by is not None and written_by != self.generation:
             raise UsageError(
@@ -110,8 +99,8 @@ class Kit:
                 f"process runs {self.label}; run it through prune_and_finetune.py / "
                 "keras-surgery prune, which load a file with the Keras that wrote it")
         try:  # refuse files whose loading would run code (Lambda bytecode) unless trusted
-            surgery.check_model_file(path, trust_code=trust_code)
-        except surgery.SurgeryError as exc:
+            check_model_file(path, trust_code=trust_code)
+        except SurgeryError as exc:
             raise UsageError(str(exc).splitlines()[0]) from None
         try:
             model = self.keras.models.load_model(path, compile=False,
@@ -146,8 +135,6 @@ class Kit:
 
 def _describe(path: str) -> str:
     """The file's format in words (``a .keras zip``, ``an HDF5 .h5 file``, ...)."""
-    import zipfile
-
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -171,27 +158,10 @@ def process_generation() -> int:
 
 def kit_for_process() -> Kit:
     """The :class:`Kit` of the Keras generation this process runs."""
-    if process_generation() == 2:
-        from surgery._backend import keras
-        from surgery.pipeline import finetune as ft
-
-        return Kit(2, keras, "tensorflow", ft.finetune, ft.evaluate_accuracy,
-                   ft.set_bn_momentum, "h5")
-    import keras
-
-    from surgery.pipeline import training3 as t3
-
-    def finetune(model, train, val=None, *, strategy=None, **kwargs):
-        """Compile and fit in the strategy's scope, with whole batches under DataParallel."""
-        from surgery.pipeline.distribution import scope, whole_batches
-
-        size = kwargs.get("batch_size", 32)
-        with scope(strategy):
-            return t3.finetune(model, whole_batches(train, size), whole_batches(val, size),
-                               **kwargs)
-
-    return Kit(3, keras, keras.backend.backend(), finetune, t3.evaluate_accuracy,
-               t3.set_bn_momentum, "keras")
+    generation = of_process()
+    return Kit(generation.number, generation.keras, generation.backend, finetune.finetune,
+               finetune.evaluate_accuracy, finetune.set_bn_momentum,
+               "keras" if generation.keras3 else "h5")
 
 
 __all__ = ["Kit", "UsageError", "kit_for_process", "process_generation"]

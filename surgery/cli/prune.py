@@ -36,7 +36,8 @@ from typing import Optional, Sequence
 import surgery  # noqa: E402,F401  (selects the Keras 2 API unless Keras 3 came first)
 from surgery._startup import quiet_tensorflow_logging  # noqa: E402
 from surgery.cli._kit import UsageError  # noqa: E402
-from surgery.cli.usage import add_run_folder_arguments  # noqa: E402
+from surgery.cli.usage import (  # noqa: E402
+    add_keras_arguments, add_run_folder_arguments, command_parser)
 from surgery.cli._planning import plan_flops_target  # noqa: E402,F401
 from surgery.cli._run import RunResult, VERIFY_TOLERANCE, run  # noqa: E402,F401
 from surgery.data import DataError  # noqa: E402
@@ -56,22 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args([]).flops_target
         0.5
     """
-    p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Prune whole channels from a Keras CNN, fine-tune it, and report "
-                    "parameters, FLOPs, .h5 size and accuracy before/after.")
-    g = p.add_argument_group("model and data")
+    p, g = command_parser(PROG, "Prune whole channels from a Keras CNN, fine-tune it, and "
+                          "report parameters, FLOPs, .h5 size and accuracy before/after.")
     g.add_argument("--model-path", default=None,
                    help="trained model to prune: a .keras file or an .h5 written by Keras 2 "
                         "or 3, loaded by the Keras that wrote it; when omitted, a --model "
                         "baseline is trained first for --baseline-epochs")
-    g.add_argument("--keras", type=int, default=None, choices=(2, 3),
-                   help="Keras generation of the baseline trained when no --model-path is "
-                        "given (default 2: tf-keras; 3: Keras 3 on the backend KERAS_BACKEND "
-                        "names)")
-    g.add_argument("--trust-model-code", action="store_true",
-                   help="load --model-path even if it holds code that loading runs (a "
-                        "Lambda layer's bytecode); only for files you trust")
+    add_keras_arguments(g, "--model-path", "the baseline trained when no --model-path is given")
     g.add_argument("--model", default="mobilenet_v2",
                    help="architecture for the baseline (models.MODELS name)")
     g.add_argument("--alpha", type=float, default=0.35,

@@ -1,36 +1,37 @@
 """Command line of ``train.py`` (``keras-surgery train``): this module owns its argument
-parser, the checks of flag values and combinations, and the few helpers both Keras
-generations' training share, so that the Keras 2 run (:mod:`surgery.cli.train`) and the
-Keras 3 run (:mod:`surgery.cli.train_keras3`) read one definition. It imports no TensorFlow
-and no Keras.
+parser, the checks of flag values and combinations (:func:`validate`, and
+:func:`refuse_keras2_only` for a Keras 3 run), and the small helpers of the run
+(:mod:`surgery.cli.train`): the batches of an epoch, the resumable run folder, whether
+TensorBoard can write.
 
 Errors a user can fix are :class:`UsageError`: one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+from typing import Callable
 
-from surgery.cli.usage import UsageError, add_run_folder_arguments  # train.UsageError, as before
+from surgery.cli.usage import (  # noqa: F401  (train.UsageError, as before)
+    UsageError, add_keras_arguments, add_run_folder_arguments, command_parser)
+from surgery.pipeline.resume import RunFolder
 
 PROG = "train.py"
-PENALTIES = ("l1", "l2", "gl_filter", "gl_channel", "gl_all", "bn_l1", "angular_filter",
-             "angular_channel")
+#: the sparsity penalties (``surgery.pipeline.regularizers.add_penalties``' arguments, and
+#: flags): what each one penalises
+PENALTY_HELP = {
+    "l1": "L1 on conv/dense kernels",
+    "l2": "L2 on conv/dense kernels",
+    "gl_filter": "group lasso over output filters",
+    "gl_channel": "group lasso over input channels",
+    "gl_all": "group lasso over filters and input channels",
+    "bn_l1": "L1 on BatchNormalization gamma (network slimming)",
+    "angular_filter": "strength x sum over filter pairs of cos^2",
+    "angular_channel": "strength x sum over input-channel pairs of cos^2",
+}
+PENALTIES = tuple(PENALTY_HELP)
 
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]}\n")
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" unless the help text already states its default."""
-
-    def _get_help_string(self, action):
-        if "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _m_by_n(text: str):
@@ -43,13 +44,15 @@ def _m_by_n(text: str):
     return m, n
 
 
+def _dashed(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``train.py`` (every flag documented with its default)."""
-    p = _Parser(prog=PROG, formatter_class=_HelpFormatter,
-                description="Train a model of models/ on a data source of data_generator.py, "
-                            "optionally with sparsity penalties, tfmot pruning or "
-                            "unstructured pruning + fine-tuning; writes an .h5.")
-    g = p.add_argument_group("model and data")
+    p, g = command_parser(PROG, "Train a model of models/ on a data source of "
+                          "data_generator.py, optionally with sparsity penalties, tfmot "
+                          "pruning or unstructured pruning + fine-tuning; writes an .h5.")
     g.add_argument("--model", default=None,
                    help="model name in models.MODELS (mobilenet_v2, mobilenet_v2_res, "
                         "mobilenet_v2_vgg, lenet5, vgg16, vgg19, resnet18); "
@@ -58,16 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue training the model in this .h5 (Keras 2) or .keras / "
                         "Keras 3 .h5 (Keras 3 process) instead of building --model (fresh "
                         "optimizer; default: none)")
-    g.add_argument("--keras", type=int, default=None, choices=(2, 3),
-                   help="Keras generation of the model built from --model (default 2: "
-                        "tf-keras; 3: Keras 3 on the backend KERAS_BACKEND names); a "
-                        "--restore file is loaded by the Keras that wrote it")
-    g.add_argument("--trust-model-code", action="store_true",
-                   help="load --restore even if it holds code that loading runs (a Lambda "
-                        "layer's bytecode); only for files you trust")
+    add_keras_arguments(g, "--restore", "the model built from --model")
     g.add_argument("--data", default="digits",
-                   help="data source: digits, fashion_mnist, mnist, cifar10, cifar100, an npy folder or an "
-                        "image folder")
+                   help="data source: digits, fashion_mnist, mnist, cifar10, cifar100, an npy "
+                        "folder or an image folder")
     g.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="resize images to PX x PX (default: the data's own size, or the "
                         "restored model's input size)")
@@ -97,20 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear learning-rate warmup length in epochs (0 = none)")
 
     g = p.add_argument_group("sparsity penalties (0 = off; surgery.pipeline.regularizers)")
-    g.add_argument("--l1", type=float, default=0.0, help="L1 on conv/dense kernels")
-    g.add_argument("--l2", type=float, default=0.0, help="L2 on conv/dense kernels")
-    g.add_argument("--gl-filter", type=float, default=0.0,
-                   help="group lasso over output filters")
-    g.add_argument("--gl-channel", type=float, default=0.0,
-                   help="group lasso over input channels")
-    g.add_argument("--gl-all", type=float, default=0.0,
-                   help="group lasso over filters and input channels")
-    g.add_argument("--bn-l1", type=float, default=0.0,
-                   help="L1 on BatchNormalization gamma (network slimming)")
-    g.add_argument("--angular-filter", type=float, default=0.0,
-                   help="strength x sum over filter pairs of cos^2")
-    g.add_argument("--angular-channel", type=float, default=0.0,
-                   help="strength x sum over input-channel pairs of cos^2")
+    for name, what in PENALTY_HELP.items():
+        g.add_argument(_dashed(name), type=float, default=0.0, help=what)
 
     g = p.add_argument_group("tfmot magnitude pruning during training (surgery.pipeline.sparsity)")
     g.add_argument("--prune-schedule", choices=("constant", "polynomial"), default=None,
@@ -146,64 +131,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Check flag values and combinations; raise UsageError with one line."""
+def _require(args: argparse.Namespace, name: str, holds: Callable[[object], bool],
+             rule: str) -> None:
+    """Refuse ``--name`` unless it is unset (None) or ``holds`` for its value; ``rule`` says
+    what it must be."""
+    value = getattr(args, name)
+    if value is not None and not holds(value):
+        raise UsageError(f"{_dashed(name)} must be {rule}, got {value}")
+
+
+def _validate_training(args: argparse.Namespace) -> None:
     if (args.model is None) == (args.restore is None):
         raise UsageError("give exactly one of --model NAME or --restore FILE.h5")
     if args.restore is not None and not os.path.isfile(args.restore):
         raise UsageError(f"--restore: no such file {args.restore!r}")
-    if args.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.image_size is not None and args.image_size < 1:
-        raise UsageError(f"--image-size must be >= 1, got {args.image_size}")
-    if args.init_lr is not None and not args.init_lr > 0:
-        raise UsageError(f"--init-lr must be > 0, got {args.init_lr}")
-    if not 0 <= args.warmup_epochs <= args.epochs:
-        raise UsageError(f"--warmup-epochs must be in [0, --epochs], got {args.warmup_epochs}")
-    if args.lr_step_epochs is not None and args.lr_step_epochs < 1:
-        raise UsageError(f"--lr-step-epochs must be >= 1, got {args.lr_step_epochs}")
-    if not 0 < args.lr_decay <= 1:
-        raise UsageError(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    for name in ("epochs", "batch_size", "image_size", "lr_step_epochs"):
+        _require(args, name, lambda v: v >= 1, ">= 1")
+    _require(args, "init_lr", lambda v: v > 0, "> 0")
+    _require(args, "warmup_epochs", lambda v: 0 <= v <= args.epochs, "in [0, --epochs]")
+    _require(args, "lr_decay", lambda v: 0 < v <= 1, "in (0, 1]")
     for name in PENALTIES:
-        value = getattr(args, name)
-        if not value >= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        _require(args, name, lambda v: v >= 0, ">= 0")  # also refuses NaN
 
-    tfmot_on = args.prune_schedule is not None or args.m_by_n is not None
+
+def _validate_tfmot(args: argparse.Namespace) -> None:
     tfmot_flags = [f for f in ("target_sparsity", "begin_step", "end_step", "prune_frequency")
                    if getattr(args, f) is not None]
-    if tfmot_flags and not tfmot_on:
-        raise UsageError(f"--{tfmot_flags[0].replace('_', '-')} needs --prune-schedule "
-                         "(or --m-by-n)")
-    if args.target_sparsity is not None and not 0 <= args.target_sparsity < 1:
-        raise UsageError(f"--target-sparsity must be in [0, 1), got {args.target_sparsity}")
-    if args.begin_step is not None and args.begin_step < 0:
-        raise UsageError(f"--begin-step must be >= 0, got {args.begin_step}")
-    if args.prune_frequency is not None and args.prune_frequency < 1:
-        raise UsageError(f"--prune-frequency must be >= 1, got {args.prune_frequency}")
+    if tfmot_flags and args.prune_schedule is None and args.m_by_n is None:
+        raise UsageError(f"{_dashed(tfmot_flags[0])} needs --prune-schedule (or --m-by-n)")
+    _require(args, "target_sparsity", lambda v: 0 <= v < 1, "in [0, 1)")
+    _require(args, "begin_step", lambda v: v >= 0, ">= 0")
+    _require(args, "prune_frequency", lambda v: v >= 1, ">= 1")
     if args.end_step is not None and args.end_step <= (args.begin_step or 0):
         raise UsageError(f"--end-step ({args.end_step}) must be > --begin-step")
 
-    unstructured_on = (args.unstructured_threshold is not None
-                       or args.unstructured_ratio is not None)
+
+def _validate_unstructured(args: argparse.Namespace) -> None:
     if args.unstructured_threshold is not None and args.unstructured_ratio is not None:
         raise UsageError("give only one of --unstructured-threshold and --unstructured-ratio")
-    if not unstructured_on:
+    if args.unstructured_threshold is None and args.unstructured_ratio is None:
         for flag in ("unstructured_scope", "finetune_epochs", "finetune_lr"):
             if getattr(args, flag) is not None:
-                raise UsageError(f"--{flag.replace('_', '-')} needs --unstructured-threshold "
-                                 "or --unstructured-ratio")
-    if args.unstructured_threshold is not None and not args.unstructured_threshold >= 0:
-        raise UsageError("--unstructured-threshold must be >= 0")
-    if args.unstructured_ratio is not None and not 0 <= args.unstructured_ratio <= 1:
-        raise UsageError("--unstructured-ratio must be in [0, 1]")
-    if args.finetune_epochs is not None and args.finetune_epochs < 1:
-        raise UsageError(f"--finetune-epochs must be >= 1, got {args.finetune_epochs}")
-    if args.finetune_lr is not None and not args.finetune_lr > 0:
-        raise UsageError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
-    if tfmot_on and unstructured_on:
+                raise UsageError(f"{_dashed(flag)} needs --unstructured-threshold or "
+                                 "--unstructured-ratio")
+    _require(args, "unstructured_threshold", lambda v: v >= 0, ">= 0")
+    _require(args, "unstructured_ratio", lambda v: 0 <= v <= 1, "in [0, 1]")
+    _require(args, "finetune_epochs", lambda v: v >= 1, ">= 1")
+    _require(args, "finetune_lr", lambda v: v > 0, "> 0")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check flag values and combinations; raise UsageError with one line."""
+    _validate_training(args)
+    _validate_tfmot(args)
+    _validate_unstructured(args)
+    tfmot_on = args.prune_schedule is not None or args.m_by_n is not None
+    if tfmot_on and (args.unstructured_threshold is not None
+                     or args.unstructured_ratio is not None):
         raise UsageError("tfmot pruning (--prune-schedule/--m-by-n) and unstructured pruning "
                          "(--unstructured-*) cannot be combined in one run")
 
@@ -218,7 +202,7 @@ def refuse_keras2_only(args: argparse.Namespace) -> None:
     """In a Keras 3 process, refuse the tfmot / unstructured options with one line."""
     for name in KERAS2_ONLY:
         if getattr(args, name) is not None:
-            raise UsageError(f"--{name.replace('_', '-')} needs Keras 2 (tf-keras; tfmot has "
+            raise UsageError(f"{_dashed(name)} needs Keras 2 (tf-keras; tfmot has "
                              "no Keras 3 version): run without --keras 3 / use a .h5 written "
                              "by Keras 2")
 
@@ -226,8 +210,6 @@ def refuse_keras2_only(args: argparse.Namespace) -> None:
 def tensorboard_available() -> bool:
     """TensorBoard event writing needs the ``tensorboard`` package, which TensorFlow 2.21
     no longer installs with itself; without it the TensorBoard callbacks crash mid-fit."""
-    import importlib.util
-
     return importlib.util.find_spec("tensorboard") is not None
 
 
@@ -240,12 +222,10 @@ def steps_per_epoch(dataset) -> int:
     return max(1, n)
 
 
-def run_folder(args: argparse.Namespace, out: str, path: str):
+def run_folder(args: argparse.Namespace, out: str, path: str) -> RunFolder:
     """The resumable folder of a training run (:class:`surgery.pipeline.resume.RunFolder`):
     ``path``, the trained model, marks it finished; a finished folder is refused in one line
-    unless ``--overwrite``. Both Keras generations' runs use it."""
-    from surgery.pipeline.resume import RunFolder
-
+    unless ``--overwrite``."""
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "overwrite")}
     folder = RunFolder(out, settings, finished=os.path.basename(path),
                        overwrite=getattr(args, "overwrite", False))

@@ -7,6 +7,7 @@ share. It imports no TensorFlow.
 """
 from __future__ import annotations
 
+import argparse
 from typing import Optional
 
 from surgery._startup import file_keras_generation
@@ -54,3 +55,39 @@ def add_run_folder_arguments(group, default: str, again: str) -> None:
     group.add_argument("--overwrite", action="store_true",
                        help=f"{again} in an --out that holds a finished (or unfinished) "
                             "run instead of refusing it")
+
+
+def add_keras_arguments(group, file_flag: str, built: str) -> None:
+    """Add ``--keras`` (the Keras generation of ``built``, what a command makes when it reads
+    no model file) and ``--trust-model-code`` (load the ``file_flag`` file even if loading
+    runs its code) to an ``argparse`` argument ``group``."""
+    group.add_argument("--keras", type=int, default=None, choices=(2, 3),
+                       help=f"Keras generation of {built} (default 2: tf-keras; 3: Keras 3 "
+                            f"on the backend KERAS_BACKEND names); a {file_flag} file is "
+                            "loaded by the Keras that wrote it")
+    group.add_argument("--trust-model-code", action="store_true",
+                       help=f"load {file_flag} even if it holds code that loading runs (a "
+                            "Lambda layer's bytecode); only for files you trust")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]}\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help text already states its default."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def command_parser(prog: str, description: str):
+    """A command's parser (one-line errors, defaults in the help) and its first argument
+    group, ``"model and data"``."""
+    parser = OneLineParser(prog=prog, formatter_class=HelpFormatter, description=description)
+    return parser, parser.add_argument_group("model and data")

@@ -2,7 +2,7 @@
 
 This module owns the parts of :mod:`surgery.engine.keras2` and :mod:`surgery.engine.keras3`
 that do not depend on the Keras generation: :class:`NodeBase`, the common half of an
-adapter's call record; :func:`carried`, how they copy a layer that no cut touches; and
+adapter's call record; :func:`walk`, every call once in topological order; :func:`carried`, how they copy a layer that no cut touches; and
 :func:`input_roles`, which call argument each tensor input of a call is.
 """
 from __future__ import annotations
@@ -21,6 +21,11 @@ class NodeBase:
 
     __slots__ = ("_node", "layer", "is_input", "inputs", "outputs", "__weakref__")
 
+    def __init__(self, node, layer, inputs: Callable[[], Sequence], outputs: Sequence):
+        self._node, self.layer, self.is_input = node, layer, node.is_input
+        self.inputs = [] if node.is_input else list(inputs())  # an input node reads nothing
+        self.outputs = list(outputs)
+
     @property
     def identity(self) -> int:
         """Tells two calls of the same layer apart."""
@@ -33,6 +38,24 @@ class NodeBase:
     @property
     def output_keys(self) -> list:
         return [id(t) for t in self.outputs]
+
+
+def walk(nodes: Sequence, inputs: Sequence, visit: Callable, start: Callable) -> dict:
+    """Visit every call of ``nodes`` (topological order, input nodes included) once;
+    ``visit(node, inbound_values)`` returns one value for all outputs, or a list with one
+    per output; ``start(tensor)`` gives the values of the model's ``inputs``. Returns
+    ``{tensor key: value}``."""
+    values = {id(t): start(t) for t in inputs}
+    for node in nodes:
+        if node.is_input:
+            continue
+        result = visit(node, [values.get(k) for k in node.input_keys])
+        keys = node.output_keys
+        if not isinstance(result, list) or len(keys) == 1 and len(result) != 1:
+            result = [result] * len(keys)
+        for k, value in zip(keys, result):
+            values[k] = value
+    return values
 
 
 def carried(layer, new_layer: Callable):

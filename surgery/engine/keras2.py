@@ -56,11 +56,8 @@ class Node(adapter_base.NodeBase):
     __slots__ = ()
 
     def __init__(self, node):
-        self._node = node
-        self.layer = node.outbound_layer
-        self.is_input = node.is_input
-        self.inputs = [] if node.is_input else list(node.keras_inputs)
-        self.outputs = tf.nest.flatten(node.outputs)
+        super().__init__(node, node.outbound_layer, lambda: node.keras_inputs,
+                         tf.nest.flatten(node.outputs))
 
     @property
     def info(self) -> LayerInfo:
@@ -103,17 +100,7 @@ def walk(model, visit: Callable[[Node, list], Any], start: Callable[[Any], Any])
     """Visit every node once in topological order; ``visit(node, inbound_values)`` returns
     one value for all outputs, or a list with one per output. ``start(tensor)`` gives the
     values of the model's inputs. Returns ``{tensor key: value}``."""
-    values = {key(t): start(t) for t in model.inputs}
-    for node in nodes(model):
-        if node.is_input:
-            continue
-        result = visit(node, [values.get(k) for k in node.input_keys])
-        keys = node.output_keys
-        if not isinstance(result, list) or len(keys) == 1 and len(result) != 1:
-            result = [result] * len(keys)
-        for k, value in zip(keys, result):
-            values[k] = value
-    return values
+    return adapter_base.walk(nodes(model), model.inputs, visit, start)
 
 
 def fresh_inputs(model) -> list:

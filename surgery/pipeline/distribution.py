@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Optional
+from typing import Any, ContextManager, Optional
 
+import numpy as np
+
+from surgery._backend import tf
 from surgery.errors import SurgeryError
+from surgery.pipeline.generation import keras3
 
 #: ``--strategy`` values a Keras 3 run takes, by backend
 KERAS3_STRATEGIES = {"tensorflow": ("default", "mirrored"), "jax": ("default", "dataparallel"),
@@ -38,7 +42,7 @@ def make_keras3_strategy(name: str, backend: str) -> Optional[Any]:
         >>> make_keras3_strategy("mirrored", "torch")
         Traceback (most recent call last):
         ...
-        surgery.errors.SurgeryError: --strategy mirrored: Keras 3's torch backend has no distribution API in Keras; ...
+        surgery.errors.SurgeryError: --strategy mirrored: Keras 3's torch backend has no ...
     """
     if name == "default":
         return None
@@ -57,11 +61,9 @@ def make_keras3_strategy(name: str, backend: str) -> Optional[Any]:
                            f"backend ({', '.join(allowed)} are): {hint}")
     if name == "mirrored":
         return mirrored_strategy()
-    import keras
-
-    devices = keras.distribution.list_devices()
-    distribution = keras.distribution.DataParallel(devices=devices)
-    keras.distribution.set_distribution(distribution)
+    distribution_api = keras3().keras.distribution
+    distribution = distribution_api.DataParallel(devices=distribution_api.list_devices())
+    distribution_api.set_distribution(distribution)
     return distribution
 
 
@@ -71,7 +73,7 @@ def _data_parallel() -> bool:
     return distribution is not None and distribution.distribution() is not None
 
 
-def whole_batches(data, batch_size: int):
+def whole_batches(data: Any, batch_size: int) -> Any:
     """``(x, y)`` arrays cut to a whole number of ``batch_size`` batches while a
     ``keras.distribution`` is set (the last partial batch is dropped, as ``drop_remainder``
     does: JAX cannot split a batch the devices do not divide); anything else as it is.
@@ -87,7 +89,7 @@ def whole_batches(data, batch_size: int):
     return tuple(part[:keep] for part in data)
 
 
-def padded_to_batches(x, batch_size: int):
+def padded_to_batches(x: np.ndarray, batch_size: int) -> np.ndarray:
     """``x`` padded (with copies of its last example) to a whole number of ``batch_size``
     batches while a ``keras.distribution`` is set, for ``predict``; drop the outputs past
     ``len(x)`` afterwards. Without a distribution, ``x`` itself.
@@ -97,19 +99,15 @@ def padded_to_batches(x, batch_size: int):
         >>> padded_to_batches(np.zeros((5, 2)), 4).shape  # no distribution set
         (5, 2)
     """
-    import numpy as np
-
     if not _data_parallel() or len(x) % batch_size == 0:
         return x
     extra = batch_size - len(x) % batch_size
     return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
 
 
-def mirrored_strategy():
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
     """A ``tf.distribute.MirroredStrategy`` over all GPUs, else over all logical CPU devices
     (reducing on one device); both Keras generations' ``--strategy mirrored``."""
-    import tensorflow as tf
-
     if tf.config.list_logical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -131,7 +129,7 @@ def replicas(strategy: Optional[Any]) -> int:
     return int(strategy.device_mesh.devices.size)  # keras.distribution.DataParallel
 
 
-def scope(strategy: Optional[Any]):
+def scope(strategy: Optional[Any]) -> ContextManager:
     """The context to build, compile and fit models in: a ``tf.distribute`` strategy's
     scope; nothing for ``DataParallel`` (set globally) or no strategy."""
     if strategy is not None and hasattr(strategy, "scope"):

@@ -1,23 +1,37 @@
-"""Fine-tuning after surgery: LR warmup + cosine decay, knowledge distillation, strategies.
+"""Fine-tuning after surgery, for both Keras generations: LR warmup + cosine decay,
+knowledge distillation, strategies, accuracy.
 
 This module owns the training half of the pipeline that runs after a model has lost
-channels: :class:`Distiller` (a student trained on a blend of the hard labels and the
-temperature-softened outputs of a frozen teacher, Hinton et al. 2015; only the student is
-ever saved; tf-keras ships no distiller, Keras 3 uses Keras's own), :func:`finetune`
-(compile + ``fit`` under Keras's ``CosineDecay`` with a linear warmup, with Keras progress
-bars, optionally distilling, optionally under a ``tf.distribute`` strategy), :func:`evaluate_accuracy`
-(top-1 accuracy as a fraction), and the small helpers that build a strategy by name and
-copy a model into a strategy's scope. It logs and raises; it never prints.
+channels, written once for tf-keras and Keras 3 (TensorFlow, JAX or PyTorch backend); what
+differs comes from the model's :class:`~surgery.pipeline.generation.KerasGeneration`.
+:func:`finetune` compiles and fits with the generation's ``Adam`` under Keras's
+``CosineDecay`` with a linear warmup, with Keras progress bars, optionally distilling from a
+teacher (:mod:`surgery.pipeline.distillation`), optionally under a strategy;
+:func:`evaluate_accuracy` gives top-1 accuracy as a fraction; :func:`set_bn_momentum` tunes
+BatchNormalization for short fine-tunes; :func:`fit_data` turns a ``tf.data`` split into what
+the running backend fits (the dataset itself on TensorFlow, NumPy arrays on JAX and PyTorch).
+Data is a ``tf.data.Dataset`` of ``(x, y_onehot)`` batches (TensorFlow backend) or an
+``(x, y)`` tuple of NumPy arrays (any backend). It also holds the small helpers that build a
+Keras 2 ``tf.distribute`` strategy by name and copy a model into a strategy's scope (Keras
+3's distribution: :mod:`surgery.pipeline.distribution`). It logs and raises; it never
+prints.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Union
+import math
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from surgery._backend import keras, tf
-from surgery.pipeline.distillation import checked_settings, distillation_loss, ends_in_softmax
+from surgery.data import as_arrays
+from surgery.export.batches import class_ids, data_arrays
+from surgery.pipeline.distillation import compile_distiller, make_distiller
+from surgery.pipeline.distillation import Distiller  # noqa: F401  (finetune.Distiller, as before)
+from surgery.pipeline.distribution import (mirrored_strategy, padded_to_batches, scope,
+                                           whole_batches)
+from surgery.pipeline.generation import of_model, of_process
 from surgery.progress import fit_verbose
 from surgery.pipeline.schedules import warmup_cosine
 
@@ -25,75 +39,11 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "mirrored", "multiworker", "tpu")
 
-__all__ = ["Distiller", "finetune", "evaluate_accuracy", "make_strategy",
+#: ``(x, y)`` NumPy arrays, or a ``tf.data.Dataset`` of ``(x, y)`` batches
+Data = Union[Tuple[np.ndarray, np.ndarray], tf.data.Dataset]
+
+__all__ = ["Distiller", "finetune", "evaluate_accuracy", "fit_data", "make_strategy",
            "clone_into", "set_bn_momentum", "steps_per_epoch", "STRATEGIES"]
-
-
-class Distiller(keras.Model):
-    """A student trained on ``alpha`` × soft-target KL (teacher and student outputs softened
-    at ``temperature``, scaled by T², Hinton et al.) + ``(1 − alpha)`` × the hard-label
-    loss; the teacher is frozen. Both models may end in a softmax: their outputs are turned
-    back into logits with ``log`` before softening. Calling the distiller calls the student;
-    save ``distiller.student``.
-
-    Example::
-
-        d = Distiller(pruned, original, temperature=4.0, alpha=0.5)
-        d.compile(keras.optimizers.Adam(1e-3), metrics=["accuracy"])
-        d.fit(train, epochs=2)
-        d.student.save("pruned.h5")
-    """
-
-    def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = 4.0,
-                 alpha: float = 0.5, **kwargs):
-        super().__init__(**kwargs)
-        self.temperature, self.alpha = checked_settings(temperature, alpha)
-        self.student = student
-        self.teacher = teacher
-        teacher.trainable = False
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._softmax_out = ends_in_softmax(student)
-        self._teacher_softmax = ends_in_softmax(teacher)
-
-    def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker] + (self.compiled_metrics.metrics
-                                      if self.compiled_metrics is not None else [])
-
-    def _distill_loss(self, y, student_out, teacher_out):
-        return distillation_loss(y, student_out, teacher_out,
-                                 temperature=self.temperature, alpha=self.alpha,
-                                 student_softmax=self._softmax_out,
-                                 teacher_softmax=self._teacher_softmax)
-
-    def train_step(self, data):
-        x, y = data[0], data[1]
-        teacher_out = self.teacher(x, training=False)
-        with tf.GradientTape() as tape:
-            student_out = self.student(x, training=True)
-            loss = self._distill_loss(y, student_out, teacher_out)
-            if self.student.losses:
-                loss += tf.add_n(self.student.losses)
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = loss / tf.cast(replicas, loss.dtype)
-        variables = self.student.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        self.loss_tracker.update_state(loss)
-        self.compiled_metrics.update_state(y, student_out)
-        return {m.name: m.result() for m in self.metrics}
-
-    def test_step(self, data):
-        x, y = data[0], data[1]
-        student_out = self.student(x, training=False)
-        teacher_out = self.teacher(x, training=False)
-        self.loss_tracker.update_state(self._distill_loss(y, student_out, teacher_out))
-        self.compiled_metrics.update_state(y, student_out)
-        return {m.name: m.result() for m in self.metrics}
-
 
 
 def steps_per_epoch(dataset: tf.data.Dataset) -> int:
@@ -111,10 +61,11 @@ def steps_per_epoch(dataset: tf.data.Dataset) -> int:
     return sum(1 for _ in dataset)
 
 
-def set_bn_momentum(model: keras.Model, momentum: Optional[float]) -> int:
-    """Set ``momentum`` on every BatchNormalization layer (``None`` leaves them); returns
-    how many were changed. Short fine-tunes need ~0.9: with 0.999 the moving statistics
-    barely move in a few hundred steps, and inference uses stale ones.
+def set_bn_momentum(model, momentum: Optional[float]) -> int:
+    """Set ``momentum`` on every BatchNormalization layer of ``model`` (either Keras
+    generation; ``None`` leaves them); returns how many were changed. Short fine-tunes need
+    ~0.9: with 0.999 the moving statistics barely move in a few hundred steps, and inference
+    uses stale ones.
 
     Example:
         >>> m = keras.Sequential([keras.layers.BatchNormalization(input_shape=(3,))])
@@ -123,12 +74,13 @@ def set_bn_momentum(model: keras.Model, momentum: Optional[float]) -> int:
     """
     if momentum is None:
         return 0
+    api = of_model(model).keras
     count = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, api.layers.BatchNormalization):
             layer.momentum = float(momentum)
             count += 1
-        elif isinstance(layer, keras.Model):
+        elif isinstance(layer, api.Model):
             count += set_bn_momentum(layer, momentum)
     return count
 
@@ -147,8 +99,6 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        from surgery.pipeline.distribution import mirrored_strategy
-
         return mirrored_strategy()
     if name == "multiworker":
         try:
@@ -187,20 +137,54 @@ def _is_default(strategy: tf.distribute.Strategy) -> bool:
     return type(strategy).__name__ == "_DefaultDistributionStrategy"
 
 
-def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.Dataset] = None,
-             *, epochs: int, lr: float = 1e-3, warmup_epochs: float = 1.0,
-             teacher: Optional[keras.Model] = None, temperature: float = 4.0,
-             alpha: float = 0.5, strategy: Optional[tf.distribute.Strategy] = None,
+def _is_arrays(data) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2
+
+
+def fit_data(dataset: Optional[Data], backend: Optional[str] = None) -> Optional[Data]:
+    """``dataset`` (a ``tf.data.Dataset`` of ``(x, y)`` batches) as ``backend``'s ``fit``
+    takes it (default: this process's): the dataset itself on TensorFlow (both Keras
+    generations), ``(x, y)`` NumPy arrays on JAX and PyTorch (:func:`surgery.data.as_arrays`);
+    ``None`` and arrays as they are.
+
+    Example:
+        >>> ds = tf.data.Dataset.from_tensor_slices((np.zeros((5, 2)), np.zeros((5, 3))))
+        >>> fit_data(ds.batch(2), "jax")[0].shape
+        (5, 2)
+    """
+    if dataset is None or _is_arrays(dataset):
+        return dataset
+    if (backend or of_process().backend) == "tensorflow":
+        return dataset
+    return as_arrays(dataset)
+
+
+def _batches_per_epoch(train: Data, batch_size: int, steps: Optional[int]) -> int:
+    """Batches in one epoch of ``train``, capped at ``steps`` when given."""
+    if _is_arrays(train):
+        per_epoch = max(1, math.ceil(len(train[0]) / batch_size))
+    else:
+        per_epoch = steps_per_epoch(train)
+    return per_epoch if steps is None else max(1, min(per_epoch, int(steps)))
+
+
+def finetune(model, train: Data, val: Optional[Data] = None, *, epochs: int,
+             lr: float = 1e-3, warmup_epochs: float = 1.0, teacher=None,
+             temperature: float = 4.0, alpha: float = 0.5, strategy=None,
              verbose: Union[int, str] = "auto", steps: Optional[int] = None,
-             callbacks: Sequence[keras.callbacks.Callback] = (),
-             stage: str = "fine-tuning") -> keras.callbacks.History:
-    """Train ``model`` in place with Adam and Keras's ``CosineDecay`` with warmup for ``epochs`` epochs
-    (``warmup_epochs`` of them warming up), with Keras progress bars; with ``teacher``,
-    distil from it (:class:`Distiller`). Under ``strategy`` the model (and teacher) must
-    have been built in ``strategy.scope()`` (see :func:`clone_into`). ``steps`` caps the
-    batches per epoch (brief fine-tunes); ``callbacks`` go to ``fit`` (e.g. tfmot's
-    :func:`surgery.sparsity.pruning_callbacks`); ``stage`` names the run in the log.
-    Returns the Keras ``History``.
+             batch_size: int = 32, callbacks: Sequence = (), seed: int = 0,
+             stage: str = "fine-tuning") -> Any:
+    """Train ``model`` (tf-keras or Keras 3) in place with its Keras's Adam and Keras's
+    ``CosineDecay`` with warmup for ``epochs`` epochs (``warmup_epochs`` of them warming
+    up), with Keras progress bars; with ``teacher``, distil from it
+    (:func:`surgery.pipeline.distillation.make_distiller`). ``train``/``val`` are ``(x, y)``
+    arrays (shuffled each epoch, ``batch_size``) or ``tf.data`` datasets (TensorFlow
+    backend). Under ``strategy`` (a ``tf.distribute`` strategy, or Keras 3's
+    ``DataParallel``) the model (and teacher) must have been built in its scope (see
+    :func:`clone_into`). ``steps`` caps the batches per epoch (brief fine-tunes; arrays: a
+    random subset, seeded by ``seed``); ``callbacks`` go to ``fit`` (e.g. tfmot's
+    :func:`surgery.pipeline.sparsity.pruning_callbacks`); ``stage`` names the run in the
+    log. Returns the Keras ``History``.
 
     Example::
 
@@ -210,47 +194,68 @@ def finetune(model: keras.Model, train: tf.data.Dataset, val: Optional[tf.data.D
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    per_epoch = steps_per_epoch(train)
-    if steps is not None:
-        per_epoch = max(1, min(per_epoch, int(steps)))
-    total = max(1, per_epoch * int(epochs))
-    schedule = warmup_cosine(lr, total_steps=total,
-                             warmup_steps=int(round(warmup_epochs * per_epoch)))
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        optimizer = keras.optimizers.Adam(schedule)
+    generation = of_model(model)
+    train, val = whole_batches(train, batch_size), whole_batches(val, batch_size)
+    per_epoch = _batches_per_epoch(train, batch_size, steps)
+    schedule = warmup_cosine(lr, total_steps=max(1, per_epoch * int(epochs)),
+                             warmup_steps=int(round(warmup_epochs * per_epoch)),
+                             api=generation.keras)
+    logger.info("%s %s for %d epochs x %d steps (lr %g, warmup %g epochs%s, %s backend)",
+                stage, model.name, epochs, per_epoch, lr, warmup_epochs,
+                ", distilling" if teacher is not None else "", generation.backend)
+    with scope(strategy):
+        optimizer = generation.keras.optimizers.Adam(schedule)
         if teacher is None:
             trainee = model
             trainee.compile(optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
         else:
-            trainee = Distiller(model, teacher, temperature=temperature, alpha=alpha)
-            trainee.compile(optimizer, metrics=["accuracy"])
-    logger.info("%s %s for %d epochs x %d steps (lr %g, warmup %g epochs%s)",
-                stage, model.name, epochs, per_epoch, lr, warmup_epochs,
-                ", distilling" if teacher is not None else "")
-    data = train.repeat() if steps is not None else train
-    history = trainee.fit(data, validation_data=val, epochs=int(epochs),
-                          steps_per_epoch=per_epoch if steps is not None else None,
-                          verbose=fit_verbose(verbose), callbacks=list(callbacks))
-    return history
+            trainee = make_distiller(model, teacher, temperature=temperature, alpha=alpha)
+            compile_distiller(trainee, optimizer)
+        fit = dict(epochs=int(epochs), validation_data=val, verbose=fit_verbose(verbose),
+                   callbacks=list(callbacks))
+        if _is_arrays(train):
+            x, y = train
+            if steps is not None:  # a brief fine-tune: a random subset of `steps` batches
+                pick = np.random.default_rng(seed).permutation(len(x))[:per_epoch * batch_size]
+                x, y = x[pick], y[pick]
+            return trainee.fit(x, y, batch_size=batch_size, shuffle=True, **fit)
+        data = train.repeat() if steps is not None else train
+        return trainee.fit(data, steps_per_epoch=per_epoch if steps is not None else None,
+                           shuffle=False, **fit)
 
 
-def evaluate_accuracy(model: keras.Model, dataset: tf.data.Dataset) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (``(x, y_onehot)`` or ``(x, y_int)``
-    batches), as a fraction in [0, 1].
+def _predictions(model, data: Data, batch_size: int
+                 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``(outputs, labels)`` of ``model`` on ``data``, in one or more parts: a tf-keras model
+    reads a dataset batch by batch through one traced function; otherwise the examples go
+    through ``predict`` (padded to whole batches under a Keras 3 distribution)."""
+    if isinstance(data, tf.data.Dataset) and not of_model(model).keras3:
+        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        for x, y in data:
+            yield predict(x).numpy(), np.asarray(y)
+        return
+    x, y = data_arrays(data)
+    if len(x) == 0:
+        return
+    out = model.predict(padded_to_batches(x, batch_size), batch_size=batch_size, verbose=0)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    yield np.asarray(out)[:len(x)], y
+
+
+def evaluate_accuracy(model, data: Data, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (tf-keras or Keras 3) on ``(x, y)`` arrays or a dataset
+    of ``(x, y)`` batches (one-hot or integer labels), as a fraction in [0, 1].
 
     Example::
 
         acc = evaluate_accuracy(model, splits.test)   # e.g. 0.9722
     """
     correct, seen = 0, 0
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    for x, y in dataset:
-        pred = np.argmax(predict(x).numpy(), axis=-1)
-        y = np.asarray(y)
-        label = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
-        correct += int(np.sum(pred == label))
-        seen += len(label)
+    for out, y in _predictions(model, data, batch_size):
+        labels = class_ids(y)
+        correct += int(np.sum(np.argmax(out, axis=-1).reshape(len(labels)) == labels))
+        seen += len(labels)
     if seen == 0:
         raise ValueError("cannot measure accuracy on an empty dataset")
     return correct / seen

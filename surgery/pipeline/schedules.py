@@ -4,8 +4,12 @@ their schedules, and how files saved under the old schedule names load.
 Warmup + cosine decay is Keras's own ``optimizers.schedules.CosineDecay(...,
 warmup_target=, warmup_steps=)`` in both generations (:func:`warmup_cosine`; pass
 ``api=keras`` for Keras 3). The training CLI's ``step`` and ``piecewise`` decays keep a
-class of their own (:class:`WarmupScheduleBase`, registered as ``train>WarmupSchedule``):
-Keras's ``ExponentialDecay(staircase=True)`` and ``PiecewiseConstantDecay`` have no warmup.
+class of their own, defined once (:class:`WarmupScheduleBase`, its formula written against a
+generation's ``ops``) and made into each generation's ``LearningRateSchedule`` by
+:func:`warmup_schedule_class`, registered as ``train>WarmupSchedule``: Keras's
+``ExponentialDecay(staircase=True)`` and ``PiecewiseConstantDecay`` have no warmup.
+:class:`WarmupSchedule` is the tf-keras one; importing this module in a process that has
+Keras 3 loaded registers the Keras 3 one too.
 Files saved by earlier versions under ``surgery>WarmupCosine`` or with a ``cosine``
 ``train>WarmupSchedule`` load as the equivalent ``CosineDecay`` (:func:`register_legacy`).
 The one difference from the old formula: Keras's warmup starts at 0, so during warmup the
@@ -14,18 +18,21 @@ rate is ``peak · step / warmup_steps`` where it was ``peak · (step + 1) / warm
 """
 from __future__ import annotations
 
+import functools
+import sys
 from types import ModuleType
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from surgery._backend import keras
-from surgery.pipeline.tf_ops import TF_OPS
+from surgery.pipeline.generation import KerasGeneration, keras2, keras3
 
-__all__ = ["warmup_cosine", "WarmupScheduleBase", "WarmupSchedule", "register_legacy"]
+__all__ = ["warmup_cosine", "WarmupScheduleBase", "WarmupSchedule", "warmup_schedule_class",
+           "register_legacy"]
 
 
 def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int = 0,
                   final_fraction: float = 0.0, name: Optional[str] = None, *,
-                  api: Optional[ModuleType] = None):
+                  api: Optional[ModuleType] = None) -> Any:
     """Keras's ``CosineDecay``: linear warmup from 0 to ``peak_lr`` over ``warmup_steps``,
     then cosine decay to ``peak_lr * final_fraction`` at ``total_steps`` (constant after
     that). ``api`` is the Keras module (tf-keras by default; ``keras`` for Keras 3).
@@ -49,11 +56,27 @@ def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int = 0,
 
 
 class WarmupScheduleBase:
-    """Arguments, config and formula of the training CLI's warmup + ``step`` or
-    ``piecewise`` decay, shared by both Keras generations (see :class:`WarmupSchedule`).
-    :meth:`make` (and ``from_config``) give Keras's ``CosineDecay`` for ``kind="cosine"``."""
+    """Learning rate with linear warmup, then step or piecewise decay: the arguments, config
+    and formula of the training CLI's ``step`` and ``piecewise`` schedules, shared by both
+    Keras generations (:func:`warmup_schedule_class`). :meth:`make` (and ``from_config``)
+    give Keras's ``CosineDecay`` for ``kind="cosine"``.
+
+    For ``step < warmup_steps``: ``init_lr · (step + 1) / warmup_steps``. After that, with
+    ``t`` the step counted from the end of warmup and ``T = total_steps - warmup_steps``:
+    ``step``: ``init_lr · decay^floor(t / step_size)``; ``piecewise``: ``init_lr`` until
+    50 % of ``T``, ``init_lr·decay`` until 75 %, then ``init_lr·decay²``.
+
+    Example:
+        >>> s = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="step",
+        ...                    step_size=30)
+        >>> round(float(s(0)), 3), round(float(s(10)), 3), round(float(s(40)), 3)
+        (0.01, 0.1, 0.01)
+        >>> type(WarmupSchedule.make(0.1, 100, 10, "cosine")).__name__
+        'CosineDecay'
+    """
 
     _api: ModuleType = keras
+    _ops: Any = None
 
     def __init__(self, init_lr: float, total_steps: int, warmup_steps: int = 0,
                  kind: str = "step", step_size: int = 1, decay: float = 0.1) -> None:
@@ -81,6 +104,9 @@ class WarmupScheduleBase:
     def from_config(cls, config: Dict[str, object]):
         return cls.make(**config)
 
+    def __call__(self, step):
+        return self.learning_rate(step, self._ops)
+
     def learning_rate(self, step, ops):
         """The learning rate at ``step`` (a scalar tensor), computed with ``ops``."""
         step = ops.cast(step, "float32")
@@ -105,26 +131,27 @@ class WarmupScheduleBase:
                 "step_size": self.step_size, "decay": self.decay}
 
 
-@keras.utils.register_keras_serializable(package="train")
-class WarmupSchedule(WarmupScheduleBase, keras.optimizers.schedules.LearningRateSchedule):
-    """tf-keras learning rate with linear warmup, then step or piecewise decay.
-
-    For ``step < warmup_steps``: ``init_lr · (step + 1) / warmup_steps``. After that, with
-    ``t`` the step counted from the end of warmup and ``T = total_steps - warmup_steps``:
-    ``step``: ``init_lr · decay^floor(t / step_size)``; ``piecewise``: ``init_lr`` until
-    50 % of ``T``, ``init_lr·decay`` until 75 %, then ``init_lr·decay²``.
+@functools.cache
+def warmup_schedule_class(generation: KerasGeneration) -> type:
+    """:class:`WarmupScheduleBase` as a ``LearningRateSchedule`` of ``generation``'s Keras,
+    made once and registered as ``train>WarmupSchedule`` (with the old names of
+    :func:`register_legacy`).
 
     Example:
-        >>> s = WarmupSchedule(0.1, total_steps=100, warmup_steps=10, kind="step",
-        ...                    step_size=30)
-        >>> round(float(s(0)), 3), round(float(s(10)), 3), round(float(s(40)), 3)
-        (0.01, 0.1, 0.01)
-        >>> type(WarmupSchedule.make(0.1, 100, 10, "cosine")).__name__
-        'CosineDecay'
+        >>> warmup_schedule_class(keras2()) is WarmupSchedule
+        True
     """
-
-    def __call__(self, step):
-        return self.learning_rate(step, TF_OPS)
+    api = generation.keras
+    bases = (WarmupScheduleBase, api.optimizers.schedules.LearningRateSchedule)
+    cls = type("WarmupSchedule", bases,
+               {"__module__": __name__, "_api": api, "_ops": generation.ops,
+                "__doc__": f"The warmup + step or piecewise schedule on Keras "
+                           f"{generation.number} (see :class:`WarmupScheduleBase`)."})
+    api.utils.register_keras_serializable(package="train")(cls)
+    # tf-keras reads .h5 optimizer configs in its legacy scope, by bare class name.
+    api.utils.get_custom_objects().setdefault("WarmupSchedule", cls)
+    register_legacy(api)
+    return cls
 
 
 def register_legacy(api: ModuleType) -> None:
@@ -143,5 +170,7 @@ def register_legacy(api: ModuleType) -> None:
     api.utils.get_custom_objects().setdefault("WarmupCosine", WarmupCosine)
 
 
-register_legacy(keras)
-keras.utils.get_custom_objects().setdefault("WarmupSchedule", WarmupSchedule)  # as above
+WarmupSchedule = warmup_schedule_class(keras2())
+
+if "keras" in sys.modules:  # Keras 3 is loaded: register its schedules for .keras files too
+    warmup_schedule_class(keras3())

@@ -41,6 +41,7 @@ def _tfmot(what: str):
     """tfmot's Keras pruning API and its layer registry modules, imported on first use:
     tfmot works only where ``tf.keras`` is Keras 2, so ``what`` is refused elsewhere."""
     require_legacy_tf_keras(f"surgery.pipeline.sparsity.{what} (tfmot sparse training)")
+    # tfmot is heavy and Keras-2-only: imported on the first call that needs it.
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.sparsity.keras import (
         prunable_layer, prune_registry,
@@ -134,6 +135,28 @@ def _dividing_frequency(span: int, frequency: int) -> int:
     return 1
 
 
+def _pruning_schedule(plm, schedule: str, target_sparsity: float, begin_step: int,
+                      end_step: Optional[int], frequency: int):
+    """tfmot's ``ConstantSparsity`` or ``PolynomialDecay`` as
+    :func:`prune_low_magnitude_model` describes them (``plm``: tfmot's Keras pruning API)."""
+    if schedule == "constant":
+        end = -1 if end_step is None else int(end_step)
+        if end != -1 and end < begin_step:
+            raise ValueError(f"end_step ({end}) must be >= begin_step ({begin_step})")
+        return plm.ConstantSparsity(target_sparsity, begin_step, end, frequency)
+    if schedule == "polynomial":
+        if end_step is None or int(end_step) <= begin_step:
+            raise ValueError("schedule 'polynomial' needs end_step > begin_step, got "
+                             f"begin_step={begin_step}, end_step={end_step}")
+        end = int(end_step)
+        effective = _dividing_frequency(end - begin_step, frequency)
+        if effective != frequency:
+            logger.info("pruning frequency %d -> %d so that step %d is a pruning step",
+                        frequency, effective, end)
+        return plm.PolynomialDecay(0.0, target_sparsity, begin_step, end, frequency=effective)
+    raise ValueError(f"schedule must be 'constant' or 'polynomial', got {schedule!r}")
+
+
 def prune_low_magnitude_model(
     model: keras.Model,
     schedule: str = "constant",
@@ -179,24 +202,8 @@ def prune_low_magnitude_model(
     if begin_step < 0 or frequency < 1:
         raise ValueError(f"need begin_step >= 0 and frequency >= 1, got {begin_step}, "
                          f"{frequency}")
-    if schedule == "constant":
-        end = -1 if end_step is None else int(end_step)
-        if end != -1 and end < begin_step:
-            raise ValueError(f"end_step ({end}) must be >= begin_step ({begin_step})")
-        pruning_schedule = plm.ConstantSparsity(target_sparsity, begin_step, end, frequency)
-    elif schedule == "polynomial":
-        if end_step is None or int(end_step) <= begin_step:
-            raise ValueError("schedule 'polynomial' needs end_step > begin_step, got "
-                             f"begin_step={begin_step}, end_step={end_step}")
-        end = int(end_step)
-        effective = _dividing_frequency(end - begin_step, frequency)
-        if effective != frequency:
-            logger.info("pruning frequency %d -> %d so that step %d is a pruning step",
-                        frequency, effective, end)
-        pruning_schedule = plm.PolynomialDecay(0.0, target_sparsity, begin_step, end,
-                                                frequency=effective)
-    else:
-        raise ValueError(f"schedule must be 'constant' or 'polynomial', got {schedule!r}")
+    pruning_schedule = _pruning_schedule(plm, schedule, target_sparsity, begin_step, end_step,
+                                         frequency)
     params = {"pruning_schedule": pruning_schedule}
     if m_by_n is not None:
         m, n = (int(v) for v in m_by_n)
