@@ -337,7 +337,7 @@ def test_register_handler_still_works_and_add_keeps_uniting():
         assert pruned.get_layer("hs").get_weights()[0].shape == (6 - len(p.deletions["a"]),)
     finally:
         register_rule("Add")(old_add)
-        surgery.engine.rules._RULES.pop("HandledScale", None)
+        surgery.engine.rules.registry._RULES.pop("HandledScale", None)
     assert rule_for("Add") is old_add
 
 
