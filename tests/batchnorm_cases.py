@@ -14,11 +14,15 @@ sets in ``KERAS_BACKEND``; the child imports Keras 3 before ``surgery`` and prin
 
 * ``candidates``: ``surgery.plan(flops_target=0.3, candidates=3, data=x)`` reaches the
   budget with an exact cut, and its winner's agreement, recomputed here, is the highest.
+  Every candidate, scored on the zeroed stand-in, gives the outputs and the score of its
+  real cut (recalibrated too), and on JAX later candidates compile nothing.
 
 The first two also check that every non-BN weight and BN's gamma/beta are unchanged, and that the
 statistics were wrong before (so each check can fail).
 """
+import contextlib
 import json
+import logging
 import os
 import sys
 
@@ -132,7 +136,9 @@ def fixed_point(keras, surgery, kwargs):
 
 def candidates(keras, surgery, kwargs):
     """``plan(flops_target=, candidates=3, data=)``: the budget, the winner's score
-    recomputed here (cut, recalibrate, top-1 agreement), exactness and the zeroing oracle."""
+    recomputed here (cut, recalibrate, top-1 agreement), exactness and the zeroing oracle;
+    every candidate's score against cutting it for real (:func:`_against_cuts`)."""
+    from surgery.calibration import candidates as selection
     from surgery.engine.zeroing import max_relative_difference, zero_channels
     from surgery.models import mobilenet_v2
 
@@ -142,7 +148,17 @@ def candidates(keras, surgery, kwargs):
                          last_channels=64, **kwargs)
     _stale(keras, model)
     x = np.random.default_rng(3).normal(0.0, 1.0, (64, 32, 32, 3)).astype("float32")
-    best = surgery.plan(model, flops_target=0.3, scope="global", candidates=3, data=x)
+    seen, real = [], selection.choose_candidate
+
+    def spy(graph, plans, data, **options):
+        seen.extend(plans)
+        return real(graph, plans, data, **options)
+
+    selection.choose_candidate = spy
+    try:
+        best = surgery.plan(model, flops_target=0.3, scope="global", candidates=3, data=x)
+    finally:
+        selection.choose_candidate = real
     pruned = surgery.apply(model, best)
     verify = float(surgery.verify(model, pruned, best, x[:8]))
     moved = float(max_relative_difference(model(x[:8], training=False),
@@ -153,7 +169,52 @@ def candidates(keras, surgery, kwargs):
                           == np.argmax(_numpy(keras, model(x, training=False)), -1)))
     return dict(flops_removed=best.settings["flops_removed"], verify=verify, moved=moved,
                 scores=best.settings["candidate_scores"], chosen=best.settings["candidate"],
-                recomputed=agree)
+                recomputed=agree, **_against_cuts(keras, surgery, model, seen, x))
+
+
+def _against_cuts(keras, surgery, model, plans, x) -> dict:
+    """Each plan zeroed on one :class:`StandIn` and recalibrated there, against the plan cut
+    for real (``surgery.apply``), recalibrated and run eagerly, as candidates were scored
+    before the stand-in: their outputs' relative gap, the real cut's top-1 agreement with
+    the original (the score it had), and, on JAX, how many XLA computations each plan's
+    turn on the stand-in compiled (dtype conversions of assigned weights aside)."""
+    from surgery.calibration.stand_in import StandIn
+    from surgery.engine.graph import resolve
+
+    reference = np.argmax(_numpy(keras, model(x, training=False)), -1)
+    stand_in = StandIn(resolve(model))
+    gaps, cut_scores, compiles = [], [], []
+    for plan in plans:
+        with _compile_log(keras) as log:
+            with stand_in.zeroed(plan):
+                stand_in.recalibrate(x, 30, batch_size=32)
+                zeroed = stand_in.outputs(x)[0]
+        compiles.append(None if log is None else sum(
+            m.startswith("Compiling") and "convert_element_type" not in m for m in log))
+        cut = surgery.recalibrate_batchnorm(surgery.apply(model, plan), x, batches=30,
+                                            batch_size=32)
+        outputs = np.asarray(_numpy(keras, cut(x, training=False)), np.float64)
+        gaps.append(float(np.max(np.abs(zeroed - outputs)) / np.max(np.abs(outputs))))
+        cut_scores.append(round(float(np.mean(np.argmax(outputs, -1) == reference)), 6))
+    return dict(cut_scores=cut_scores, gaps=gaps, compiles=compiles)
+
+
+@contextlib.contextmanager
+def _compile_log(keras):
+    """Within it, the messages of JAX's compile log (``None`` off JAX)."""
+    if keras.backend.backend() != "jax":
+        yield None
+        return
+    import jax  # only on the JAX backend
+
+    messages, handler = [], logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles():
+            yield messages
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
 
 
 def run_all(keras, surgery, model_kwargs=None) -> dict:

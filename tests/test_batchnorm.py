@@ -35,6 +35,12 @@ def _check(result):
     assert chosen["verify"] <= 1e-5 and chosen["moved"] > 1e-3, chosen
     assert chosen["scores"][chosen["chosen"]] == max(chosen["scores"])
     assert abs(chosen["recomputed"] - max(chosen["scores"])) < 1e-6, chosen
+    # scored on the zeroed stand-in = scored as real cuts (the way before it), and the same pick
+    assert max(chosen["gaps"]) < 1e-4, chosen
+    assert chosen["cut_scores"] == chosen["scores"], chosen
+    assert int(np.argmax(chosen["cut_scores"])) == chosen["chosen"]
+    if chosen["compiles"][0] is not None:  # JAX: the first candidate compiles, no other one
+        assert chosen["compiles"][0] >= 2 and chosen["compiles"][1:] == [0, 0], chosen
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import surgery
 from surgery import keras
 from surgery.errors import SurgeryError
 from surgery.calibration import candidates as selection
+from surgery.calibration.stand_in import StandIn
 from surgery.engine.graph import resolve
 from surgery.pruning import allocation as budget
 from surgery.pruning.criteria import l1
@@ -92,8 +93,10 @@ def test_candidates_reach_the_budget_and_the_best_wins(model_and_data, monkeypat
     scores = best.settings["candidate_scores"]
     assert scores == [p.settings["candidate_score"] for p in seen]
     assert best.settings["candidate"] == int(np.argmax(scores))
-    assert abs(_agreement_recomputed(model, best, x) - max(scores)) < 1e-6
-    assert abs(_agreement_recomputed(model, seen[0], x) - scores[0]) < 1e-6
+    # every score is that of the plan cut for real (how they were scored before the stand-in)
+    recomputed = [_agreement_recomputed(model, p, x) for p in seen]
+    assert np.allclose(recomputed, scores, rtol=0, atol=1e-6), (recomputed, scores)
+    assert int(np.argmax(recomputed)) == best.settings["candidate"]
     # the chosen plan is an exact cut, and its zeroing changes the model
     pruned = surgery.apply(model, best)
     assert surgery.verify(model, pruned, best, x[:16]) <= 1e-5
@@ -115,6 +118,42 @@ def test_a_plan_that_keeps_the_outputs_wins(model_and_data):
     # without classes (one output unit): the negated relative error
     a = [np.array([[1.0], [2.0]])]
     assert selection.agreement(a, a) == 0.0 > selection.agreement(a, [np.array([[1.0], [1.0]])])
+
+
+def test_plans_the_stand_in_cannot_imitate_are_cut_and_the_model_is_untouched(
+        model_and_data, monkeypatch):
+    """A plan crossing an approximate layer (``settings["approximate"]``) is cut for real,
+    and scores as the same plan zeroed on the stand-in; neither path changes the model."""
+    model, x = model_and_data
+    before = model.get_weights()
+    plans = [surgery.plan(model, ratio=r) for r in (0.5, 0.25)]
+    selection.choose_candidate(resolve(model), plans, x)
+    zeroed = [p.settings["candidate_score"] for p in plans]
+    cuts = []
+    real_cut = selection.cut_graph
+    monkeypatch.setattr(selection, "cut_graph",
+                        lambda graph, p: cuts.append(p) or real_cut(graph, p))
+    for p in plans:
+        p.settings["approximate"] = ["pretend"]
+    selection.choose_candidate(resolve(model), plans, x)
+    assert cuts == plans
+    assert [p.settings["candidate_score"] for p in plans] == zeroed
+    assert zeroed[0] < 1.0 and all(np.array_equal(a, b)
+                                   for a, b in zip(before, model.get_weights()))
+
+
+def test_the_stand_in_is_the_original_again_after_each_plan(model_and_data):
+    model, x = model_and_data
+    before = model.get_weights()
+    stand_in = StandIn(resolve(model))
+    for ratio in (0.5, 0.25):
+        with stand_in.zeroed(surgery.plan(model, ratio=ratio)):
+            stand_in.recalibrate(x)
+            during = stand_in.model.get_weights()
+            assert sum(not np.array_equal(a, b) for a, b in zip(before, during)) > 20
+        after = stand_in.model.get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
 def test_bad_candidates_raise_surgery_errors_naming_the_way_out(model_and_data):

@@ -1,15 +1,19 @@
 """Adaptive BatchNormalization: re-estimating BN moving statistics from data after a cut.
 
-This module owns :func:`recalibrate_batchnorm`. Pruning removes channels upstream of
-BatchNormalization layers, so the means and variances those layers learnt no longer describe
-their inputs, and accuracy right after the cut collapses even where the remaining weights are
-good ("adaptive BN", EagleEye, ECCV 2020). Re-estimating ``moving_mean`` and
-``moving_variance`` from a few training batches, with no other weight touched, recovers much
-of it. The statistics are exact over the batches given: one pass through a probe model that
-outputs every BN layer's input, called in training mode (each BN normalising with its batch's
-statistics, as during training and as ``torch.optim.swa_utils.update_bn`` does), with the
-per-channel mean and (population) variance accumulated in float64 over all batches and
-positions. It works on tf-keras and on Keras 3 with the TensorFlow, JAX and PyTorch backends.
+This module owns :func:`recalibrate_batchnorm`, and :class:`BatchNormProbe`, which does the
+same again and again on one model whose weights change in between. Pruning removes channels
+upstream of BatchNormalization layers, so the means and variances those layers learnt no
+longer describe their inputs, and accuracy right after the cut collapses even where the
+remaining weights are good ("adaptive BN", EagleEye, ECCV 2020). Re-estimating
+``moving_mean`` and ``moving_variance`` from a few training batches, with no other weight
+touched, recovers much of it. The statistics are exact over the batches given: one pass
+through a probe model that outputs every BN layer's input, called in training mode (each BN
+normalising with its batch's statistics, as during training and as
+``torch.optim.swa_utils.update_bn`` does), with the per-channel mean and (population)
+variance accumulated in float64 over all batches and
+positions. The probe's call is compiled once per model (``tf.function`` on TensorFlow,
+``jax.jit`` on JAX: :mod:`~surgery.calibration.compiled`). It works on tf-keras and on Keras 3
+with the TensorFlow, JAX and PyTorch backends.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 
 from tqdm.auto import tqdm
 
+from surgery.calibration.compiled import compiled_call
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.zeroing import to_numpy
 from surgery.errors import SurgeryError
@@ -32,7 +37,7 @@ DEFAULT_BATCHES = 30
 
 BatchData = Union[np.ndarray, tuple, Any]  # arrays, (x, y) arrays, a dataset of batches
 
-__all__ = ["recalibrate_batchnorm", "batchnorm_layers", "DEFAULT_BATCHES"]
+__all__ = ["recalibrate_batchnorm", "batchnorm_layers", "BatchNormProbe", "DEFAULT_BATCHES"]
 
 
 def batchnorm_layers(model) -> list:
@@ -152,53 +157,100 @@ def recalibrate_batchnorm(model, data: BatchData, batches: int = DEFAULT_BATCHES
         ...                  atol=1e-5))
         True
     """
+    _check_counts(batches, batch_size)
+    probe = BatchNormProbe(resolve(model, "recalibrate_batchnorm"))
+    if not probe.layers:
+        logger.info("recalibrate_batchnorm: model %r has no BatchNormalization layer",
+                    model.name)
+        return model
+    examples = probe.recalibrate(data, batches, batch_size=batch_size, progress=progress)
+    logger.info("recalibrate_batchnorm: %d BatchNormalization layers re-estimated on %d "
+                "examples", len(probe.layers), examples)
+    return model
+
+
+class BatchNormProbe:
+    """Adaptive BN for one model, built once and run again whenever its weights change
+    (:func:`recalibrate_batchnorm` runs one once). The probe model, from the model's inputs
+    to every BatchNormalization layer's input, is built here, and its training-mode call
+    compiled once for the backend (:func:`~surgery.calibration.compiled.compiled_call`),
+    so later runs on the same model compile nothing: that is how
+    :mod:`~surgery.calibration.stand_in` recalibrates one candidate plan after another.
+
+    Example::
+
+        probe = BatchNormProbe(resolve(model))   # SurgeryError: nested or shared BN layers
+        probe.recalibrate(x_train, batches=30)   # the moving statistics, re-estimated
+    """
+
+    def __init__(self, graph: ModelGraph):
+        _check_flat(graph)
+        #: the model's BatchNormalization layers, whose statistics :meth:`recalibrate` sets
+        self.layers = batchnorm_layers(graph.model)
+        self._call = (compiled_call(graph.with_model(_probe(graph, self.layers)), training=True)
+                      if self.layers else None)
+
+    def recalibrate(self, data: BatchData, batches: int = DEFAULT_BATCHES, *,
+                    batch_size: int = 32, progress: bool = False) -> int:
+        """Set every layer's moving statistics to those of its input over the first
+        ``batches`` batches of ``data`` (see :func:`recalibrate_batchnorm`); returns how
+        many examples were read."""
+        stream = tqdm(_input_batches(data, int(batches), int(batch_size)), total=int(batches),
+                      desc="recalibrating BatchNormalization", unit="batch", leave=False,
+                      disable=not bars_wanted(progress))
+        moments = [_Moments(layer) for layer in self.layers]
+        examples = _measure(self._call, moments, stream)
+        for moment in moments:
+            moment.assign()
+        return examples
+
+
+def _check_counts(batches, batch_size) -> None:
     if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
         raise SurgeryError(f"recalibrate_batchnorm: batches must be an integer >= 1, got "
                            f"{batches!r}; use 0 in the CLI's --recalibrate-batches to skip it")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise SurgeryError(f"recalibrate_batchnorm: batch_size must be >= 1, got {batch_size}")
-    graph = resolve(model, "recalibrate_batchnorm")
-    _check_flat(graph)
-    layers = batchnorm_layers(model)
-    if not layers:
-        logger.info("recalibrate_batchnorm: model %r has no BatchNormalization layer",
-                    model.name)
-        return model
-    probe = _probe(graph, layers)
-    count = [0] * len(layers)
-    means = [None] * len(layers)
-    m2 = [None] * len(layers)
-    stream = tqdm(_input_batches(data, int(batches), int(batch_size)), total=int(batches),
-                  desc="recalibrating BatchNormalization", unit="batch", leave=False,
-                  disable=not bars_wanted(progress))
+
+
+class _Moments:
+    """The per-channel count, mean and sum of squared deviations (M2) of one
+    BatchNormalization layer's input, in float64, merged batch by batch (Chan et al.), so
+    the result is the mean and population variance over every example and position."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, a: np.ndarray) -> None:
+        axes = _reduce_axes(self.layer, a.ndim)
+        n = int(np.prod([a.shape[k] for k in axes]))
+        mean = a.mean(axis=axes, keepdims=True)
+        sq = np.square(a - mean).sum(axis=axes)
+        mean = np.squeeze(mean, axis=axes)
+        total = self.count + n  # the first batch: exactly its own mean and M2
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + sq + np.square(delta) * (self.count * n / total)
+        self.count = total
+
+    def assign(self) -> None:
+        """Make the mean and variance the layer's moving statistics (in their dtype)."""
+        shape = tuple(self.layer.moving_mean.shape)
+        dtype = to_numpy(self.layer.moving_mean).dtype
+        self.layer.moving_mean.assign(np.reshape(self.mean, shape).astype(dtype))
+        self.layer.moving_variance.assign(np.reshape(self.m2 / self.count, shape).astype(dtype))
+
+
+def _measure(call, moments: list, stream: Iterable[np.ndarray]) -> int:
+    """Run the probe's training-mode ``call`` on every batch of ``stream``, adding each of
+    its outputs to the matching ``moments``; returns how many examples it read."""
     examples = 0
     for x in stream:
-        outs = probe(x, training=True)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
         examples += len(x)
-        for i, (layer, out) in enumerate(zip(layers, outs)):
-            a = to_numpy(out).astype(np.float64)
-            axes = _reduce_axes(layer, a.ndim)
-            n = int(np.prod([a.shape[k] for k in axes]))
-            mean = a.mean(axis=axes, keepdims=True)
-            sq = np.square(a - mean).sum(axis=axes)
-            mean = np.squeeze(mean, axis=axes)
-            if means[i] is None:  # Chan et al.: merge (count, mean, M2) batch by batch
-                count[i], means[i], m2[i] = n, mean, sq
-                continue
-            total = count[i] + n
-            delta = mean - means[i]
-            means[i] = means[i] + delta * (n / total)
-            m2[i] = m2[i] + sq + np.square(delta) * (count[i] * n / total)
-            count[i] = total
+        for moment, out in zip(moments, call(x)):
+            moment.add(out)
     if examples == 0:
         raise SurgeryError("recalibrate_batchnorm: data holds no batches; pass training "
                            "data (an array, (x, y) arrays or a dataset of batches)")
-    for i, layer in enumerate(layers):
-        shape = tuple(layer.moving_mean.shape)
-        dtype = to_numpy(layer.moving_mean).dtype
-        layer.moving_mean.assign(np.reshape(means[i], shape).astype(dtype))
-        layer.moving_variance.assign(np.reshape(m2[i] / count[i], shape).astype(dtype))
-    logger.info("recalibrate_batchnorm: %d BatchNormalization layers re-estimated on %d "
-                "examples", len(layers), examples)
-    return model
+    return examples

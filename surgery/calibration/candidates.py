@@ -5,10 +5,12 @@ flops_target=F or latency_target=F, candidates=N, data=...)``). The search of
 :mod:`surgery.pruning.allocation` runs ``N`` times: candidate 0 is the caller's plan, and
 each other candidate perturbs how the budget is shared between channel groups (a
 :class:`Variant`), never which channels of a group go first (the criterion's order) or
-the cost removed. Each candidate is cut, its BatchNormalization statistics are
-re-estimated on the data (:func:`surgery.recalibrate_batchnorm`), and it is scored by how
-well it agrees with the original model on those examples (top-1 agreement for classifiers,
-else the negated relative output error). The best one wins (EagleEye, ECCV 2020: accuracy
+the cost removed. Each candidate is cut (imitated by zeroing its cuts on one copy of the
+model, :mod:`~surgery.calibration.stand_in`, so that no candidate compiles a model of its
+own), its BatchNormalization statistics are re-estimated on the data
+(:func:`surgery.recalibrate_batchnorm`), and it is scored by how well it agrees with the
+original model on those examples (top-1 agreement for classifiers, else the negated
+relative output error). The best one wins (EagleEye, ECCV 2020: accuracy
 right after adaptive BN ranks candidate allocations well, raw accuracy does not).
 Candidate 0 is among them, so the chosen plan never scores below the caller's own.
 """
@@ -21,8 +23,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surgery.calibration.batchnorm import DEFAULT_BATCHES, recalibrate_batchnorm
+from surgery.calibration.compiled import compiled_call
+from surgery.calibration.stand_in import StandIn, model_outputs
 from surgery.engine.graph import ModelGraph
-from surgery.engine.zeroing import to_numpy
 from surgery.progress import bars_wanted
 from surgery.pruning.allocation import Variant
 from surgery.pruning.execution import cut_graph
@@ -51,14 +54,6 @@ def agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) ->
                 for r, o in zip(reference, outputs))
 
 
-def _outputs(model, x: np.ndarray, batch_size: int = 256) -> list:
-    parts = []
-    for start in range(0, len(x), batch_size):
-        outs = model(x[start:start + batch_size], training=False)
-        parts.append([to_numpy(o) for o in (outs if isinstance(outs, (list, tuple)) else [outs])])
-    return [np.concatenate(column) for column in zip(*parts)]
-
-
 def choose_candidate(graph: ModelGraph, plans: Sequence, data, *, batches: Optional[int] = None,
                      batch_size: int = 32, examples: int = DEFAULT_EXAMPLES,
                      progress: bool = False):
@@ -68,18 +63,40 @@ def choose_candidate(graph: ModelGraph, plans: Sequence, data, *, batches: Optio
     ``candidate_score``; the winner's also ``candidate_scores`` (all of them, in order) and
     ``candidate`` (its index).
 
+    No plan is cut: each is zeroed in turn on one copy of the model
+    (:class:`~surgery.calibration.stand_in.StandIn`), recalibrated and run there, so a
+    backend that compiles per shape (JAX) compiles once, not once per candidate. The score
+    is the cut's, up to float round-off. The zeroed channels are exact zeros wherever they
+    flow (their producers' kernel and bias slices are zero, and every BatchNormalization
+    ``beta`` / ``moving_mean`` and depthwise bias on their way too), so they add exactly
+    nothing to the channels kept, which therefore see the inputs they see in the cut model.
+    In the training-mode pass of adaptive BN a zeroed channel has batch mean and variance
+    0, so BN maps it to ``gamma * 0 / sqrt(eps) + beta = 0``: it stays zero, the kept
+    channels' batch statistics (and so their re-estimated moving statistics) are the cut
+    model's, and the zeroed channels' new statistics (mean 0, variance 0) map them to zero
+    again in inference mode. Plans the zeroing cannot imitate exactly
+    (:meth:`~surgery.calibration.stand_in.StandIn.fits`) are cut as before.
+
     Example::
 
         best = choose_candidate(graph, [plan_a, plan_b], (x_train, y_train))
     """
     x = first_inputs(data, examples)
-    reference = _outputs(graph.model, x)
+    stand_in = StandIn(graph)
+    reference = stand_in.outputs(x)
+    batches = batches or DEFAULT_BATCHES
     scores = []
     for p in tqdm(plans, desc="scoring candidate plans", unit="plan", leave=False,
                   disable=not bars_wanted(progress)):
-        pruned = recalibrate_batchnorm(cut_graph(graph, p), data, batches or DEFAULT_BATCHES,
-                                       batch_size=batch_size)
-        p.settings["candidate_score"] = round(agreement(reference, _outputs(pruned, x)), 6)
+        if stand_in.fits(p):
+            with stand_in.zeroed(p):
+                stand_in.recalibrate(data, batches, batch_size=batch_size)
+                outputs = stand_in.outputs(x)
+        else:
+            cut = recalibrate_batchnorm(cut_graph(graph, p), data, batches,
+                                        batch_size=batch_size)
+            outputs = model_outputs(compiled_call(graph.with_model(cut), training=False), x)
+        p.settings["candidate_score"] = round(agreement(reference, outputs), 6)
         scores.append(p.settings["candidate_score"])
         logger.info("candidate %d: agreement %.4f after adaptive BN", len(scores) - 1,
                     scores[-1])

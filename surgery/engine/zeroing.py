@@ -6,7 +6,9 @@ rule zeroes its own output channels, and each layer the zeros reach on the way i
 keep them zero by its rule (BatchNormalization ``beta``/``moving_mean``, a depthwise
 bias). Deleting those channels must then leave the model's outputs unchanged, which is
 how :func:`surgery.verify` and the tests catch a wrong cut. Masks flow exactly as in
-surgery, through the same rules.
+surgery, through the same rules. :func:`zeroed_weights` computes the same zeroing as new
+weights without copying the model, for a caller that zeroes one working copy again and again
+(the candidate plans of :mod:`surgery.calibration.stand_in`).
 """
 from __future__ import annotations
 
@@ -41,6 +43,33 @@ def zeroed_copy(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
     """:func:`zero_channels` of a resolved graph (its model is untouched)."""
     flat = flattened(graph)
     clone = flat.with_model(graph.adapter.clone(flat.model))  # nested layers reachable
+    changed = zeroed_weights(clone, deletions, units)
+    shared = {id(l) for l in flat.model.layers}
+    for layer in changed:
+        if id(layer) in shared:  # carried over uncopied: zeroing would change the input
+            raise SurgeryError(
+                f"layer '{layer.name}' ({type(layer).__name__}) cannot be copied (its config "
+                "cannot rebuild it), so its channels cannot be zeroed without changing the "
+                "input model; give the layer a complete get_config().")
+    graph.adapter.set_weights(changed.items())
+    return clone.model
+
+
+def zeroed_weights(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
+                   units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None) -> dict:
+    """The weights that zero ``deletions`` and ``units`` (as in :func:`zero_channels`) in
+    ``graph``'s model, which must be flat: ``{layer: new weights}`` for every layer that
+    changes, computed from the layers' rules and current weights; nothing is set, so
+    ``graph.adapter.set_weights(result.items())`` zeroes the model in place.
+
+    >>> from surgery._backend import keras
+    >>> from surgery.engine.graph import resolve
+    >>> x = keras.Input((3,)); d = keras.layers.Dense(3, name="d")
+    >>> m = keras.Model(x, keras.layers.Dense(2, name="e")(d(x)))
+    >>> changed = zeroed_weights(resolve(m), {"d": [1]})
+    >>> [l.name for l in changed], bool(changed[d][0][:, 1].any())
+    (['d'], False)
+    """
     changed: dict = {}  # layer -> new weights
 
     def visit(node, masks):
@@ -72,16 +101,8 @@ def zeroed_copy(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
             out = None
         return out
 
-    clone.walk(visit, lambda t: None)
-    shared = {id(l) for l in flat.model.layers}
-    for layer in changed:
-        if id(layer) in shared:  # carried over uncopied: zeroing would change the input
-            raise SurgeryError(
-                f"layer '{layer.name}' ({type(layer).__name__}) cannot be copied (its config "
-                "cannot rebuild it), so its channels cannot be zeroed without changing the "
-                "input model; give the layer a complete get_config().")
-    graph.adapter.set_weights(changed.items())
-    return clone.model
+    graph.walk(visit, lambda t: None)
+    return changed
 
 
 def to_numpy(value) -> np.ndarray:
