@@ -4,9 +4,11 @@ In a fresh process ``import surgery`` selects the Keras 2 API (tf-keras) before 
 is imported; in a process that already imported Keras 3 or TensorFlow it changes nothing,
 and Keras 3 models go through the Keras 3 graph adapter. ``surgery.Surgeon``
 (kerassurgeon, with the compatibility patches in ``patches/`` applied once) loads on first
-use. It gives the engine (layer rules, channel groups, surgery, zeroing, FLOPs) and
-pruning (criteria, policies, plans, apply/verify). Pipeline parts (TFLite export, sensitivity
-analysis, adaptive BatchNormalization) load on first use.
+use. This module is the package's face: it gives the engine (layer rules, channel groups,
+zeroing, FLOPs), pruning (criteria, plans of cuts, apply/verify) and the planner
+(:func:`plan` for every budget, from :mod:`surgery.calibration`); export, sensitivity
+analysis, adaptive BatchNormalization and the measured cost models load on first use. The
+layers below it are described in ``docs/architecture.md``.
 
 Example::
 
