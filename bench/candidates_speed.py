@@ -35,7 +35,7 @@ import surgery  # noqa: E402
 from surgery import data as dg  # noqa: E402
 from surgery.calibration import candidates as selection  # noqa: E402
 from surgery.calibration.batchnorm import recalibrate_batchnorm  # noqa: E402
-from surgery.calibration.compiled import compiled_call  # noqa: E402
+from surgery.engine.compiled import compiled_call  # noqa: E402
 from surgery.calibration.stand_in import StandIn, model_outputs  # noqa: E402
 from surgery.engine.graph import resolve  # noqa: E402
 from surgery.models import mobilenet_v2  # noqa: E402

@@ -12,7 +12,7 @@ normalising with its batch's statistics, as during training and as
 ``torch.optim.swa_utils.update_bn`` does), with the per-channel mean and (population)
 variance accumulated in float64 over all batches and
 positions. The probe's call is compiled once per model (``tf.function`` on TensorFlow,
-``jax.jit`` on JAX: :mod:`~surgery.calibration.compiled`). It works on tf-keras and on Keras 3
+``jax.jit`` on JAX: :mod:`~surgery.engine.compiled`). It works on tf-keras and on Keras 3
 with the TensorFlow, JAX and PyTorch backends.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from tqdm.auto import tqdm
 
-from surgery.calibration.compiled import compiled_call
+from surgery.engine.compiled import compiled_call
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.zeroing import to_numpy
 from surgery.errors import SurgeryError
@@ -173,7 +173,7 @@ class BatchNormProbe:
     """Adaptive BN for one model, built once and run again whenever its weights change
     (:func:`recalibrate_batchnorm` runs one once). The probe model, from the model's inputs
     to every BatchNormalization layer's input, is built here, and its training-mode call
-    compiled once for the backend (:func:`~surgery.calibration.compiled.compiled_call`),
+    compiled once for the backend (:func:`~surgery.engine.compiled.compiled_call`),
     so later runs on the same model compile nothing: that is how
     :mod:`~surgery.calibration.stand_in` recalibrates one candidate plan after another.
 

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surgery.calibration.batchnorm import DEFAULT_BATCHES, recalibrate_batchnorm
-from surgery.calibration.compiled import compiled_call
+from surgery.engine.compiled import compiled_call
 from surgery.calibration.stand_in import StandIn, model_outputs
 from surgery.engine.graph import ModelGraph
 from surgery.progress import bars_wanted

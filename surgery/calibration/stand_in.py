@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from surgery.calibration.batchnorm import DEFAULT_BATCHES, BatchNormProbe
-from surgery.calibration.compiled import compiled_call
+from surgery.engine.compiled import compiled_call
 from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph
 from surgery.engine.zeroing import zeroed_weights
@@ -87,7 +87,7 @@ class StandIn:
 
 def model_outputs(call: Callable[[np.ndarray], list], x: np.ndarray,
                   batch_size: int = 256) -> list:
-    """The outputs of ``call`` (a :func:`~surgery.calibration.compiled.compiled_call`) for
+    """The outputs of ``call`` (a :func:`~surgery.engine.compiled.compiled_call`) for
     ``x``, run in batches of ``batch_size``, as a list of float64 arrays."""
     parts = [call(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
     return [np.concatenate(column) for column in zip(*parts)]

@@ -49,6 +49,11 @@ class ModelGraph:
         """Whether Keras 3 (any backend) built the model; else tf-keras."""
         return self.adapter.__name__.endswith("keras3")
 
+    @property
+    def backend(self) -> str:
+        """``"keras2"`` for a tf-keras model, else the Keras 3 backend's name."""
+        return self.adapter.backend_name()
+
     def require_functional(self) -> "ModelGraph":
         """This graph; :class:`~surgery.errors.SurgeryError` unless the model is functional
         or Sequential (a subclassed model has no graph to cut)."""

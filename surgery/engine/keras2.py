@@ -23,6 +23,11 @@ from surgery.engine.rules import LayerInfo
 KERAS = keras
 
 
+def backend_name() -> str:
+    """``"keras2"``: tf-keras runs on TensorFlow alone."""
+    return "keras2"
+
+
 def require_functional(model) -> None:
     """Refuse models whose graph surgery cannot see (subclassed, or never built)."""
     if not isinstance(model, keras.Model):

@@ -112,19 +112,19 @@ def to_numpy(value) -> np.ndarray:
     return np.asarray(value, np.float64)
 
 
-def _leaves(value) -> list:
+def output_leaves(value) -> list:
     """The arrays of a model output: one, a list/tuple, or a dict (keras-hub backbones),
     in a fixed order."""
     if isinstance(value, dict):
-        return [leaf for k in sorted(value) for leaf in _leaves(value[k])]
+        return [leaf for k in sorted(value) for leaf in output_leaves(value[k])]
     if isinstance(value, (list, tuple)):
-        return [leaf for v in value for leaf in _leaves(v)]
+        return [leaf for v in value for leaf in output_leaves(v)]
     return [value]
 
 
 def max_relative_difference(a, b) -> float:
     """max |a - b| / max |a| over all outputs (0 when both are all zero)."""
-    a, b = _leaves(a), _leaves(b)
+    a, b = output_leaves(a), output_leaves(b)
     a, b = [to_numpy(x) for x in a], [to_numpy(y) for y in b]
     num = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
     den = max(float(np.max(np.abs(x))) for x in a)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from surgery.engine.adapters import same_adapter
+from surgery.engine.compiled import run_once
 from surgery.engine.cutting import delete_by_rebuild
 from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph, resolve
@@ -82,7 +83,8 @@ def difference(graph: ModelGraph, pruned, plan: PrunePlan, x) -> float:
     """:func:`verify` of a resolved graph."""
     with approximate(not _exact(plan)):
         zeroed = zeroed_copy(graph, plan.deletions, plan.units)
-    return max_relative_difference(zeroed(x, training=False), pruned(x, training=False))
+    return max_relative_difference(run_once(graph.with_model(zeroed), x),
+                                   run_once(graph.with_model(pruned), x))
 
 
 def verify(model, pruned, plan: PrunePlan, x) -> float:

@@ -112,6 +112,17 @@ def _scored_followers(graph: ModelGraph, groups) -> list[str]:
     return names
 
 
+def _mean_rows(scores: np.ndarray, rows) -> np.ndarray:
+    """The mean of ``scores`` over each row of indices (one group unit's channels).
+
+    >>> _mean_rows(np.array([1.0, 2.0, 4.0]), [[0], [1, 2]]).tolist()
+    [1.0, 3.0]
+    """
+    lengths = np.array([len(r) for r in rows])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.add.reduceat(scores[np.concatenate(rows)], starts) / lengths
+
+
 def _trim(chosen, combined: np.ndarray, size: int, round_to: int, min_channels: int,
           blocks: int) -> np.ndarray:
     """Threshold mode: give back the best-scored channels until the budget rules hold."""
@@ -157,6 +168,7 @@ class Ranking:
             [g for g in active if g.axis is not None]
         self.labels = [labels[id(g)] for g in self.groups]
         self.scores = self._score()
+        self._read: dict = {}  # what the search reads many times, worked out once
 
     def _score(self) -> dict[str, np.ndarray]:
         spec, channels = self.spec, [g for g in self.groups if g.axis is None]
@@ -172,25 +184,36 @@ class Ranking:
     def with_transform(self, transform) -> "Ranking":
         """This ranking with ``transform(layer, scores)`` applied to every score read."""
         other = object.__new__(Ranking)
-        other.__dict__.update(self.__dict__, transform=transform)
+        other.__dict__.update(self.__dict__, transform=transform, _read={})
         return other
 
+    def _once(self, key, make: Callable):
+        if key not in self._read:
+            self._read[key] = make()
+        return self._read[key]
+
     def score(self, name: str) -> np.ndarray:
-        s = self.scores[name]
-        return s if self.transform is None else self.transform(name, s)
+        """The scores of layer (or ``"layer:axis"``) ``name``, transformed, as float64."""
+        def read():
+            s = np.asarray(self.scores[name], np.float64)
+            return s if self.transform is None else np.asarray(self.transform(name, s))
+        return self._once(("score", name), read)
 
     def width_groups(self) -> list[tuple]:
         """``(label, producers, size)`` of each channel group, for a cost model."""
         return [(label, list(g.producers), g.size)
                 for label, g in zip(self.labels, self.groups) if g.axis is None]
 
-    def member_scores(self, group: ChannelGroup, policy: str) -> dict[str, np.ndarray]:
-        """One score per group unit for each member (a producer split between groups
-        contributes the channels it has in this group)."""
+    def member_scores(self, index: int, policy: str) -> dict[str, np.ndarray]:
+        """One score per unit of group ``index`` for each member (a producer split between
+        groups contributes the channels it has in this group)."""
+        return self._once(("members", index, policy), lambda: self._members(index, policy))
+
+    def _members(self, index: int, policy: str) -> dict[str, np.ndarray]:
+        group = self.groups[index]
         if group.axis is not None:
             return {group.name: self.score(group.name)}
-        members = {p: np.array([np.mean(np.asarray(self.score(p), np.float64)[rows])
-                                for rows in group.channels[p]]) for p in group.producers}
+        members = {p: _mean_rows(self.score(p), group.channels[p]) for p in group.producers}
         if policy == "depthwise" and group.followers:
             dw = [f for f in group.followers if f in self.scores and
                   np.size(self.scores[f]) % group.size == 0]
@@ -217,7 +240,7 @@ class Ranking:
             if spec.scope == "global" and spec.threshold is None else {}
         cuts = []
         for index, (label, g) in enumerate(zip(self.labels, self.groups)):
-            members = self.member_scores(g, spec.policy)
+            members = self.member_scores(index, spec.policy)
             depthwise = next((m for m in members if m not in g.producers), None)
             if spec.threshold is not None:
                 proposer = BelowThreshold(spec.threshold)
@@ -249,14 +272,18 @@ class Ranking:
     def _global_keep_counts(self, spec: PlanSpec) -> dict[int, int]:
         """One ranking across channel groups: how many units each keeps."""
         channel = [i for i, g in enumerate(self.groups) if g.axis is None]
-        ranked = []
-        for i in channel:
-            combined = LowestK(0).combine(self.member_scores(self.groups[i], "aggregate"))
-            ranked += [(float(s), i) for s in combined]
         budget = math.floor(sum(self.groups[i].size for i in channel) * spec.ratio)
         lost = dict.fromkeys(channel, 0)
-        for _, i in sorted(ranked)[:budget]:
+        for i in self._once(("global",), lambda: self._global_order(channel))[:budget]:
             lost[i] += 1
         return {i: keep_count(self.groups[i].size, lost[i] / self.groups[i].size,
                               spec.round_to, spec.min_channels, self.groups[i].blocks)
                 for i in channel}
+
+    def _global_order(self, channel: list) -> list:
+        """The group of every channel, lowest normalised score first (ties: lower group)."""
+        ranked = []
+        for i in channel:
+            combined = LowestK(0).combine(self.member_scores(i, "aggregate"))
+            ranked += [(float(s), i) for s in combined]
+        return [i for _, i in sorted(ranked)]

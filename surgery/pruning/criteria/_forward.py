@@ -22,11 +22,7 @@ from surgery.engine.graph import ModelGraph
 
 def backend_of(graph: ModelGraph) -> str:
     """``"keras2"`` for a tf-keras model, else the Keras 3 backend name."""
-    if not graph.keras3:
-        return "keras2"
-    import keras  # lazy: a Keras 2 process never imports Keras 3
-
-    return keras.backend.backend()
+    return graph.backend
 
 
 def _numpy(value) -> np.ndarray:
