@@ -12,6 +12,7 @@ Keras 3 is imported before ``surgery`` on the backend ``--backend`` or ``KERAS_B
 names (default tensorflow).
 
 Run: python bench/candidates_speed.py [--backend jax] [--cut 2] [--model-path baseline.keras]
+Results: bench/results/candidates_speed.md (with the CLI's planning times before and after).
 """
 from __future__ import annotations
 
