@@ -98,6 +98,11 @@ class ModelGraph:
         """Whether ``layer`` is itself a model (nested in this one)."""
         return self.adapter.is_nested(layer)
 
+    def moments(self, tensor, axes: tuple) -> tuple:
+        """Symbolic per-channel count, mean and sum of squared deviations of an internal
+        tensor over ``axes`` (see the adapters' ``moments``)."""
+        return self.adapter.moments(tensor, axes)
+
     def submodel(self, tensors: list):
         """A model from this model's inputs to the given internal tensors (a probe)."""
         return self.adapter.submodel(self.model, tensors)

@@ -23,6 +23,16 @@ from surgery.engine.rules import LayerInfo
 KERAS = keras
 
 
+def moments(tensor, axes: tuple) -> tuple:
+    """Symbolic per-channel count, mean and sum of squared deviations of ``tensor`` over
+    ``axes`` (a probe's outputs: the statistics are reduced where the model runs; the count
+    is read from the tensor, whose positions may be known only when it runs)."""
+    axes = list(axes)
+    mean = tf.reduce_mean(tensor, axis=axes, keepdims=True)
+    return (tf.reduce_sum(tf.ones_like(tensor), axis=axes), tf.reshape(mean, [-1]),
+            tf.reduce_sum(tf.square(tensor - mean), axis=axes))
+
+
 def backend_name() -> str:
     """``"keras2"``: tf-keras runs on TensorFlow alone."""
     return "keras2"

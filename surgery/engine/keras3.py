@@ -35,6 +35,16 @@ _PLAIN = (bool, int, float, str, type(None))
 KERAS = keras
 
 
+def moments(tensor, axes: tuple) -> tuple:
+    """Symbolic per-channel count, mean and sum of squared deviations of ``tensor`` over
+    ``axes`` (a probe's outputs: the statistics are reduced where the model runs; the count
+    is read from the tensor, whose positions may be known only when it runs)."""
+    ops = keras.ops
+    mean = ops.mean(tensor, axis=axes, keepdims=True)
+    return (ops.sum(ops.ones_like(tensor), axis=axes), ops.reshape(mean, (-1,)),
+            ops.sum(ops.square(tensor - mean), axis=axes))
+
+
 def backend_name() -> str:
     """The Keras 3 backend of this process: ``"tensorflow"``, ``"jax"`` or ``"torch"``."""
     return keras.backend.backend()
@@ -236,7 +246,7 @@ def _clone_model(model, clone_function: Callable):
     initializer of a new shape compiles an XLA computation of its own: 16 s of a pruned
     MobileNetV2's 16.3 s rebuild on a 2-core CPU). A compiled model's copy is compiled by
     :func:`_finish_clone`, once its variables hold values."""
-    if keras.backend.backend() != "jax":
+    if not _defers_initializers():
         return keras.models.clone_model(model, clone_function=clone_function)
     compiled = getattr(model, "compiled", False)
     model.compiled = False  # compiling makes optimizer variables, which need values now
@@ -247,12 +257,19 @@ def _clone_model(model, clone_function: Callable):
         model.compiled = compiled
 
 
+def _defers_initializers() -> bool:
+    """Whether :func:`_clone_model` builds layers without running their initializers: on
+    JAX, unless a distribution is set (a variable takes its layout from the distribution
+    only when it is initialised; one given its value later would stay on one device)."""
+    return keras.backend.backend() == "jax" and keras.distribution.distribution() is None
+
+
 def _finish_clone(model, copy) -> None:
     """After :func:`_clone_model` and :func:`set_weights`: compile the copy as the model
     was compiled (``clone_model`` does that itself off JAX), its optimizer's variables made
     at the first training step, as after ``compile`` (building them now would compile an
     XLA computation per weight shape on JAX)."""
-    if keras.backend.backend() == "jax" and getattr(model, "compiled", False):
+    if _defers_initializers() and getattr(model, "compiled", False):
         copy.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
 
 
