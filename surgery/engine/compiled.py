@@ -8,10 +8,11 @@ one compile, and :func:`surgery.verify` run a new model once without compiling e
 operations on its own: on TensorFlow (tf-keras, or Keras 3's TensorFlow backend) it is a
 ``tf.function``; on Keras 3's JAX backend ``jax.jit`` of the model's ``stateless_call``, the
 variables passed in as arguments and the updated non-trainable ones (BatchNormalization's
-moving statistics in training mode, Dropout's seed) assigned back, as an eager call does;
-on PyTorch the eager call itself (PyTorch compiles nothing per shape). Run eagerly, JAX
-dispatches a model op by op, each op an XLA computation of its own, so one jitted call of
-the whole model is also many times faster once compiled.
+moving statistics in training mode, Dropout's seed) assigned back, as an eager call does,
+and depthwise convolutions traced in the form XLA runs fast on a CPU
+(:mod:`~surgery.engine.xla_depthwise`); on PyTorch the eager call itself (PyTorch compiles
+nothing per shape). Run eagerly, JAX dispatches a model op by op, each op an XLA computation
+of its own, so one jitted call of the whole model is also many times faster once compiled.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from surgery._backend import tf
 from surgery.engine.graph import ModelGraph
+from surgery.engine.xla_depthwise import shifted_depthwise
 from surgery.engine.zeroing import output_leaves, to_numpy
 
 
@@ -57,8 +59,9 @@ def _jitted(model, training: bool) -> Callable[[np.ndarray], list]:
         return model.stateless_call(trainable, non_trainable, x, training=training)
 
     def call(x):
-        outs, non_trainable = forward([v.value for v in model.trainable_variables],
-                                      [v.value for v in model.non_trainable_variables], x)
+        with shifted_depthwise():  # traced (at a new shape) with XLA's fast depthwise form
+            outs, non_trainable = forward([v.value for v in model.trainable_variables],
+                                          [v.value for v in model.non_trainable_variables], x)
         for variable, value in zip(model.non_trainable_variables, non_trainable):
             variable.assign(value)
         return _as_list(outs)
