@@ -317,8 +317,9 @@ def test_data_driven_criteria_take_one_pass_and_respect_max_samples(criterion):
                                    tf.TensorSpec((None,), tf.int64)))
     scores = C.channel_scores(model, ["c1", "c2", "fc"], criterion, data=ds, max_samples=96)
     # one pass over 96 examples (3 batches) for the three layers together; tf.data's
-    # generator may read one element ahead of the consumer
-    assert 3 <= len(pulled) <= 4
+    # generator may read ahead of the consumer (two elements seen on a loaded machine); a
+    # second pass would pull 6 or more
+    assert 3 <= len(pulled) <= 5
     assert {k: v.shape for k, v in scores.items()} == {"c1": (8,), "c2": (8,), "fc": (4,)}
     if criterion != "thinet":  # thinet samples positions at random; the others are exact
         arrays = C.channel_scores(model, ["c1", "c2", "fc"], criterion,
