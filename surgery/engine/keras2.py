@@ -29,8 +29,8 @@ def moments(tensor, axes: tuple) -> tuple:
     is read from the tensor, whose positions may be known only when it runs)."""
     axes = list(axes)
     mean = tf.reduce_mean(tensor, axis=axes, keepdims=True)
-    return (tf.reduce_sum(tf.ones_like(tensor), axis=axes), tf.reshape(mean, [-1]),
-            tf.reduce_sum(tf.square(tensor - mean), axis=axes))
+    count = tf.reduce_sum(tf.ones_like(tensor, dtype=tf.int32), axis=axes)  # exact past 2**24
+    return (count, tf.reshape(mean, [-1]), tf.reduce_sum(tf.square(tensor - mean), axis=axes))
 
 
 def backend_name() -> str:

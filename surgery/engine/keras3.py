@@ -41,8 +41,8 @@ def moments(tensor, axes: tuple) -> tuple:
     is read from the tensor, whose positions may be known only when it runs)."""
     ops = keras.ops
     mean = ops.mean(tensor, axis=axes, keepdims=True)
-    return (ops.sum(ops.ones_like(tensor), axis=axes), ops.reshape(mean, (-1,)),
-            ops.sum(ops.square(tensor - mean), axis=axes))
+    count = ops.sum(ops.ones_like(tensor, dtype="int32"), axis=axes)  # exact past 2**24
+    return (count, ops.reshape(mean, (-1,)), ops.sum(ops.square(tensor - mean), axis=axes))
 
 
 def backend_name() -> str:
