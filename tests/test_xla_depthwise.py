@@ -17,9 +17,12 @@ def result():
 def test_shifted_form_equals_keras_depthwise_conv(result):
     assert result["backend"] == "jax"
     for case in result["ops"]:
+        low = case["case"].startswith("bfloat16")
         assert case["shape_ok"], case
-        assert case["diff"] <= 1e-5 * max(1.0, case["scale"]), case
+        # bfloat16 keeps 8 bits of mantissa: its inputs and result alone are off by ~0.4 %
+        assert case["diff"] <= (2e-2 if low else 1e-5) * max(1.0, case["scale"]), case
         assert case["scale"] > 0.1, case  # outputs that could have differed
+        assert not low or case["dtype"] == "bfloat16", case
 
 
 def test_compiled_call_traces_it_and_agrees_with_the_eager_call(result):

@@ -29,6 +29,8 @@ CASES = [  # (input shape, kernel size, strides, padding, dilation, multiplier, 
     ((2, 5, 11, 13), (3, 3), 2, "same", 1, 2, "channels_first"),
     ((3, 17, 6), (4,), 2, "same", 1, 2, "channels_last"),
 ]
+#: a mixed-precision case: bfloat16 in and out, summed in float32 as XLA's convolution does
+LOW_PRECISION = ((2, 9, 9, 8), (3, 3), 1, "same", 1, 1, "channels_last")
 
 
 def ops_cases(rng) -> list:
@@ -43,6 +45,15 @@ def ops_cases(rng) -> list:
                         shape_ok=ref.shape == got.shape,
                         diff=float(np.max(np.abs(ref - got))) if ref.shape == got.shape else None,
                         scale=float(np.max(np.abs(ref)))))
+    shape, size, strides, padding, dilation, mult, fmt = LOW_PRECISION
+    x = rng.normal(size=shape).astype("float32")
+    k = rng.normal(size=size + (shape[-1], mult)).astype("float32")
+    ref = np.asarray(keras.ops.depthwise_conv(x, k, strides, padding, fmt, dilation))
+    x16, k16 = (keras.ops.cast(a, "bfloat16") for a in (x, k))
+    got = xla_depthwise.depthwise_conv(x16, k16, strides, padding, fmt, dilation)
+    out.append(dict(case="bfloat16 " + repr(LOW_PRECISION), shape_ok=ref.shape == got.shape,
+                    dtype=str(got.dtype), scale=float(np.max(np.abs(ref))),
+                    diff=float(np.max(np.abs(ref - np.asarray(got, "float32"))))))
     return out
 
 

@@ -62,12 +62,17 @@ def depthwise_conv(inputs, kernel, strides=1, padding="valid", data_format=None,
     if multiplier > 1:
         x = jnp.repeat(x, multiplier, axis=-1)
     weights = jnp.reshape(kernel, tuple(sizes) + (channels * multiplier,))
+    # sum in float32 at least, as XLA's convolution does for float16 / bfloat16 inputs
+    dtype = jnp.result_type(x.dtype, weights.dtype)
+    summed = jnp.promote_types(dtype, jnp.float32)
+    x, weights = x.astype(summed), weights.astype(summed)
     out = None
     for position in itertools.product(*(range(k) for k in sizes)):
         window = tuple(slice(p * d, p * d + (n - 1) * step + 1, step)
                        for p, d, n, step in zip(position, dilation, out_sizes, strides))
         term = x[(slice(None),) + window + (slice(None),)] * weights[position]
         out = term if out is None else out + term
+    out = out.astype(dtype)
     return jnp.moveaxis(out, -1, 1) if channels_first else out
 
 
