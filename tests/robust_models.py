@@ -2,8 +2,10 @@
 tf-keras or Keras 3): a variable-length text model over integer token ids (``Input((None,),
 dtype="int32")`` → ``Embedding`` → ``LSTM`` → ``Dense``), and a model holding an unknown
 composite layer (a custom layer with sublayers, no rule, a config that cannot rebuild it).
-:func:`run` plans at ratio 0.5, applies and verifies each; tests/test_robust_graphs.py
-runs them on tf-keras, tests/keras3_transformer_cases.py on Keras 3.
+:func:`run` plans at ratio 0.5, applies and verifies each (the composite one's ``apply`` must
+refuse it, naming the layer: a copy would share it with the input model);
+tests/test_robust_graphs.py runs them on tf-keras, tests/keras3_transformer_cases.py on
+Keras 3.
 """
 import numpy as np
 
@@ -53,11 +55,19 @@ def run(K, surgery, name):
     model.set_weights([w + rng.normal(0, 0.2, w.shape).astype(w.dtype)
                        for w in model.get_weights()])
     plan = surgery.plan(model, ratio=0.5)
+    if name == "composite":
+        before = model.get_weights()
+        try:
+            surgery.apply(model, plan)
+            refused = None
+        except surgery.SurgeryError as error:
+            refused = str(error)
+        return dict(refused=refused, deletions=sorted(plan.deletions), skipped=plan.skipped,
+                    unchanged=all(np.array_equal(a, b)
+                                  for a, b in zip(before, model.get_weights())))
     pruned = surgery.apply(model, plan)
     zeroed = surgery.zero_channels(model, plan.deletions)
     return dict(verify=surgery.verify(model, pruned, plan, x),
                 moved=max_relative_difference(model(x), zeroed(x)),
                 deletions=sorted(plan.deletions), skipped=plan.skipped,
-                carried=any(l is model.get_layer("block") for l in pruned.layers)
-                if name == "composite" else None,
                 params=[int(model.count_params()), int(pruned.count_params())])

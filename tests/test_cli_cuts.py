@@ -4,6 +4,8 @@ saved; a plan that removes nothing stops the run with one line, before any fine-
 import json
 import os
 
+import pytest
+
 import prune_and_finetune as pf
 from keras3_child import run_case
 from test_keras3_pipeline import _cli
@@ -25,6 +27,34 @@ def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path):
     assert report["verify_max_diff"] is not None and report["verify_max_diff"] <= 1e-4
     saved = run_case("tensorflow", "keras3_vit_cases.py", "load", out / "pruned.keras")
     assert (saved["params"], saved["flops"]) == (report["params_after"], report["flops_after"])
+
+
+@pytest.mark.parametrize("budget", ("flops", "params"))
+def test_a_vit_classifier_under_a_target_loses_heads_and_mlp_width(tmp_path, budget):
+    """Issue 30: FLOPs and parameter budgets cost heads and block widths with the
+    channels, so the plan lands within 2 points of the target and cuts both."""
+    made = run_case("tensorflow", "keras3_vit_cases.py", "make", tmp_path)
+    out = tmp_path / "run"
+    proc = _cli(["--model-path", made["path"], "--data", "digits", f"--{budget}-target", "0.5",
+                 "--finetune-epochs", "1", "--candidates", "1", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    cut = {c["unit"] for c in plan["cuts"] if c["removed"]}
+    assert any(u.endswith("heads") for u in cut) and any(u.endswith("mlp_dim") for u in cut)
+    assert abs(1 - report[f"{budget}_after"] / report[f"{budget}_before"] - 0.5) <= 0.02, report
+    assert report["verify_max_diff"] is not None and report["verify_max_diff"] <= 1e-5
+    saved = run_case("tensorflow", "keras3_vit_cases.py", "load", out / "pruned.keras")
+    assert (saved["params"], saved["flops"]) == (report["params_after"], report["flops_after"])
+
+
+@pytest.mark.parametrize("flags", (["--params-target", "1.5"],
+                                   ["--params-target", "0.5", "--ratio", "0.3"]))
+def test_a_bad_params_target_is_one_line(tmp_path, capsys, flags):
+    status = pf.main(["--model", "lenet5", "--image-size", "16", *flags, "--quiet",
+                      "--no-plots", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "--params-target" in err[0], err
 
 
 def test_a_plan_that_removes_nothing_stops_with_one_line(tmp_path, capsys):

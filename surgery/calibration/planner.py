@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from surgery.calibration.candidates import best_candidate
 from surgery.calibration.latency import plan_for_latency
@@ -21,7 +21,9 @@ from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.rules.base import approximate
 from surgery.errors import SurgeryError
-from surgery.pruning.allocation import DEFAULT_MAX_RATIO, Budget, plan_for_flops
+from surgery.pruning.allocation import (
+    DEFAULT_MAX_RATIO, Budget, plan_for_flops, plan_for_params,
+)
 from surgery.pruning.arguments import (
     check_latency_arguments, check_plan_arguments, check_unit_arguments,
 )
@@ -44,7 +46,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          latency_target: Optional[float] = None, runtime: str = "onnxruntime",
          batch_size: int = 1, threads: Optional[int] = None, heads: bool = True,
          head_dims: bool = False, exact: bool = True, candidates: int = 1,
-         max_ratio: float = DEFAULT_MAX_RATIO, at_least: bool = False) -> PrunePlan:
+         max_ratio: float = DEFAULT_MAX_RATIO, at_least: bool = False,
+         params_target: Optional[float] = None) -> PrunePlan:
     """Decide which channels (and heads, head widths, block units) to delete.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -54,7 +57,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     ``round_to``: kept widths are multiples of it; ``min_channels``: never keep fewer.
     ``flops_target``: instead, remove that fraction of ``count_flops(model)`` (a search up
     to the uniform ratio ``max_ratio``; with ``at_least``, never less than the target
-    where a plan within 2 points above it exists). ``latency_target``: instead, remove
+    where a plan within 2 points above it exists). ``params_target``: instead, remove that
+    fraction of ``model.count_params()`` (the same search). ``latency_target``: instead, remove
     that fraction of the latency measured in ``runtime`` (``"onnxruntime"``, ``"tflite"``
     or ``"tensorflow"``) at ``batch_size`` with ``threads`` (default all cores);
     ``round_to`` then defaults to the CPU's SIMD block, and the plan is checked by timing
@@ -67,7 +71,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     Attention layers lose units that no tensor carries, each axis a group of its own
     (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes whole heads,
     ``head_dims=True`` the per-head query/key and value widths. With ``flops_target`` or
-    ``latency_target`` heads and head widths stay.
+    ``params_target`` heads and block widths are costed and allocated with the channels
+    (head widths stay); with ``latency_target`` heads and head widths stay.
 
     ``candidates`` N > 1 (with a target, and ``data``): search N allocations of the budget
     and keep the one whose cut agrees best with the original on ``data`` after adaptive
@@ -88,12 +93,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
                          round_to=1 if round_to is None else round_to,
                          min_channels=min_channels, scope=scope,
                          data=data, flops_target=flops_target, latency_target=latency_target,
-                         candidates=candidates)
-    if candidates > 1 and data is None:
-        raise SurgeryError(f"candidates={candidates} chooses between plans by their "
-                           "accuracy after adaptive BN, which needs data=: pass training "
-                           "examples (an (x, y) tuple of arrays or a tf.data.Dataset), or "
-                           "candidates=1")
+                         candidates=candidates, params_target=params_target)
     spec = PlanSpec(ratio, criterion, policy, threshold, dict(per_layer or {}), tuple(ignore),
                     1 if round_to is None else round_to, min_channels, scope, data, heads,
                     head_dims, exact)
@@ -104,28 +104,44 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
             result = plan_for_latency(flat, latency_target, spec=spec, runtime=runtime_ok.name,
                                       batch_size=batch_size, threads=threads,
                                       round_to=round_to, candidates=candidates)
-        elif flops_target is not None:
-            result = _plan_for_flops(flat, spec, Budget(flops_target, max_ratio=max_ratio,
-                                                        at_least=at_least), candidates)
         else:
-            result = Ranking(flat, spec).plan(spec)
+            result = _plan_for_target(flat, spec, flops_target, params_target, candidates,
+                                      max_ratio=max_ratio, at_least=at_least)
         if not exact:
             _measure_deviation(flat, result, data)
-    if result.empty and (ratio or threshold or flops_target or latency_target):
+    if result.empty and (ratio or threshold or flops_target or latency_target or
+                         params_target):
         logger.warning("plan: nothing to cut in model '%s' (%s); every group is skipped or "
                        "keeps all its units", graph.model.name, _why_empty(result))
     return result
 
 
-def _plan_for_flops(graph: ModelGraph, spec: PlanSpec, budget: Budget,
-                    candidates: int) -> PrunePlan:
-    """A FLOPs target's plan; heads and head widths stay (only channels are costed)."""
-    spec = spec.replace(heads=False, head_dims=False)
+def _plan_for_target(graph: ModelGraph, spec: PlanSpec, flops_target: Optional[float],
+                     params_target: Optional[float], candidates: int, **budget) -> PrunePlan:
+    """The plan of a FLOPs or parameter target, or else of ``spec``'s ratio or threshold.
+    A parameter target fills greedily: every unit, from none cut, by importance per
+    parameter it frees."""
+    if flops_target is not None:
+        return _plan_for_budget(graph, spec, Budget(flops_target, **budget), candidates,
+                                plan_for_flops)
+    if params_target is not None:
+        return _plan_for_budget(graph, spec, Budget(params_target, "params_target", "params",
+                                                    greedy=True, **budget),
+                                candidates, plan_for_params)
+    return Ranking(graph, spec).plan(spec)
+
+
+def _plan_for_budget(graph: ModelGraph, spec: PlanSpec, budget: Budget, candidates: int,
+                     plan_for: Callable) -> PrunePlan:
+    """A FLOPs or parameter target's plan (``plan_for``: the allocation over its cost):
+    channels, heads and block widths costed together; head widths stay (their cost
+    multiplies with the head count)."""
+    spec = spec.replace(head_dims=False)
     ranking = Ranking(graph, spec)
 
     def search(variant):
         quiet = dataclasses.replace(budget, quiet=budget.quiet or variant.index > 0)
-        return plan_for_flops(ranking, spec, quiet, variant)
+        return plan_for(ranking, spec, quiet, variant)
 
     return best_candidate(graph, search, candidates, spec.data)
 

@@ -30,8 +30,8 @@ class StandIn:
 
     Zeroing is exact where the equivalence oracle is (:func:`surgery.verify`), so
     :meth:`fits` refuses only plans that cross a layer whose cut is approximate (mean-centred
-    LayerNormalization, ``settings["approximate"]``), and every plan when a layer with
-    weights could not be copied (zeroing it would change the caller's model).
+    LayerNormalization, ``settings["approximate"]``). A model with a layer that cannot be
+    copied is refused when the copy is made (:func:`surgery.engine.adapter_base.carried`).
 
     Example::
 
@@ -45,17 +45,13 @@ class StandIn:
         flat = flattened(graph)
         self.graph = flat.with_model(flat.adapter.clone(flat.model))
         self.model = self.graph.model
-        originals = {id(layer) for layer in flat.model.layers}
-        # a layer clone_model could not rebuild is carried over, shared with the caller's
-        self._copied = not any(id(layer) in originals and layer.weights
-                               for layer in self.model.layers)
         self._probe = BatchNormProbe(self.graph)
         self._saved = {layer: layer.get_weights() for layer in self._probe.layers}
         self._call = compiled_call(self.graph, training=False)
 
     def fits(self, plan: PrunePlan) -> bool:
         """Whether zeroing ``plan`` here computes exactly what its cut computes."""
-        return self._copied and not plan.settings.get("approximate")
+        return not plan.settings.get("approximate")
 
     @contextmanager
     def zeroed(self, plan: PrunePlan) -> Iterator:

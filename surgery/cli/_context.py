@@ -54,10 +54,16 @@ class RunSetup:
         return getattr(self.args, "latency_target", None)
 
     @property
+    def params(self) -> Optional[float]:
+        return getattr(self.args, "params_target", None)
+
+    @property
     def target(self) -> Optional[float]:
-        """The FLOPs target, unless ``--ratio`` or ``--latency-target`` decides."""
+        """The FLOPs target, unless ``--ratio``, ``--latency-target`` or
+        ``--params-target`` decides."""
         a = self.args
-        return None if a.ratio is not None or self.latency is not None else a.flops_target
+        other = a.ratio is not None or self.latency is not None or self.params is not None
+        return None if other else a.flops_target
 
 
 @dataclasses.dataclass

@@ -110,6 +110,19 @@ def plan_latency_target(model, args, data):
     return p, _cut(model, p)
 
 
+def plan_params_target(model, args, data, apply: bool = True):
+    """``surgery.plan(params_target=--params-target, ...)`` and the pruned model (``None``
+    without ``apply``, after checking that the plan cuts something)."""
+    kwargs = _plan_kwargs(args, _cached_criterion(args.criterion), data,
+                          candidates=args.candidates if apply else 1)
+    p = surgery.plan(model, params_target=args.params_target, max_ratio=args.max_ratio,
+                     **kwargs)
+    if not apply:
+        require_cuts(model, p)
+        return p, None
+    return p, _cut(model, p)
+
+
 def latency_report(plans) -> dict:
     """The report's latency keys, from the plan's timing check."""
     s = plans[0].settings

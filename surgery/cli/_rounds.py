@@ -18,7 +18,7 @@ import surgery
 from surgery import data as dg
 from surgery.cli._context import CutResult, RunSetup
 from surgery.cli._kit import Kit, UsageError
-from surgery.cli._planning import _prune_once, plan_latency_target
+from surgery.cli._planning import _prune_once, plan_latency_target, plan_params_target
 from surgery.progress import fit_verbose
 
 logger = logging.getLogger("prune_and_finetune")
@@ -76,6 +76,8 @@ def _plan_round(setup: RunSetup, current, data, flops_before: int, k: int):
         return p, surgery.apply(current, p), saved
     if setup.latency is not None:
         p, pruned = plan_latency_target(current, args, data)
+    elif setup.params is not None:
+        p, pruned = plan_params_target(current, args, data)
     elif setup.target is not None:
         goal = 1.0 - (1.0 - setup.target) ** (k / rounds) if rounds > 1 else setup.target
         _, p, pruned = _prune_once(current, args, data, flops_before, goal)

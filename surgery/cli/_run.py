@@ -28,7 +28,7 @@ from surgery.cli._kit import Kit, UsageError, kit_for_process
 from surgery.cli._workers import artifact_folder, is_chief, worker_name
 from surgery.cli._context import CutResult, RunResult, RunSetup
 from surgery.cli._planning import (_criterion_data, _merge_plans, _plan_ratio, _prune_once,
-                                   latency_report)
+                                   latency_report, plan_params_target)
 from surgery.cli._rounds import (VERIFY_TOLERANCE, prune_in_rounds,  # noqa: F401
                                  prune_layerwise, train_kwargs)
 from surgery.pruning import criteria as _criteria
@@ -74,6 +74,12 @@ def _validate(args: argparse.Namespace) -> None:
                                 or args.iterative > 1 or args.layerwise):
         raise UsageError(f"--latency-target must be in (0, 1) and comes without --ratio, "
                          f"--iterative and --layerwise, got {latency}")
+    params = getattr(args, "params_target", None)
+    if params is not None and (not 0.0 < params < 1.0 or args.ratio is not None
+                               or latency is not None or args.iterative > 1
+                               or args.layerwise):
+        raise UsageError(f"--params-target must be in (0, 1) and comes without --ratio, "
+                         f"--latency-target, --iterative and --layerwise, got {params}")
     if not 0.0 < args.max_ratio < 1.0:
         raise UsageError(f"--max-ratio must be in (0, 1), got {args.max_ratio}")
     if args.criterion not in _criteria.CRITERIA:
@@ -211,7 +217,9 @@ def _check_plan_early(setup: RunSetup, base, flops_before: int) -> None:
     if setup.latency is not None or args.iterative > 1 and setup.target is None:
         return
     data = _criterion_data(args, setup.splits)
-    if setup.target is not None:
+    if setup.params is not None:
+        plan_params_target(base, args, data, apply=False)
+    elif setup.target is not None:
         _prune_once(base, args, data, flops_before, setup.target, check_only=True)
     elif not args.layerwise:
         _prune_once(base, args, data, flops_before, ratio=args.ratio, check_only=True)
@@ -317,5 +325,9 @@ def _extras(setup: RunSetup, base, cut: CutResult, values: dict, folder: str) ->
                                        progress=not args.quiet))
     if setup.latency is not None:
         values.update(latency_report(cut.plans))
+    if setup.params is not None:
+        values.update(params_target=setup.params,
+                      params_removed=round(1.0 - values["params_after"] /
+                                           max(values["params_before"], 1), 6))
 
 

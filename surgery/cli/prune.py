@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-target", type=float, default=None,
                    help="fraction of measured latency to remove in --runtime (instead of "
                         "--flops-target), e.g. 0.5 for twice as fast")
+    g.add_argument("--params-target", type=float, default=None,
+                   help="fraction of parameters to remove (instead of --flops-target): "
+                        "channels, attention heads and block widths, by importance per "
+                        "parameter")
     g.add_argument("--runtime", default="onnxruntime",
                    choices=("onnxruntime", "tflite", "tensorflow"),
                    help="runtime --latency-target is measured in")

@@ -1,11 +1,15 @@
-"""Channel counts and FLOPs of a model as functions of its channel groups' kept widths.
+"""Channel counts and FLOPs of a model as functions of its groups' kept widths.
 
 This module owns :class:`WidthModel`, which walks a model's graph once and expresses the
 channel count of every tensor as an affine function of the kept widths of its prunable
 channel groups, so a cost over group widths is cheap to evaluate for many candidate widths
 at once, and :class:`FlopsEstimator`, the exact polynomial that :func:`surgery.count_flops`
-would report for the pruned model. It answers "what does this width cost"; the allocation
-that searches over it lives in :mod:`surgery.pruning.allocation`, and the latency cost
+would report for the pruned model. Units that no tensor carries (attention heads, the
+feed-forward width of a transformer block: *unit groups*) are further widths of the same
+model: each adds, to the calls of its layer, a cost linear in its kept count, read off the
+layer's rule by cutting one unit (:func:`unit_cost_terms`). It answers "what does this
+width cost"; the allocation that searches over it lives in
+:mod:`surgery.pruning.allocation`, and the latency cost
 (:class:`surgery.cost.table.LatencyEstimator`) is another subclass.
 """
 from __future__ import annotations
@@ -32,47 +36,85 @@ def _call_flops(info, rule, in_channels: int, out_channels: int) -> float:
     return float(rule.flops(changed))
 
 
+def _bilinear(m, i0: int, o0: int) -> tuple:
+    """``(a, b, c, d)`` with ``m(i, o) == a*i*o + b*i + c*o + d``, from four values of
+    ``m``, a function bilinear in its input and output channel counts."""
+    f00, f10, f01, f11 = m(i0, o0), m(2 * i0, o0), m(i0, 2 * o0), m(2 * i0, 2 * o0)
+    a = (f11 - f10 - f01 + f00) / (i0 * o0)
+    b = (f10 - f00) / i0 - a * o0
+    c = (f01 - f00) / o0 - a * i0
+    return a, b, c, f00 - a * i0 * o0 - b * i0 - c * o0
+
+
+def unit_cost_terms(info, rule, axis: str, cost) -> tuple:
+    """What one unit of ``axis`` adds to ``cost(info)`` (a rule's FLOPs of one call, with
+    other input and output channel counts: ``cost(info, i, o)``), as the ``(a, b, c, d)``
+    of :func:`_bilinear`: the call without one unit, from the rule's own ``cut_units``."""
+    fewer = info.replaced(*rule.cut_units(info, {axis: [0]}))
+    i0, o0 = call_widths(info)
+    return _bilinear(lambda i, o: cost(info, i, o) - cost(fewer, i, o), i0, o0)
+
+
 def call_widths(info) -> tuple:
     """The input and output channel counts of one call, as built."""
-    i0 = int(info.input_shapes[0][-1]) if len(info.input_shapes[0]) else 1
-    return i0, int(info.output_shape[-1]) if info.output_shape else 1
+    return last_axis(info.input_shapes[0]), last_axis(info.output_shape)
+
+
+def last_axis(shape) -> int:
+    """A shape's channel count; 1 for a scalar per position or an unknown last axis (a
+    token sequence of any length), which no group prunes."""
+    return int(shape[-1]) if shape is not None and len(shape) and shape[-1] is not None \
+        else 1
 
 
 class WidthModel:
     """The costed calls of a model as affine functions of its groups' kept widths.
 
-    ``groups`` names the prunable channel groups, each ``(label, producers, size)``.
-    Each tensor's channel count is ``coef @ [kept widths..., 1]``; ``calls`` lists, for
-    every call with FLOPs, ``(info, rule, in_row, out_row)``: its :class:`LayerInfo`, its
-    rule and the rows giving its input and output channel counts. Subclasses define
-    :meth:`cost` (and ``total``, the cost of the unpruned model).
+    ``groups`` names the prunable channel groups, each ``(label, producers, size)``;
+    ``units`` the unit groups, each ``(label, layer, axis, size)``, numbered after the
+    channel groups. Each tensor's channel count is ``coef @ [kept widths..., 1]``;
+    ``calls`` lists, for every call with FLOPs, ``(info, rule, in_row, out_row)``: its
+    :class:`LayerInfo`, its rule and the rows giving its input and output channel counts;
+    ``unit_calls`` lists ``(call index, unit group index, axis)`` for every call of a
+    layer with a unit group; ``layers`` each layer's first call as ``(info, rule,
+    in_rows, out_row, units)`` (``units``: its ``(unit group index, axis)`` pairs), for
+    costs of the layer rather than of its calls. Subclasses define :meth:`cost` (and
+    ``total``, the cost of the unpruned model).
     """
 
     #: what the cost counts, for messages
     unit = "cost"
 
-    def __init__(self, graph: ModelGraph, groups: Sequence[tuple]):
-        self.labels = [str(label) for label, _, _ in groups]
-        self.groups = [list(producers) for _, producers, _ in groups]
+    def __init__(self, graph: ModelGraph, groups: Sequence[tuple],
+                 units: Sequence[tuple] = ()):
+        self.labels = [str(label) for label, _, _ in groups] + \
+            [str(label) for label, _, _, _ in units]
+        self.groups = [list(producers) for _, producers, _ in groups] + \
+            [[layer] for _, layer, _, _ in units]
         n = len(self.groups) + 1  # last entry: the constant term
-        self.sizes = np.array([float(size) for _, _, size in groups])
+        self.sizes = np.array([float(size) for _, _, size in groups] +
+                              [float(size) for _, _, _, size in units])
         membership: dict[str, list[int]] = {}
-        for i, members in enumerate(self.groups):
+        for i, members in enumerate(self.groups[:len(groups)]):
             for p in members:
                 membership.setdefault(p, []).append(i)
+        unit_axes: dict[str, list] = {}
+        for i, (_, layer, axis, _) in enumerate(units):
+            unit_axes.setdefault(layer, []).append((len(groups) + i, axis))
+        self.unit_calls: list[tuple] = []
 
         def constant(channels: int) -> np.ndarray:
             v = np.zeros(n)
             v[-1] = channels
             return v
 
-        self.calls = []
+        self.calls, self.layers, seen = [], [], set()
 
         def visit(node, in_vecs):
             info = node.info
             rule = rule_for(info)
-            out_ch = int(info.output_shape[-1]) if info.output_shape else 1
-            ins = [int(s[-1]) if len(s) else 1 for s in info.input_shapes]
+            out_ch = last_axis(info.output_shape)
+            ins = [last_axis(s) for s in info.input_shapes]
             in_vecs = [constant(c) if v is None else v for v, c in zip(in_vecs, ins)]
             flow = rule.flow_of(info) if rule is not None else None
             if flow == PRODUCER and info.name in membership:
@@ -87,7 +129,12 @@ class WidthModel:
             else:
                 live = [(v, c) for v, c in zip(in_vecs, ins) if np.any(v[:-1])]
                 out = constant(out_ch) if not live else live[0][0] * (out_ch / live[0][1])
+            if info.name not in seen:
+                seen.add(info.name)
+                self.layers.append((info, rule, in_vecs, out, unit_axes.get(info.name, [])))
             if rule is not None and ins and rule.flops(info):
+                self.unit_calls += [(len(self.calls), g, axis)
+                                    for g, axis in unit_axes.get(info.name, ())]
                 self.calls.append((info, rule, in_vecs[0], out))
             return out
 
@@ -118,7 +165,11 @@ class WidthModel:
 class FlopsEstimator(WidthModel):
     """Exact :func:`surgery.count_flops` of a model pruned to given group widths: each
     counted call's FLOPs is ``A·in·out + B·in + C·out + D`` of its input and output
-    channel counts, with the coefficients read off the layer rules at the unpruned widths.
+    channel counts, with the coefficients read off the layer rules at the unpruned widths,
+    plus, for each unit group of its layer, ``(kept - size)`` times such a term (what one
+    unit costs). Exact where each unit axis's FLOPs are linear in its count alone: heads
+    and feed-forward widths; a head's width multiplies with the head count, so a plan
+    cutting both is estimated.
 
     Example::
 
@@ -128,22 +179,21 @@ class FlopsEstimator(WidthModel):
 
     unit = "FLOPs"
 
-    def __init__(self, graph: ModelGraph, groups: Sequence[tuple]):
-        super().__init__(graph, groups)
-        coefs = []
-        for info, rule, in_row, out_row in self.calls:
-            i0, o0 = call_widths(info)
+    def __init__(self, graph: ModelGraph, groups: Sequence[tuple],
+                 units: Sequence[tuple] = ()):
+        super().__init__(graph, groups, units)
 
-            def m(i, o):
-                return _call_flops(info, rule, i, o) / 2
-
-            f00, f10, f01, f11 = m(i0, o0), m(2 * i0, o0), m(i0, 2 * o0), m(2 * i0, 2 * o0)
-            a = (f11 - f10 - f01 + f00) / (i0 * o0)
-            b = (f10 - f00) / i0 - a * o0
-            c = (f01 - f00) / o0 - a * i0
-            d = f00 - a * i0 * o0 - b * i0 - c * o0
-            coefs.append((a, b, c, d))
-        self._abcd = np.array(coefs).reshape(-1, 4)
+        def half(info, rule):
+            return lambda i, o: _call_flops(info, rule, i, o) / 2
+        self._abcd = np.array([_bilinear(half(info, rule), *call_widths(info))
+                               for info, rule, _, _ in self.calls]).reshape(-1, 4)
+        self._unit_abcd = np.array([
+            unit_cost_terms(self.calls[c][0], self.calls[c][1], axis,
+                            lambda info, i, o, rule=self.calls[c][1]:
+                            _call_flops(info, rule, i, o) / 2)
+            for c, _, axis in self.unit_calls]).reshape(-1, 4)
+        self._unit_call = np.array([c for c, _, _ in self.unit_calls], int)
+        self._unit_group = np.array([g for _, g, _ in self.unit_calls], int)
         self.total = self.flops(self.sizes)
 
     def flops(self, kept) -> float:
@@ -151,6 +201,13 @@ class FlopsEstimator(WidthModel):
         rows (one estimate per row)."""
         i, o = self.channels(kept)
         a, b, c, d = self._abcd.T
-        return 2 * (a * i * o + b * i + c * o + d).sum(axis=-1)
+        total = (a * i * o + b * i + c * o + d).sum(axis=-1)
+        if len(self._unit_call):
+            kept = np.asarray(kept, np.float64)
+            i, o = i[..., self._unit_call], o[..., self._unit_call]
+            a, b, c, d = self._unit_abcd.T
+            gone = kept[..., self._unit_group] - self.sizes[self._unit_group]
+            total = total + (gone * (a * i * o + b * i + c * o + d)).sum(axis=-1)
+        return 2 * total
 
     cost = flops

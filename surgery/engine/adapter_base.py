@@ -2,16 +2,16 @@
 
 This module owns the parts of :mod:`surgery.engine.keras2` and :mod:`surgery.engine.keras3`
 that do not depend on the Keras generation: :class:`NodeBase`, the common half of an
-adapter's call record; :func:`walk`, every call once in topological order; :func:`carried`, how they copy a layer that no cut touches; and
-:func:`input_roles`, which call argument each tensor input of a call is.
+adapter's call record; :func:`walk`, every call once in topological order;
+:func:`carried`, how they copy a layer that no cut touches; and :func:`input_roles`, which
+call argument each tensor input of a call is.
 """
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import Callable, Sequence
 
-logger = logging.getLogger(__name__)
+from surgery.errors import SurgeryError
 
 
 class NodeBase:
@@ -58,23 +58,35 @@ def walk(nodes: Sequence, inputs: Sequence, visit: Callable, start: Callable) ->
     return values
 
 
+def own_classes(layer) -> dict:
+    """``{class name: class}`` of ``layer`` and every layer inside it: the custom objects
+    its config needs to be rebuilt (a custom layer class that was never registered, as in
+    a script or a notebook, is still found)."""
+    flatten = getattr(layer, "_flatten_layers", None)  # a Keras 3 operation has none
+    inside = flatten(include_self=True) if flatten else [layer]
+    return {type(l).__name__: type(l) for l in inside}
+
+
 def carried(layer, new_layer: Callable):
     """A copy of a layer that no cut touches, for a rebuilt model: ``new_layer(layer)``, a
-    fresh layer from its config (its weights are set later), or, when its config cannot
-    rebuild it (keras-hub's ``ViTPatchingAndEmbedding``, a custom layer without a complete
-    ``get_config``), the layer object itself, carried over as it is and shared, weights
-    included, with the input model."""
+    fresh layer from its config (its weights are set later). A layer its config cannot
+    rebuild (a custom layer without a complete ``get_config``) is refused with a
+    :class:`~surgery.errors.SurgeryError` naming it: carried over as it is, it would be
+    shared, weights included, with the input model, and training the copy would change
+    the original."""
     try:
         new = new_layer(layer)
         if new.name == layer.name:
             return new
         err = f"its config does not keep its name '{layer.name}'"  # an incomplete config
-    except Exception as error:  # noqa: BLE001 — any failure to rebuild: carry it over
+    except Exception as error:  # noqa: BLE001 — any failure to rebuild: say which layer
         err = error
-    logger.warning("layer '%s' (%s) cannot be rebuilt from its config (%s); the pruned "
-                   "model shares it, weights included, with the input model",
-                   layer.name, type(layer).__name__, err)
-    return layer
+    cls = type(layer).__name__
+    raise SurgeryError(
+        f"layer '{layer.name}' ({cls}) cannot be rebuilt from its config ({err}); a copy "
+        f"of the model would share it, weights included, with the input model. Give "
+        f"{cls}.get_config() every argument its constructor takes (and register the class "
+        "with keras.saving.register_keras_serializable), then plan and apply again")
 
 
 def input_roles(layer, args: Sequence, kwargs: dict, inputs: Sequence,

@@ -141,8 +141,10 @@ def build_model(model, inputs: list, outputs: list) -> keras.Model:
 
 
 def new_layer(layer, config: Optional[dict] = None):
-    """A fresh layer of ``layer``'s class from ``config`` (its own config by default)."""
-    return type(layer).from_config(layer.get_config() if config is None else config)
+    """A fresh layer of ``layer``'s class from ``config`` (its own config by default), its
+    own classes known by name (:func:`surgery.engine.adapter_base.own_classes`)."""
+    with keras.utils.custom_object_scope(adapter_base.own_classes(layer)):
+        return type(layer).from_config(layer.get_config() if config is None else config)
 
 
 def carried(layer):

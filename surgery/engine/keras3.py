@@ -217,18 +217,21 @@ def new_layer(layer, config: Optional[dict] = None):
     """A fresh layer of ``layer``'s class from ``config`` (its own config by default);
     layers nested in it (``TimeDistributed``, ``Bidirectional``) are built when called.
     A class whose own config cannot rebuild it (keras-hub's ``ViTPatchingAndEmbedding``)
-    is rebuilt as surgery's registered equivalent ``surgery>ClassName``, if there is one."""
+    is rebuilt as surgery's registered equivalent ``surgery>ClassName``, if there is one.
+    The layer's own classes are known by name
+    (:func:`surgery.engine.adapter_base.own_classes`)."""
     config = dict(layer_config(layer) if config is None else config)
     cls = type(layer)
     if CLASS_KEY in config:  # a rule rebuilds it as a registered equivalent
         cls = keras.saving.get_registered_object(config.pop(CLASS_KEY))
-    try:
-        return cls.from_config(_unbuilt(config))
-    except Exception:
-        equivalent = _equivalent(layer) if cls is type(layer) else None
-        if equivalent is None:
-            raise
-        return equivalent.from_config(_unbuilt(config))
+    with keras.saving.custom_object_scope(adapter_base.own_classes(layer)):
+        try:
+            return cls.from_config(_unbuilt(config))
+        except Exception:
+            equivalent = _equivalent(layer) if cls is type(layer) else None
+            if equivalent is None:
+                raise
+            return equivalent.from_config(_unbuilt(config))
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:
@@ -284,7 +287,7 @@ def _initialize_the_rest() -> None:
 
 def clone(model):
     """A copy of ``model`` with its own layers and the same weights (a layer whose config
-    cannot rebuild it is :func:`carried` over, shared)."""
+    cannot rebuild it is refused by :func:`carried`: never shared)."""
     copy = _clone_model(model, carried)
     copy.set_weights(model.get_weights())
     _initialize_the_rest()

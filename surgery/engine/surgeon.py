@@ -12,8 +12,8 @@ validates the jobs) and changes how the pass runs:
   through the Keras 2 graph adapter, calls each layer with the node's original arguments
   (so ``x + y`` ops rebuild correctly), and builds the result from fresh layers whose
   weights are set in one batch, so the input model's layers never gain nodes and the two
-  models never share weights (except a layer no cut touches whose config cannot rebuild
-  it, which is carried over as it is); a shared layer stays shared;
+  models never share weights (a layer whose config cannot rebuild it is refused with a
+  :class:`~surgery.errors.SurgeryError`); a shared layer stays shared;
 * **checked jobs** — bad channel indices, deleting every channel, subclassed models and
   layers inside nested models are refused with :class:`~surgery.errors.SurgeryError`.
 """

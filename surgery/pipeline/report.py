@@ -153,6 +153,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   f"| FLOPs removed (reached) | {reached * 100:.1f} % |"]
         if report.get("plan_ratio") is not None:
             lines.append(f"| plan ratio | {report['plan_ratio']} |")
+    if report.get("params_target") is not None:  # --params-target: what was asked, and got
+        lines += ["", "| parameter target | value |", "|---|---:|",
+                  f"| parameters to remove (target) | {report['params_target'] * 100:.1f} % |",
+                  f"| parameters removed (reached) | {report['params_removed'] * 100:.1f} % |"]
     if report.get("latency_target") is not None:  # --latency-target: asked, and measured
         lines += ["", f"| latency target ({report.get('runtime')}, batch "
                       f"{report.get('latency_batch_size')}, {report.get('latency_threads')} "

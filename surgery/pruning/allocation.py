@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from surgery.cost.params import ParamsEstimator
 from surgery.cost.width import FlopsEstimator, WidthModel
 from surgery.engine.flops import flops_by_layer
 from surgery.engine.graph import ModelGraph
@@ -211,7 +212,9 @@ class _Search:
         for g, members in enumerate(cost.groups):
             if not set(members) & set(self.fixed):
                 size = cost.sizes[g]
-                per_layer[members[0]] = float((size - kept[g] + 0.5) / size)  # floor: exact
+                # a unit group shares its layer with the layer's other axes: its own label
+                key = cost.labels[g] if self.ranking.groups[g].axis is not None else members[0]
+                per_layer[key] = float((size - kept[g] + 0.5) / size)  # floor: exact
         return self.make(0.0, per_layer, local=True)
 
 
@@ -289,13 +292,42 @@ def allocate(ranking: Ranking, spec: PlanSpec, cost: WidthModel, budget: Budget,
 def flops_cost(graph: ModelGraph, ranking: Ranking) -> FlopsEstimator:
     """The exact FLOPs of ``graph``'s model as a function of ``ranking``'s group widths,
     checked against :func:`surgery.count_flops`."""
-    est = FlopsEstimator(graph, ranking.width_groups())
+    est = FlopsEstimator(graph, ranking.width_groups(), ranking.unit_groups())
     reference = sum(flops_by_layer(graph).values())
     if int(round(est.total)) != reference:  # pragma: no cover  (a misread graph)
         raise SurgeryError(f"flops_target: cannot predict the FLOPs of model "
                            f"'{graph.model.name}' ({int(est.total)} vs {reference}); plan "
                            "with ratio= instead")
     return est
+
+
+def params_cost(graph: ModelGraph, ranking: Ranking) -> ParamsEstimator:
+    """The exact parameter count of ``graph``'s model as a function of ``ranking``'s
+    group widths, checked against ``count_params()``."""
+    est = ParamsEstimator(graph, ranking.width_groups(), ranking.unit_groups())
+    reference = int(graph.model.count_params())
+    if int(round(est.total)) != reference:  # pragma: no cover  (a misread graph)
+        raise SurgeryError(f"params_target: cannot predict the parameters of model "
+                           f"'{graph.model.name}' ({int(est.total)} vs {reference}); plan "
+                           "with flops_target= or ratio= instead")
+    return est
+
+
+def plan_for_params(ranking: Ranking, spec: PlanSpec, budget: Budget,
+                    variant: Optional[Variant] = None) -> PrunePlan:
+    """:func:`allocate` over the exact parameter count (``settings["params_before"]``
+    and ``["params_after"]`` as integers); ``budget`` is named ``params_target``.
+
+    Example::
+
+        p = plan_for_params(Ranking(graph, spec), spec, Budget(0.5, "params_target",
+                                                                "params"))
+        p.settings["params_removed"]  # 0.49.. to 0.51..
+    """
+    best = allocate(ranking, spec, params_cost(ranking.graph, ranking), budget, variant)
+    best.settings["params_before"] = int(round(best.settings["params_before"]))
+    best.settings["params_after"] = int(round(best.settings["params_after"]))
+    return best
 
 
 def plan_for_flops(ranking: Ranking, spec: PlanSpec, budget: Budget,

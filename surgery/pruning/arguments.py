@@ -65,7 +65,7 @@ def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
                          per_layer: Optional[Mapping[str, float]] = None,
                          ignore: Sequence[str] = (), round_to=1, min_channels=1,
                          scope: str = "local", data=None, flops_target=None,
-                         latency_target=None, candidates=1) -> None:
+                         latency_target=None, candidates=1, params_target=None) -> None:
     """Raise :class:`SurgeryError` for the first mistake in ``surgery.plan``'s arguments.
 
     ``ratio`` is checked only when neither ``threshold`` nor a target decides the budget
@@ -75,7 +75,8 @@ def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
 
         check_plan_arguments(graph, ratio=0.5, round_to=0)  # SurgeryError: round_to ...
     """
-    _check_budget(ratio, threshold, flops_target, latency_target, candidates)
+    _check_budget(ratio, threshold, candidates, dict(
+        latency_target=latency_target, flops_target=flops_target, params_target=params_target))
     check_int("round_to", round_to, 1, "kept widths are multiples of it; use 1 for no "
               "rounding, or 8 for hardware-friendly widths")
     check_int("min_channels", min_channels, 0, "it is the fewest channels a group keeps; "
@@ -83,6 +84,7 @@ def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
     if scope not in ("local", "global"):
         raise SurgeryError(f"scope must be 'local' or 'global', got {scope!r}")
     _check_criterion(criterion, data)
+    _check_candidate_data(candidates, data)
     if not isinstance(policy, str) or policy not in POLICIES:
         raise SurgeryError(f"unknown policy {policy!r}; known policies: "
                            f"{', '.join(sorted(POLICIES))} (pass one as policy=, or "
@@ -90,17 +92,24 @@ def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
     _check_layers(graph, ignore, per_layer)
 
 
-def _check_budget(ratio, threshold, flops_target, latency_target, candidates) -> None:
-    """One budget: a ratio, a threshold, or a FLOPs or latency target."""
-    if latency_target is not None and flops_target is not None:
-        raise SurgeryError("latency_target and flops_target both set how much to prune; pass "
-                           "only one of them (latency_target=0.5 removes half the measured "
-                           "latency, flops_target=0.5 half the FLOPs)")
-    if flops_target is not None or latency_target is not None:
-        name = "flops_target" if flops_target is not None else "latency_target"
-        what = "FLOPs" if flops_target is not None else "measured latency"
-        check_fraction(name, flops_target if flops_target is not None else latency_target,
-                       low_open=True, hint=f"the fraction of {what} to remove, e.g. {name}=0.5")
+#: what each target removes a fraction of, for messages
+_TARGETS = dict(flops_target="FLOPs", latency_target="measured latency",
+                params_target="parameters")
+
+
+def _check_budget(ratio, threshold, candidates, targets: Mapping) -> None:
+    """One budget: a ratio, a threshold, or one target (``targets``: name -> value)."""
+    given = [name for name, value in targets.items() if value is not None]
+    if len(given) > 1:
+        both = "both" if len(given) == 2 else "all"
+        raise SurgeryError(f"{' and '.join(given)} {both} set how much to prune; pass only one "
+                           "of them (latency_target=0.5 removes half the measured latency, "
+                           "flops_target=0.5 half the FLOPs, params_target=0.5 half the "
+                           "parameters)")
+    if given:
+        name = given[0]
+        check_fraction(name, targets[name], low_open=True,
+                       hint=f"the fraction of {_TARGETS[name]} to remove, e.g. {name}=0.5")
         if threshold is not None:
             raise SurgeryError(f"{name} and threshold both set how much to prune; pass "
                                "only one of them")
@@ -114,9 +123,18 @@ def _check_budget(ratio, threshold, flops_target, latency_target, candidates) ->
                        "ratio=0.3 (or pass threshold= or flops_target=)")
     check_int("candidates", candidates, 1, "it is how many allocations of a budget are "
               "compared after adaptive BN; use 1 (the default) for the plain search")
-    if candidates > 1 and flops_target is None and latency_target is None:
+    if candidates > 1 and not given:
         raise SurgeryError(f"candidates={candidates} compares allocations of a budget: pass "
-                           "flops_target= or latency_target= with it, or candidates=1")
+                           "flops_target= or latency_target= (or params_target=) with it, or "
+                           "candidates=1")
+
+
+def _check_candidate_data(candidates, data) -> None:
+    if candidates > 1 and data is None:
+        raise SurgeryError(f"candidates={candidates} chooses between plans by their "
+                           "accuracy after adaptive BN, which needs data=: pass training "
+                           "examples (an (x, y) tuple of arrays or a tf.data.Dataset), or "
+                           "candidates=1")
 
 
 def _check_criterion(criterion, data) -> None:

@@ -204,6 +204,12 @@ class Ranking:
         return [(label, list(g.producers), g.size)
                 for label, g in zip(self.labels, self.groups) if g.axis is None]
 
+    def unit_groups(self) -> list[tuple]:
+        """``(label, layer, axis, size)`` of each unit group (heads, block widths), for a
+        cost model; they follow the channel groups, as in ``groups``."""
+        return [(label, g.producers[0], g.axis, g.size)
+                for label, g in zip(self.labels, self.groups) if g.axis is not None]
+
     def member_scores(self, index: int, policy: str) -> dict[str, np.ndarray]:
         """One score per unit of group ``index`` for each member (a producer split between
         groups contributes the channels it has in this group)."""
@@ -248,7 +254,8 @@ class Ranking:
                                proposer.combine(members), g.size, spec.round_to,
                                spec.min_channels, g.blocks)
             else:
-                ratio = max((spec.per_layer[p] for p in g.producers if p in spec.per_layer),
+                keys = [label] if label in spec.per_layer else g.producers
+                ratio = max((spec.per_layer[p] for p in keys if p in spec.per_layer),
                             default=spec.ratio)
                 keep = global_keep.get(index) or keep_count(
                     g.size, ratio, spec.round_to, spec.min_channels, g.blocks)
