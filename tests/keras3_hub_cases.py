@@ -20,7 +20,7 @@ from keras import layers, ops  # noqa: E402
 
 T, D, HEADS, HEAD, FF = 6, 16, 2, 8, 32
 CASES = ("llama_block", "hub_norms")
-BACKBONES = ("vit", "bert", "llama")
+BACKBONES = ("vit", "bert", "llama", "mistral")
 
 
 def _randomize(model, seed=0):
@@ -99,6 +99,13 @@ def backbone(case):
                                                hidden_dim=16, intermediate_dim=32)
         x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
              "padding_mask": np.ones((3, 10), "int32")}
+    elif case == "mistral":  # Llama's block layout, with a sliding window
+        model = keras_hub.models.MistralBackbone(vocabulary_size=50, num_layers=2,
+                                                 num_query_heads=4, num_key_value_heads=2,
+                                                 hidden_dim=16, intermediate_dim=32,
+                                                 sliding_window=8)
+        x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
+             "padding_mask": np.ones((3, 10), "int32")}
     else:
         model = keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=4,
                                               hidden_dim=16, intermediate_dim=32,
@@ -165,6 +172,9 @@ def prune(out):
             "summary": plan.summary(),
             "heads": plan.units,
         }
+        budget = surgery.plan(model, params_target=0.5)  # heads, block widths and channels
+        report[case]["params_target"] = [budget.settings["params_after"],
+                                         surgery.apply(model, budget).count_params()]
         shifted = surgery.PrunePlan.from_deletions(plan.deletions, plan.groups, units={
             layer: {axis: sorted((c + 1) % 4 for c in v) if axis.endswith("heads") else v
                     for axis, v in axes.items()} for layer, axes in plan.units.items()})

@@ -95,3 +95,13 @@ def test_planted_dead_heads_and_mlp_units_are_the_first_to_go():
     x = tm.inputs("vit", "float32")
     pruned = surgery.apply(model, plan)
     assert max_relative_difference(model(x), pruned(x)) <= 1e-5
+
+
+def test_a_cost_model_blind_to_units_cuts_none():
+    """``units=False`` (what a latency target plans with: its tables time channels only)
+    leaves every head alone, while the same ratio with units cuts heads."""
+    graph = resolve(tm.vit(keras))
+    blind = Ranking(graph, PlanSpec(ratio=0.5, units=False))
+    assert all(g.axis is None for g in blind.groups)
+    assert not blind.plan(blind.spec).units
+    assert Ranking(graph, PlanSpec(ratio=0.5)).plan(PlanSpec(ratio=0.5)).units

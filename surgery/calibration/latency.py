@@ -249,7 +249,8 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
         p.settings["latency_removed"]   # 0.47 .. 0.53
     """
     started = time.perf_counter()
-    spec = (spec or PlanSpec()).replace(heads=False, head_dims=False)
+    # the latency tables time channels only: a unit they do not see is not cut
+    spec = (spec or PlanSpec()).replace(units=False)
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
     bench = _Bench.open(graph, rt, batch_size, threads or default_threads(), cache_dir,
                         timed=check or whole is None)

@@ -72,7 +72,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes whole heads,
     ``head_dims=True`` the per-head query/key and value widths. With ``flops_target`` or
     ``params_target`` heads and block widths are costed and allocated with the channels
-    (head widths stay); with ``latency_target`` heads and head widths stay.
+    (head widths stay); with ``latency_target`` every unit axis stays (the latency tables
+    time channels only).
 
     ``candidates`` N > 1 (with a target, and ``data``): search N allocations of the budget
     and keep the one whose cut agrees best with the original on ``data`` after adaptive

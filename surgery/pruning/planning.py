@@ -36,7 +36,9 @@ class PlanSpec:
     across groups); with ``threshold``, instead every unit scoring below it;
     ``per_layer``: ratios for the groups containing the named layers; ``ignore``: layers
     whose groups are left alone; kept widths are multiples of ``round_to`` and never below
-    ``min_channels``; ``heads`` / ``head_dims`` turn attention heads and head widths on.
+    ``min_channels``; ``heads`` / ``head_dims`` turn attention heads and head widths on;
+    ``units=False`` leaves every unit axis alone (heads, head widths and block widths: a
+    cost model that does not see them).
     """
 
     ratio: Optional[float] = 0.3
@@ -52,6 +54,7 @@ class PlanSpec:
     heads: bool = True
     head_dims: bool = False
     exact: bool = True
+    units: bool = True
 
     def replace(self, **changes) -> "PlanSpec":
         return dataclasses.replace(self, **changes)
@@ -155,7 +158,8 @@ class Ranking:
         self.skipped_sizes: dict[str, int] = {}
         active: list[ChannelGroup] = []
         for g in groups:
-            if g.axis is not None and not unit_axis_wanted(g.axis, spec.heads, spec.head_dims):
+            if g.axis is not None and not (spec.units and unit_axis_wanted(
+                    g.axis, spec.heads, spec.head_dims)):
                 continue
             hit = set(spec.ignore) & set(g.producers + g.followers)
             if g.skipped or hit:

@@ -274,3 +274,15 @@ class LlamaDecoderRule(LayerRule):
         t = _positions(info)
         return 2 * t * (query.size + key.size + value.size + output.size
                         + 3 * intermediate.size + t * 2 * query.shape[1] * query.shape[2])
+
+
+@register_rule("MistralTransformerDecoder")
+class MistralDecoderRule(LlamaDecoderRule):
+    """keras-hub's ``MistralTransformerDecoder``: the weights, axes and costs of
+    :class:`LlamaDecoderRule` (grouped-query attention, gated FFN). Its stock config
+    already takes ``head_dim``, so a block that lost heads is rebuilt as itself."""
+
+    def cut_units(self, info, cuts):
+        config, weights = super().cut_units(info, cuts)
+        config.pop(CLASS_KEY, None)
+        return config, weights
