@@ -20,7 +20,7 @@ from keras import layers, ops  # noqa: E402
 
 T, D, HEADS, HEAD, FF = 6, 16, 2, 8, 32
 CASES = ("llama_block", "hub_norms")
-BACKBONES = ("vit", "bert", "llama", "mistral")
+BACKBONES = ("vit", "deit", "bert", "llama", "mistral", "qwen3", "gemma3", "gpt2")
 
 
 def _randomize(model, seed=0):
@@ -93,17 +93,35 @@ def backbone(case):
                                              num_layers=2, num_heads=4, hidden_dim=16,
                                              mlp_dim=32)
         x = rng.normal(size=(3, 16, 16, 3)).astype("float32")
+    elif case == "deit":  # ViT's blocks, a distillation token, a config that cannot clone
+        model = keras_hub.models.DeiTBackbone(image_shape=(16, 16, 3), patch_size=4,
+                                              num_layers=2, num_heads=4, hidden_dim=16,
+                                              intermediate_dim=32)
+        x = rng.normal(size=(3, 16, 16, 3)).astype("float32")
     elif case == "llama":  # grouped-query attention: 4 query heads, 2 key/value heads
         model = keras_hub.models.LlamaBackbone(vocabulary_size=50, num_layers=2,
                                                num_query_heads=4, num_key_value_heads=2,
                                                hidden_dim=16, intermediate_dim=32)
         x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
              "padding_mask": np.ones((3, 10), "int32")}
-    elif case == "mistral":  # Llama's block layout, with a sliding window
-        model = keras_hub.models.MistralBackbone(vocabulary_size=50, num_layers=2,
-                                                 num_query_heads=4, num_key_value_heads=2,
-                                                 hidden_dim=16, intermediate_dim=32,
-                                                 sliding_window=8)
+    elif case == "gemma3":  # head axis first in its kernels, query/key norms, text only
+        model = keras_hub.models.Gemma3Backbone(vocabulary_size=50, image_size=16,
+                                                num_layers=2, num_query_heads=4,
+                                                num_key_value_heads=2, hidden_dim=16,
+                                                intermediate_dim=32, head_dim=8)
+        x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
+             "padding_mask": np.ones((3, 10), "int32")}
+    elif case == "gpt2":  # keras-hub's TransformerDecoder blocks, causal
+        model = keras_hub.models.GPT2Backbone(vocabulary_size=50, num_layers=2, num_heads=4,
+                                              hidden_dim=16, intermediate_dim=32,
+                                              max_sequence_length=12)
+        x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
+             "padding_mask": np.ones((3, 10), "int32")}
+    elif case in ("mistral", "qwen3"):  # Llama's block: a sliding window; head norms
+        extra = dict(sliding_window=8) if case == "mistral" else dict(head_dim=8)
+        model = getattr(keras_hub.models, f"{case.capitalize()}Backbone")(
+            vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+            hidden_dim=16, intermediate_dim=32, **extra)
         x = {"token_ids": rng.integers(0, 50, (3, 10)).astype("int32"),
              "padding_mask": np.ones((3, 10), "int32")}
     else:
@@ -173,8 +191,13 @@ def prune(out):
             "heads": plan.units,
         }
         budget = surgery.plan(model, params_target=0.5)  # heads, block widths and channels
+        smaller = surgery.apply(model, budget)
         report[case]["params_target"] = [budget.settings["params_after"],
-                                         surgery.apply(model, budget).count_params()]
+                                         smaller.count_params()]
+        report[case]["params_target_verify"] = surgery.verify(model, smaller, budget, data)
+        smaller.save(os.path.join(out, f"{case}_params.keras"))
+        np.savez(os.path.join(out, f"{case}_params.npz"), y=_outputs(smaller, data),
+                 **(data if isinstance(data, dict) else {"x": data}))
         shifted = surgery.PrunePlan.from_deletions(plan.deletions, plan.groups, units={
             layer: {axis: sorted((c + 1) % 4 for c in v) if axis.endswith("heads") else v
                     for axis, v in axes.items()} for layer, axes in plan.units.items()})
@@ -214,7 +237,7 @@ def load(out):
         y = _outputs(model, saved["x"])
         report[case] = float(np.max(np.abs(y - saved["y"])) / np.max(np.abs(saved["y"])))
     keras.config.set_floatx("float32")
-    for case in BACKBONES:
+    for case in BACKBONES + tuple(f"{b}_params" for b in BACKBONES):
         model = keras.saving.load_model(os.path.join(out, f"{case}.keras"))
         saved = dict(np.load(os.path.join(out, f"{case}.npz")))
         expected = saved.pop("y")

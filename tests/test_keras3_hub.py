@@ -44,12 +44,21 @@ def test_hidden_width_is_exact_across_rms_norms(pruned, case):
 @pytest.mark.parametrize("case,axes", [
     ("vit", ("vit_encoder:transformer_block_1/heads", "vit_encoder:transformer_block_1/mlp_dim",
              "vit_encoder:transformer_block_2/heads", "vit_encoder:transformer_block_2/mlp_dim")),
+    ("deit", ("deit_encoder:transformer_block_1/heads", "deit_encoder:transformer_block_1/mlp_dim",
+              "deit_encoder:transformer_block_2/heads",
+              "deit_encoder:transformer_block_2/mlp_dim")),
     ("bert", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
               "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
     ("llama", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
                "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
     ("mistral", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
                  "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
+    ("gemma3", ("decoder_block_0:heads", "decoder_block_0:intermediate_dim",
+                "decoder_block_1:heads", "decoder_block_1:intermediate_dim")),
+    ("gpt2", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
+              "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
+    ("qwen3", ("transformer_layer_0:heads", "transformer_layer_0:intermediate_dim",
+               "transformer_layer_1:heads", "transformer_layer_1:intermediate_dim")),
 ])
 def test_keras_hub_backbones_lose_half_their_heads_and_mlp_width_exactly(pruned, case, axes):
     r = pruned[1][case]
@@ -58,16 +67,18 @@ def test_keras_hub_backbones_lose_half_their_heads_and_mlp_width_exactly(pruned,
     assert r["moved"] > 1e-2 and r["verify_wrong_heads"] > 1e-3
     assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
     assert "heads" in r["summary"] and " 4 " in r["summary"]
-    if case in ("llama", "mistral"):  # 2 key/value heads serve query heads 0-1 and 2-3
+    if case in ("llama", "mistral", "qwen3", "gemma3"):  # 2 key/value heads serve query heads 0-1 and 2-3
         for axes in r["heads"].values():
             assert sorted(h // 2 for h in axes["heads"]) == [0, 1]
     predicted, measured = r["params_target"]   # params_target=0.5: exact, within 2 points
     assert predicted == measured and abs(1 - measured / r["params"][0] - 0.5) <= 0.02, r
+    assert r["params_target_verify"] <= 1e-5
 
 
 def test_pruned_models_reload_in_a_fresh_process(pruned):
     report = _child("load", pruned[0])
-    for case in list(TOLERANCE) + ["vit", "bert", "llama", "mistral"]:
+    hub = ["vit", "deit", "bert", "llama", "mistral", "qwen3", "gemma3", "gpt2"]
+    for case in list(TOLERANCE) + hub + [f"{b}_params" for b in hub]:
         assert report[case] == pytest.approx(0.0, abs=1e-6), case
     # blocks whose widths the stock config cannot express load as surgery's equivalents
     assert "surgery.ViTEncoder" in report["vit_classes"]

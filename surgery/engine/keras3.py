@@ -91,16 +91,15 @@ def _equivalent(layer):
 
 
 def layer_config(layer) -> dict:
-    """A layer's config; when its own ``get_config`` raises (keras-hub 0.32's
-    ``LlamaTransformerDecoder``), the one its registered equivalent reads from it."""
-    try:
+    """A layer's config: the one its registered equivalent reads from it where the
+    equivalent can (keras-hub 0.32's ``LlamaTransformerDecoder``, whose own
+    ``get_config`` raises, and ``Qwen3TransformerDecoder``, whose own leaves out
+    ``head_dim``), else its own."""
+    equivalent = _equivalent(layer)
+    config = equivalent.config_of(layer) if hasattr(equivalent, "config_of") else None
+    if config is None:
         return layer.get_config()
-    except Exception:
-        equivalent = _equivalent(layer)
-        config = equivalent.config_of(layer) if hasattr(equivalent, "config_of") else None
-        if config is None:
-            raise
-        return dict(config, **{CLASS_KEY: f"surgery>{type(layer).__name__}"})
+    return dict(config, **{CLASS_KEY: f"surgery>{type(layer).__name__}"})
 
 
 def _config(op, node=None) -> dict:

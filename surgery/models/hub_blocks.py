@@ -24,9 +24,13 @@ import keras
 PACKAGE = "surgery"
 #: registered name -> attribute of this module that makes the class
 _CLASSES = {"TransformerEncoder": "transformer_encoder_class",
+            "TransformerDecoder": "transformer_decoder_class",
             "ViTEncoder": "vit_encoder_class",
             "ViTPatchingAndEmbedding": "vit_embedding_class",
-            "LlamaTransformerDecoder": "llama_decoder_class"}
+            "LlamaTransformerDecoder": "llama_decoder_class",
+            "Qwen3TransformerDecoder": "qwen3_decoder_class",
+            "DeiTEncoder": "deit_encoder_class",
+            "DeiTEmbeddings": "deit_embedding_class"}
 
 
 def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) -> None:
@@ -35,7 +39,7 @@ def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) 
     old = getattr(block, attribute)
     config = old.get_config()
     config.update(key_dim=int(key_dim), value_dim=int(value_dim or key_dim))
-    new = keras.layers.MultiHeadAttention.from_config(config)
+    new = type(old).from_config(config)  # MultiHeadAttention, or keras-hub's cached one
     new.build(query_shape=inputs_shape, value_shape=inputs_shape)
     block._tracker.replace_tracked_value("layers", old, new)
     object.__setattr__(block, attribute, new)
@@ -65,6 +69,35 @@ def transformer_encoder_class():
                         value_dim=self.value_dim)
 
     return TransformerEncoder
+
+
+@functools.lru_cache(maxsize=None)
+def transformer_decoder_class():
+    """``keras_hub.layers.TransformerDecoder`` (GPT-2's block) with ``key_dim`` /
+    ``value_dim`` in its config."""
+    from keras_hub.layers import TransformerDecoder as Stock  # lazy: keras-hub takes 10 s
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="TransformerDecoder")
+    class TransformerDecoder(Stock):
+        def __init__(self, *args, key_dim: Optional[int] = None,
+                     value_dim: Optional[int] = None, decoder_sequence_shape=None,
+                     encoder_sequence_shape=None, **kwargs):
+            super().__init__(*args, **kwargs)  # the stock one builds when given shapes
+            self.key_dim, self.value_dim = key_dim, value_dim
+            if decoder_sequence_shape:  # ... so build here, with the head widths known
+                self.build(decoder_sequence_shape, encoder_sequence_shape)
+
+        def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
+            super().build(decoder_sequence_shape, encoder_sequence_shape)
+            if self.key_dim is not None:
+                _replace_attention(self, "_self_attention_layer", decoder_sequence_shape,
+                                   self.key_dim, self.value_dim)
+
+        def get_config(self):
+            return dict(super().get_config(), key_dim=self.key_dim,
+                        value_dim=self.value_dim)
+
+    return TransformerDecoder
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,6 +226,111 @@ def llama_decoder_class():
     return LlamaTransformerDecoder
 
 
+@functools.lru_cache(maxsize=None)
+def qwen3_decoder_class():
+    """keras-hub's ``Qwen3TransformerDecoder`` with a ``get_config`` that rebuilds it: the
+    stock one leaves out ``head_dim`` (and ``sliding_window_size``), which the constructor
+    needs, so a Qwen3 block cannot be cloned or saved in a functional model."""
+    # lazy: keras-hub takes about 10 s to import
+    from keras_hub.src.models.qwen3.qwen3_decoder import Qwen3TransformerDecoder as Stock
+
+    @keras.saving.register_keras_serializable(package=PACKAGE,
+                                              name="Qwen3TransformerDecoder")
+    class Qwen3TransformerDecoder(Stock):
+        @staticmethod
+        def config_of(layer) -> dict:
+            """The config of a stock or surgery Qwen3 block, read from its attributes."""
+            return dict(
+                name=layer.name, trainable=layer.trainable,
+                dtype=keras.dtype_policies.serialize(layer.dtype_policy),
+                intermediate_dim=layer.intermediate_dim,
+                num_query_heads=layer.num_query_heads,
+                num_key_value_heads=layer.num_key_value_heads, head_dim=layer.head_dim,
+                rope_max_wavelength=layer.rope_max_wavelength,
+                rope_scaling_factor=layer.rope_scaling_factor,
+                activation=keras.activations.serialize(layer.activation),
+                layer_norm_epsilon=layer.layer_norm_epsilon,
+                kernel_initializer=keras.initializers.serialize(layer.kernel_initializer),
+                dropout=layer.dropout, sliding_window_size=layer.sliding_window_size)
+
+        def get_config(self):
+            return self.config_of(self)
+
+    return Qwen3TransformerDecoder
+
+
+@functools.lru_cache(maxsize=None)
+def deit_embedding_class():
+    """keras-hub's ``DeiTEmbeddings``, whose stock ``get_config`` writes two derived keys
+    (``num_patches``, ``num_positions``) its ``__init__`` rejects, as ViT's does."""
+    from keras_hub.src.models.deit.deit_layers import DeiTEmbeddings as Stock  # lazy: slow
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="DeiTEmbeddings")
+    class DeiTEmbeddings(Stock):
+        def __init__(self, *args, num_patches=None, num_positions=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    return DeiTEmbeddings
+
+
+@functools.lru_cache(maxsize=None)
+def deit_encoder_class():
+    """keras-hub's ``DeiTEncoder`` with a ``get_config`` that works (the stock one reads a
+    ``key_dim`` the encoder never sets, so a DeiT cannot be cloned) and, as
+    :func:`vit_encoder_class`, each block's ``num_heads``, ``key_dim`` and ``mlp_dim`` in
+    its config (``blocks``)."""
+    from keras_hub.src.models.deit import deit_layers  # lazy: keras-hub takes 10 s
+
+    class DeiTEncoderBlock(deit_layers.DeiTEncoderBlock):
+        def __init__(self, *args, key_dim: Optional[int] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if key_dim is not None:
+                self.key_dim = int(key_dim)  # read by the stock build
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="DeiTEncoder")
+    class DeiTEncoder(deit_layers.DeiTEncoder):
+        def __init__(self, *args, blocks: Optional[list] = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.blocks = [dict(b) for b in blocks] if blocks else None
+            if self.blocks:
+                self.num_layers = len(self.blocks)
+
+        @staticmethod
+        def config_of(layer) -> dict:
+            """The config of a stock or surgery DeiT encoder, read from its attributes."""
+            return dict(
+                name=layer.name, trainable=layer.trainable,
+                dtype=keras.dtype_policies.serialize(layer.dtype_policy),
+                num_layers=layer.num_layers, num_heads=layer.num_heads,
+                hidden_dim=layer.hidden_dim, intermediate_dim=layer.intermediate_dim,
+                use_mha_bias=layer.use_mha_bias, dropout_rate=layer.dropout_rate,
+                attention_dropout=layer.attention_dropout,
+                layer_norm_epsilon=layer.layer_norm_epsilon,
+                blocks=getattr(layer, "blocks", None))
+
+        def get_config(self):
+            return self.config_of(self)
+
+        def build(self, input_shape):
+            super().build(input_shape)
+            if not self.blocks:
+                return
+            for i, dims in enumerate(self.blocks):  # each block at its own widths
+                old = self.encoder_layers[i]
+                new = DeiTEncoderBlock(
+                    num_heads=dims["num_heads"], key_dim=dims["key_dim"],
+                    hidden_dim=self.hidden_dim, intermediate_dim=dims["mlp_dim"],
+                    use_mha_bias=self.use_mha_bias, dropout_rate=self.dropout_rate,
+                    attention_dropout=self.attention_dropout,
+                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+                    name=old.name)
+                new.build((None, None, self.hidden_dim))
+                self._tracker.replace_tracked_value("layers", old, new)
+                list.__setitem__(self.encoder_layers, i, new)
+
+    return DeiTEncoder
+
+
 class _Lazy:
     """Stands in the registry for a class until a file needs it."""
 
@@ -203,6 +341,8 @@ class _Lazy:
         return globals()[self.factory]().from_config(config)
 
     def config_of(self, layer) -> Optional[dict]:
+        if not type(layer).__module__.startswith(("keras_hub", __name__)):
+            return None  # another library's class of the same name: not keras-hub's fix
         cls = globals()[self.factory]()
         return cls.config_of(layer) if hasattr(cls, "config_of") else None
 

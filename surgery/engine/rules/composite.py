@@ -17,6 +17,7 @@ its config), named in the new config under :data:`~surgery.engine.rules.base.CLA
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -119,6 +120,20 @@ class TransformerEncoderRule(LayerRule):
             2 * 2 * _positions(info) * hidden * int(info.config["intermediate_dim"])
 
 
+@register_rule("TransformerDecoder")
+class TransformerDecoderRule(TransformerEncoderRule):
+    """``keras_hub.layers.TransformerDecoder`` without cross-attention (GPT-2's block).
+    Weights: self-attention (8), its LayerNormalization (2), the intermediate Dense (2),
+    the output Dense (2) and the feed-forward LayerNormalization (2). A decoder with
+    cross-attention (more weights) offers no units."""
+
+    intermediate, output = 10, 12
+    registered = "surgery>TransformerDecoder"
+
+    def unit_axes(self, info) -> dict:
+        return super().unit_axes(info) if len(info.weights) == 16 else {}
+
+
 @register_rule("ViTEncoder")
 class ViTEncoderRule(LayerRule):
     """keras-hub's ``ViTEncoder``: all the blocks of a ViT in one layer. Block ``i``
@@ -130,6 +145,7 @@ class ViTEncoderRule(LayerRule):
 
     flow = BLOCKING
     registered = "surgery>ViTEncoder"
+    mlp = "mlp_dim"  # the stock config's key of the MLP width
 
     def blocked(self, info) -> str:
         return (f"the hidden width of {info.describe()} passes its LayerNormalizations and "
@@ -141,7 +157,7 @@ class ViTEncoderRule(LayerRule):
         hidden = int(config["hidden_dim"])
         dims = config.get("blocks") or [
             dict(num_heads=int(config["num_heads"]),
-                 key_dim=hidden // int(config["num_heads"]), mlp_dim=int(config["mlp_dim"]))
+                 key_dim=hidden // int(config["num_heads"]), mlp_dim=int(config[self.mlp]))
         ] * int(config["num_layers"])
         mha = 8 if config.get("use_mha_bias", True) else 4
         dense = 2 if config.get("use_mlp_bias", True) else 1
@@ -217,72 +233,134 @@ class ViTEncoderRule(LayerRule):
         return total
 
 
+@register_rule("DeiTEncoder")
+class DeiTEncoderRule(ViTEncoderRule):
+    """keras-hub's ``DeiTEncoder``: the blocks of :class:`ViTEncoderRule` (``ln_1``,
+    ``mha``, ``ln_2``, the MLP's ``mlp`` and ``output_layer`` Dense layers, with biases),
+    its MLP width named ``intermediate_dim`` in the stock config (the unit axes are still
+    ``"<block>/mlp_dim"``). The stock ``get_config`` raises (it reads a ``key_dim`` the
+    encoder never sets), so every DeiT encoder is read and rebuilt as
+    ``surgery>DeiTEncoder``."""
+
+    registered = "surgery>DeiTEncoder"
+    mlp = "intermediate_dim"
+
+
 @register_rule("LlamaTransformerDecoder")
 class LlamaDecoderRule(LayerRule):
     """keras-hub's ``LlamaTransformerDecoder`` (grouped-query attention, gated FFN).
     Weights: query ``(hidden, heads, head_dim)``, key and value ``(hidden, kv_heads,
     head_dim)``, output ``(heads, head_dim, hidden)``, the attention RMS norm, the
     intermediate and gate kernels ``(hidden, intermediate_dim)``, the output kernel and
-    the feed-forward RMS norm; no biases. Query head ``u`` reads key/value head
-    ``u // (heads // kv_heads)``, so the ``heads`` axis has ``kv_heads`` blocks: every
-    key/value group keeps the same number of query heads. A head is zeroed through its
-    output-projection rows; an ``intermediate_dim`` channel through its intermediate and
-    gate columns (``silu(0) * 0 = 0``). The block keeps its head size when it loses heads,
-    as ``surgery>LlamaTransformerDecoder`` (``head_dim`` in its config)."""
+    the feed-forward RMS norm; no biases (their indices: the class attributes). Query head
+    ``u`` reads key/value head ``u // (heads // kv_heads)``, so the ``heads`` axis has
+    ``kv_heads`` blocks: every key/value group keeps the same number of query heads. A
+    head is zeroed through its output-projection rows; an ``intermediate_dim`` channel
+    through its intermediate and gate columns (``silu(0) * 0 = 0``). The block keeps its
+    head size when it loses heads, as ``surgery>LlamaTransformerDecoder`` (``head_dim``
+    in its config)."""
 
     flow = BLOCKING
-    registered = "surgery>LlamaTransformerDecoder"
+    registered: Optional[str] = "surgery>LlamaTransformerDecoder"
+    head_axis = 1  # of the query, key and value kernels; the output kernel's is 0
+    weight_order = ("query", "key", "value", "output", "norm", "intermediate", "gate",
+                    "down", "norm")
 
     def blocked(self, info) -> str:
         return (f"the hidden width of {info.describe()} passes its RMS norms and residual "
                 "adds inside (its query heads and intermediate_dim are pruned)")
 
+    def _at(self, info) -> dict:
+        """The index of each weight this rule reads, by role."""
+        names = self._order(info)
+        return {role: names.index(role) for role in
+                ("query", "key", "value", "output", "intermediate", "gate", "down")}
+
+    def _order(self, info) -> tuple:
+        return self.weight_order
+
     def unit_axes(self, info) -> dict:
-        query, _, _, _, _, intermediate = info.weights[:6]
-        return {"heads": int(query.shape[1]), "intermediate_dim": int(intermediate.shape[1])}
+        w, at = info.weights, self._at(info)
+        return {"heads": int(w[at["query"]].shape[self.head_axis]),
+                "intermediate_dim": int(w[at["intermediate"]].shape[1])}
 
     def unit_blocks(self, info, axis) -> int:
-        return int(info.weights[1].shape[1]) if axis == "heads" else 1
+        return int(info.weights[self._at(info)["key"]].shape[self.head_axis]) \
+            if axis == "heads" else 1
 
     def unit_slices(self, info, axis):
+        at = self._at(info)
         if axis == "heads":
-            return [(3, 0)]
+            return [(at["output"], 0)]
         if axis == "intermediate_dim":
-            return [(5, -1), (6, -1)]
+            return [(at["intermediate"], -1), (at["gate"], -1)]
         return super().unit_slices(info, axis)
 
     def cut_units(self, info, cuts):
-        weights = list(info.weights)
+        weights, at = list(info.weights), self._at(info)
         config = dict(info.config)
         heads = list(cuts.get("heads", ()))
         if heads:
-            config["head_dim"] = int(weights[0].shape[2])
-            weights[0] = np.delete(weights[0], heads, axis=1)
-            weights[3] = np.delete(weights[3], heads, axis=0)
-            config["num_query_heads"] = int(weights[0].shape[1])
-            config[CLASS_KEY] = self.registered
+            q = at["query"]
+            config["head_dim"] = int(weights[q].shape[-1])
+            weights[q] = np.delete(weights[q], heads, axis=self.head_axis)
+            weights[at["output"]] = np.delete(weights[at["output"]], heads, axis=0)
+            config["num_query_heads"] = int(weights[q].shape[self.head_axis])
+            if self.registered:
+                config[CLASS_KEY] = self.registered
         gone = list(cuts.get("intermediate_dim", ()))
         if gone:
-            for k in (5, 6):
+            for k in (at["intermediate"], at["gate"]):
                 weights[k] = np.delete(weights[k], gone, axis=-1)
-            weights[7] = np.delete(weights[7], gone, axis=0)
-            config["intermediate_dim"] = int(weights[5].shape[1])
+            weights[at["down"]] = np.delete(weights[at["down"]], gone, axis=0)
+            config["intermediate_dim"] = int(weights[at["intermediate"]].shape[1])
         return config, weights
 
     def flops(self, info) -> int:
-        query, key, value, output, _, intermediate = info.weights[:6]
+        w, at = info.weights, self._at(info)
+        query = w[at["query"]]
         t = _positions(info)
-        return 2 * t * (query.size + key.size + value.size + output.size
-                        + 3 * intermediate.size + t * 2 * query.shape[1] * query.shape[2])
+        return 2 * t * (query.size + w[at["key"]].size + w[at["value"]].size
+                        + w[at["output"]].size + 3 * w[at["intermediate"]].size
+                        + t * 2 * query.shape[self.head_axis] * query.shape[-1])
 
 
 @register_rule("MistralTransformerDecoder")
 class MistralDecoderRule(LlamaDecoderRule):
     """keras-hub's ``MistralTransformerDecoder``: the weights, axes and costs of
-    :class:`LlamaDecoderRule` (grouped-query attention, gated FFN). Its stock config
-    already takes ``head_dim``, so a block that lost heads is rebuilt as itself."""
+    :class:`LlamaDecoderRule`. Its stock config already takes ``head_dim``, so a block
+    that lost heads is rebuilt as itself."""
 
-    def cut_units(self, info, cuts):
-        config, weights = super().cut_units(info, cuts)
-        config.pop(CLASS_KEY, None)
-        return config, weights
+    registered = None
+
+
+@register_rule("Qwen3TransformerDecoder")
+class Qwen3DecoderRule(LlamaDecoderRule):
+    """keras-hub's ``Qwen3TransformerDecoder``: Llama's block with an RMS norm over each
+    query and key head's width (one scale shared by every head, after the query and key
+    kernels), so its weights sit at other indices; a head goes as in Llama. Its stock
+    ``get_config`` leaves out ``head_dim``, which its constructor needs: the block is read
+    and rebuilt as ``surgery>Qwen3TransformerDecoder``."""
+
+    registered = None  # layer_config names the equivalent for every Qwen3 block
+    weight_order = ("query", "query_norm", "key", "key_norm", "value", "output", "norm",
+                    "intermediate", "gate", "down", "norm")
+
+
+@register_rule("Gemma3DecoderBlock")
+class Gemma3DecoderRule(LlamaDecoderRule):
+    """keras-hub's ``Gemma3DecoderBlock``: Llama's units with the head axis first in the
+    query, key and value kernels ``(heads, hidden, head_dim)``, optional norms (query/key,
+    after attention, after the feed-forward) that move the other weights, and
+    ``head_dim`` in its stock config, so a block that lost heads is rebuilt as itself."""
+
+    registered = None
+    head_axis = 0
+
+    def _order(self, info) -> tuple:
+        c = info.config
+        return (("norm", "query", "key", "value")
+                + (("query_norm", "key_norm") if c.get("use_query_key_norm", True) else ())
+                + ("output",) + (("norm",) if c.get("use_post_attention_norm") else ())
+                + ("norm", "gate", "intermediate", "down")
+                + (("norm",) if c.get("use_post_ffw_norm") else ()))
