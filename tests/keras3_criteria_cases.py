@@ -17,7 +17,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LAYERS = ("c1", "c2", "c3", "dw")
-CRITERIA = ("l1", "l2", "bn_gamma", "fpgm", "apoz", "taylor", "thinet")
+CRITERIA = ("l1", "l2", "bn_gamma", "fpgm", "apoz", "activation", "taylor", "thinet")
 DEAD = {"c2": 5, "c3": 2}  # filters whose activation is exactly zero on every input
 SMALL_GAMMA = ("c1", 3)  # bn1's gamma is tiny on this channel
 

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 
+import surgery
 from surgery._backend import keras, tf
 from surgery.pruning import criteria as C
 from surgery.pruning.criteria._thinet import _contribution_gram, _n_positions, _patches
@@ -44,7 +45,7 @@ def kill_filter(layer: keras.layers.Layer, channel: int) -> None:
 # --------------------------------------------------------------------------------------
 # planted dead channels
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("criterion", ["l1", "l2", "apoz", "taylor", "thinet"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "apoz", "activation", "taylor", "thinet"])
 @pytest.mark.parametrize("layer", ["c1", "c2"])
 def test_dead_filter_ranks_last(criterion, layer):
     model = tiny_model()
@@ -63,6 +64,20 @@ def test_dead_unit_in_dense_ranks_last(criterion):
     kernel[:, 2] = 0.0
     model.get_layer("fc").set_weights([kernel, bias])
     assert np.argmin(C.channel_scores(model, ["fc"], criterion)["fc"]) == 2
+
+
+def test_activation_is_minitrons_aggregate_and_needs_no_labels():
+    """``activation``: per channel, the L2 norm over examples of the mean |output| over
+    positions (NumPy reference); inputs alone, (x, y) and a list of batches agree."""
+    model = tiny_model()
+    x, y = tiny_data(64)
+    reference = np.abs(np.asarray(keras.Model(model.input, model.get_layer("c1").output)(x)))
+    reference = np.sqrt(np.square(reference.reshape(64, -1, 8).mean(axis=1)).sum(axis=0))
+    for data in (x, (x, y), [(x[:40], y[:40]), (x[40:],)]):
+        got = C.channel_scores(model, ["c1"], "activation", data=data)["c1"]
+        np.testing.assert_allclose(got, reference, rtol=1e-5)
+    plan = surgery.plan(model, flops_target=0.3, criterion="activation", data=x)
+    assert plan.settings["criterion"] == "activation" and plan.deletions
 
 
 def test_fpgm_zero_filter_is_nearest_the_geometric_median():
@@ -300,7 +315,7 @@ def test_thinet_falls_back_to_l1_without_consumer(caplog):
 # --------------------------------------------------------------------------------------
 # data handling: one pass, max_samples, Dataset == arrays
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("criterion", ["apoz", "taylor", "thinet"])
+@pytest.mark.parametrize("criterion", ["apoz", "activation", "taylor", "thinet"])
 def test_data_driven_criteria_take_one_pass_and_respect_max_samples(criterion):
     model = tiny_model()
     x, y = tiny_data(64)

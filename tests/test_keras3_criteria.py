@@ -50,7 +50,7 @@ def keras2():
     scores of the data-driven criteria."""
     model, xy = cases.build(surgery.keras), cases.data()
     scores = {c: channel_scores(model, list(cases.LAYERS), c, data=xy, n_locations=64)
-              for c in ("apoz", "taylor", "thinet")}
+              for c in ("apoz", "activation", "taylor", "thinet")}
     return {"references": cases.references(model), "scores": scores}
 
 
@@ -75,10 +75,12 @@ def test_data_criteria_equal_tf_keras(report, keras2):
                                    atol=1e-4 * ref["taylor"][name].max(), err_msg=name)
     for name, got in _scores(report, "thinet").items():
         np.testing.assert_array_equal(got, ref["thinet"][name], err_msg=name)
+    for name, got in _scores(report, "activation").items():
+        np.testing.assert_allclose(got, ref["activation"][name], rtol=1e-4, err_msg=name)
 
 
 def test_dead_filters_and_small_gamma_score_lowest(report):
-    for criterion in ("apoz", "taylor", "l1", "thinet"):
+    for criterion in ("apoz", "activation", "taylor", "l1", "thinet"):
         scores = _scores(report, criterion)
         for name, dead in cases.DEAD.items():
             assert int(np.argmin(scores[name])) == dead, (criterion, name, scores[name])

@@ -7,7 +7,7 @@ one float per output channel of each requested *producer* layer (Conv1D/2D/3D,
 Conv2DTranspose, SeparableConv2D, Dense, and DepthwiseConv2D whose output channels are
 ``in_channels * depth_multiplier``), HIGHER = MORE IMPORTANT. Weight-only criteria
 (``l1``, ``l2``, ``bn_gamma``, ``fpgm``) read kernels; data-driven ones (``apoz``,
-``taylor``, ``thinet``) run the model once over at most ``max_samples`` examples of
+``activation``, ``taylor``, ``thinet``) run the model once over at most ``max_samples`` examples of
 ``data`` (an ``(x, y)`` tuple of arrays or a ``tf.data.Dataset`` of ``(x, y)`` batches),
 collecting every requested layer in that single pass. It also owns
 :func:`select_channels`, which turns a score vector into the indices to delete. It never
@@ -40,7 +40,7 @@ from surgery.pruning.criteria._registry import (  # noqa: F401
 # Importing the criterion modules registers the built-in criteria. ThiNet lives in
 # ``_thinet`` so that ``surgery.pruning.criteria.thinet`` is unambiguously the criterion function.
 from surgery.pruning.criteria.weights import bn_gamma, fpgm, l1, l2
-from surgery.pruning.criteria.activations import apoz, taylor
+from surgery.pruning.criteria.activations import activation, apoz, taylor
 from surgery.pruning.criteria._thinet import thinet, thinet_greedy
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "l2",
     "bn_gamma",
     "apoz",
+    "activation",
     "taylor",
     "fpgm",
     "thinet",

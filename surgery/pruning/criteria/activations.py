@@ -1,7 +1,7 @@
-"""Activation-based criteria: ``apoz`` (zeros after the ReLU) and ``taylor`` (first-order
-Taylor, activation times loss gradient).
+"""Activation-based criteria: ``apoz`` (zeros after the ReLU), ``activation`` (Minitron's
+mean magnitude) and ``taylor`` (first-order Taylor, activation times loss gradient).
 
-Both run the model once, in inference mode, over at most ``max_samples`` examples of
+All run the model once, in inference mode, over at most ``max_samples`` examples of
 ``data=`` and score every requested layer in that one pass through a probe model built
 on the layers' output tensors. This module also owns what ``taylor`` needs about the
 model's output: whether it is already a probability and the per-example cross-entropy.
@@ -75,6 +75,44 @@ def apoz(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = 
     if any(z is None for z in zeros):
         raise ValueError("apoz: data= yielded no examples")
     return {layer.name: 1.0 - z / total for layer, z, total in zip(layers, zeros, totals)}
+
+
+@register_criterion("activation", needs_data=True)
+def activation(model: keras.Model, layer_names: Sequence[str], data: Optional[Data] = None, *,
+               max_samples: int = DEFAULT_MAX_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE,
+               **options: Any) -> dict[str, np.ndarray]:
+    """Minitron's activation importance (Muralidharan et al. 2024): each output channel's
+    mean magnitude over an example's positions, then the L2 norm of that over the
+    examples: ``s_c = sqrt(sum_n (mean_p |a_{n,p,c}|)^2)``, with ``a`` the layer's output.
+    It needs no labels: ``data=`` may be the inputs alone. One pass over at most
+    ``max_samples`` examples of ``data`` for all layers.
+
+    >>> import numpy as np
+    >>> from surgery._backend import keras
+    >>> from surgery.pruning.criteria import activation
+    >>> x = keras.Input((8, 8, 3)); c = keras.layers.Conv2D(4, 3, name="c")
+    >>> model = keras.Model(x, c(x))
+    >>> k, b = c.get_weights(); k[..., 2], b[2] = 0, 0; c.set_weights([k, b])
+    >>> xs = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    >>> s = activation(model, ["c"], xs)["c"]
+    >>> int(np.argmin(s)), float(s[2])
+    (2, 0.0)
+    """
+    graph = resolve(model, "activation")
+    _require_data("activation", data)
+    layers = _resolve_layers(graph, layer_names)
+    axes = [_channel_axis(graph, layer) for layer in layers]
+    probe = graph.submodel([_call(graph, layer).outputs[0] for layer in layers])
+    sums: list[Optional[np.ndarray]] = [None] * len(layers)
+    for x, _ in _iter_batches(data, max_samples, batch_size):
+        for i, (t, axis) in enumerate(zip(forward(graph, probe, x), axes)):
+            t = np.moveaxis(np.abs(np.asarray(t, np.float64)), axis, -1)
+            per_example = t.reshape(t.shape[0], -1, t.shape[-1]).mean(axis=1)
+            squares = np.square(per_example).sum(axis=0)
+            sums[i] = squares if sums[i] is None else sums[i] + squares
+    if any(s is None for s in sums):
+        raise ValueError("activation: data= yielded no examples")
+    return {layer.name: np.sqrt(s) for layer, s in zip(layers, sums)}
 
 
 def _output_is_probability(graph: ModelGraph) -> bool:
