@@ -19,9 +19,13 @@ tests/test_keras3_hub.py): its ONNX export fails twice over with Keras 3.15 / tf
 and the position ids it builds as a constant become a second graph input. The MLP here
 uses GELU's tanh form, which exports.
 
+``--params-target 0.5`` plans with ``surgery.plan(model, params_target=0.5)`` instead:
+heads and MLP widths ranked together by importance (issue 30).
+
 Run (Keras 3 on TensorFlow)::
 
     KERAS_BACKEND=tensorflow python bench/vit_b16.py
+    KERAS_BACKEND=tensorflow python bench/vit_b16.py --params-target 0.5
     KERAS_BACKEND=tensorflow python bench/vit_b16.py --small --runs 3   # a quick check
 """
 from __future__ import annotations
@@ -103,11 +107,17 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--params-target", type=float, default=None,
+                        help="plan with params_target= (heads, MLP widths and channels "
+                             "ranked together) instead of ratio=0.5")
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(0)
     model = vit(args.small)
-    plan = surgery.plan(model, ratio=0.5)
+    t0 = time.perf_counter()
+    plan = surgery.plan(model, params_target=args.params_target) \
+        if args.params_target is not None else surgery.plan(model, ratio=0.5)
+    print(f"planned in {time.perf_counter() - t0:.1f} s")
     pruned = surgery.apply(model, plan)
     size = model.input_shape[1]
     x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
@@ -125,8 +135,11 @@ def main(argv=None) -> None:
     rows.append(("Torch-Pruning 50 %", f"{TORCH_PRUNING['params_after'] / 1e6:.2f} M",
                  "", f"{TORCH_PRUNING['macs_after'] / 1e9:.2f} G"))
     print(f"verify (max relative difference to the zeroed original): {error:.2e}")
-    print("block 0:", {label: f"{plan.sizes[label]} -> {plan.sizes[label] - n}"
-                        for label, n in plan.removed.items() if label.startswith("block0")})
+    blocks = sorted({label.split("_")[0] for label in plan.sizes if label.startswith("block")},
+                    key=lambda b: int(b[5:]))
+    for block in dict.fromkeys([blocks[0], blocks[len(blocks) // 2], blocks[-1]]):
+        print(f"{block}:", {label: f"{plan.sizes[label]} -> {plan.sizes[label] - n}"
+                            for label, n in plan.removed.items() if label.startswith(block)})
     width = max(len(r[0]) for r in rows)
     for r in rows:
         print(f"| {r[0]:<{width}} | {r[1]:>9} | {r[2]:>8} | {r[3]:>8} |")

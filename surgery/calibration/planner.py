@@ -120,14 +120,14 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
 def _plan_for_target(graph: ModelGraph, spec: PlanSpec, flops_target: Optional[float],
                      params_target: Optional[float], candidates: int, **budget) -> PrunePlan:
     """The plan of a FLOPs or parameter target, or else of ``spec``'s ratio or threshold.
-    A parameter target fills greedily: every unit, from none cut, by importance per
-    parameter it frees."""
+    A parameter target fills greedily: every unit, from none cut, the least important
+    (normalised within its group) first, whatever its size."""
     if flops_target is not None:
         return _plan_for_budget(graph, spec, Budget(flops_target, **budget), candidates,
                                 plan_for_flops)
     if params_target is not None:
         return _plan_for_budget(graph, spec, Budget(params_target, "params_target", "params",
-                                                    greedy=True, **budget),
+                                                    greedy=True, by_importance=True, **budget),
                                 candidates, plan_for_params)
     return Ranking(graph, spec).plan(spec)
 

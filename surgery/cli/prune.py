@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--flops-target), e.g. 0.5 for twice as fast")
     g.add_argument("--params-target", type=float, default=None,
                    help="fraction of parameters to remove (instead of --flops-target): "
-                        "channels, attention heads and block widths, by importance per "
-                        "parameter")
+                        "channels, attention heads and block widths ranked together by "
+                        "importance")
     g.add_argument("--runtime", default="onnxruntime",
                    choices=("onnxruntime", "tflite", "tensorflow"),
                    help="runtime --latency-target is measured in")

@@ -50,6 +50,9 @@ class Budget:
     ``max_ratio`` in ``iterations`` halvings; with ``at_least``, the plan nearest the
     target among those removing at least it (and at most ``tolerance`` more); with
     ``greedy``, no bracketing: the fill runs from the unpruned plan over all groups;
+    with ``by_importance``, the fill ranks steps by the normalised importance they give up
+    alone, not per unit of cost (units of very different sizes, a head and an MLP unit,
+    would otherwise be priced by their size);
     ``quiet`` logs a missed target at debug level (a caller that corrects it warns)."""
 
     target: float
@@ -60,6 +63,7 @@ class Budget:
     iterations: int = 14
     at_least: bool = False
     greedy: bool = False
+    by_importance: bool = False
     quiet: bool = False
 
 
@@ -264,10 +268,13 @@ class _Fill:
         return history
 
     def _price(self, g: int, saved: float) -> float:
-        """The importance group ``g``'s next step gives up per unit of cost it saves."""
+        """The importance group ``g``'s next step gives up per unit of cost it saves (with
+        ``by_importance``: the mean importance of the units it removes)."""
         size = int(self.cost.sizes[g])
-        gone = self.ranked[g][size - int(self.kept[g]):size - int(self.steps[g][0])].sum()
-        return gone / max(saved, 1e-9)
+        gone = self.ranked[g][size - int(self.kept[g]):size - int(self.steps[g][0])]
+        if self.search.budget.by_importance:
+            return float(gone.mean())
+        return gone.sum() / max(saved, 1e-9)
 
 
 def allocate(ranking: Ranking, spec: PlanSpec, cost: WidthModel, budget: Budget,
