@@ -70,10 +70,11 @@ def own_classes(layer) -> dict:
 def carried(layer, new_layer: Callable):
     """A copy of a layer that no cut touches, for a rebuilt model: ``new_layer(layer)``, a
     fresh layer from its config (its weights are set later). A layer its config cannot
-    rebuild (a custom layer without a complete ``get_config``) is refused with a
-    :class:`~surgery.errors.SurgeryError` naming it: carried over as it is, it would be
-    shared, weights included, with the input model, and training the copy would change
-    the original."""
+    rebuild (a custom layer without a complete ``get_config``) is carried over as it is
+    when it holds no weights, and otherwise refused with a
+    :class:`~surgery.errors.SurgeryError` naming it: carried over, it would be shared,
+    weights included, with the input model, and training the copy would change the
+    original."""
     try:
         new = new_layer(layer)
         if new.name == layer.name:
@@ -81,6 +82,8 @@ def carried(layer, new_layer: Callable):
         err = f"its config does not keep its name '{layer.name}'"  # an incomplete config
     except Exception as error:  # noqa: BLE001 — any failure to rebuild: say which layer
         err = error
+    if not getattr(layer, "weights", ()):  # nothing to share (a Keras 3 Lambda of a lambda)
+        return layer
     cls = type(layer).__name__
     raise SurgeryError(
         f"layer '{layer.name}' ({cls}) cannot be rebuilt from its config ({err}); a copy "
