@@ -45,6 +45,46 @@ def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) 
     object.__setattr__(block, attribute, new)
 
 
+class _HeadWidths:
+    """What keras-hub's TransformerEncoder and TransformerDecoder equivalents share: the
+    head widths ``key_dim`` / ``value_dim`` in their config, and their self-attention
+    rebuilt at those widths once built."""
+
+    def _resize_attention(self, inputs_shape) -> None:
+        if self.key_dim is not None:
+            _replace_attention(self, "_self_attention_layer", inputs_shape, self.key_dim,
+                               self.value_dim)
+
+    def get_config(self):
+        return dict(super().get_config(), key_dim=self.key_dim, value_dim=self.value_dim)
+
+
+class _PerBlockWidths:
+    """What the ViT and DeiT encoder equivalents share: each block's ``num_heads``,
+    ``key_dim`` and ``mlp_dim`` in their config (``blocks``; ``None``: all blocks as the
+    stock config), and the built blocks swapped for ones at those widths (``_block``)."""
+
+    def __init__(self, *args, blocks: Optional[list] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.blocks = [dict(b) for b in blocks] if blocks else None
+        if self.blocks:
+            self.num_layers = len(self.blocks)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        for i, dims in enumerate(self.blocks or ()):  # each block at its own widths
+            old = self.encoder_layers[i]
+            new = self._block(dims, dict(
+                num_heads=dims["num_heads"], key_dim=dims["key_dim"],
+                hidden_dim=self.hidden_dim, dropout_rate=self.dropout_rate,
+                use_mha_bias=self.use_mha_bias, attention_dropout=self.attention_dropout,
+                layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+                name=old.name))
+            new.build((None, None, self.hidden_dim))
+            self._tracker.replace_tracked_value("layers", old, new)
+            list.__setitem__(self.encoder_layers, i, new)
+
+
 @functools.lru_cache(maxsize=None)
 def transformer_encoder_class():
     """``keras_hub.layers.TransformerEncoder`` with ``key_dim`` / ``value_dim`` in its
@@ -52,7 +92,7 @@ def transformer_encoder_class():
     from keras_hub.layers import TransformerEncoder as Stock  # lazy: keras-hub takes 10 s
 
     @keras.saving.register_keras_serializable(package=PACKAGE, name="TransformerEncoder")
-    class TransformerEncoder(Stock):
+    class TransformerEncoder(_HeadWidths, Stock):
         def __init__(self, *args, key_dim: Optional[int] = None,
                      value_dim: Optional[int] = None, **kwargs):
             super().__init__(*args, **kwargs)
@@ -60,13 +100,7 @@ def transformer_encoder_class():
 
         def build(self, inputs_shape):
             super().build(inputs_shape)
-            if self.key_dim is not None:
-                _replace_attention(self, "_self_attention_layer", inputs_shape,
-                                   self.key_dim, self.value_dim)
-
-        def get_config(self):
-            return dict(super().get_config(), key_dim=self.key_dim,
-                        value_dim=self.value_dim)
+            self._resize_attention(inputs_shape)
 
     return TransformerEncoder
 
@@ -78,7 +112,7 @@ def transformer_decoder_class():
     from keras_hub.layers import TransformerDecoder as Stock  # lazy: keras-hub takes 10 s
 
     @keras.saving.register_keras_serializable(package=PACKAGE, name="TransformerDecoder")
-    class TransformerDecoder(Stock):
+    class TransformerDecoder(_HeadWidths, Stock):
         def __init__(self, *args, key_dim: Optional[int] = None,
                      value_dim: Optional[int] = None, decoder_sequence_shape=None,
                      encoder_sequence_shape=None, **kwargs):
@@ -89,13 +123,7 @@ def transformer_decoder_class():
 
         def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
             super().build(decoder_sequence_shape, encoder_sequence_shape)
-            if self.key_dim is not None:
-                _replace_attention(self, "_self_attention_layer", decoder_sequence_shape,
-                                   self.key_dim, self.value_dim)
-
-        def get_config(self):
-            return dict(super().get_config(), key_dim=self.key_dim,
-                        value_dim=self.value_dim)
+            self._resize_attention(decoder_sequence_shape)
 
     return TransformerDecoder
 
@@ -114,29 +142,10 @@ def vit_encoder_class():
                 self.key_dim = int(key_dim)  # read by the stock build
 
     @keras.saving.register_keras_serializable(package=PACKAGE, name="ViTEncoder")
-    class ViTEncoder(Stock):
-        def __init__(self, *args, blocks: Optional[list] = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.blocks = [dict(b) for b in blocks] if blocks else None
-            if self.blocks:
-                self.num_layers = len(self.blocks)
-
-        def build(self, input_shape):
-            super().build(input_shape)
-            if not self.blocks:
-                return
-            for i, dims in enumerate(self.blocks):  # each block at its own widths
-                old = self.encoder_layers[i]
-                new = ViTEncoderBlock(
-                    num_heads=dims["num_heads"], key_dim=dims["key_dim"],
-                    hidden_dim=self.hidden_dim, mlp_dim=dims["mlp_dim"],
-                    dropout_rate=self.dropout_rate, use_mha_bias=self.use_mha_bias,
-                    use_mlp_bias=self.use_mlp_bias, attention_dropout=self.attention_dropout,
-                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
-                    name=old.name)
-                new.build((None, None, self.hidden_dim))
-                self._tracker.replace_tracked_value("layers", old, new)
-                list.__setitem__(self.encoder_layers, i, new)
+    class ViTEncoder(_PerBlockWidths, Stock):
+        def _block(self, dims, common):
+            return ViTEncoderBlock(mlp_dim=dims["mlp_dim"], use_mlp_bias=self.use_mlp_bias,
+                                   **common)
 
         def get_config(self):
             return dict(super().get_config(), blocks=self.blocks)
@@ -171,6 +180,34 @@ def _replace_sublayer(block, attribute: str, build_shape, **changes) -> None:
     object.__setattr__(block, attribute, new)
 
 
+class _ConfigOfAttributes:
+    """An equivalent whose stock ``get_config`` raises or leaves out what its constructor
+    needs: its config is read from its attributes (its ``config_of``)."""
+
+    def get_config(self):
+        return self.config_of(self)
+
+
+def _layer_config(layer) -> dict:
+    """What every layer's config holds: its name, trainability and dtype policy."""
+    return dict(name=layer.name, trainable=layer.trainable,
+                dtype=keras.dtype_policies.serialize(layer.dtype_policy))
+
+
+def _decoder_config(layer, **more) -> dict:
+    """What a Llama-style decoder block's config holds, read from its attributes, and
+    ``more``."""
+    return dict(
+        _layer_config(layer),
+        intermediate_dim=layer.intermediate_dim, num_query_heads=layer.num_query_heads,
+        num_key_value_heads=layer.num_key_value_heads,
+        rope_max_wavelength=layer.rope_max_wavelength,
+        activation=keras.activations.serialize(layer.activation),
+        layer_norm_epsilon=layer.layer_norm_epsilon,
+        kernel_initializer=keras.initializers.serialize(layer.kernel_initializer),
+        dropout=layer.dropout, **more)
+
+
 @functools.lru_cache(maxsize=None)
 def llama_decoder_class():
     """keras-hub's ``LlamaTransformerDecoder`` with ``head_dim`` in its config, and a
@@ -182,7 +219,7 @@ def llama_decoder_class():
 
     @keras.saving.register_keras_serializable(package=PACKAGE,
                                               name="LlamaTransformerDecoder")
-    class LlamaTransformerDecoder(Stock):
+    class LlamaTransformerDecoder(_ConfigOfAttributes, Stock):
         def __init__(self, *args, head_dim: Optional[int] = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.head_dim = head_dim
@@ -190,25 +227,13 @@ def llama_decoder_class():
         @staticmethod
         def config_of(layer) -> dict:
             """The config of a stock or surgery Llama block, read from its attributes."""
-            return dict(
-                name=layer.name, trainable=layer.trainable,
-                dtype=keras.dtype_policies.serialize(layer.dtype_policy),
-                intermediate_dim=layer.intermediate_dim,
-                num_query_heads=layer.num_query_heads,
-                num_key_value_heads=layer.num_key_value_heads,
-                rope_max_wavelength=layer.rope_max_wavelength,
-                rope_position_scaling_factor=layer.rope_position_scaling_factor,
+            return _decoder_config(
+                layer, rope_position_scaling_factor=layer.rope_position_scaling_factor,
                 rope_frequency_adjustment_factor=layer.rope_frequency_adjustment_factor,
                 rope_low_freq_factor=layer.rope_low_freq_factor,
                 rope_high_freq_factor=layer.rope_high_freq_factor,
                 rope_pretraining_sequence_length=layer.rope_pretraining_sequence_length,
-                activation=keras.activations.serialize(layer.activation),
-                layer_norm_epsilon=layer.layer_norm_epsilon,
-                kernel_initializer=keras.initializers.serialize(layer.kernel_initializer),
-                dropout=layer.dropout, head_dim=getattr(layer, "head_dim", None))
-
-        def get_config(self):
-            return self.config_of(self)
+                head_dim=getattr(layer, "head_dim", None))
 
         def build(self, decoder_sequence_shape):
             super().build(decoder_sequence_shape)
@@ -236,25 +261,13 @@ def qwen3_decoder_class():
 
     @keras.saving.register_keras_serializable(package=PACKAGE,
                                               name="Qwen3TransformerDecoder")
-    class Qwen3TransformerDecoder(Stock):
+    class Qwen3TransformerDecoder(_ConfigOfAttributes, Stock):
         @staticmethod
         def config_of(layer) -> dict:
             """The config of a stock or surgery Qwen3 block, read from its attributes."""
-            return dict(
-                name=layer.name, trainable=layer.trainable,
-                dtype=keras.dtype_policies.serialize(layer.dtype_policy),
-                intermediate_dim=layer.intermediate_dim,
-                num_query_heads=layer.num_query_heads,
-                num_key_value_heads=layer.num_key_value_heads, head_dim=layer.head_dim,
-                rope_max_wavelength=layer.rope_max_wavelength,
-                rope_scaling_factor=layer.rope_scaling_factor,
-                activation=keras.activations.serialize(layer.activation),
-                layer_norm_epsilon=layer.layer_norm_epsilon,
-                kernel_initializer=keras.initializers.serialize(layer.kernel_initializer),
-                dropout=layer.dropout, sliding_window_size=layer.sliding_window_size)
-
-        def get_config(self):
-            return self.config_of(self)
+            return _decoder_config(layer, head_dim=layer.head_dim,
+                                   rope_scaling_factor=layer.rope_scaling_factor,
+                                   sliding_window_size=layer.sliding_window_size)
 
     return Qwen3TransformerDecoder
 
@@ -288,45 +301,20 @@ def deit_encoder_class():
                 self.key_dim = int(key_dim)  # read by the stock build
 
     @keras.saving.register_keras_serializable(package=PACKAGE, name="DeiTEncoder")
-    class DeiTEncoder(deit_layers.DeiTEncoder):
-        def __init__(self, *args, blocks: Optional[list] = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.blocks = [dict(b) for b in blocks] if blocks else None
-            if self.blocks:
-                self.num_layers = len(self.blocks)
+    class DeiTEncoder(_PerBlockWidths, _ConfigOfAttributes, deit_layers.DeiTEncoder):
+        def _block(self, dims, common):
+            return DeiTEncoderBlock(intermediate_dim=dims["mlp_dim"], **common)
 
         @staticmethod
         def config_of(layer) -> dict:
             """The config of a stock or surgery DeiT encoder, read from its attributes."""
             return dict(
-                name=layer.name, trainable=layer.trainable,
-                dtype=keras.dtype_policies.serialize(layer.dtype_policy),
-                num_layers=layer.num_layers, num_heads=layer.num_heads,
+                _layer_config(layer), num_layers=layer.num_layers, num_heads=layer.num_heads,
                 hidden_dim=layer.hidden_dim, intermediate_dim=layer.intermediate_dim,
                 use_mha_bias=layer.use_mha_bias, dropout_rate=layer.dropout_rate,
                 attention_dropout=layer.attention_dropout,
                 layer_norm_epsilon=layer.layer_norm_epsilon,
                 blocks=getattr(layer, "blocks", None))
-
-        def get_config(self):
-            return self.config_of(self)
-
-        def build(self, input_shape):
-            super().build(input_shape)
-            if not self.blocks:
-                return
-            for i, dims in enumerate(self.blocks):  # each block at its own widths
-                old = self.encoder_layers[i]
-                new = DeiTEncoderBlock(
-                    num_heads=dims["num_heads"], key_dim=dims["key_dim"],
-                    hidden_dim=self.hidden_dim, intermediate_dim=dims["mlp_dim"],
-                    use_mha_bias=self.use_mha_bias, dropout_rate=self.dropout_rate,
-                    attention_dropout=self.attention_dropout,
-                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
-                    name=old.name)
-                new.build((None, None, self.hidden_dim))
-                self._tracker.replace_tracked_value("layers", old, new)
-                list.__setitem__(self.encoder_layers, i, new)
 
     return DeiTEncoder
 
