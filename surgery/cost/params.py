@@ -23,7 +23,7 @@ from surgery.engine.rules.base import concrete
 from surgery.errors import SurgeryError
 
 
-def _count(info, rule, drop_in: list, drop_out: bool, unit: Optional[str]) -> float:
+def _count(info, drop_in: list, drop_out: bool, unit: Optional[str]) -> float:
     """``info``'s parameters after losing channel 0 of the inputs ``drop_in`` (indices),
     output channel 0 (``drop_out``) and unit 0 of axis ``unit``."""
     masks = [None] * len(info.input_shapes)
@@ -40,13 +40,13 @@ def _count(info, rule, drop_in: list, drop_out: bool, unit: Optional[str]) -> fl
     return float(sum(np.size(w) for w in weights))
 
 
-def _terms(info, rule, vary_in: list, vary_out: bool, unit: Optional[str] = None) -> tuple:
+def _terms(info, vary_in: list, vary_out: bool, unit: Optional[str] = None) -> tuple:
     """``(a, b, c, d)`` with ``a·i·o + b·i + c·o + d`` the layer's parameters at ``i``
     input and ``o`` output channels (with one unit of axis ``unit`` fewer)."""
     i0, o0 = last_axis(info.input_shapes[0]), last_axis(info.output_shape)
 
     def count(drop_in, drop_out):
-        return _count(info, rule, vary_in if drop_in else [], drop_out, unit)
+        return _count(info, vary_in if drop_in else [], drop_out, unit)
     f00 = count(False, False)
     fi = count(True, False) if vary_in else f00
     fo = count(False, True) if vary_out else f00
@@ -79,13 +79,13 @@ class ParamsEstimator(WidthModel):
                       and np.any(r[:-1])] if rule is not None else []
             vary_out = rule is not None and rule.flow_of(info) == PRODUCER and \
                 bool(np.any(out_row[:-1]))
-            whole = _terms(info, rule, varies, vary_out) if rule is not None else \
+            whole = _terms(info, varies, vary_out) if rule is not None else \
                 (0.0, 0.0, 0.0, float(sum(np.size(w) for w in info.weights)))
             rows_in.append(in_rows[0] if in_rows else np.eye(len(out_row))[-1])
             rows_out.append(out_row)
             coefs.append(whole)
             for g, axis in unit_axes:
-                fewer = _terms(info, rule, varies, vary_out, axis)
+                fewer = _terms(info, varies, vary_out, axis)
                 unit_rows.append((len(coefs) - 1, g, tuple(np.subtract(whole, fewer))))
         n = len(self.sizes) + 1
         self._rows_in = np.array(rows_in).reshape(-1, n)
