@@ -67,3 +67,24 @@ def test_a_plan_that_removes_nothing_stops_with_one_line(tmp_path, capsys):
     assert status == 2 and len(err) == 1, err
     assert "removes nothing" in err[0] and "--ratio" in err[0]
     assert not out.exists() or not os.listdir(out)
+
+
+def test_a_vit_classifier_under_a_latency_target_loses_heads_mlp_width_and_a_block(tmp_path):
+    """Issue 30: the latency tables time a keras-hub block with fewer heads, MLP units or
+    blocks as they time a layer with fewer channels, so a latency plan cuts all three,
+    exactly. (How near the measured cut lands is the bench's to show, not a test's.)"""
+    made = run_case("tensorflow", "keras3_vit_cases.py", "make", tmp_path)
+    out = tmp_path / "run"
+    proc = _cli(["--model-path", made["path"], "--data", "digits", "--latency-target", "0.5",
+                 "--latency-batch-size", "32", "--threads", "2", "--depth",
+                 "--finetune-epochs", "1", "--candidates", "1", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    cut = {c["unit"] for c in plan["cuts"] if c["removed"]}
+    assert any(u.endswith("heads") for u in cut) and any(u.endswith("mlp_dim") for u in cut)
+    assert "blocks" in cut, plan["cuts"]
+    assert plan["settings"]["latency_checks"], plan["settings"]
+    assert report["verify_max_diff"] is not None and report["verify_max_diff"] <= 1e-5
+    saved = run_case("tensorflow", "keras3_vit_cases.py", "load", out / "pruned.keras")
+    assert (saved["params"], saved["flops"]) == (report["params_after"], report["flops_after"])

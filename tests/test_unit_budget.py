@@ -71,15 +71,18 @@ def test_params_target_lands_as_predicted_on_cnns_and_transformers():
             assert abs(reached - target) <= 0.02, (name, target, reached)
 
 
-def test_planted_dead_heads_and_mlp_units_are_the_first_to_go():
+@pytest.mark.parametrize("criterion", ("l1", "activation"))
+def test_planted_dead_heads_and_mlp_units_are_the_first_to_go(criterion):
     """A head whose query, key, value and output weights are zero, and eight MLP units
     with zero weights in, cost parameters and do nothing: a target of exactly their
-    parameters removes them and nothing else, and the outputs do not move."""
+    parameters removes them and nothing else, and the outputs do not move; by weight norm
+    and by Minitron's activations (the head's context, from the inputs alone)."""
     model = tm.vit(keras)
     mha = model.get_layer("mha0")
     w = mha.get_weights()
     for k in (0, 2, 4):                      # query, key, value kernels (width, heads, dim)
         w[k][:, 1, :] = 0
+        w[k + 1][1] = 0                      # and biases (heads, dim)
     w[6][1] = 0                              # output kernel (heads, dim, width)
     mha.set_weights(w)
     up = model.get_layer("mlp0_up")
@@ -89,19 +92,56 @@ def test_planted_dead_heads_and_mlp_units_are_the_first_to_go():
     head = 3 * (tm.WIDTH * tm.KEY_DIM + tm.KEY_DIM) + tm.KEY_DIM * tm.WIDTH
     unit = tm.WIDTH + 1 + tm.WIDTH           # a column and bias in, a row out
     target = (head + 8 * unit) / model.count_params() - 1e-7
-    plan = surgery.plan(model, params_target=target)
+    x = tm.inputs("vit", "float32")
+    plan = surgery.plan(model, params_target=target, criterion=criterion,
+                        data=x if criterion == "activation" else None)
     cut = {c.group: c.layers for c in plan.cuts if c.removed}
     assert cut == {"mha0:heads": {"mha0": [1]}, "mlp0_up": {"mlp0_up": list(range(8))}}, cut
-    x = tm.inputs("vit", "float32")
     pruned = surgery.apply(model, plan)
     assert max_relative_difference(model(x), pruned(x)) <= 1e-5
 
 
 def test_a_cost_model_blind_to_units_cuts_none():
-    """``units=False`` (what a latency target plans with: its tables time channels only)
-    leaves every head alone, while the same ratio with units cuts heads."""
+    """``units=False`` (channels only) leaves every head alone, while the same ratio with
+    units cuts heads."""
     graph = resolve(tm.vit(keras))
     blind = Ranking(graph, PlanSpec(ratio=0.5, units=False))
     assert all(g.axis is None for g in blind.groups)
     assert not blind.plan(blind.spec).units
     assert Ranking(graph, PlanSpec(ratio=0.5)).plan(PlanSpec(ratio=0.5)).units
+
+
+def test_a_latency_plan_spends_on_heads_its_tables_price():
+    """A latency plan costs heads by their tables (``"layer:axis"``, seconds over the kept
+    count), as channels by theirs: with heads priced cheap to keep and MLP units dear, the
+    plan cuts heads; the tables' prediction is what the plan records."""
+    from surgery.calibration.latency import plan_for_latency
+    from surgery.cost.table import LatencyTable
+
+    graph = resolve(tm.vit(keras))
+    tables = {f"mha{b}:heads": LatencyTable([1, 2, 4], [0], [[0.1], [0.2], [0.4]])
+              for b in (0, 1)}
+    tables.update({f"mlp{b}_up": LatencyTable([16], [8, 32], [[0.05, 0.2]]) for b in (0, 1)})
+    p = plan_for_latency(graph, 0.3, tables=tables, whole=1.6, check=False, round_to=8,
+                         progress=False)
+    heads = {layer: len(axes.get("heads", ())) for layer, axes in p.units.items()}
+    assert sum(heads.values()) > 0, p.summary()
+    assert abs(p.settings["latency_predicted"] - 0.3) <= 0.03
+    model = surgery.apply(graph.model, p)
+    x = np.random.default_rng(0).normal(size=(2, *graph.model.input_shape[1:]))
+    assert surgery.verify(graph.model, model, p, x.astype("float32")) <= 1e-5
+
+
+def test_round_to_per_kind_of_unit():
+    """An integer ``round_to`` rounds MLP widths, not heads (4 heads at round_to=8 still
+    lose some); a mapping rounds each kind as named; an unknown kind is one clear error."""
+    model = tm.vit(keras)
+    p = surgery.plan(model, ratio=0.5, round_to=8)
+    assert all(len(a["heads"]) == 2 for a in p.units.values())
+    assert all(len(v) % 8 == 0 for v in p.deletions.values())
+    # (this model's MLP widths are Dense layers' channels; keras-hub blocks' are "mlp")
+    q = surgery.plan(model, ratio=0.6, round_to={"heads": 2, "channels": 16})
+    assert all(len(a["heads"]) == 2 for a in q.units.values())   # 4 - 2.4 -> 2 of 4 kept
+    assert all(32 - len(v) == 16 for v in q.deletions.values())
+    with pytest.raises(surgery.SurgeryError, match="round_to.*'hidden'"):
+        surgery.plan(model, ratio=0.5, round_to={"hidden": 8})

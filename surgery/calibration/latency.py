@@ -249,8 +249,8 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
         p.settings["latency_removed"]   # 0.47 .. 0.53
     """
     started = time.perf_counter()
-    # the latency tables time channels only: a unit they do not see is not cut
-    spec = (spec or PlanSpec()).replace(units=False)
+    # head widths multiply with the head count: the tables time one axis at a time
+    spec = (spec or PlanSpec()).replace(head_dims=False)
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
     bench = _Bench.open(graph, rt, batch_size, threads or default_threads(), cache_dir,
                         timed=check or whole is None)
@@ -259,7 +259,7 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
     est = LatencyEstimator(
         graph, ranking.width_groups(), whole=bench.whole_time() if whole is None else whole,
         tables=tables, runtime=rt, batch=batch_size, threads=bench.threads, block=bench.block,
-        cache=bench.cache, progress=progress)
+        cache=bench.cache, progress=progress, units=ranking.unit_groups())
     start = curve.start_scale(latency_target) if check else None  # else: the tables alone
     est.scale = start = start or _table_scale(est)
     round_to, alignment = bench.alignment(round_to, est, tables is None, progress)
@@ -276,7 +276,8 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
     _check_reachable(best, last, rule, graph.model, rt)
     bench.cache.save()
     best.plan.settings.update(
-        round_to=int(round_to), alignment=alignment, latency_scale_start=round(start, 4),
+        round_to=round_to if isinstance(round_to, int) else dict(round_to),
+        alignment=alignment, latency_scale_start=round(start, 4),
         plan_seconds=round(time.perf_counter() - started, 2))
     _record(best, checks, rule, bench)
     return best.plan

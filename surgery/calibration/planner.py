@@ -47,7 +47,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          batch_size: int = 1, threads: Optional[int] = None, heads: bool = True,
          head_dims: bool = False, exact: bool = True, candidates: int = 1,
          max_ratio: float = DEFAULT_MAX_RATIO, at_least: bool = False,
-         params_target: Optional[float] = None) -> PrunePlan:
+         params_target: Optional[float] = None, depth: bool = False,
+         units: bool = True) -> PrunePlan:
     """Decide which channels (and heads, head widths, block units) to delete.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -70,10 +71,15 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
 
     Attention layers lose units that no tensor carries, each axis a group of its own
     (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes whole heads,
-    ``head_dims=True`` the per-head query/key and value widths. With ``flops_target`` or
-    ``params_target`` heads and block widths are costed and allocated with the channels
-    (head widths stay); with ``latency_target`` every unit axis stays (the latency tables
-    time channels only).
+    ``head_dims=True`` the per-head query/key and value widths; ``depth=True`` whole
+    blocks of a composite encoder (keras-hub's ViT and DeiT encoders: a block whose
+    residual branches are removed is the identity); ``units=False`` leaves every unit axis
+    alone (channels only). Under ``flops_target``, ``params_target`` and
+    ``latency_target`` heads, block widths and blocks are costed and allocated with the
+    channels (head widths stay: their cost multiplies with the head count); the latency
+    tables time a block rebuilt with fewer heads or MLP units as they time a layer with
+    fewer channels. ``round_to`` may name a multiple per kind of unit (``{"channels": 8,
+    "mlp": 64, "heads": 2}``); an integer rounds channels and MLP widths, not heads.
 
     ``candidates`` N > 1 (with a target, and ``data``): search N allocations of the budget
     and keep the one whose cut agrees best with the original on ``data`` after adaptive
@@ -88,7 +94,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     graph = resolve(model, "plan")
     if not isinstance(exact, bool):
         raise SurgeryError(f"plan(exact=...) must be True or False, got {exact!r}")
-    check_unit_arguments(heads=heads, head_dims=head_dims)
+    check_unit_arguments(heads=heads, head_dims=head_dims, depth=depth, units=units)
     check_plan_arguments(graph, ratio=ratio, criterion=criterion, policy=policy,
                          threshold=threshold, per_layer=per_layer, ignore=ignore,
                          round_to=1 if round_to is None else round_to,
@@ -97,7 +103,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
                          candidates=candidates, params_target=params_target)
     spec = PlanSpec(ratio, criterion, policy, threshold, dict(per_layer or {}), tuple(ignore),
                     1 if round_to is None else round_to, min_channels, scope, data, heads,
-                    head_dims, exact)
+                    head_dims, exact, units=units, depth=depth)
     flat = flattened(graph)
     with approximate(not exact):
         if latency_target is not None:

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of parameters to remove (instead of --flops-target): "
                         "channels, attention heads and block widths ranked together by "
                         "importance")
+    g.add_argument("--depth", action="store_true",
+                   help="also remove whole transformer blocks (keras-hub ViT and DeiT "
+                        "encoders), costed with the heads and widths")
     g.add_argument("--runtime", default="onnxruntime",
                    choices=("onnxruntime", "tflite", "tensorflow"),
                    help="runtime --latency-target is measured in")

@@ -52,9 +52,8 @@ def choose_alignment(est, runtime, batch: int, threads: int, cache, block: int, 
         sig = []
         for w in (hi, lo):
             i, o = (w, int(round(w * o0 / i0))) if kind == "tied" else (i0, w)
-            s = micro.signature(info, i, o, after)
-            entries.append((s, info, i, o, after))
-            sig.append(s)
+            entries.append(micro.channel_entry(info, i, o, after))
+            sig.append(entries[-1][0])
         pairs.append((info.name, hi, lo, sig))
     if not pairs:
         return dict(round_to=block, probes=[])

@@ -4,7 +4,9 @@ This module owns how a layer's latency at candidate widths is measured: :func:`s
 names a micro-model (layer class, config without the layer's name, input shape, input and
 output widths), so layers of identical shape and config share one measurement;
 :func:`micro_layer` rebuilds the layer from its config at other widths (the layer's own
-``from_config``, so both Keras generations and user layers work); :func:`measure` builds
+``from_config``, so both Keras generations and user layers work), and
+:func:`unit_entry` a layer with fewer units of one axis (its rule's own ``cut_units``:
+a composite transformer block with fewer heads or a narrower MLP); :func:`measure` builds
 the missing micro-models as the branches of *one* Keras model per chunk, converts it once
 (:meth:`Runtime.runners` with ``branches=True``), times every branch (median of a few runs
 after a warm-up), with a tqdm bar, and stores the seconds in a :class:`TableCache`.
@@ -15,7 +17,8 @@ import json
 import logging
 import statistics
 import time
-from typing import Iterable, List, Optional, Sequence, Tuple
+import functools
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
@@ -31,7 +34,8 @@ DEFAULT_REPEATS = 5
 #: micro-models converted together
 CHUNK = 128
 
-Entry = Tuple[str, object, int, int, tuple]  # (signature, LayerInfo, in, out, followers)
+#: ``(signature, build)``: ``build(keras, index)`` makes the micro-model's ``(input, output)``
+Entry = Tuple[str, Callable]
 
 
 def _config(info, out_channels: int) -> dict:
@@ -49,6 +53,34 @@ def signature(info, in_channels: int, out_channels: int, followers: Sequence = (
         [f.class_name, _config(f, out_channels)] for f in followers]
     return f"{info.class_name}:{shape}->{int(out_channels)}:" + \
         digest(json.loads(json.dumps(configs, default=str)))
+
+
+def channel_entry(info, in_channels: int, out_channels: int, followers: Sequence = ()
+                  ) -> Entry:
+    """The micro-model of ``info``'s layer at other channel widths (with its cheap
+    ``followers``)."""
+    return (signature(info, in_channels, out_channels, followers),
+            functools.partial(micro_layer, info, in_channels, out_channels,
+                              followers=tuple(followers)))
+
+
+def unit_entry(info, rule, axis: str, kept: int, new_layer: Callable) -> Entry:
+    """The micro-model of ``info``'s layer keeping ``kept`` units of unit ``axis`` (the
+    rule cuts the first ones: the time does not depend on which), at its own channel
+    widths; ``new_layer(layer, config)`` is the graph adapter's rebuild of a layer, which
+    knows keras-hub's registered equivalents."""
+    size, blocks = int(rule.unit_axes(info)[axis]), int(rule.unit_blocks(info, axis))
+    per, gone = size // blocks, (size - kept) // blocks  # as many from every block
+    config = dict(info.config) if gone <= 0 else info.replaced(*rule.cut_units(
+        info, {axis: [b * per + j for b in range(blocks) for j in range(gone)]})).config
+    shape = tuple(int(d) for d in info.input_shapes[0])
+    sig = f"{info.class_name}:{list(shape)}:{axis}={int(kept)}:" + digest(json.loads(
+        json.dumps({k: v for k, v in config.items() if k != "name"}, default=str)))
+
+    def build(keras, index: int):
+        x = keras.Input(shape, name=f"micro_in_{index}")
+        return x, new_layer(info.layer, dict(config, name=f"micro_{index}_0"))(x)
+    return sig, build
 
 
 def cheap_followers(graph: ModelGraph) -> dict:
@@ -99,12 +131,12 @@ def measure(entries: Sequence[Entry], runtime, batch: int, threads: int, cache: 
     """Seconds of every entry's micro-model (from ``cache`` where present, else timed in
     ``runtime`` and added to it). Returns ``{signature: seconds}``."""
     seconds, missing = {}, {}
-    for sig, info, i, o, after in entries:
+    for sig, build in entries:
         if sig in seconds or sig in missing:
             continue
         value = cache.get(sig)
         if value is None:
-            missing[sig] = (info, i, o, after)
+            missing[sig] = build
         else:
             seconds[sig] = value
     if not missing:
@@ -117,8 +149,8 @@ def measure(entries: Sequence[Entry], runtime, batch: int, threads: int, cache: 
         for first in range(0, len(todo), CHUNK):
             chunk = todo[first:first + CHUNK]
             ins, outs = [], []
-            for k, (sig, (info, i, o, after)) in enumerate(chunk):
-                x, y = micro_layer(info, i, o, keras, first + k, after)
+            for k, (sig, build) in enumerate(chunk):
+                x, y = build(keras, first + k)
                 ins.append(x)
                 outs.append(y)
             runners = runtime.runners(keras.Model(ins, outs), batch, threads, branches=True)

@@ -108,6 +108,11 @@ class Runtime:
                          cache_folder)
 
 
+#: changes when what :func:`surgery.export_onnx` writes changes (2: ``Erfc`` rewritten),
+#: so files converted before are not read from a cost cache
+ONNX_EXPORT_REVISION = 2
+
+
 class OnnxRuntime(Runtime):
     name, package = "onnxruntime", "onnxruntime"
     install = "pip install 'keras-surgery[onnx]'"
@@ -118,10 +123,11 @@ class OnnxRuntime(Runtime):
         if model is not None and _is_keras3(model):
             keras3 = keras_of(model)
             return f"ort{onnxruntime.__version__}-keras{keras3.__version__}-" \
-                   f"{keras3.backend.backend()}"
+                   f"{keras3.backend.backend()}-x{ONNX_EXPORT_REVISION}"
         import tf2onnx  # lazy: an optional converter (the onnx extra)
 
-        return f"ort{onnxruntime.__version__}-tf2onnx{tf2onnx.__version__}"
+        return f"ort{onnxruntime.__version__}-tf2onnx{tf2onnx.__version__}-" \
+               f"x{ONNX_EXPORT_REVISION}"
 
     def session(self, proto: bytes, threads: int):
         import onnxruntime  # lazy: an optional runtime (the onnx extra)
@@ -167,7 +173,8 @@ class OnnxRuntime(Runtime):
         import onnx  # lazy: an optional package (the onnx extra)
         from onnx.utils import Extractor
 
-        proto = onnx.load_from_string(data)
+        # typed value infos first (a Shape node's output is int64), then float for the rest
+        proto = onnx.shape_inference.infer_shapes(onnx.load_from_string(data))
         graph = proto.graph
         known = {v.name for v in list(graph.value_info) + list(graph.input)
                  + list(graph.output)}

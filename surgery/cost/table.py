@@ -7,8 +7,12 @@ grid and never negative) and :class:`LatencyEstimator`, the latency form of
 whole original model's measured seconds minus, for every call whose widths change, what
 its table says the call saves (``T(full widths) - T(kept widths)``). Calls that follow one
 width (a depthwise conv) get a one-dimensional table, calls whose input and output follow
-different groups a 3 × 3 grid, calls with no prunable width none at all. Tables come from
-:func:`surgery.cost.micro.measure` (cached on disk) or, in tests, are given by hand.
+different groups a 3 × 3 grid, calls with no prunable width none at all. A layer with unit
+groups (a transformer block's heads and MLP width) gets a one-dimensional table per unit
+axis, over the kept count of that axis with everything else whole (a head is timed like a
+channel: the block rebuilt with fewer, by its rule), keyed ``"layer:axis"``; its savings add
+to the channels'. Tables come from :func:`surgery.cost.micro.measure` (cached on disk) or,
+in tests, are given by hand.
 
 >>> t = LatencyTable([8, 16], [8, 16], [[1.0, 2.0], [3.0, 4.0]])
 >>> float(t(12, 12)), float(t(8, 32)), float(t(4, 8))
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 FRACTIONS_1D = (1.0, 0.6, 0.25)
 #: ... and two-dimensional ones (in each width); beyond the grid, tables extrapolate
 FRACTIONS_2D = (1.0, 0.4)
+#: grid fractions of a unit axis (heads, MLP width) that unit tables measure
+FRACTIONS_UNITS = (1.0, 0.5, 0.25)
 
 
 def _weights(grid: np.ndarray, x: np.ndarray):
@@ -71,9 +77,11 @@ class LatencyEstimator(WidthModel):
     """Predicted seconds of ``model`` pruned to given group widths, in one runtime.
 
     ``whole``: measured seconds of the unpruned model; ``tables``: ``{call name:
-    LatencyTable}`` given by hand, or ``None`` to measure them (``runtime``, ``batch``,
-    ``threads``, ``block``: the grid's width step, ``cache``: a :class:`TableCache`).
-    Predictions never fall below ``floor`` of ``whole``.
+    LatencyTable}`` (and ``{"layer:axis": LatencyTable}`` over a unit axis's kept count)
+    given by hand, or ``None`` to measure them (``runtime``, ``batch``, ``threads``,
+    ``block``: the grid's width step, ``cache``: a :class:`TableCache`). ``units``: the
+    unit groups, as for :class:`~surgery.cost.width.WidthModel`. Predictions never fall
+    below ``floor`` of ``whole``.
 
     Example::
 
@@ -86,8 +94,8 @@ class LatencyEstimator(WidthModel):
     def __init__(self, graph: ModelGraph, groups: Sequence[tuple], *, whole: float,
                  tables: Optional[Mapping[str, LatencyTable]] = None, runtime=None,
                  batch: int = 1, threads: int = 1, block: int = 8, cache=None,
-                 progress: bool = True, floor: float = 0.05):
-        super().__init__(graph, groups)
+                 progress: bool = True, floor: float = 0.05, units: Sequence[tuple] = ()):
+        super().__init__(graph, groups, units)
         self.total = float(whole)
         self.graph = graph
         self.floor = floor
@@ -96,7 +104,16 @@ class LatencyEstimator(WidthModel):
             self._measure(graph, runtime, batch, threads, block, cache, progress)
         self._used = [(k, self.tables[info.name]) for k, (info, *_r) in enumerate(self.calls)
                       if info.name in self.tables]
+        self._units = [(g, self.tables[f"{self.calls[c][0].name}:{axis}"])
+                       for c, g, axis in self.unit_calls
+                       if f"{self.calls[c][0].name}:{axis}" in self.tables]
         self._full = sum(float(t(*call_widths(self.calls[k][0]))) for k, t in self._used)
+        # a layer's unit tables each time the whole layer once: count it once
+        whole_layers = {self.calls[c][0].name: float(self.tables[f"{self.calls[c][0].name}:"
+                                                                  f"{axis}"](self.sizes[g], 0))
+                        for c, g, axis in self.unit_calls
+                        if f"{self.calls[c][0].name}:{axis}" in self.tables}
+        self._covered = self._full + sum(whole_layers.values())
 
     def _measure(self, graph: ModelGraph, runtime, batch, threads, block, cache,
                  progress) -> dict:
@@ -121,15 +138,18 @@ class LatencyEstimator(WidthModel):
                 pairs = [[(i, o) for o in outs] for i in ins]
             after = tuple(chains.get(info.name, ()))
             sigs = [[micro.signature(info, i, o, after) for i, o in row] for row in pairs]
-            entries += [(s, info, i, o, after) for srow, prow in zip(sigs, pairs)
-                        for s, (i, o) in zip(srow, prow)]
+            entries += [micro.channel_entry(info, i, o, after) for prow in pairs
+                        for i, o in prow]
             plans[info.name] = (ins, outs, tied, i0, o0, sigs)
+        units = self._unit_entries(graph)
+        entries += [e for _, _, sigs in units for e in sigs]
         if not entries:
             return {}
         seconds = micro.measure(entries, runtime, batch, threads, cache,
                                 _keras_of(graph.model),
                                 progress=progress)
-        tables = {}
+        tables = {key: _Tied(kept, [seconds[s] for s, _ in sigs], None)
+                  for key, kept, sigs in units}
         for name, (ins, outs, tied, i0, o0, sigs) in plans.items():
             values = [[seconds[s] for s in row] for row in sigs]
             if outs is None:  # one point per input width; the output follows it (or not)
@@ -138,16 +158,37 @@ class LatencyEstimator(WidthModel):
                 tables[name] = LatencyTable(ins, outs, values)
         return tables
 
+    def _unit_entries(self, graph: ModelGraph) -> list:
+        """``(table key, kept counts, entries)`` of every unit axis's table to measure."""
+        out, seen = [], set()
+        for c, g, axis in self.unit_calls:
+            info, rule = self.calls[c][0], self.calls[c][1]
+            key = f"{info.name}:{axis}"
+            if key in seen or not micro.measurable(info):
+                continue
+            seen.add(key)
+            size, blocks = int(self.sizes[g]), int(rule.unit_blocks(info, axis))
+            kept = sorted({max(blocks, int(round(f * size / blocks)) * blocks)
+                           for f in FRACTIONS_UNITS}, reverse=True)
+            out.append((key, kept, [micro.unit_entry(info, rule, axis, k,
+                                                     graph.adapter.new_layer) for k in kept]))
+        return out
+
     def cost(self, kept):
         i, o = self.channels(kept)
         now = sum(t(i[..., k], o[..., k]) for k, t in self._used) if self._used else \
             np.full(np.shape(i)[:-1], self._full)
-        saved = self.scale * (self._full - now)
-        return np.maximum(self.total - saved, self.floor * self.total)
+        saved = self._full - now
+        if self._units:
+            kept = np.asarray(kept, np.float64)
+            saved = saved + sum(t(self.sizes[g], 0) - t(kept[..., g], 0)
+                                for g, t in self._units)
+        return np.maximum(self.total - self.scale * saved, self.floor * self.total)
 
     def summary(self) -> dict:
         """How much of the whole model's time the tables cover."""
-        return dict(whole=self.total, tables=len(self._used), covered=self._full)
+        return dict(whole=self.total, tables=len(self._used) + len(self._units),
+                    covered=self._covered)
 
 
 class _Tied(LatencyTable):

@@ -6,7 +6,9 @@ models through Keras 3's own ``model.export(path, format="onnx")`` on the Tensor
 PyTorch backends (on JAX through ``jax2onnx`` where it is installed, else the same model
 exported by tf2onnx in a TensorFlow-backend process) — and can check
 the file against the Keras model on given inputs before publishing it; and
-:func:`onnx_predict`, which runs a file with ONNX Runtime. ``onnx``, ``onnxruntime`` and
+:func:`onnx_predict`, which runs a file with ONNX Runtime. Nodes no ONNX opset defines
+that the converters emit (``Erfc``, from TensorFlow's exact GELU) are rewritten in ONNX
+operators before the file is published. ``onnx``, ``onnxruntime`` and
 ``tf2onnx`` (the ``onnx`` extra) are imported only when these functions run.
 
 >>> import tempfile
@@ -22,6 +24,7 @@ True
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -62,6 +65,32 @@ def _require(module: str, what: str) -> None:
             "pinned in requirements.txt).")
 
 
+def _without_erfc(path: str) -> None:
+    """Rewrite every ``Erfc`` node of the ONNX file at ``path`` as ``1 - Erf``: TensorFlow's
+    exact GELU (keras-hub's ViT and BERT blocks) converts to an ``Erfc`` node, which
+    tf2onnx 1.17 passes through and no ONNX opset defines, so ONNX Runtime refuses the
+    whole model ("No Op registered for Erfc")."""
+    import onnx  # lazy, with the rest of the ONNX extra
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(path)
+    nodes, changed = [], 0
+    for node in proto.graph.node:
+        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        erf, one = f"{node.name}/erf", f"{node.name}/one"
+        proto.graph.initializer.append(numpy_helper.from_array(np.ones((), np.float32), one))
+        nodes += [helper.make_node("Erf", list(node.input), [erf], name=erf),
+                  helper.make_node("Sub", [one, erf], list(node.output), name=node.name)]
+        changed += 1
+    if changed:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        onnx.save(proto, path)
+        logger.debug("%s: %d Erfc nodes rewritten as 1 - Erf", path, changed)
+
+
 def _keras2_onnx(model: Any, target: str, opset: Optional[int]) -> None:
     """tf-keras ``model`` to ONNX with tf2onnx, batch dimension left free."""
     _require("tf2onnx", "export_onnx(model=<a tf-keras model>)")
@@ -93,7 +122,29 @@ def _keras3_onnx(model: Any, target: str, opset: Optional[int]) -> None:
             f"package, which is not installed: {extra}; or start Python with "
             "KERAS_BACKEND=tensorflow (save the model as .keras and load it there).")
     options = {} if opset is None else {"opset_version": opset}
-    model.export(target, format="onnx", verbose=False, **options)
+    with _tensors_as_constants(model if backend == "tensorflow" else None):
+        model.export(target, format="onnx", verbose=False, **options)
+
+
+@contextlib.contextmanager
+def _tensors_as_constants(model: Any):
+    """While ``model`` is exported, every eager tensor a layer holds as an attribute (not a
+    variable: keras-hub's ``ViTPatchingAndEmbedding.position_ids``) is its NumPy value:
+    traced, a tensor is captured and tf2onnx 1.17 makes it an extra graph *input* the
+    file cannot run without ("Required inputs ... position_embedding/Less/x:0"); an array
+    becomes a constant."""
+    swapped = []
+    for layer in [] if model is None else model._flatten_layers(include_self=True):
+        for name, value in list(vars(layer).items()):
+            if isinstance(value, tf.Tensor) and not isinstance(value, tf.Variable) \
+                    and hasattr(value, "numpy"):
+                swapped.append((layer, name, value))
+                object.__setattr__(layer, name, value.numpy())
+    try:
+        yield
+    finally:
+        for layer, name, value in swapped:
+            object.__setattr__(layer, name, value)
 
 
 #: what the TensorFlow-backend process of :func:`_jax_onnx_through_tensorflow` runs
@@ -208,6 +259,7 @@ def export_onnx(model: Any, path: str, *, verify_with: Optional[Arrays] = None,
         with tempfile.TemporaryDirectory(prefix="surgery-onnx-") as folder:
             staged = os.path.join(folder, "model.onnx")
             (_keras3_onnx if keras3 else _keras2_onnx)(model, staged, opset)
+            _without_erfc(staged)
             if verify_with is not None:
                 error = _check(model, staged, verify_with, atol, os.fspath(path))
                 logger.info("%s: ONNX Runtime matches Keras to %.3g", path, error)

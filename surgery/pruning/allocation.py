@@ -234,11 +234,33 @@ class _Fill:
             size = int(self.cost.sizes[g])
             self.ranked[g] = np.sort(search.ranking.combined(g))
             blocks = search.ranking.groups[g].blocks
-            widths = {keep_count(size, d / size, spec.round_to or 1, spec.min_channels, blocks)
+            axis = search.ranking.groups[g].axis
+            widths = {keep_count(size, d / size, spec.multiple(axis), spec.minimum(axis), blocks)
                       for d in range(size + 1)}
             self.steps[g] = sorted((w for w in widths if hi_k[g] <= w < lo_k[g]), reverse=True)
         self.kept = lo_k.astype(np.float64).copy()
         self.goal = (1.0 - search.budget.target) * search.reference
+        # a removed block takes its heads and widths along: they count as whole, and stay
+        self.members = {g: search.ranking.block_members(g) for g in movable}
+
+    def _step(self, kept: np.ndarray, g: int) -> np.ndarray:
+        """``kept`` after group ``g``'s next step (a block's own unit groups made whole)."""
+        new = kept.copy()
+        new[g] = self.steps[g][0]
+        size = int(self.cost.sizes[g])
+        for block in self.members[g][size - int(kept[g]):size - int(new[g])]:
+            for m in block:
+                new[m] = self.cost.sizes[m]
+        return new
+
+    def _take(self, kept: np.ndarray, g: int) -> None:
+        """Take group ``g``'s next step in ``kept``; a removed block's groups stop moving."""
+        kept[:] = self._step(kept, g)
+        self.steps[g].pop(0)
+        size = int(self.cost.sizes[g])
+        for block in self.members[g][:size - int(kept[g])]:
+            for m in block:
+                self.steps[m] = []
 
     def run(self) -> list:
         kept, goal, steps = self.kept, self.goal, self.steps
@@ -248,21 +270,17 @@ class _Fill:
             options = [g for g in self.movable if steps[g]]
             if not options:
                 break
-            trial = np.repeat(kept[None, :], len(options), axis=0)
-            for row, g in enumerate(options):
-                trial[row, g] = steps[g][0]
+            trial = np.array([self._step(kept, g) for g in options])
             saved = current - self.cost.cost(trial)
             row = int(np.argmin([self._price(g, saved[r]) for r, g in enumerate(options)]))
             g = options[row]
             if current - saved[row] < goal and np.any(current - saved >= goal):
                 # a coarse step (a wide conv's channel) would overshoot while finer ones
                 # remain: keep it as a candidate, freeze its group, and fill on with the rest
-                crossed = kept.copy()
-                crossed[g] = steps[g][0]
-                history.append((abs(current - saved[row] - goal), crossed, True))
+                history.append((abs(current - saved[row] - goal), trial[row], True))
                 steps[g] = []
                 continue
-            kept[g] = steps[g].pop(0)
+            self._take(kept, g)
             current = float(current - saved[row])
             history.append((abs(current - goal), kept.copy(), current <= goal))
         return history

@@ -20,6 +20,7 @@ from surgery.cost.runtimes import Runtime, get_runtime
 from surgery.engine.graph import ModelGraph
 from surgery.errors import SurgeryError
 from surgery.pruning.criteria import CRITERIA
+from surgery.pruning.criteria.units import UNIT_KINDS
 from surgery.pruning.policies import POLICIES
 
 
@@ -51,13 +52,20 @@ def _layer_names(graph: ModelGraph) -> set:
     return names
 
 
-def check_unit_arguments(*, heads=True, head_dims=False) -> None:
-    """Refuse ``heads`` / ``head_dims`` that are not booleans."""
-    for name, value in (("heads", heads), ("head_dims", head_dims)):
+#: what each unit switch of ``surgery.plan`` turns on, for messages
+_UNIT_SWITCHES = dict(heads="attention layers lose whole heads",
+                      head_dims="attention layers lose head widths",
+                      depth="encoders lose whole blocks",
+                      units="heads, block widths and blocks are planned at all")
+
+
+def check_unit_arguments(**switches) -> None:
+    """Refuse unit switches (``heads``, ``head_dims``, ``depth``, ``units``) that are not
+    booleans."""
+    for name, value in switches.items():
         if not isinstance(value, bool):
-            raise SurgeryError(f"{name} must be True or False (whether attention layers lose "
-                               f"{'whole heads' if name == 'heads' else 'head widths'}), "
-                               f"got {value!r}")
+            raise SurgeryError(f"{name} must be True or False (whether "
+                               f"{_UNIT_SWITCHES[name]}), got {value!r}")
 
 
 def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
@@ -77,8 +85,7 @@ def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
     """
     _check_budget(ratio, threshold, candidates, dict(
         latency_target=latency_target, flops_target=flops_target, params_target=params_target))
-    check_int("round_to", round_to, 1, "kept widths are multiples of it; use 1 for no "
-              "rounding, or 8 for hardware-friendly widths")
+    _check_round_to(round_to)
     check_int("min_channels", min_channels, 0, "it is the fewest channels a group keeps; "
               "use 1 (the default) or more")
     if scope not in ("local", "global"):
@@ -90,6 +97,19 @@ def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",
                            f"{', '.join(sorted(POLICIES))} (pass one as policy=, or "
                            "register one with surgery.policies.register_policy)")
     _check_layers(graph, ignore, per_layer)
+
+
+def _check_round_to(round_to) -> None:
+    """``round_to``: an integer >= 1, or one per kind of unit."""
+    hint = ("kept widths are multiples of it; use 1 for no rounding, 8 for hardware-friendly "
+            "widths, or one per kind of unit: {%s}" % ", ".join(f"'{k}': 8" for k in UNIT_KINDS))
+    if not isinstance(round_to, Mapping):
+        check_int("round_to", round_to, 1, hint)
+        return
+    for kind, value in round_to.items():
+        if kind not in UNIT_KINDS:
+            raise SurgeryError(f"round_to: unknown kind of unit {kind!r}; {hint}")
+        check_int(f"round_to[{kind!r}]", value, 1, hint)
 
 
 #: what each target removes a fraction of, for messages

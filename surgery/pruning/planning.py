@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from surgery.engine.graph import ModelGraph
 from surgery.engine.groups import ChannelGroup, analyse
 from surgery.engine.rules import LayerRule, rule_for
 from surgery.pruning.criteria import channel_scores
-from surgery.pruning.criteria.units import unit_axis_wanted, unit_scores
+from surgery.pruning.criteria.units import unit_axis_wanted, unit_kind, unit_scores
 from surgery.pruning.plan import CHANNELS, Cut, PrunePlan
 from surgery.pruning.policies import BelowThreshold, LowestK, get_policy, normalised
 
@@ -35,10 +35,13 @@ class PlanSpec:
     ``ratio`` of each group's units goes (``scope="global"``: of all units, ranked
     across groups); with ``threshold``, instead every unit scoring below it;
     ``per_layer``: ratios for the groups containing the named layers; ``ignore``: layers
-    whose groups are left alone; kept widths are multiples of ``round_to`` and never below
-    ``min_channels``; ``heads`` / ``head_dims`` turn attention heads and head widths on;
-    ``units=False`` leaves every unit axis alone (heads, head widths and block widths: a
-    cost model that does not see them).
+    whose groups are left alone; kept widths are multiples of ``round_to`` (an integer
+    rounds channels, MLP widths and head widths, not heads; or one per kind of unit,
+    ``{"channels": 8, "heads": 2, "mlp": 64}``, kinds not named unrounded) and never below
+    ``min_channels`` (heads and blocks: at least one stays); ``heads`` / ``head_dims``
+    turn attention heads and head widths on; ``depth`` whole residual blocks (a composite
+    encoder's ``"blocks"`` axis); ``units=False`` leaves every unit axis alone (heads,
+    head widths, block widths and blocks: channels only).
     """
 
     ratio: Optional[float] = 0.3
@@ -47,7 +50,7 @@ class PlanSpec:
     threshold: Optional[float] = None
     per_layer: Mapping[str, float] = dataclasses.field(default_factory=dict)
     ignore: tuple = ()
-    round_to: int = 1
+    round_to: Union[int, Mapping[str, int]] = 1
     min_channels: int = 1
     scope: str = "local"
     data: Any = None
@@ -55,9 +58,34 @@ class PlanSpec:
     head_dims: bool = False
     exact: bool = True
     units: bool = True
+    depth: bool = False
 
     def replace(self, **changes) -> "PlanSpec":
         return dataclasses.replace(self, **changes)
+
+    def multiple(self, axis: Optional[str] = None) -> int:
+        """What kept widths of a group with unit ``axis`` (``None``: channels) are a
+        multiple of.
+
+        >>> spec = PlanSpec(round_to=8)
+        >>> spec.multiple(), spec.multiple("heads"), spec.multiple("intermediate_dim")
+        (8, 1, 8)
+        >>> PlanSpec(round_to={"heads": 2}).multiple("encoder/block_0/heads")
+        2
+        """
+        kind = unit_kind(axis)
+        if isinstance(self.round_to, Mapping):
+            return int(self.round_to.get(kind, 1))
+        return 1 if kind in ("heads", "blocks") else int(self.round_to or 1)
+
+    def minimum(self, axis: Optional[str] = None) -> int:
+        """The fewest units a group with unit ``axis`` keeps: ``min_channels`` for
+        channels and widths, one head, one block.
+
+        >>> PlanSpec(min_channels=2).minimum(), PlanSpec(min_channels=2).minimum("blocks")
+        (2, 1)
+        """
+        return 1 if unit_kind(axis) in ("heads", "blocks") else self.min_channels
 
     @property
     def criterion_name(self) -> str:
@@ -68,9 +96,10 @@ class PlanSpec:
         """The plan's ``settings``: what it was made with."""
         return dict(ratio=self.ratio, criterion=self.criterion_name, policy=self.policy,
                     threshold=self.threshold, per_layer=dict(self.per_layer),
-                    ignore=list(self.ignore), round_to=self.round_to,
+                    ignore=list(self.ignore), round_to=dict(self.round_to) if
+                    isinstance(self.round_to, Mapping) else self.round_to,
                     min_channels=self.min_channels, scope=self.scope, heads=self.heads,
-                    head_dims=self.head_dims, exact=self.exact)
+                    head_dims=self.head_dims, depth=self.depth, exact=self.exact)
 
 
 def keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks: int) -> int:
@@ -159,7 +188,7 @@ class Ranking:
         active: list[ChannelGroup] = []
         for g in groups:
             if g.axis is not None and not (spec.units and unit_axis_wanted(
-                    g.axis, spec.heads, spec.head_dims)):
+                    g.axis, spec.heads, spec.head_dims, spec.depth)):
                 continue
             hit = set(spec.ignore) & set(g.producers + g.followers)
             if g.skipped or hit:
@@ -214,6 +243,18 @@ class Ranking:
         return [(label, g.producers[0], g.axis, g.size)
                 for label, g in zip(self.labels, self.groups) if g.axis is not None]
 
+    def block_members(self, index: int) -> list[list[int]]:
+        """For a ``"blocks"`` unit group, the unit groups inside each of its blocks, in
+        the order the blocks are removed (lowest combined score first); else ``[]``."""
+        g = self.groups[index]
+        if g.axis is None or unit_kind(g.axis) != "blocks":
+            return []
+        node = next(n for n in self.graph.calls() if n.layer.name == g.producers[0])
+        at = {(h.producers[0], h.axis): i for i, h in enumerate(self.groups)}
+        return [[at[(g.producers[0], a)] for a in rule_for(node.info).block_axes(node.info, b)
+                 if (g.producers[0], a) in at]
+                for b in np.argsort(self.combined(index), kind="stable")]
+
     def member_scores(self, index: int, policy: str) -> dict[str, np.ndarray]:
         """One score per unit of group ``index`` for each member (a producer split between
         groups contributes the channels it has in this group)."""
@@ -255,14 +296,14 @@ class Ranking:
             if spec.threshold is not None:
                 proposer = BelowThreshold(spec.threshold)
                 chosen = _trim(np.asarray(policy_fn(members, proposer, depthwise), int),
-                               proposer.combine(members), g.size, spec.round_to,
-                               spec.min_channels, g.blocks)
+                               proposer.combine(members), g.size, spec.multiple(g.axis),
+                               spec.minimum(g.axis), g.blocks)
             else:
                 keys = [label] if label in spec.per_layer else g.producers
                 ratio = max((spec.per_layer[p] for p in keys if p in spec.per_layer),
                             default=spec.ratio)
                 keep = global_keep.get(index) or keep_count(
-                    g.size, ratio, spec.round_to, spec.min_channels, g.blocks)
+                    g.size, ratio, spec.multiple(g.axis), spec.minimum(g.axis), g.blocks)
                 chosen = policy_fn(members, LowestK(g.size - keep, g.blocks), depthwise)
             cuts.append(self._cut(label, g, chosen))
         result = PrunePlan(cuts, dict(self.skipped), spec.settings(), dict(self.skipped_sizes))
@@ -288,7 +329,7 @@ class Ranking:
         for i in self._once(("global",), lambda: self._global_order(channel))[:budget]:
             lost[i] += 1
         return {i: keep_count(self.groups[i].size, lost[i] / self.groups[i].size,
-                              spec.round_to, spec.min_channels, self.groups[i].blocks)
+                              spec.multiple(), spec.min_channels, self.groups[i].blocks)
                 for i in channel}
 
     def _global_order(self, channel: list) -> list:

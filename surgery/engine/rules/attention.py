@@ -194,6 +194,37 @@ class MultiHeadAttentionRule(LayerRule):
                              **self._out_config(info, self.channels(info)))
         return config, weights
 
+    # ---- activations (scores from data) ------------------------------------------------
+    def unit_activations(self, info, inputs: list) -> dict:
+        """``{"heads": (batch, heads)}``: each head's context (before the output
+        projection), its L2 norm over the head's width averaged over query positions,
+        per example, from a NumPy pass over the weights on the call's ``inputs``
+        (query, value[, key]; no attention mask: self-attention of full sequences)."""
+        if any(np.ndim(t) != 3 for t in inputs) or info.config.get("use_gate"):
+            return {}  # attention over several axes, or gated: scored by weights
+        heads = self.heads_forward(info, inputs)[0]
+        return {"heads": np.sqrt(np.square(heads).sum(axis=-1)).mean(axis=1)}
+
+    def heads_forward(self, info, inputs: list) -> tuple:
+        """``(contexts (batch, tq, heads, value_dim), output (batch, tq, out))`` of the
+        layer on ``inputs`` (a gated attention is not covered)."""
+        parts, w = self._parts(info), [np.asarray(v, np.float64) for v in info.weights]
+        given = dict(zip(self._roles(info), [np.asarray(t, np.float64) for t in inputs]))
+        given.setdefault("value", given["query"])
+        given.setdefault("key", given["value"])
+
+        def project(part, x):
+            kernel, bias = parts[part]
+            y = np.einsum("btm,mnd->btnd", x, w[kernel])
+            return y if bias is None else y + w[bias]
+        q, k, v = (project(p, given[p]) for p in ("query", "key", "value"))
+        scores = np.einsum("btnd,bsnd->bnts", q, k) / math.sqrt(q.shape[-1])
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        contexts = np.einsum("bnts,bsnd->btnd", scores / scores.sum(-1, keepdims=True), v)
+        kernel, bias = parts["output"]
+        out = np.einsum("btnd,ndo->bto", contexts, w[kernel])
+        return contexts, out if bias is None else out + w[bias]
+
     # ---- costs -------------------------------------------------------------------------
     def flops(self, info) -> int:
         heads, key_dim, value_dim = self._dims(info)

@@ -311,6 +311,17 @@ class LayerRule:
         (``{"heads": 8, "key_dim": 64, "value_dim": 64}``); empty for most layers."""
         return {}
 
+    def unit_activations(self, info: LayerInfo, inputs: list) -> dict:
+        """``{axis: (batch, units)}``: what each unit of the layer's unit axes outputs on
+        the call's ``inputs`` (NumPy arrays), as a magnitude per example, for the
+        ``activation`` criterion; ``{}`` where the rule cannot tell (scored by weights)."""
+        return {}
+
+    def block_axes(self, info: LayerInfo, block: int) -> list:
+        """The unit axes inside block ``block`` of the layer's ``"blocks"`` axis (they go
+        with it: a removed block's heads are no longer there to cut)."""
+        return []
+
     def unit_blocks(self, info: LayerInfo, axis: str) -> int:
         """Units must leave each of this many equal slices of ``axis`` equally (query
         heads per key/value group in grouped-query attention)."""

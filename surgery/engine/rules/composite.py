@@ -41,6 +41,23 @@ def attention_call(info, name: str, weights, heads: int, key_dim: int, value_dim
     return sub, rule_for("MultiHeadAttention")
 
 
+def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    centred = x - x.mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(np.square(centred).mean(axis=-1, keepdims=True) + eps) * gamma \
+        + beta
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """The exact GELU keras-hub's encoders use, with ``erf`` to 1.5e-7 (Abramowitz and
+    Stegun 7.1.26): activation scores need no more."""
+    z = np.abs(x) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 +
+                                                                         t * 1.061405429))))
+    erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))
+    return 0.5 * x * (1.0 + erf)
+
+
 def _positions(info) -> int:
     return int(np.prod(concrete(info.input_shape[:-1]))) if len(info.input_shape) > 1 else 1
 
@@ -140,8 +157,11 @@ class ViTEncoderRule(LayerRule):
     (``transformer_block_{i+1}``) holds ``ln_1`` (2 weights), ``mha`` (8, or 4 without
     biases), ``ln_2`` (2) and an MLP ``dense_1`` / ``dense_2`` (2 each, 1 without biases);
     the final ``ln`` (2) comes last. Each block's unit axes are ``"<block>/heads"`` and
-    ``"<block>/mlp_dim"``; the pruned encoder is rebuilt as ``surgery>ViTEncoder``, whose
-    config lists each block's ``num_heads``, ``key_dim`` and ``mlp_dim``."""
+    ``"<block>/mlp_dim"``, and the blocks themselves are the axis ``"blocks"`` (depth: a
+    block adds its attention and MLP branches to the residual stream, so with both
+    branches' output projections zero it is the identity, and removing it changes
+    nothing); the pruned encoder is rebuilt as ``surgery>ViTEncoder``, whose config lists
+    each remaining block's ``num_heads``, ``key_dim`` and ``mlp_dim``."""
 
     flow = BLOCKING
     registered = "surgery>ViTEncoder"
@@ -165,7 +185,8 @@ class ViTEncoderRule(LayerRule):
         for i, d in enumerate(dims):
             blocks.append(dict(d, name=f"transformer_block_{i + 1}", mha=start + 2,
                                mha_end=start + 2 + mha, dense_1=start + 4 + mha,
-                               dense_2=start + 4 + mha + dense, bias=dense == 2))
+                               dense_2=start + 4 + mha + dense, bias=dense == 2,
+                               start=start, end=start + 4 + mha + 2 * dense))
             start += 4 + mha + 2 * dense
         return blocks
 
@@ -185,12 +206,40 @@ class ViTEncoderRule(LayerRule):
 
     def unit_axes(self, info) -> dict:
         axes = {}
-        for b in self._blocks(info):
+        blocks = self._blocks(info)
+        for b in blocks:
             axes[f"{b['name']}/heads"] = b["num_heads"]
             axes[f"{b['name']}/mlp_dim"] = b["mlp_dim"]
+        if len(blocks) > 1:
+            axes["blocks"] = len(blocks)
         return axes
 
+    def block_axes(self, info, block: int) -> list:
+        name = self._blocks(info)[block]["name"]
+        return [f"{name}/heads", f"{name}/mlp_dim"]
+
+    @staticmethod
+    def _branch_outputs(block) -> list:
+        """The weights that end a block's two residual branches: the attention's output
+        kernel (and bias) and the MLP's ``dense_2`` kernel (and bias)."""
+        mha = block["mha_end"] - block["mha"]
+        outputs = [block["mha"] + 6, block["mha"] + 7] if mha == 8 else [block["mha"] + 3]
+        return outputs + [block["dense_2"]] + ([block["dense_2"] + 1] if block["bias"]
+                                               else [])
+
+    def zero_units(self, info, cuts):
+        cuts = dict(cuts)
+        gone = cuts.pop("blocks", ())
+        weights = super().zero_units(info, cuts)
+        blocks = self._blocks(info)
+        for i in gone:
+            for k in self._branch_outputs(blocks[i]):
+                weights[k] = np.zeros_like(weights[k])
+        return weights
+
     def unit_slices(self, info, axis):
+        if axis == "blocks":
+            raise NotImplementedError("a block is zeroed by zero_units, not by slices")
         block, unit = self._find(info, axis)
         if unit == "heads":
             sub, rule = self._attention(info, block)
@@ -199,16 +248,53 @@ class ViTEncoderRule(LayerRule):
         return slices + [(block["dense_1"] + 1, 0)] if block["bias"] else slices
 
     def unit_matrix(self, info, axis):
+        if axis == "blocks":  # what each block's branches write to the residual stream
+            rows = [np.concatenate([np.ravel(info.weights[k]) for k in self._branch_outputs(b)])
+                    for b in self._blocks(info)]
+            matrix = np.zeros((len(rows), max(len(r) for r in rows)))
+            for i, r in enumerate(rows):
+                matrix[i, :len(r)] = r
+            return matrix
         block, unit = self._find(info, axis)
         if unit == "heads":
             sub, rule = self._attention(info, block)
             return rule.unit_matrix(sub, "heads")
         return super().unit_matrix(info, axis)
 
+    def unit_activations(self, info, inputs: list) -> dict:
+        """Per example: each head's context norm, each MLP unit's mean |GELU output| and
+        each block's mean change of the residual stream (L2 over the hidden width), over
+        the tokens, from a NumPy pass over the blocks' weights."""
+        w = [np.asarray(v, np.float64) for v in info.weights]
+        eps = float(info.config.get("layer_norm_epsilon", 1e-6))
+        h = np.asarray(inputs[0], np.float64)
+        out, changes = {}, []
+        for b in self._blocks(info):
+            sub, rule = self._attention(info, b)
+            start = b["mha"] - 2
+            x = _layer_norm(h, w[start], w[start + 1], eps)
+            contexts, attended = rule.heads_forward(sub, [x, x])
+            out[f"{b['name']}/heads"] = np.sqrt(np.square(contexts).sum(-1)).mean(axis=1)
+            mid = h + attended
+            k = b["dense_1"]
+            x = _layer_norm(mid, w[k - 2], w[k - 1], eps) @ w[k]
+            a = _gelu(x + w[k + 1] if b["bias"] else x)
+            out[f"{b['name']}/mlp_dim"] = np.abs(a).mean(axis=1)
+            y = a @ w[b["dense_2"]]
+            new = mid + (y + w[b["dense_2"] + 1] if b["bias"] else y)
+            changes.append(np.sqrt(np.square(new - h).sum(-1)).mean(axis=1))
+            h = new
+        out["blocks"] = np.stack(changes, axis=1)
+        return out
+
     def cut_units(self, info, cuts):
         weights = list(info.weights)
         dims = []
-        for b in self._blocks(info):
+        removed = set(cuts.get("blocks", ()))
+        blocks = self._blocks(info)
+        for i, b in enumerate(blocks):
+            if i in removed:
+                continue
             heads = list(cuts.get(f"{b['name']}/heads", ()))
             gone = list(cuts.get(f"{b['name']}/mlp_dim", ()))
             if heads:
@@ -222,7 +308,10 @@ class ViTEncoderRule(LayerRule):
                 weights[b["dense_2"]] = np.delete(weights[b["dense_2"]], gone, axis=0)
             dims.append(dict(num_heads=b["num_heads"] - len(heads), key_dim=b["key_dim"],
                              mlp_dim=b["mlp_dim"] - len(gone)))
-        return with_config(info.config, blocks=dims, **{CLASS_KEY: self.registered}), weights
+        for b in sorted((blocks[i] for i in removed), key=lambda b: -b["start"]):
+            del weights[b["start"]:b["end"]]  # from the last: earlier indices stay valid
+        return with_config(info.config, blocks=dims, num_layers=len(dims),
+                           **{CLASS_KEY: self.registered}), weights
 
     def flops(self, info) -> int:
         total = 0

@@ -1,0 +1,128 @@
+"""Depth and the one ranking of units (issue 30), in Keras 3 (TensorFlow backend), run in
+a child process by tests/test_depth.py.
+
+``python tests/keras3_depth_cases.py run OUT`` builds a keras-hub ``ViTBackbone`` (3
+blocks, 4 heads, hidden 16, MLP 32, random weights) and prints one JSON line:
+
+* ``oracle``: block 2's residual branches zeroed (its attention output and MLP ``dense_2``),
+  then the block removed: the outputs must not move (``verify``), while the zeroing did
+  (``moved``); removing another block instead is caught (``wrong_block``);
+* ``ranking``: a dead block (block 2: branches zero), a dead head (block 1, head 3: its
+  query, key, value and output weights zero) and five dead MLP units (block 3: their
+  ``dense_1`` columns, biases and ``dense_2`` rows zero), then
+  ``plan(params_target=<exactly their parameters' share>, depth=True)``: what it removes,
+  by weight norm and by Minitron's activations on calibration inputs alone (and how far the
+  rule's NumPy pass behind those is from Keras: ``activation_check``);
+* the pruned model saved as ``OUT/depth.keras`` and reloaded (``reloaded``: the largest
+  output difference), and exported to ONNX and run in ONNX Runtime (``onnx``).
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+
+from keras3_hub_cases import _outputs, _randomize  # noqa: E402
+
+ENC = "vit_encoder"
+
+
+def _model():
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=3,
+                                         num_heads=4, hidden_dim=16, mlp_dim=32)
+    x = np.random.default_rng(1).normal(size=(3, 16, 16, 3)).astype("float32")
+    return _randomize(model), x
+
+
+def _plant(model):
+    """Zero block 2's branches, head 3 of block 1, MLP units 0-4 of block 3."""
+    encoder = model.get_layer(ENC)
+    b1, b2, b3 = encoder.encoder_layers
+    for dense in (b2.mha._output_dense, b2.mlp.dense_2):
+        dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    for dense in (b1.mha._query_dense, b1.mha._key_dense, b1.mha._value_dense):
+        w = dense.get_weights()
+        w[0][:, 3] = 0
+        w[1][3] = 0
+        dense.set_weights(w)
+    w = b1.mha._output_dense.get_weights()
+    w[0][3] = 0
+    b1.mha._output_dense.set_weights(w)
+    w1, w2 = b3.mlp.dense_1.get_weights(), b3.mlp.dense_2.get_weights()
+    w1[0][:, :5], w1[1][:5], w2[0][:5] = 0, 0, 0
+    b3.mlp.dense_1.set_weights(w1)
+    b3.mlp.dense_2.set_weights(w2)
+
+
+def run(out):
+    import surgery
+    from surgery.engine.zeroing import max_relative_difference
+
+    report = {}
+    model, x = _model()
+    gone = surgery.PrunePlan.from_deletions({}, units={ENC: {"blocks": [1]}})
+    zeroed = surgery.zero_channels(model, {}, gone.units)
+    smaller = surgery.apply(model, gone)
+    other = surgery.apply(model, surgery.PrunePlan.from_deletions({}, units={
+        ENC: {"blocks": [2]}}))
+    report["oracle"] = dict(
+        verify=surgery.verify(model, smaller, gone, x),
+        moved=max_relative_difference(_outputs(model, x), _outputs(zeroed, x)),
+        wrong_block=surgery.verify(model, other, gone, x),
+        params=[model.count_params(), smaller.count_params()],
+        flops=[surgery.count_flops(model), surgery.count_flops(smaller)],
+        blocks=len(smaller.get_layer(ENC).encoder_layers))
+
+    _plant(model)
+    planted = {f"{ENC}:blocks": [1], f"{ENC}:transformer_block_1/heads": [3],
+               f"{ENC}:transformer_block_3/mlp_dim": [0, 1, 2, 3, 4]}
+    oracle = surgery.PrunePlan.from_deletions({}, units={ENC: {
+        k.split(":", 1)[1]: v for k, v in planted.items()}})
+    share = 1 - surgery.apply(model, oracle).count_params() / model.count_params()
+    plan = surgery.plan(model, params_target=share, depth=True)
+    pruned = surgery.apply(model, plan)
+    report["ranking"] = dict(
+        planted=planted, share=share,
+        removed={f"{layer}:{axis}": v for layer, axes in plan.units.items()
+                 for axis, v in axes.items() if v},
+        predicted=plan.settings["params_after"], measured=pruned.count_params(),
+        verify=surgery.verify(model, pruned, plan, x))
+    # the same ranking from data: Minitron's activations, inputs alone
+    calibration = np.random.default_rng(3).normal(size=(32, 16, 16, 3)).astype("float32")
+    by_data = surgery.plan(model, params_target=share, depth=True, criterion="activation",
+                           data=calibration)
+    report["ranking"]["removed_by_activation"] = {
+        f"{layer}:{axis}": v for layer, axes in by_data.units.items()
+        for axis, v in axes.items() if v}
+    # the rule's NumPy pass agrees with Keras: block 1's change of the residual stream
+    from surgery.engine.graph import resolve
+    from surgery.engine.rules import rule_for
+
+    node = next(n for n in resolve(model).calls() if n.layer.name == ENC)
+    h = keras.ops.convert_to_numpy(keras.Model(model.inputs, node.inputs[0])(x))
+    after = keras.ops.convert_to_numpy(model.get_layer(ENC).encoder_layers[0](h))
+    numpy_change = rule_for(node.info).unit_activations(node.info, [h])["blocks"][:, 0]
+    report["activation_check"] = float(np.max(np.abs(
+        np.sqrt(np.square(after - h).sum(-1)).mean(1) - numpy_change)))
+    path = os.path.join(out, "depth.keras")
+    pruned.save(path)
+    reloaded = keras.saving.load_model(path)
+    report["reloaded"] = float(np.max(np.abs(_outputs(reloaded, x) - _outputs(pruned, x))))
+    # keras-hub's exact GELU (an Erfc node) and position ids (a captured tensor) export
+    surgery.export_onnx(pruned, os.path.join(out, "depth.onnx"), verify_with=x)
+    onnx_y = surgery.onnx_predict(os.path.join(out, "depth.onnx"), x)
+    report["onnx"] = float(np.max(np.abs(np.asarray(onnx_y) - _outputs(pruned, x))))
+    print("RESULT " + json.dumps(report, default=str))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    {"run": run}[sys.argv[1]](sys.argv[2])

@@ -1,0 +1,42 @@
+"""Depth (issue 30): a keras-hub ViT block whose residual branches are zero is the
+identity, so removing it must not move the outputs (the zeroing oracle, extended to
+blocks); and a plan under ``params_target`` with ``depth=True`` ranks blocks, heads and
+MLP units together, so a planted dead block, dead head and dead MLP units are exactly
+what it removes first. Cases in tests/keras3_depth_cases.py, in a Keras 3 child process
+(keras-hub has no tf-keras form)."""
+import pytest
+from keras3_child import run_case
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return run_case("tensorflow", "keras3_depth_cases.py", "run",
+                    tmp_path_factory.mktemp("depth"), timeout=900)
+
+
+def test_a_block_with_zero_branches_is_removed_exactly(report):
+    r = report["oracle"]
+    assert r["blocks"] == 2
+    assert r["verify"] <= 1e-6
+    assert r["moved"] > 1e-2              # zeroing the block's branches moved the outputs
+    assert r["wrong_block"] > 1e-2        # removing another block is caught
+    assert r["params"][1] < r["params"][0] and r["flops"][1] < r["flops"][0]
+
+
+def test_dead_block_head_and_mlp_units_go_first_under_a_params_target(report):
+    r = report["ranking"]
+    assert r["removed"] == r["planted"], r
+    assert r["removed_by_activation"] == r["planted"], r
+    assert report["activation_check"] <= 1e-4
+    assert r["predicted"] == r["measured"]
+    assert r["verify"] <= 1e-6
+
+
+def test_a_model_without_a_block_reloads(report):
+    assert report["reloaded"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_keras_hub_vit_exports_to_onnx_runtime(report):
+    """keras-hub's exact GELU converts to an ``Erfc`` node no ONNX opset has, and its
+    position ids to an extra graph input: the exported file runs, and agrees."""
+    assert report["onnx"] <= 1e-4
