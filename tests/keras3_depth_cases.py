@@ -13,6 +13,8 @@ blocks, 4 heads, hidden 16, MLP 32, random weights) and prints one JSON line:
   ``plan(params_target=<exactly their parameters' share>, depth=True)``: what it removes,
   by weight norm and by Minitron's activations on calibration inputs alone (and how far the
   rule's NumPy pass behind those is from Keras: ``activation_check``);
+* ``hidden``: tests/transformer_models.py's ViT with RMS norms, three dead hidden channels,
+  a dead head and eight dead MLP units: what a target of exactly their share removes;
 * the pruned model saved as ``OUT/depth.keras`` and reloaded (``reloaded``: the largest
   output difference), and exported to ONNX and run in ONNX Runtime (``onnx``).
 """
@@ -111,6 +113,20 @@ def run(out):
     numpy_change = rule_for(node.info).unit_activations(node.info, [h])["blocks"][:, 0]
     report["activation_check"] = float(np.max(np.abs(
         np.sqrt(np.square(after - h).sum(-1)).mean(1) - numpy_change)))
+    # dead hidden channels (across RMS norms), a dead head and dead MLP units
+    import transformer_models as tm
+
+    rms = tm.vit(keras, norm="rms")
+    deletions, groups, units = tm.plant_dead_units(rms)
+    oracle = surgery.PrunePlan.from_deletions(deletions, groups, units=units)
+    share = 1 - surgery.apply(rms, oracle).count_params() / rms.count_params()
+    report["hidden"] = dict(planted=[deletions, units])
+    for criterion in ("l1", "activation"):
+        p = surgery.plan(rms, params_target=share - 1e-7, criterion=criterion,
+                         data=calibration)
+        report["hidden"][criterion] = [p.deletions, {
+            layer: {a: v for a, v in axes.items() if v}
+            for layer, axes in p.units.items() if any(axes.values())}]
     path = os.path.join(out, "depth.keras")
     pruned.save(path)
     reloaded = keras.saving.load_model(path)

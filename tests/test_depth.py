@@ -40,3 +40,9 @@ def test_a_keras_hub_vit_exports_to_onnx_runtime(report):
     """keras-hub's exact GELU converts to an ``Erfc`` node no ONNX opset has, and its
     position ids to an extra graph input: the exported file runs, and agrees."""
     assert report["onnx"] <= 1e-4
+
+
+@pytest.mark.parametrize("criterion", ("l1", "activation"))
+def test_dead_hidden_channels_across_rms_norms_go_first(report, criterion):
+    r = report["hidden"]
+    assert r[criterion] == r["planted"], r

@@ -145,3 +145,20 @@ def test_round_to_per_kind_of_unit():
     assert all(32 - len(v) == 16 for v in q.deletions.values())
     with pytest.raises(surgery.SurgeryError, match="round_to.*'hidden'"):
         surgery.plan(model, ratio=0.5, round_to={"hidden": 8})
+
+
+def test_dead_hidden_channels_heads_and_mlp_units_are_the_first_to_go():
+    """The same with the hidden (residual) width prunable (no mean-centred norms): three
+    dead hidden channels join the dead head and MLP units, and a target of exactly their
+    parameters removes those and nothing else (tf-keras; Keras 3 with RMS norms in
+    tests/keras3_depth_cases.py)."""
+    model = tm.vit(keras, norm=None)
+    deletions, groups, units = tm.plant_dead_units(model)
+    oracle = surgery.PrunePlan.from_deletions(deletions, groups, units=units)
+    share = 1 - surgery.apply(model, oracle).count_params() / model.count_params()
+    plan = surgery.plan(model, params_target=share - 1e-7)
+    cut_units = {layer: {a: v for a, v in axes.items() if v}
+                 for layer, axes in plan.units.items() if any(axes.values())}
+    assert plan.deletions == deletions and cut_units == units, plan.summary()
+    x = tm.inputs("vit", "float32")
+    assert max_relative_difference(model(x), surgery.apply(model, plan)(x)) <= 1e-5

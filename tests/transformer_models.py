@@ -18,20 +18,58 @@ def _randomize(model, seed=0):
     return model
 
 
-def vit(K, size=16, patch=4, blocks=2, classes=5, channels=3):
+def vit(K, size=16, patch=4, blocks=2, classes=5, channels=3, norm="layer"):
+    """``norm``: ``"layer"`` (mean-centred: the hidden width stays), ``"rms"`` (Keras 3's
+    RMSNormalization) or ``None`` (no norms): with either, the hidden width is one
+    prunable channel group (the patch conv, every attention output and MLP down)."""
     L = K.layers
+
+    def normed(name, t):
+        if norm is None:
+            return t
+        make = L.LayerNormalization if norm == "layer" else L.RMSNormalization
+        return make(name=name)(t)
     x = K.Input((size, size, channels))
     h = L.Conv2D(WIDTH, patch, strides=patch, name="patch")(x)
     h = L.Reshape(((size // patch) ** 2, WIDTH))(h)
     for i in range(blocks):
-        a = L.LayerNormalization(name=f"ln{i}a")(h)
+        a = normed(f"ln{i}a", h)
         a = L.MultiHeadAttention(HEADS, KEY_DIM, name=f"mha{i}")(a, a)
         h = L.Add()([h, a])
-        m = L.LayerNormalization(name=f"ln{i}b")(h)
+        m = normed(f"ln{i}b", h)
         m = L.Dense(MLP, activation="gelu", name=f"mlp{i}_up")(m)
         h = L.Add()([h, L.Dense(WIDTH, name=f"mlp{i}_down")(m)])
-    h = L.GlobalAveragePooling1D()(L.LayerNormalization(name="ln_out")(h))
+    h = L.GlobalAveragePooling1D()(normed("ln_out", h))
     return _randomize(K.Model(x, L.Dense(classes, name="head")(h), name="vit"))
+
+
+#: the producers of the hidden width of :func:`vit` without mean-centred norms
+HIDDEN = ["patch", "mha0", "mlp0_down", "mha1", "mlp1_down"]
+
+
+def plant_dead_units(model):
+    """Make head 1 of ``mha0``, MLP units 0-7 of ``mlp0_up`` and hidden channels 0-2
+    (every producer of the residual stream) contribute nothing: their weights in are
+    zero. Returns the plan that removes exactly them, as ``(deletions, groups, units)``."""
+    mha = model.get_layer("mha0")
+    w = mha.get_weights()
+    for k in (0, 2, 4):                      # query, key, value kernels (width, heads, dim)
+        w[k][:, 1, :] = 0
+        w[k + 1][1] = 0                      # and biases (heads, dim)
+    w[6][1] = 0                              # output kernel (heads, dim, width)
+    mha.set_weights(w)
+    up = model.get_layer("mlp0_up")
+    kernel, bias = up.get_weights()
+    kernel[:, :8], bias[:8] = 0, 0
+    up.set_weights([kernel, bias])
+    hidden = [0, 1, 2]
+    for name in HIDDEN:
+        layer = model.get_layer(name)
+        w = layer.get_weights()
+        w[-2][..., hidden], w[-1][..., hidden] = 0, 0   # output kernel columns and bias
+        layer.set_weights(w)
+    deletions = dict({name: hidden for name in HIDDEN}, mlp0_up=list(range(8)))
+    return deletions, [HIDDEN, ["mlp0_up"]], {"mha0": {"heads": [1]}}
 
 
 def bert(K, vocab=40, blocks=2, classes=3):
