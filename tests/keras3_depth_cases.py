@@ -15,6 +15,8 @@ blocks, 4 heads, hidden 16, MLP 32, random weights) and prints one JSON line:
   rule's NumPy pass behind those is from Keras: ``activation_check``);
 * ``hidden``: tests/transformer_models.py's ViT with RMS norms, three dead hidden channels,
   a dead head and eight dead MLP units: what a target of exactly their share removes;
+* ``query_groups``: keras-hub's Llama, Mistral, Qwen3 and Gemma 3 backbones losing whole
+  key/value groups (each with its query heads), by ratio and under ``params_target``;
 * the pruned model saved as ``OUT/depth.keras`` and reloaded (``reloaded``: the largest
   output difference), and exported to ONNX and run in ONNX Runtime (``onnx``).
 """
@@ -61,6 +63,40 @@ def _plant(model):
     w1[0][:, :5], w1[1][:5], w2[0][:5] = 0, 0, 0
     b3.mlp.dense_1.set_weights(w1)
     b3.mlp.dense_2.set_weights(w2)
+
+
+def _query_groups(out):
+    """Grouped-query decoders (2 key/value groups of 2 query heads) losing a whole group
+    per block, by ratio and under a parameter target; saved and reloaded."""
+    import surgery
+    from surgery.engine.zeroing import max_relative_difference
+    from keras3_hub_cases import backbone
+
+    report = {}
+    for case in ("llama", "mistral", "qwen3", "gemma3"):
+        model, x = backbone(case)
+        plan = surgery.plan(model, ratio=0.5, heads=False, query_groups=True)
+        pruned = surgery.apply(model, plan)
+        zeroed = surgery.zero_channels(model, plan.deletions, plan.units)
+        wrong = surgery.PrunePlan.from_deletions(plan.deletions, plan.groups, units={
+            layer: {a: [1 - g for g in v] if a == "query_groups" else v
+                    for a, v in axes.items()} for layer, axes in plan.units.items()})
+        budget = surgery.plan(model, params_target=0.4, query_groups=True)
+        smaller = surgery.apply(model, budget)
+        path = os.path.join(out, f"{case}_groups.keras")
+        pruned.save(path)
+        reloaded = keras.saving.load_model(path)
+        report[case] = dict(
+            groups={f"{layer}:{a}": v for layer, axes in plan.units.items()
+                    for a, v in axes.items() if v},
+            verify=surgery.verify(model, pruned, plan, x),
+            moved=max_relative_difference(_outputs(model, x), _outputs(zeroed, x)),
+            wrong_group=surgery.verify(model, surgery.apply(model, wrong), plan, x),
+            budget=[budget.settings["params_after"], smaller.count_params(),
+                    model.count_params()],
+            budget_verify=surgery.verify(model, smaller, budget, x),
+            reloaded=float(np.max(np.abs(_outputs(reloaded, x) - _outputs(pruned, x)))))
+    return report
 
 
 def run(out):
@@ -127,6 +163,7 @@ def run(out):
         report["hidden"][criterion] = [p.deletions, {
             layer: {a: v for a, v in axes.items() if v}
             for layer, axes in p.units.items() if any(axes.values())}]
+    report["query_groups"] = _query_groups(out)
     path = os.path.join(out, "depth.keras")
     pruned.save(path)
     reloaded = keras.saving.load_model(path)

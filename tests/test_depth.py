@@ -46,3 +46,16 @@ def test_a_keras_hub_vit_exports_to_onnx_runtime(report):
 def test_dead_hidden_channels_across_rms_norms_go_first(report, criterion):
     r = report["hidden"]
     assert r[criterion] == r["planted"], r
+
+
+@pytest.mark.parametrize("case", ("llama", "mistral", "qwen3", "gemma3"))
+def test_grouped_query_attention_loses_whole_key_value_groups(report, case):
+    r = report["query_groups"][case]
+    assert r["groups"] and all(len(v) == 1 for k, v in r["groups"].items()
+                               if k.endswith("query_groups")), r
+    assert r["verify"] <= 1e-5
+    assert r["moved"] > 1e-2 and r["wrong_group"] > 1e-3
+    predicted, measured, before = r["budget"]
+    assert predicted == measured and abs(1 - measured / before - 0.4) <= 0.02, r
+    assert r["budget_verify"] <= 1e-5
+    assert r["reloaded"] <= 1e-5

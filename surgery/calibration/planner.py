@@ -48,7 +48,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          head_dims: bool = False, exact: bool = True, candidates: int = 1,
          max_ratio: float = DEFAULT_MAX_RATIO, at_least: bool = False,
          params_target: Optional[float] = None, depth: bool = False,
-         units: bool = True) -> PrunePlan:
+         query_groups: bool = False, units: bool = True) -> PrunePlan:
     """Decide which channels (and heads, head widths, block units) to delete.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -73,8 +73,10 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes whole heads,
     ``head_dims=True`` the per-head query/key and value widths; ``depth=True`` whole
     blocks of a composite encoder (keras-hub's ViT and DeiT encoders: a block whose
-    residual branches are removed is the identity); ``units=False`` leaves every unit axis
-    alone (channels only). Under ``flops_target``, ``params_target`` and
+    residual branches are removed is the identity); ``query_groups=True`` whole key/value
+    groups of grouped-query attention, each with its query heads (keras-hub's Llama,
+    Mistral, Qwen3 and Gemma 3 blocks; their heads then go only by whole groups); ``units=False`` leaves every unit axis alone
+    (channels only). Under ``flops_target``, ``params_target`` and
     ``latency_target`` heads, block widths and blocks are costed and allocated with the
     channels (head widths stay: their cost multiplies with the head count); the latency
     tables time a block rebuilt with fewer heads or MLP units as they time a layer with
@@ -94,7 +96,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     graph = resolve(model, "plan")
     if not isinstance(exact, bool):
         raise SurgeryError(f"plan(exact=...) must be True or False, got {exact!r}")
-    check_unit_arguments(heads=heads, head_dims=head_dims, depth=depth, units=units)
+    check_unit_arguments(heads=heads, head_dims=head_dims, depth=depth,
+                         query_groups=query_groups, units=units)
     check_plan_arguments(graph, ratio=ratio, criterion=criterion, policy=policy,
                          threshold=threshold, per_layer=per_layer, ignore=ignore,
                          round_to=1 if round_to is None else round_to,
@@ -103,7 +106,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
                          candidates=candidates, params_target=params_target)
     spec = PlanSpec(ratio, criterion, policy, threshold, dict(per_layer or {}), tuple(ignore),
                     1 if round_to is None else round_to, min_channels, scope, data, heads,
-                    head_dims, exact, units=units, depth=depth)
+                    head_dims, exact, units=units, depth=depth, query_groups=query_groups)
     flat = flattened(graph)
     with approximate(not exact):
         if latency_target is not None:

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depth", action="store_true",
                    help="also remove whole transformer blocks (keras-hub ViT and DeiT "
                         "encoders), costed with the heads and widths")
+    g.add_argument("--query-groups", action="store_true",
+                   help="grouped-query attention loses whole key/value groups (with their "
+                        "query heads) instead of query heads from every group")
     g.add_argument("--runtime", default="onnxruntime",
                    choices=("onnxruntime", "tflite", "tensorflow"),
                    help="runtime --latency-target is measured in")

@@ -56,6 +56,7 @@ def _layer_names(graph: ModelGraph) -> set:
 _UNIT_SWITCHES = dict(heads="attention layers lose whole heads",
                       head_dims="attention layers lose head widths",
                       depth="encoders lose whole blocks",
+                      query_groups="grouped-query attention loses whole key/value groups",
                       units="heads, block widths and blocks are planned at all")
 
 

@@ -40,7 +40,9 @@ class PlanSpec:
     ``{"channels": 8, "heads": 2, "mlp": 64}``, kinds not named unrounded) and never below
     ``min_channels`` (heads and blocks: at least one stays); ``heads`` / ``head_dims``
     turn attention heads and head widths on; ``depth`` whole residual blocks (a composite
-    encoder's ``"blocks"`` axis); ``units=False`` leaves every unit axis alone (heads,
+    encoder's ``"blocks"`` axis); ``query_groups`` whole key/value groups of grouped-query
+    attention (with their query heads; such a layer's heads then go only by groups);
+    ``units=False`` leaves every unit axis alone (heads,
     head widths, block widths and blocks: channels only).
     """
 
@@ -59,6 +61,7 @@ class PlanSpec:
     exact: bool = True
     units: bool = True
     depth: bool = False
+    query_groups: bool = False
 
     def replace(self, **changes) -> "PlanSpec":
         return dataclasses.replace(self, **changes)
@@ -76,7 +79,7 @@ class PlanSpec:
         kind = unit_kind(axis)
         if isinstance(self.round_to, Mapping):
             return int(self.round_to.get(kind, 1))
-        return 1 if kind in ("heads", "blocks") else int(self.round_to or 1)
+        return 1 if kind in ("heads", "query_groups", "blocks") else int(self.round_to or 1)
 
     def minimum(self, axis: Optional[str] = None) -> int:
         """The fewest units a group with unit ``axis`` keeps: ``min_channels`` for
@@ -85,7 +88,8 @@ class PlanSpec:
         >>> PlanSpec(min_channels=2).minimum(), PlanSpec(min_channels=2).minimum("blocks")
         (2, 1)
         """
-        return 1 if unit_kind(axis) in ("heads", "blocks") else self.min_channels
+        return 1 if unit_kind(axis) in ("heads", "query_groups", "blocks") else \
+            self.min_channels
 
     @property
     def criterion_name(self) -> str:
@@ -99,7 +103,8 @@ class PlanSpec:
                     ignore=list(self.ignore), round_to=dict(self.round_to) if
                     isinstance(self.round_to, Mapping) else self.round_to,
                     min_channels=self.min_channels, scope=self.scope, heads=self.heads,
-                    head_dims=self.head_dims, depth=self.depth, exact=self.exact)
+                    head_dims=self.head_dims, depth=self.depth,
+                    query_groups=self.query_groups, exact=self.exact)
 
 
 def keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks: int) -> int:
@@ -188,7 +193,7 @@ class Ranking:
         active: list[ChannelGroup] = []
         for g in groups:
             if g.axis is not None and not (spec.units and unit_axis_wanted(
-                    g.axis, spec.heads, spec.head_dims, spec.depth)):
+                    g.axis, spec.heads, spec.head_dims, spec.depth, spec.query_groups)):
                 continue
             hit = set(spec.ignore) & set(g.producers + g.followers)
             if g.skipped or hit:
@@ -197,6 +202,12 @@ class Ranking:
             else:
                 active.append(g)
         self.skipped.update(skipped_layers)
+        # a layer losing whole key/value groups keeps the query heads of those it keeps:
+        # cutting both would count the heads of a removed group twice
+        grouped = {g.producers[0] for g in active if g.axis is not None
+                   and unit_kind(g.axis) == "query_groups"}
+        active = [g for g in active if not (g.axis is not None and g.producers[0] in grouped
+                                            and unit_kind(g.axis) == "heads")]
         self.groups = [g for g in active if g.axis is None] + \
             [g for g in active if g.axis is not None]
         self.labels = [labels[id(g)] for g in self.groups]

@@ -343,7 +343,9 @@ class LlamaDecoderRule(LayerRule):
     intermediate and gate kernels ``(hidden, intermediate_dim)``, the output kernel and
     the feed-forward RMS norm; no biases (their indices: the class attributes). Query head
     ``u`` reads key/value head ``u // (heads // kv_heads)``, so the ``heads`` axis has
-    ``kv_heads`` blocks: every key/value group keeps the same number of query heads. A
+    ``kv_heads`` blocks: every key/value group keeps the same number of query heads; the
+    groups themselves are the axis ``query_groups`` (a group goes with its key and value
+    heads and its query heads, zeroed through its value kernel). A
     head is zeroed through its output-projection rows; an ``intermediate_dim`` channel
     through its intermediate and gate columns (``silu(0) * 0 = 0``). The block keeps its
     head size when it loses heads, as ``surgery>LlamaTransformerDecoder`` (``head_dim``
@@ -370,8 +372,11 @@ class LlamaDecoderRule(LayerRule):
 
     def unit_axes(self, info) -> dict:
         w, at = info.weights, self._at(info)
-        return {"heads": int(w[at["query"]].shape[self.head_axis]),
-                "intermediate_dim": int(w[at["intermediate"]].shape[1])}
+        heads, groups = (int(w[at[k]].shape[self.head_axis]) for k in ("query", "key"))
+        axes = {"heads": heads, "intermediate_dim": int(w[at["intermediate"]].shape[1])}
+        if 1 < groups < heads:  # grouped-query attention: whole key/value groups
+            axes["query_groups"] = groups
+        return axes
 
     def unit_blocks(self, info, axis) -> int:
         return int(info.weights[self._at(info)["key"]].shape[self.head_axis]) \
@@ -383,12 +388,21 @@ class LlamaDecoderRule(LayerRule):
             return [(at["output"], 0)]
         if axis == "intermediate_dim":
             return [(at["intermediate"], -1), (at["gate"], -1)]
+        if axis == "query_groups":  # a group's values: zero for each of its query heads
+            return [(at["value"], self.head_axis)]
         return super().unit_slices(info, axis)
 
     def cut_units(self, info, cuts):
         weights, at = list(info.weights), self._at(info)
         config = dict(info.config)
         heads = list(cuts.get("heads", ()))
+        groups = sorted(cuts.get("query_groups", ()))
+        if groups:  # a removed group takes its key/value head and its query heads along
+            per = self.unit_axes(info)["heads"] // self.unit_axes(info)["query_groups"]
+            heads = sorted(set(heads) | {g * per + j for g in groups for j in range(per)})
+            for k in (at["key"], at["value"]):
+                weights[k] = np.delete(weights[k], groups, axis=self.head_axis)
+            config["num_key_value_heads"] = int(weights[at["key"]].shape[self.head_axis])
         if heads:
             q = at["query"]
             config["head_dim"] = int(weights[q].shape[-1])

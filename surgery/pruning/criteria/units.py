@@ -43,10 +43,12 @@ HEAD_AXES = ("heads",)
 HEAD_WIDTH_AXES = ("key_dim", "value_dim", "head_dim")
 
 
-def unit_axis_wanted(axis: str, heads: bool, head_dims: bool, depth: bool = False) -> bool:
+def unit_axis_wanted(axis: str, heads: bool, head_dims: bool, depth: bool = False,
+                     query_groups: bool = False) -> bool:
     """Whether a plan with these switches prunes unit ``axis`` (MLP widths always). A
     composite layer names its blocks' axes ``"<block>/<axis>"``, and its blocks
-    themselves ``"blocks"`` (``depth``).
+    themselves ``"blocks"`` (``depth``); grouped-query attention its key/value groups
+    ``"query_groups"``.
 
     >>> unit_axis_wanted("heads", True, False), unit_axis_wanted("key_dim", True, False)
     (True, False)
@@ -56,11 +58,14 @@ def unit_axis_wanted(axis: str, heads: bool, head_dims: bool, depth: bool = Fals
     (False, True)
     """
     kind = unit_kind(axis)
-    return dict(heads=heads, head_dims=head_dims, blocks=depth).get(kind, True)
+    return dict(heads=heads, head_dims=head_dims, blocks=depth,
+                query_groups=query_groups).get(kind, True)
 
 
+#: unit axes that are whole key/value groups of grouped-query attention
+GROUP_AXES = ("query_groups",)
 #: the kinds of unit a plan rounds separately (``round_to={"mlp": 64, "channels": 8}``)
-UNIT_KINDS = ("channels", "heads", "head_dims", "mlp", "blocks")
+UNIT_KINDS = ("channels", "heads", "query_groups", "head_dims", "mlp", "blocks")
 
 
 def unit_kind(axis: Optional[str]) -> str:
@@ -77,6 +82,8 @@ def unit_kind(axis: Optional[str]) -> str:
         return "heads"
     if axis in HEAD_WIDTH_AXES:
         return "head_dims"
+    if axis in GROUP_AXES:
+        return "query_groups"
     return "blocks" if axis == "blocks" else "mlp"
 
 
