@@ -14,10 +14,11 @@ warm-up, original and pruned interleaved run by run, so drift on a shared machin
 both alike.
 
 Why by hand, not keras-hub's ``ViTBackbone`` (which surgery prunes the same way: see
-tests/test_keras3_hub.py): its ONNX export fails twice over with Keras 3.15 / tf2onnx 1.17
-(measured): TensorFlow's exact ``Gelu`` becomes an ``Erfc`` node ONNX has no operator for,
-and the position ids it builds as a constant become a second graph input. The MLP here
-uses GELU's tanh form, which exports.
+tests/test_keras3_hub.py): when this bench was written its ONNX export failed twice over
+with Keras 3.15 / tf2onnx 1.17: TensorFlow's exact ``Gelu`` becomes an ``Erfc`` node ONNX
+has no operator for, and the position ids it builds as a constant become a second graph
+input. ``surgery.export_onnx`` now rewrites both (docs/transformers.md); the MLP here keeps
+GELU's tanh form so that the rows measured before stay comparable.
 
 ``--params-target 0.5`` plans with ``surgery.plan(model, params_target=0.5)`` instead:
 heads and MLP widths ranked together by importance (issue 30).

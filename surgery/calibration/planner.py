@@ -75,8 +75,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     blocks of a composite encoder (keras-hub's ViT and DeiT encoders: a block whose
     residual branches are removed is the identity); ``query_groups=True`` whole key/value
     groups of grouped-query attention, each with its query heads (keras-hub's Llama,
-    Mistral, Qwen3 and Gemma 3 blocks; their heads then go only by whole groups); ``units=False`` leaves every unit axis alone
-    (channels only). Under ``flops_target``, ``params_target`` and
+    Mistral, Qwen3 and Gemma 3 blocks; their heads then go only by whole groups);
+    ``units=False`` leaves every unit axis alone (channels only). Under ``flops_target``, ``params_target`` and
     ``latency_target`` heads, block widths and blocks are costed and allocated with the
     channels (head widths stay: their cost multiplies with the head count); the latency
     tables time a block rebuilt with fewer heads or MLP units as they time a layer with
