@@ -78,17 +78,7 @@ def test_planted_dead_heads_and_mlp_units_are_the_first_to_go(criterion):
     parameters removes them and nothing else, and the outputs do not move; by weight norm
     and by Minitron's activations (the head's context, from the inputs alone)."""
     model = tm.vit(keras)
-    mha = model.get_layer("mha0")
-    w = mha.get_weights()
-    for k in (0, 2, 4):                      # query, key, value kernels (width, heads, dim)
-        w[k][:, 1, :] = 0
-        w[k + 1][1] = 0                      # and biases (heads, dim)
-    w[6][1] = 0                              # output kernel (heads, dim, width)
-    mha.set_weights(w)
-    up = model.get_layer("mlp0_up")
-    kernel, bias = up.get_weights()
-    kernel[:, :8], bias[:8] = 0, 0
-    up.set_weights([kernel, bias])
+    tm.plant_dead_units(model, hidden=False)
     head = 3 * (tm.WIDTH * tm.KEY_DIM + tm.KEY_DIM) + tm.KEY_DIM * tm.WIDTH
     unit = tm.WIDTH + 1 + tm.WIDTH           # a column and bias in, a row out
     target = (head + 8 * unit) / model.count_params() - 1e-7

@@ -47,10 +47,11 @@ def vit(K, size=16, patch=4, blocks=2, classes=5, channels=3, norm="layer"):
 HIDDEN = ["patch", "mha0", "mlp0_down", "mha1", "mlp1_down"]
 
 
-def plant_dead_units(model):
-    """Make head 1 of ``mha0``, MLP units 0-7 of ``mlp0_up`` and hidden channels 0-2
-    (every producer of the residual stream) contribute nothing: their weights in are
-    zero. Returns the plan that removes exactly them, as ``(deletions, groups, units)``."""
+def plant_dead_units(model, hidden=True):
+    """Make head 1 of ``mha0``, MLP units 0-7 of ``mlp0_up`` and (with ``hidden``) hidden
+    channels 0-2 (every producer of the residual stream) contribute nothing: their weights
+    in are zero. Returns the plan that removes exactly them, as ``(deletions, groups,
+    units)``."""
     mha = model.get_layer("mha0")
     w = mha.get_weights()
     for k in (0, 2, 4):                      # query, key, value kernels (width, heads, dim)
@@ -62,6 +63,8 @@ def plant_dead_units(model):
     kernel, bias = up.get_weights()
     kernel[:, :8], bias[:8] = 0, 0
     up.set_weights([kernel, bias])
+    if not hidden:
+        return {"mlp0_up": list(range(8))}, [["mlp0_up"]], {"mha0": {"heads": [1]}}
     hidden = [0, 1, 2]
     for name in HIDDEN:
         layer = model.get_layer(name)

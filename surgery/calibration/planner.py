@@ -69,19 +69,13 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     them in ``settings["approximate"]`` and, given ``data``, how far they moved the
     outputs (``settings["deviation"]``).
 
-    Attention layers lose units that no tensor carries, each axis a group of its own
-    (``"mha:heads"``) cut at the same ratio: ``heads=True`` prunes whole heads,
-    ``head_dims=True`` the per-head query/key and value widths; ``depth=True`` whole
-    blocks of a composite encoder (keras-hub's ViT and DeiT encoders: a block whose
-    residual branches are removed is the identity); ``query_groups=True`` whole key/value
-    groups of grouped-query attention, each with its query heads (keras-hub's Llama,
-    Mistral, Qwen3 and Gemma 3 blocks; their heads then go only by whole groups);
-    ``units=False`` leaves every unit axis alone (channels only). Under ``flops_target``, ``params_target`` and
-    ``latency_target`` heads, block widths and blocks are costed and allocated with the
-    channels (head widths stay: their cost multiplies with the head count); the latency
-    tables time a block rebuilt with fewer heads or MLP units as they time a layer with
-    fewer channels. ``round_to`` may name a multiple per kind of unit (``{"channels": 8,
-    "mlp": 64, "heads": 2}``); an integer rounds channels and MLP widths, not heads.
+    Units no tensor carries are groups of their own, cut at the same ratio: ``heads``
+    (whole heads), ``head_dims`` (per-head widths), ``depth`` (whole blocks of keras-hub's
+    ViT and DeiT encoders), ``query_groups`` (whole key/value groups of grouped-query
+    attention, with their query heads); ``units=False``: channels only. Budgets cost and
+    allocate them with the channels (not head widths); ``round_to`` may name a multiple
+    per kind (``{"channels": 8, "mlp": 64}``; an integer never rounds heads). See
+    docs/transformers.md.
 
     ``candidates`` N > 1 (with a target, and ``data``): search N allocations of the budget
     and keep the one whose cut agrees best with the original on ``data`` after adaptive

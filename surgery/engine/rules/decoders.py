@@ -1,0 +1,153 @@
+"""Grouped-query decoder blocks: keras-hub's Llama, Mistral, Qwen3 and Gemma 3 decoders.
+
+Each block is one composite layer (see :mod:`surgery.engine.rules.composite`) whose rule
+reads its weights by role (query, key, value, output, the gated feed-forward kernels): its
+unit axes are the query heads (an equal number from every key/value group), the whole
+key/value groups (``query_groups``, each with its query heads) and the feed-forward width
+(``intermediate_dim``). Its hidden width passes its RMS norms and residual adds inside. A
+block that keeps its head size but loses heads is rebuilt as its registered equivalent
+(:mod:`surgery.models.hub_blocks`) where the stock config cannot say so.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from surgery.engine.rules.base import BLOCKING, LayerRule, CLASS_KEY
+from surgery.engine.rules.composite import positions_of
+from surgery.engine.rules.registry import register_rule
+
+
+@register_rule("LlamaTransformerDecoder")
+class LlamaDecoderRule(LayerRule):
+    """keras-hub's ``LlamaTransformerDecoder`` (grouped-query attention, gated FFN).
+    Weights: query ``(hidden, heads, head_dim)``, key and value ``(hidden, kv_heads,
+    head_dim)``, output ``(heads, head_dim, hidden)``, the attention RMS norm, the
+    intermediate and gate kernels ``(hidden, intermediate_dim)``, the output kernel and
+    the feed-forward RMS norm; no biases (their indices: the class attributes). Query head
+    ``u`` reads key/value head ``u // (heads // kv_heads)``, so the ``heads`` axis has
+    ``kv_heads`` blocks: every key/value group keeps the same number of query heads; the
+    groups themselves are the axis ``query_groups`` (a group goes with its key and value
+    heads and its query heads, zeroed through its value kernel). A
+    head is zeroed through its output-projection rows; an ``intermediate_dim`` channel
+    through its intermediate and gate columns (``silu(0) * 0 = 0``). The block keeps its
+    head size when it loses heads, as ``surgery>LlamaTransformerDecoder`` (``head_dim``
+    in its config)."""
+
+    flow = BLOCKING
+    registered: Optional[str] = "surgery>LlamaTransformerDecoder"
+    head_axis = 1  # of the query, key and value kernels; the output kernel's is 0
+    weight_order = ("query", "key", "value", "output", "norm", "intermediate", "gate",
+                    "down", "norm")
+
+    def blocked(self, info) -> str:
+        return (f"the hidden width of {info.describe()} passes its RMS norms and residual "
+                "adds inside (its query heads and intermediate_dim are pruned)")
+
+    def _at(self, info) -> dict:
+        """The index of each weight this rule reads, by role."""
+        names = self._order(info)
+        return {role: names.index(role) for role in
+                ("query", "key", "value", "output", "intermediate", "gate", "down")}
+
+    def _order(self, info) -> tuple:
+        return self.weight_order
+
+    def unit_axes(self, info) -> dict:
+        w, at = info.weights, self._at(info)
+        heads, groups = (int(w[at[k]].shape[self.head_axis]) for k in ("query", "key"))
+        axes = {"heads": heads, "intermediate_dim": int(w[at["intermediate"]].shape[1])}
+        if 1 < groups < heads:  # grouped-query attention: whole key/value groups
+            axes["query_groups"] = groups
+        return axes
+
+    def unit_blocks(self, info, axis) -> int:
+        return int(info.weights[self._at(info)["key"]].shape[self.head_axis]) \
+            if axis == "heads" else 1
+
+    def unit_slices(self, info, axis):
+        at = self._at(info)
+        if axis == "heads":
+            return [(at["output"], 0)]
+        if axis == "intermediate_dim":
+            return [(at["intermediate"], -1), (at["gate"], -1)]
+        if axis == "query_groups":  # a group's values: zero for each of its query heads
+            return [(at["value"], self.head_axis)]
+        return super().unit_slices(info, axis)
+
+    def cut_units(self, info, cuts):
+        weights, at = list(info.weights), self._at(info)
+        config = dict(info.config)
+        heads = list(cuts.get("heads", ()))
+        groups = sorted(cuts.get("query_groups", ()))
+        if groups:  # a removed group takes its key/value head and its query heads along
+            per = self.unit_axes(info)["heads"] // self.unit_axes(info)["query_groups"]
+            heads = sorted(set(heads) | {g * per + j for g in groups for j in range(per)})
+            for k in (at["key"], at["value"]):
+                weights[k] = np.delete(weights[k], groups, axis=self.head_axis)
+            config["num_key_value_heads"] = int(weights[at["key"]].shape[self.head_axis])
+        if heads:
+            q = at["query"]
+            config["head_dim"] = int(weights[q].shape[-1])
+            weights[q] = np.delete(weights[q], heads, axis=self.head_axis)
+            weights[at["output"]] = np.delete(weights[at["output"]], heads, axis=0)
+            config["num_query_heads"] = int(weights[q].shape[self.head_axis])
+            if self.registered:
+                config[CLASS_KEY] = self.registered
+        gone = list(cuts.get("intermediate_dim", ()))
+        if gone:
+            for k in (at["intermediate"], at["gate"]):
+                weights[k] = np.delete(weights[k], gone, axis=-1)
+            weights[at["down"]] = np.delete(weights[at["down"]], gone, axis=0)
+            config["intermediate_dim"] = int(weights[at["intermediate"]].shape[1])
+        return config, weights
+
+    def flops(self, info) -> int:
+        w, at = info.weights, self._at(info)
+        query = w[at["query"]]
+        t = positions_of(info)
+        return 2 * t * (query.size + w[at["key"]].size + w[at["value"]].size
+                        + w[at["output"]].size + 3 * w[at["intermediate"]].size
+                        + t * 2 * query.shape[self.head_axis] * query.shape[-1])
+
+
+@register_rule("MistralTransformerDecoder")
+class MistralDecoderRule(LlamaDecoderRule):
+    """keras-hub's ``MistralTransformerDecoder``: the weights, axes and costs of
+    :class:`LlamaDecoderRule`. Its stock config already takes ``head_dim``, so a block
+    that lost heads is rebuilt as itself."""
+
+    registered = None
+
+
+@register_rule("Qwen3TransformerDecoder")
+class Qwen3DecoderRule(LlamaDecoderRule):
+    """keras-hub's ``Qwen3TransformerDecoder``: Llama's block with an RMS norm over each
+    query and key head's width (one scale shared by every head, after the query and key
+    kernels), so its weights sit at other indices; a head goes as in Llama. Its stock
+    ``get_config`` leaves out ``head_dim``, which its constructor needs: the block is read
+    and rebuilt as ``surgery>Qwen3TransformerDecoder``."""
+
+    registered = None  # layer_config names the equivalent for every Qwen3 block
+    weight_order = ("query", "query_norm", "key", "key_norm", "value", "output", "norm",
+                    "intermediate", "gate", "down", "norm")
+
+
+@register_rule("Gemma3DecoderBlock")
+class Gemma3DecoderRule(LlamaDecoderRule):
+    """keras-hub's ``Gemma3DecoderBlock``: Llama's units with the head axis first in the
+    query, key and value kernels ``(heads, hidden, head_dim)``, optional norms (query/key,
+    after attention, after the feed-forward) that move the other weights, and
+    ``head_dim`` in its stock config, so a block that lost heads is rebuilt as itself."""
+
+    registered = None
+    head_axis = 0
+
+    def _order(self, info) -> tuple:
+        c = info.config
+        return (("norm", "query", "key", "value")
+                + (("query_norm", "key_norm") if c.get("use_query_key_norm", True) else ())
+                + ("output",) + (("norm",) if c.get("use_post_attention_norm") else ())
+                + ("norm", "gate", "intermediate", "down")
+                + (("norm",) if c.get("use_post_ffw_norm") else ()))
