@@ -55,6 +55,7 @@ import surgery  # noqa: E402
 from surgery import keras  # noqa: E402
 from surgery.data import DataError, as_arrays, load_splits  # noqa: E402
 from surgery.pipeline.finetune import evaluate_accuracy, finetune  # noqa: E402
+from _plots import accuracy_vs_latency  # noqa: E402
 
 logger = logging.getLogger("bench.fashion_mnist")
 
@@ -213,27 +214,8 @@ def table(acc_base: float, rows: List[dict], seeds: int) -> str:
 
 
 def plot(acc_base: float, rows: List[dict], path: str, goal: float) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.axhline(acc_base * 100, color="grey", ls="--", lw=1, label="baseline")
-    ax.axvline(1 - goal, color="grey", ls=":", lw=1, label=f"target ({1 - goal:.2f})")
-    for r, marker in zip(rows, "osD^v<>"):
-        ax.errorbar(r["latency_ratio"], r["mean"] * 100, yerr=r["std"] * 100, fmt=marker,
-                    capsize=3, label=r["variant"])
-    ax.set_xlabel("latency / baseline latency (ONNX Runtime, batch 32, 2 threads)")
-    ax.set_ylabel("test accuracy after fine-tuning (%)")
-    ax.set_title("Fashion-MNIST, plain CNN pruned to half its latency")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return accuracy_vs_latency(acc_base, rows, path, 1 - goal,
+                               "Fashion-MNIST, plain CNN pruned to half its latency")
 
 
 # ----------------------------------------------------------------------------- main

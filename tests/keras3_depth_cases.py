@@ -17,6 +17,8 @@ blocks, 4 heads, hidden 16, MLP 32, random weights) and prints one JSON line:
   a dead head and eight dead MLP units: what a target of exactly their share removes;
 * ``query_groups``: keras-hub's Llama, Mistral, Qwen3 and Gemma 3 backbones losing whole
   key/value groups (each with its query heads), by ratio and under ``params_target``;
+* ``compensation``: the ViT at half its heads and MLP units with ``compensate=True``: the
+  MLP units' mean outputs folded into each block's second Dense bias;
 * the pruned model saved as ``OUT/depth.keras`` and reloaded (``reloaded``: the largest
   output difference), and exported to ONNX and run in ONNX Runtime (``onnx``).
 """
@@ -164,6 +166,16 @@ def run(out):
             layer: {a: v for a, v in axes.items() if v}
             for layer, axes in p.units.items() if any(axes.values())}]
     report["query_groups"] = _query_groups(out)
+    # bias compensation in keras-hub's encoder: MLP units' means into dense_2's bias
+    fresh, _ = _model()
+    folded = surgery.plan(fresh, ratio=0.5, compensate=True, data=calibration)
+    plain = surgery.apply(fresh, surgery.plan(fresh, ratio=0.5))
+    small = surgery.apply(fresh, folded)
+    record = folded.settings["compensation"]
+    report["compensation"] = dict(
+        folded=sorted(a for axes in record["units"].values() for a in axes),
+        skipped=record["skipped"], verify=surgery.verify(fresh, small, folded, x),
+        moved=max_relative_difference(_outputs(small, x), _outputs(plain, x)))
     path = os.path.join(out, "depth.keras")
     pruned.save(path)
     reloaded = keras.saving.load_model(path)

@@ -15,7 +15,7 @@ def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path):
     made = run_case("tensorflow", "keras3_vit_cases.py", "make", tmp_path)
     out = tmp_path / "run"
     proc = _cli(["--model-path", made["path"], "--data", "digits", "--ratio", "0.5",
-                 "--finetune-epochs", "1", "--out", str(out)])
+                 "--compensate", "--finetune-epochs", "1", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     plan = json.loads((out / "plan.json").read_text())
@@ -25,6 +25,8 @@ def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path):
     assert report["params_after"] <= 0.7 * report["params_before"], report
     assert report["flops_after"] < report["flops_before"]
     assert report["verify_max_diff"] is not None and report["verify_max_diff"] <= 1e-4
+    # --compensate: the MLP units' means went into the next biases, verified against that
+    assert plan["settings"]["compensation"]["units"], plan["settings"]
     saved = run_case("tensorflow", "keras3_vit_cases.py", "load", out / "pruned.keras")
     assert (saved["params"], saved["flops"]) == (report["params_after"], report["flops_after"])
 

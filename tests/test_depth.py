@@ -59,3 +59,11 @@ def test_grouped_query_attention_loses_whole_key_value_groups(report, case):
     assert predicted == measured and abs(1 - measured / before - 0.4) <= 0.02, r
     assert r["budget_verify"] <= 1e-5
     assert r["reloaded"] <= 1e-5
+
+
+def test_keras_hub_mlp_units_means_fold_into_the_next_bias(report):
+    r = report["compensation"]
+    assert r["folded"] == [f"transformer_block_{b}/mlp_dim" for b in (1, 2, 3)]
+    assert all(k.endswith("heads") for k in r["skipped"]) and len(r["skipped"]) == 3
+    assert r["verify"] <= 1e-5          # against the compensated zeroed original
+    assert r["moved"] > 1e-3            # compensation changed the cut model

@@ -20,13 +20,13 @@ from surgery.calibration.latency import plan_for_latency
 from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.rules.base import approximate
-from surgery.errors import SurgeryError
 from surgery.pruning.allocation import (
     DEFAULT_MAX_RATIO, Budget, plan_for_flops, plan_for_params,
 )
 from surgery.pruning.arguments import (
     check_latency_arguments, check_plan_arguments, check_unit_arguments,
 )
+from surgery.pruning.compensation import measure as measure_compensation
 from surgery.pruning.execution import cut_graph, difference
 from surgery.pruning.plan import PrunePlan
 from surgery.pruning.planning import PlanSpec, Ranking
@@ -48,7 +48,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
          head_dims: bool = False, exact: bool = True, candidates: int = 1,
          max_ratio: float = DEFAULT_MAX_RATIO, at_least: bool = False,
          params_target: Optional[float] = None, depth: bool = False,
-         query_groups: bool = False, units: bool = True) -> PrunePlan:
+         query_groups: bool = False, units: bool = True,
+         compensate: bool = False) -> PrunePlan:
     """Decide which channels (and heads, head widths, block units) to delete.
 
     ``ratio``: fraction of each group's channels to delete (or of all channels with
@@ -74,12 +75,12 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     ViT and DeiT encoders), ``query_groups`` (whole key/value groups of grouped-query
     attention, with their query heads); ``units=False``: channels only. Budgets cost and
     allocate them with the channels (not head widths); ``round_to`` may name a multiple
-    per kind (``{"channels": 8, "mlp": 64}``; an integer never rounds heads). See
-    docs/transformers.md.
+    per kind (``{"channels": 8, "mlp": 64}``; an integer never rounds heads).
+    ``compensate=True`` (with ``data``) folds removed units' mean outputs into the next
+    biases where exact (FLAP, :mod:`surgery.pruning.compensation`; docs/transformers.md).
 
-    ``candidates`` N > 1 (with a target, and ``data``): search N allocations of the budget
-    and keep the one whose cut agrees best with the original on ``data`` after adaptive
-    BN (EagleEye); candidate 0 is the plan ``candidates=1`` gives.
+    ``candidates`` N > 1 (a target, ``data``): N allocations of the budget, the one that
+    agrees best with the original on ``data`` after adaptive BN kept (EagleEye).
 
     Example::
 
@@ -88,10 +89,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         smaller = surgery.apply(model, p)
     """
     graph = resolve(model, "plan")
-    if not isinstance(exact, bool):
-        raise SurgeryError(f"plan(exact=...) must be True or False, got {exact!r}")
-    check_unit_arguments(heads=heads, head_dims=head_dims, depth=depth,
-                         query_groups=query_groups, units=units)
+    check_unit_arguments(data, heads=heads, head_dims=head_dims, depth=depth, exact=exact,
+                         query_groups=query_groups, units=units, compensate=compensate)
     check_plan_arguments(graph, ratio=ratio, criterion=criterion, policy=policy,
                          threshold=threshold, per_layer=per_layer, ignore=ignore,
                          round_to=1 if round_to is None else round_to,
@@ -113,8 +112,9 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
                                       max_ratio=max_ratio, at_least=at_least)
         if not exact:
             _measure_deviation(flat, result, data)
-    if result.empty and (ratio or threshold or flops_target or latency_target or
-                         params_target):
+        if compensate:
+            result.settings["compensation"] = measure_compensation(flat, result, data)
+    if result.empty and any((ratio, threshold, flops_target, latency_target, params_target)):
         logger.warning("plan: nothing to cut in model '%s' (%s); every group is skipped or "
                        "keeps all its units", graph.model.name, _why_empty(result))
     return result

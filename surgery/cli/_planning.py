@@ -58,7 +58,7 @@ def _cached_criterion(name: str):
 def _plan_kwargs(args, criterion, data, scope=None, candidates=1) -> dict:
     kwargs = dict(criterion=criterion, policy=args.policy, round_to=args.round_to,
                   min_channels=args.min_channels, scope=scope or args.scope, data=data)
-    for switch in ("depth", "query_groups"):  # off unless asked for
+    for switch in ("depth", "query_groups", "compensate"):  # off unless asked for
         if getattr(args, switch, False):
             kwargs[switch] = True
     if candidates > 1:  # EagleEye: compare allocations of the budget after adaptive BN
@@ -159,13 +159,14 @@ def _plan_ratio(plans):
 
 
 def _criterion_data(args, splits):
-    """Training examples for a data-driven criterion (256) and for comparing
-    ``--candidates`` (at least 512, or ``--recalibrate-batches`` × ``--batch-size``): each
-    candidate is recalibrated on up to 30 batches of 32 of them and scored on the first
+    """Training examples for a data-driven criterion or ``--compensate`` (256) and for
+    comparing ``--candidates`` (at least 512, or ``--recalibrate-batches`` ×
+    ``--batch-size``): each candidate is recalibrated on up to 30 batches of 32 of them and scored on the first
     512, as :func:`surgery.calibration.candidates.choose_candidate` does by default."""
     fn = _criteria.get_criterion(args.criterion)
     compare = args.candidates > 1 and args.ratio is None
-    if not getattr(fn, "needs_data", False) and not compare:
+    if not getattr(fn, "needs_data", False) and not compare and \
+            not getattr(args, "compensate", False):
         return None
     limit = max(512, args.recalibrate_batches * args.batch_size) if compare else 256
     return dg.as_arrays(splits.train, limit=limit)

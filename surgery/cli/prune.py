@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query-groups", action="store_true",
                    help="grouped-query attention loses whole key/value groups (with their "
                         "query heads) instead of query heads from every group")
+    g.add_argument("--compensate", action="store_true",
+                   help="fold each removed MLP unit's or channel's mean output on training "
+                        "images into the next bias, where exact to state (FLAP)")
     g.add_argument("--runtime", default="onnxruntime",
                    choices=("onnxruntime", "tflite", "tensorflow"),
                    help="runtime --latency-target is measured in")

@@ -57,16 +57,23 @@ _UNIT_SWITCHES = dict(heads="attention layers lose whole heads",
                       head_dims="attention layers lose head widths",
                       depth="encoders lose whole blocks",
                       query_groups="grouped-query attention loses whole key/value groups",
-                      units="heads, block widths and blocks are planned at all")
+                      units="heads, block widths and blocks are planned at all",
+                      compensate="removed units' mean outputs are folded into biases",
+                      exact="deletions may cross layers where only approximate")
 
 
-def check_unit_arguments(**switches) -> None:
-    """Refuse unit switches (``heads``, ``head_dims``, ``depth``, ``units``) that are not
-    booleans."""
+def check_unit_arguments(data=None, **switches) -> None:
+    """Refuse switches of ``surgery.plan`` (``heads``, ``head_dims``, ``depth``, ``units``,
+    ``exact``, ``compensate``...) that are not booleans, and ``compensate`` without
+    ``data``."""
     for name, value in switches.items():
         if not isinstance(value, bool):
             raise SurgeryError(f"{name} must be True or False (whether "
                                f"{_UNIT_SWITCHES[name]}), got {value!r}")
+    if switches.get("compensate") and data is None:
+        raise SurgeryError("plan(compensate=True) needs data= (calibration inputs, labels "
+                           "not needed): the mean output of each removed unit is measured "
+                           "on it")
 
 
 def check_plan_arguments(graph: ModelGraph, *, ratio=None, criterion="l1",

@@ -5,8 +5,10 @@ This module owns :func:`apply` (one surgery pass over every cut of a
 interface through :class:`~surgery.engine.surgeon.Surgeon` for tf-keras models, a
 ``clone_model`` rebuild for Keras 3 models), :func:`delete_channels`, and :func:`verify`
 (the equivalence check of DESIGN.md: the pruned model against the original with the
-deleted units zeroed). :func:`cut_graph` and :func:`difference` are the same for a
-resolved graph, for the stages above that already hold one.
+deleted units zeroed; a plan with bias compensation is carried out on, and checked
+against, the compensated original: :mod:`surgery.pruning.compensation`). :func:`cut_graph`
+and :func:`difference` are the same for a resolved graph, for the stages above that
+already hold one.
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from typing import Iterable
 from surgery.engine.adapters import same_adapter
 from surgery.engine.compiled import run_once
 from surgery.engine.cutting import delete_by_rebuild
-from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.rules.base import approximate
 from surgery.engine.zeroing import max_relative_difference, zeroed_copy
 from surgery.errors import SurgeryError
+from surgery.pruning.compensation import compensated
 from surgery.pruning.plan import PrunePlan
 from surgery.pruning.samples import check_values
 
@@ -44,7 +46,7 @@ def _exact(plan: PrunePlan) -> bool:
 def cut_graph(graph: ModelGraph, plan: PrunePlan):
     """:func:`apply` of a resolved graph: a new model without every cut of ``plan``."""
     with approximate(not _exact(plan)):
-        return _delete(flattened(graph), plan)
+        return _delete(compensated(graph, plan), plan)
 
 
 def apply(model, plan: PrunePlan):
@@ -82,7 +84,7 @@ def delete_channels(model, layer, channels: Iterable[int]):
 def difference(graph: ModelGraph, pruned, plan: PrunePlan, x) -> float:
     """:func:`verify` of a resolved graph."""
     with approximate(not _exact(plan)):
-        zeroed = zeroed_copy(graph, plan.deletions, plan.units)
+        zeroed = zeroed_copy(compensated(graph, plan), plan.deletions, plan.units)
     return max_relative_difference(run_once(graph.with_model(zeroed), x),
                                    run_once(graph.with_model(pruned), x))
 

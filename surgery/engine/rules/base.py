@@ -317,6 +317,23 @@ class LayerRule:
         ``activation`` criterion; ``{}`` where the rule cannot tell (scored by weights)."""
         return {}
 
+    def unit_means(self, info: LayerInfo, inputs: list) -> dict:
+        """``{axis: (batch, units)}``: each unit's signed mean output over the positions,
+        per example, where :meth:`fold_units` can fold it (bias compensation)."""
+        return {}
+
+    def fold_units(self, info: LayerInfo, axis: str, units, means) -> Optional[list]:
+        """Weights in which units ``units`` of ``axis``, were they to output the constants
+        ``means``, are already accounted for in a bias (their reader's), so deleting them
+        changes nothing more; ``None`` where no bias reads them linearly."""
+        return None
+
+    def fold_inputs(self, info: LayerInfo, channels, means) -> Optional[list]:
+        """Weights in which input channels ``channels``, were they the constants
+        ``means``, are folded into the bias (a layer linear in its last-axis input);
+        ``None`` where the layer cannot."""
+        return None
+
     def block_axes(self, info: LayerInfo, block: int) -> list:
         """The unit axes inside block ``block`` of the layer's ``"blocks"`` axis (they go
         with it: a removed block's heads are no longer there to cut)."""

@@ -263,31 +263,54 @@ class ViTEncoderRule(LayerRule):
             return rule.unit_matrix(sub, "heads")
         return super().unit_matrix(info, axis)
 
-    def unit_activations(self, info, inputs: list) -> dict:
-        """Per example: each head's context norm, each MLP unit's mean |GELU output| and
-        each block's mean change of the residual stream (L2 over the hidden width), over
-        the tokens, from a NumPy pass over the blocks' weights."""
+    def _forward(self, info, inputs: list):
+        """A NumPy pass over the blocks' weights: per block, ``(block, input, head
+        contexts, MLP activations, output)``."""
         w = [np.asarray(v, np.float64) for v in info.weights]
         eps = float(info.config.get("layer_norm_epsilon", 1e-6))
         h = np.asarray(inputs[0], np.float64)
-        out, changes = {}, []
         for b in self._blocks(info):
             sub, rule = self._attention(info, b)
             start = b["mha"] - 2
             x = _layer_norm(h, w[start], w[start + 1], eps)
             contexts, attended = rule.heads_forward(sub, [x, x])
-            out[f"{b['name']}/heads"] = np.sqrt(np.square(contexts).sum(-1)).mean(axis=1)
             mid = h + attended
             k = b["dense_1"]
             x = _layer_norm(mid, w[k - 2], w[k - 1], eps) @ w[k]
             a = _gelu(x + w[k + 1] if b["bias"] else x)
-            out[f"{b['name']}/mlp_dim"] = np.abs(a).mean(axis=1)
             y = a @ w[b["dense_2"]]
             new = mid + (y + w[b["dense_2"] + 1] if b["bias"] else y)
-            changes.append(np.sqrt(np.square(new - h).sum(-1)).mean(axis=1))
+            yield b, h, contexts, a, new
             h = new
+
+    def unit_activations(self, info, inputs: list) -> dict:
+        """Per example: each head's context norm, each MLP unit's mean |GELU output| and
+        each block's mean change of the residual stream (L2 over the hidden width), over
+        the tokens."""
+        out, changes = {}, []
+        for b, h, contexts, a, new in self._forward(info, inputs):
+            out[f"{b['name']}/heads"] = np.sqrt(np.square(contexts).sum(-1)).mean(axis=1)
+            out[f"{b['name']}/mlp_dim"] = np.abs(a).mean(axis=1)
+            changes.append(np.sqrt(np.square(new - h).sum(-1)).mean(axis=1))
         out["blocks"] = np.stack(changes, axis=1)
         return out
+
+    def unit_means(self, info, inputs: list) -> dict:
+        """Each MLP unit's mean GELU output over the tokens, per example (what
+        :meth:`fold_units` folds into the block's ``dense_2`` bias)."""
+        return {f"{b['name']}/mlp_dim": a.mean(axis=1)
+                for b, _, _, a, _ in self._forward(info, inputs) if b["bias"]}
+
+    def fold_units(self, info, axis, units, means):
+        if "/" not in axis:  # a whole block: nothing reads it but the residual stream
+            return None
+        block, unit = self._find(info, axis)
+        if unit != "mlp_dim" or not block["bias"]:
+            return None
+        weights, k = list(info.weights), block["dense_2"]
+        shift = np.asarray(means, np.float64) @ np.asarray(weights[k], np.float64)[list(units)]
+        weights[k + 1] = (weights[k + 1] + shift).astype(weights[k + 1].dtype)
+        return weights
 
     def cut_units(self, info, cuts):
         weights = list(info.weights)

@@ -30,6 +30,13 @@ class DenseRule(LayerRule):
         kernel, *rest = info.weights
         return info.config, [kernel[keep, :], *rest]
 
+    def fold_inputs(self, info, channels, means):
+        if not info.config.get("use_bias", True) or len(info.weights) < 2:
+            return None
+        kernel, bias, *rest = info.weights
+        shift = np.asarray(means, np.float64) @ np.asarray(kernel, np.float64)[list(channels)]
+        return [kernel, (bias + shift).astype(bias.dtype), *rest]
+
     def filter_matrix(self, info):
         return info.weights[0].T
 
