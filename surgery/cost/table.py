@@ -104,15 +104,13 @@ class LatencyEstimator(WidthModel):
             self._measure(graph, runtime, batch, threads, block, cache, progress)
         self._used = [(k, self.tables[info.name]) for k, (info, *_r) in enumerate(self.calls)
                       if info.name in self.tables]
-        self._units = [(g, self.tables[f"{self.calls[c][0].name}:{axis}"])
-                       for c, g, axis in self.unit_calls
-                       if f"{self.calls[c][0].name}:{axis}" in self.tables]
+        unit_tables = [(self.calls[c][0].name, g, self.tables[f"{self.calls[c][0].name}:{a}"])
+                       for c, g, a in self.unit_calls
+                       if f"{self.calls[c][0].name}:{a}" in self.tables]
+        self._units = [(g, t) for _, g, t in unit_tables]
         self._full = sum(float(t(*call_widths(self.calls[k][0]))) for k, t in self._used)
-        # a layer's unit tables each time the whole layer once: count it once
-        whole_layers = {self.calls[c][0].name: float(self.tables[f"{self.calls[c][0].name}:"
-                                                                  f"{axis}"](self.sizes[g], 0))
-                        for c, g, axis in self.unit_calls
-                        if f"{self.calls[c][0].name}:{axis}" in self.tables}
+        # each unit table times its whole layer at full size: count each layer once
+        whole_layers = {name: float(t(self.sizes[g], 0)) for name, g, t in unit_tables}
         self._covered = self._full + sum(whole_layers.values())
 
     def _measure(self, graph: ModelGraph, runtime, batch, threads, block, cache,
