@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from surgery.calibration.candidates import best_candidate
 from surgery.calibration.curve import MIN_CUT, LatencyCurve, target_key
@@ -47,6 +47,7 @@ from surgery.pruning.allocation import Budget, allocate
 from surgery.pruning.arguments import check_latency_arguments
 from surgery.pruning.execution import cut_graph
 from surgery.pruning.plan import PrunePlan
+from surgery.pruning.criteria.units import unit_kind
 from surgery.pruning.planning import PlanSpec, Ranking
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,10 @@ class _Check:
 @dataclasses.dataclass
 class _Bench:
     """Where plans are timed: the runtime and its settings, the cost cache, the original's
-    runner (``None`` when nothing is timed) and the architecture's digest."""
+    runner (``None`` when nothing is timed), the architecture's digest (which keys the
+    whole model's time) and the curve's key: the architecture and the kinds of unit the
+    plans cut (a plan that removes blocks saves time otherwise than one that trims
+    widths, so each keeps its own curve and scales)."""
 
     graph: ModelGraph
     rt: object
@@ -159,16 +163,22 @@ class _Bench:
     original: Optional[Callable]
     architecture: str
     block: int
+    curve_key: str = ""
 
     @classmethod
     def open(cls, graph: ModelGraph, rt, batch: int, threads: int,
-             cache_dir: Optional[str], timed: bool) -> "_Bench":
+             cache_dir: Optional[str], timed: bool, kinds: Sequence[str] = ("channels",)
+             ) -> "_Bench":
         flat = graph.model
         cache = TableCache(cpu_key(rt, flat, batch, threads), cache_dir)
         original = rt.runners(flat, batch, threads, cache_folder=cache.folder)[0] \
             if timed else None
-        return cls(graph, rt, batch, threads, cache, original,
-                   digest(architecture_of(flat)), simd_block())
+        architecture = digest(architecture_of(flat))
+        kinds = sorted(set(kinds))
+        curve_key = architecture if kinds in ([], ["channels"]) else \
+            digest([architecture, kinds])  # channels alone: the key curves had before
+        return cls(graph, rt, batch, threads, cache, original, architecture, simd_block(),
+                   curve_key)
 
     def whole_time(self) -> float:
         """The whole model's seconds: from the cache, else timed and saved at once."""
@@ -252,10 +262,11 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
     # head widths multiply with the head count: the tables time one axis at a time
     spec = (spec or PlanSpec()).replace(head_dims=False)
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
-    bench = _Bench.open(graph, rt, batch_size, threads or default_threads(), cache_dir,
-                        timed=check or whole is None)
-    curve = LatencyCurve(*bench.cache.curve(bench.architecture))
     ranking = Ranking(graph, spec)
+    bench = _Bench.open(graph, rt, batch_size, threads or default_threads(), cache_dir,
+                        timed=check or whole is None,
+                        kinds=[unit_kind(g.axis) for g in ranking.groups])
+    curve = LatencyCurve(*bench.cache.curve(bench.curve_key))
     est = LatencyEstimator(
         graph, ranking.width_groups(), whole=bench.whole_time() if whole is None else whole,
         tables=tables, runtime=rt, batch=batch_size, threads=bench.threads, block=bench.block,
@@ -337,8 +348,8 @@ def _remember(bench: _Bench, checks: List[_Check], best: _Check, target: float) 
     """Store the checks as points of the architecture's curve, and the scale kept."""
     for c in checks:
         if c.on_curve:
-            bench.cache.add_point(bench.architecture, c.depth, round(c.measured, 4))
-    bench.cache.keep_scale(bench.architecture, target_key(target), best.scale)
+            bench.cache.add_point(bench.curve_key, c.depth, round(c.measured, 4))
+    bench.cache.keep_scale(bench.curve_key, target_key(target), best.scale)
 
 
 def _check_reachable(best: _Check, last: _Check, rule: Tolerance, model, rt) -> None:
