@@ -68,11 +68,17 @@ def unit_entry(info, rule, axis: str, kept: int, new_layer: Callable) -> Entry:
     """The micro-model of ``info``'s layer keeping ``kept`` units of unit ``axis`` (the
     rule cuts the first ones: the time does not depend on which), at its own channel
     widths; ``new_layer(layer, config)`` is the graph adapter's rebuild of a layer, which
-    knows keras-hub's registered equivalents."""
+    knows keras-hub's registered equivalents. An axis inside one block of an encoder
+    (``"<block>/heads"``) is timed in that block alone: in the whole encoder, the time a
+    head saves is lost in the noise of the other blocks' time."""
     size, blocks = int(rule.unit_axes(info)[axis]), int(rule.unit_blocks(info, axis))
     per, gone = size // blocks, (size - kept) // blocks  # as many from every block
-    config = dict(info.config) if gone <= 0 else info.replaced(*rule.cut_units(
-        info, {axis: [b * per + j for b in range(blocks) for j in range(gone)]})).config
+    cuts = {axis: [b * per + j for b in range(blocks) for j in range(gone)]} if gone > 0 \
+        else {}
+    others = _other_blocks(info, rule, axis)
+    if others:
+        cuts["blocks"] = others
+    config = info.replaced(*rule.cut_units(info, cuts)).config if cuts else dict(info.config)
     shape = tuple(int(d) for d in info.input_shapes[0])
     sig = f"{info.class_name}:{list(shape)}:{axis}={int(kept)}:" + digest(json.loads(
         json.dumps({k: v for k, v in config.items() if k != "name"}, default=str)))
@@ -81,6 +87,13 @@ def unit_entry(info, rule, axis: str, kept: int, new_layer: Callable) -> Entry:
         x = keras.Input(shape, name=f"micro_in_{index}")
         return x, new_layer(info.layer, dict(config, name=f"micro_{index}_0"))(x)
     return sig, build
+
+
+def _other_blocks(info, rule, axis: str) -> list:
+    """The blocks of ``info``'s ``"blocks"`` axis that do not hold unit ``axis``."""
+    count = int(rule.unit_axes(info).get("blocks", 0))
+    mine = [b for b in range(count) if axis in rule.block_axes(info, b)]
+    return [b for b in range(count) if b not in mine] if mine else []
 
 
 def cheap_followers(graph: ModelGraph) -> dict:
