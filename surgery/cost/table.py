@@ -109,8 +109,11 @@ class LatencyEstimator(WidthModel):
                        if f"{self.calls[c][0].name}:{a}" in self.tables]
         self._units = [(g, t) for _, g, t in unit_tables]
         self._full = sum(float(t(*call_widths(self.calls[k][0]))) for k, t in self._used)
-        # each unit table times its whole layer at full size: count each layer once
-        whole_layers = {name: float(t(self.sizes[g], 0)) for name, g, t in unit_tables}
+        # a unit table times its layer (or one block of it) at full size: count each layer
+        # once, by its largest table (the "blocks" table times the whole encoder)
+        whole_layers: dict = {}
+        for name, g, t in unit_tables:
+            whole_layers[name] = max(whole_layers.get(name, 0.0), float(t(self.sizes[g], 0)))
         self._covered = self._full + sum(whole_layers.values())
 
     def _measure(self, graph: ModelGraph, runtime, batch, threads, block, cache,
