@@ -177,6 +177,8 @@ def test_bias_compensation_folds_removed_units_means_and_verifies():
     assert max_relative_difference(surgery.apply(model, again)(x), small(x)) <= 1e-6
     with pytest.raises(surgery.SurgeryError, match=r"compensate=True\) needs data="):
         surgery.plan(model, ratio=0.5, compensate=True)
+    with pytest.raises(surgery.SurgeryError, match="yielded no examples"):
+        surgery.plan(model, ratio=0.5, compensate=True, data=x[:0])
 
 
 def test_plans_that_cut_other_kinds_of_unit_keep_their_own_latency_curve(tmp_path):

@@ -13,11 +13,11 @@ after a warm-up), with a tqdm bar, and stores the seconds in a :class:`TableCach
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import statistics
 import time
-import functools
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm

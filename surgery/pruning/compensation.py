@@ -9,8 +9,8 @@ and the compensated copy of a model (:func:`compensated`): the original with eac
 bias shifted, which ``apply`` cuts and ``verify`` zeroes in place of the original, so the
 equivalence oracle still holds exactly. It is exact to state only where the reader is
 linear in the removed units, so only these are compensated: a channel group whose every
-reader is a layer that folds last-axis inputs into its bias (``Dense`` with a bias; its
-means are those of the producer's output), and a keras-hub ViT or DeiT block's MLP units
+reader, of every producer, is a layer that folds last-axis inputs into its bias
+(``Dense`` with a bias; its means are those of the producer's output), and a keras-hub ViT or DeiT block's MLP units
 (folded into its second Dense). Other groups are left as they are and listed in
 ``settings["compensation"]["skipped"]``.
 """
@@ -24,6 +24,7 @@ import numpy as np
 from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph
 from surgery.engine.rules import rule_for
+from surgery.errors import SurgeryError
 from surgery.pruning.criteria._data import _iter_batches
 from surgery.pruning.criteria._forward import forward
 from surgery.pruning.plan import CHANNELS, PrunePlan
@@ -55,12 +56,11 @@ def measure(graph: ModelGraph, plan: PrunePlan, data: Any) -> dict:
     for cut in plan.cuts:
         if not cut.removed:
             continue
-        if cut.unit == CHANNELS:
-            for producer, gone in cut.layers.items():
-                if _readers(flat, producer):
-                    channels[producer] = list(gone)
-                else:
-                    skipped.append(cut.group)
+        if cut.unit == CHANNELS:  # the whole group, or none of it
+            if all(_readers(flat, producer) for producer in cut.layers):
+                channels.update({p: list(gone) for p, gone in cut.layers.items()})
+            else:
+                skipped.append(cut.group)
         else:
             layer, axis = next(iter(cut.layers)), cut.unit
             info = nodes[layer].info
@@ -101,7 +101,10 @@ def _means(flat: ModelGraph, nodes: dict, channels: dict, units: dict, data) -> 
                 sums[(layer, axis)] = sums.get((layer, axis), 0) + \
                     per_example[axis].sum(axis=0)
         count += len(np.asarray(values[0]))
-    return sums, max(count, 1)
+    if count == 0:
+        raise SurgeryError("plan(compensate=True): data= yielded no examples; pass "
+                           "calibration inputs (an array, a list of batches or a dataset)")
+    return sums, count
 
 
 def compensated(graph: ModelGraph, plan: PrunePlan) -> ModelGraph:

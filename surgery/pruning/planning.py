@@ -42,8 +42,8 @@ class PlanSpec:
     turn attention heads and head widths on; ``depth`` whole residual blocks (a composite
     encoder's ``"blocks"`` axis); ``query_groups`` whole key/value groups of grouped-query
     attention (with their query heads; such a layer's heads then go only by groups);
-    ``units=False`` leaves every unit axis alone (heads,
-    head widths, block widths and blocks: channels only).
+    ``units=False`` leaves every unit axis alone (heads, head widths, block widths and
+    blocks: channels only).
     """
 
     ratio: Optional[float] = 0.3

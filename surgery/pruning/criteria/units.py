@@ -189,5 +189,8 @@ def _taylor(graph: ModelGraph, targets, nodes, data, max_samples, batch_size) ->
     if batches == 0:
         raise ValueError("taylor: data= yielded no examples")
     others = [t for t in targets if t not in sliced]
+    if others:
+        logger.info("taylor: whole blocks (%s) are scored by their branches' output weights "
+                    "(l1)", ", ".join(f"{layer}:{axis}" for layer, axis in others))
     return dict({k: v / batches for k, v in sums.items()},
                 **(unit_scores(graph, others, "l1") if others else {}))
