@@ -42,6 +42,9 @@ else:  # a Keras 3 process: .keras files carrying the sparsity penalties load by
     from surgery.models.hub_blocks import register_lazily as _register_hub_blocks
 
     _register_hub_blocks()  # pruned keras-hub blocks load by name (keras-hub imported lazily)
+    from surgery.engine.hub_models import register_lazily as _register_hub_models
+
+    _register_hub_models()  # and cut keras-hub backbones (surgery>PrunedBackbone)
 
 # Pipeline functions offered at top level, imported on first use (TFLite and matplotlib
 # are slow to import and most engine users never need them).
@@ -58,6 +61,9 @@ _LAZY = {
     "accuracy_vs_flops": "surgery.pipeline.sensitivity",
     "model_latency": "surgery.cost.timing",
     "recalibrate_batchnorm": "surgery.calibration.batchnorm",
+    "perplexity": "surgery.pipeline.language",  # language models (Keras 3)
+    "distill": "surgery.pipeline.language",
+    "load_text": "surgery.text_data",
 }
 
 __all__ = [

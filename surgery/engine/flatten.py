@@ -37,7 +37,7 @@ def _inlined(graph: ModelGraph) -> ModelGraph:
 
     def copy_of(layer):
         if layer not in cache:
-            config = layer.get_config()
+            config = dict(adapter.layer_config(layer))
             name, i = config["name"], 1
             while config["name"] in used_names:
                 config["name"] = f"{name}_{i}"

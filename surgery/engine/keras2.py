@@ -140,6 +140,12 @@ def build_model(model, inputs: list, outputs: list) -> keras.Model:
                        name=model.name)
 
 
+def layer_config(layer) -> dict:
+    """A layer's config (tf-keras layers' own; Keras 3's adapter reads some from their
+    attributes)."""
+    return layer.get_config()
+
+
 def new_layer(layer, config: Optional[dict] = None):
     """A fresh layer of ``layer``'s class from ``config`` (its own config by default), its
     own classes known by name (:func:`surgery.engine.adapter_base.own_classes`)."""
@@ -150,6 +156,11 @@ def new_layer(layer, config: Optional[dict] = None):
 def carried(layer):
     """A copy of a layer that no cut touches (:func:`surgery.engine.adapter_base.carried`)."""
     return adapter_base.carried(layer, new_layer)
+
+
+def with_family(original, cut):
+    """``cut`` itself (keras-hub models are Keras 3's)."""
+    return cut
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:

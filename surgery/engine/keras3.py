@@ -22,7 +22,7 @@ from keras.src.backend.common import global_state
 from keras.src.backend.common.variables import initialize_all_variables
 
 from surgery.errors import SurgeryError
-from surgery.engine import adapter_base
+from surgery.engine import adapter_base, hub_models
 from surgery.engine.rules import LayerInfo
 from surgery.engine.rules.base import CLASS_KEY
 
@@ -231,6 +231,12 @@ def new_layer(layer, config: Optional[dict] = None):
             if equivalent is None:
                 raise
             return equivalent.from_config(_unbuilt(config))
+
+
+def with_family(original, cut):
+    """``cut``, made of ``original``, as a model of ``original``'s keras-hub family
+    where it has one (:func:`surgery.engine.hub_models.with_family`)."""
+    return hub_models.with_family(original, cut)
 
 
 def set_weights(pairs: Iterable[tuple]) -> None:

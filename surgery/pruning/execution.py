@@ -61,7 +61,7 @@ def apply(model, plan: PrunePlan):
     if not isinstance(plan, PrunePlan):
         raise SurgeryError(f"apply(plan=...): plan must be a PrunePlan from surgery.plan(...) "
                            f"or PrunePlan.from_json(text), got {type(plan).__name__}")
-    return cut_graph(graph, plan)
+    return graph.adapter.with_family(model, cut_graph(graph, plan))
 
 
 def delete_channels(model, layer, channels: Iterable[int]):

@@ -6,7 +6,9 @@ unit axes are the query heads (an equal number from every key/value group), the 
 key/value groups (``query_groups``, each with its query heads) and the feed-forward width
 (``intermediate_dim``). Its hidden width passes its RMS norms and residual adds inside. A
 block that keeps its head size but loses heads is rebuilt as its registered equivalent
-(:mod:`surgery.models.hub_blocks`) where the stock config cannot say so.
+(:mod:`surgery.models.hub_blocks`) where the stock config cannot say so. For the
+``activation`` criterion each rule scores its units from a NumPy pass over the block
+(:mod:`surgery.engine.rules.decoder_forward`) on the call's captured inputs.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from surgery.engine.rules.base import BLOCKING, LayerRule, CLASS_KEY
 from surgery.engine.rules.composite import positions_of
+from surgery.engine.rules.decoder_forward import DecoderPass, decoder_forward, position_mean
 from surgery.engine.rules.registry import register_rule
 
 
@@ -38,8 +41,11 @@ class LlamaDecoderRule(LayerRule):
     flow = BLOCKING
     registered: Optional[str] = "surgery>LlamaTransformerDecoder"
     head_axis = 1  # of the query, key and value kernels; the output kernel's is 0
-    weight_order = ("query", "key", "value", "output", "norm", "intermediate", "gate",
-                    "down", "norm")
+    #: each weight's role, in ``get_weights()`` order
+    weight_order = ("query", "key", "value", "output", "attention_norm", "intermediate",
+                    "gate", "down", "ffw_norm")
+    #: whose arithmetic the NumPy pass follows (:func:`decoder_forward`)
+    family = "llama"
 
     def blocked(self, info) -> str:
         return (f"the hidden width of {info.describe()} passes its RMS norms and residual "
@@ -103,6 +109,31 @@ class LlamaDecoderRule(LayerRule):
             config["intermediate_dim"] = int(weights[at["intermediate"]].shape[1])
         return config, weights
 
+    # ---- activations (scores from data) ------------------------------------------------
+    def _forward(self, info, inputs: list) -> Optional[DecoderPass]:
+        """The NumPy pass of the block on the call's ``inputs`` (its contexts, feed-forward
+        activations and output), or ``None`` where it cannot tell."""
+        if not inputs or np.ndim(inputs[0]) != 3:
+            return None
+        weights = dict(zip(self._order(info), info.weights))
+        return decoder_forward(self.family, info.config, weights, inputs,
+                               list(info.input_roles))
+
+    def unit_activations(self, info, inputs: list) -> dict:
+        """Per example, over the tokens the padding mask keeps: each query head's context
+        norm (L2 over its width, as :class:`MultiHeadAttentionRule` scores heads), each
+        key/value group's sum of its query heads' (a group takes them all along) and each
+        ``intermediate_dim`` unit's mean ``|act(gate) * up|``."""
+        run = self._forward(info, inputs)
+        if run is None:
+            return {}
+        heads = position_mean(np.sqrt(np.square(run.contexts).sum(axis=-1)), run.valid)
+        out = {"heads": heads, "intermediate_dim": position_mean(np.abs(run.hidden), run.valid)}
+        groups = self.unit_axes(info).get("query_groups")
+        if groups:
+            out["query_groups"] = heads.reshape(len(heads), groups, -1).sum(axis=-1)
+        return out
+
     def flops(self, info) -> int:
         w, at = info.weights, self._at(info)
         query = w[at["query"]]
@@ -119,6 +150,7 @@ class MistralDecoderRule(LlamaDecoderRule):
     that lost heads is rebuilt as itself."""
 
     registered = None
+    family = "mistral"
 
 
 @register_rule("Qwen3TransformerDecoder")
@@ -130,8 +162,9 @@ class Qwen3DecoderRule(LlamaDecoderRule):
     and rebuilt as ``surgery>Qwen3TransformerDecoder``."""
 
     registered = None  # layer_config names the equivalent for every Qwen3 block
-    weight_order = ("query", "query_norm", "key", "key_norm", "value", "output", "norm",
-                    "intermediate", "gate", "down", "norm")
+    weight_order = ("query", "query_norm", "key", "key_norm", "value", "output",
+                    "attention_norm", "intermediate", "gate", "down", "ffw_norm")
+    family = "qwen3"
 
 
 @register_rule("Gemma3DecoderBlock")
@@ -139,15 +172,21 @@ class Gemma3DecoderRule(LlamaDecoderRule):
     """keras-hub's ``Gemma3DecoderBlock``: Llama's units with the head axis first in the
     query, key and value kernels ``(heads, hidden, head_dim)``, optional norms (query/key,
     after attention, after the feed-forward) that move the other weights, and
-    ``head_dim`` in its stock config, so a block that lost heads is rebuilt as itself."""
+    ``head_dim`` in its stock config, so a block that lost heads is rebuilt as itself.
+    Its weights follow the order its sublayers are made in: a post-attention norm right
+    after the pre-attention norm, a post-feed-forward norm right after the
+    pre-feed-forward norm."""
 
     registered = None
     head_axis = 0
+    family = "gemma3"
 
     def _order(self, info) -> tuple:
         c = info.config
-        return (("norm", "query", "key", "value")
+        return (("attention_norm",)
+                + (("post_attention_norm",) if c.get("use_post_attention_norm") else ())
+                + ("query", "key", "value")
                 + (("query_norm", "key_norm") if c.get("use_query_key_norm", True) else ())
-                + ("output",) + (("norm",) if c.get("use_post_attention_norm") else ())
-                + ("norm", "gate", "intermediate", "down")
-                + (("norm",) if c.get("use_post_ffw_norm") else ()))
+                + ("output", "ffw_norm")
+                + (("post_ffw_norm",) if c.get("use_post_ffw_norm") else ())
+                + ("gate", "intermediate", "down"))

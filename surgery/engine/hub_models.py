@@ -1,0 +1,203 @@
+"""keras-hub models after a cut: this module owns giving a cut keras-hub backbone or task
+(``Llama3CausalLM``, ``Qwen3CausalLM``, ...) its family back.
+
+Surgery cuts a flat functional copy of a model (:mod:`surgery.engine.flatten`), so a
+``Llama3CausalLM`` comes out of :func:`surgery.apply` as a plain ``keras.Model``: it
+computes the right logits but has no ``generate``, no preprocessor and no ``backbone``.
+A family's backbone class cannot hold the cut either: its config has one head count and
+one MLP width for every block. :func:`with_family` rebuilds the cut graph as a
+:class:`PrunedBackbone` (registered as ``surgery>PrunedBackbone``), a keras-hub
+``Backbone`` whose config is its graph, which keeps the attributes the family's task reads
+(``token_embedding``, ``transformer_layers``, ``layer_norm``, ``num_key_value_heads``,
+...), and wraps it in the task's own class with the task's preprocessor. The result is a
+``Llama3CausalLM`` that generates, saves as ``.keras`` and reloads in a process that has
+imported ``surgery``.
+
+Generation caches keys and values in one tensor for all blocks, so ``generate`` needs
+the same number of key/value heads in every block; a plan that cut query groups unevenly
+leaves a model that scores text but logs that it cannot generate.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Optional
+
+import keras
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = "surgery"
+_SCALARS = (bool, int, float, str, type(None))
+_KERAS_KEYS = ("name", "trainable", "dtype")
+
+
+def _hub_base(model, name: str) -> bool:
+    """Whether a keras-hub class called ``name`` is among ``model``'s bases (keras-hub is
+    not imported to ask)."""
+    return any(c.__name__ == name and c.__module__.startswith("keras_hub.")
+               for c in type(model).__mro__)
+
+
+def is_backbone(model) -> bool:
+    """Whether ``model`` is a keras-hub ``Backbone`` (a family's, or a cut one)."""
+    return _hub_base(model, "Backbone")
+
+
+def is_task(model) -> bool:
+    """Whether ``model`` is a keras-hub ``Task`` over a backbone (``Llama3CausalLM``)."""
+    return _hub_base(model, "Task") and is_backbone(getattr(model, "backbone", None))
+
+
+def family_attributes(backbone) -> dict:
+    """What a task reads from its backbone, by name: its layers (``{"layers": {attribute:
+    layer name or [names]}}``) and the plain values of its config (``{"values": ...}``)."""
+    ids = {id(layer) for layer in backbone.layers}
+    layers, cls = {}, type(backbone)
+    keras_own = {k for c in cls.__mro__ if c.__module__.startswith("keras.src.")
+                 for k in vars(c)}
+    for key, value in vars(backbone).items():
+        if key.startswith("_"):  # a property's store (``_token_embedding``), or Keras's own
+            key = key[1:]
+            if not isinstance(getattr(cls, key, None), property):
+                continue
+        if key in keras_own:  # Keras's (``layers``, ``operations``)
+            continue
+        if hasattr(value, "name") and id(value) in ids:
+            layers[key] = value.name
+        elif (isinstance(value, (list, tuple)) and value
+              and all(id(v) in ids for v in value)):
+            layers[key] = [v.name for v in value]
+    config = getattr(backbone, "surgery_values", None) or {
+        **backbone.get_config(), **_public_scalars(backbone)}
+    values = {k: v for k, v in config.items() if k not in _KERAS_KEYS
+              and isinstance(v, _SCALARS)}
+    return {"family": getattr(backbone, "surgery_family", type(backbone).__name__),
+            "layers": layers, "values": values}
+
+
+def _public_scalars(backbone) -> dict:
+    """The plain values a family sets on its backbone beyond its config (Gemma 3's
+    ``text_only_model``), not those every Keras model has (``built``)."""
+    probe = keras.Input((1,))
+    every_model = set(vars(keras.Model(probe, keras.layers.Identity()(probe))))
+    return {k: v for k, v in vars(backbone).items() if not k.startswith("_")
+            and k not in every_model and isinstance(v, _SCALARS)}
+
+
+def _in_cut(cut, tensor):
+    """The tensor of ``cut`` that stands where ``tensor`` stood in the model it was cut
+    from: the same output of the layer of the same name (called once in a flat copy)."""
+    layer, _, index = tensor._keras_history
+    return cut.get_layer(layer.name)._inbound_nodes[0].output_tensors[index]
+
+
+def with_family(original, cut):
+    """``cut`` (the flat functional model :func:`surgery.apply` made of ``original``)
+    as a model of ``original``'s keras-hub family: a :class:`PrunedBackbone` for a
+    backbone, the task's own class over one for a task; ``cut`` itself for anything else.
+    """
+    if not (is_backbone(original) or is_task(original)):
+        return cut
+    backbone = original.backbone if is_task(original) else original
+    names = [t.name for t in cut.inputs]
+    inputs = backbone.input
+    if isinstance(inputs, dict):
+        inputs = {key: cut.inputs[names.index(t.name)] for key, t in inputs.items()}
+    else:
+        inputs = cut.input
+    hidden = keras.tree.map_structure(lambda t: _in_cut(cut, t), backbone.output)
+    new = pruned_backbone_class()(inputs=inputs, outputs=hidden, name=backbone.name,
+                                  attributes=family_attributes(backbone))
+    if not is_task(original):
+        return new
+    return type(original)(backbone=new, preprocessor=original.preprocessor,
+                          name=original.name)
+
+
+def _bind(backbone, attributes: dict) -> None:
+    """Set the family's attributes on a :class:`PrunedBackbone` (its layers by name)."""
+    for key, value in attributes["values"].items():
+        if not hasattr(type(backbone), key):
+            setattr(backbone, key, value)
+    for key, name in attributes["layers"].items():
+        found = ([backbone.get_layer(n) for n in name] if isinstance(name, list)
+                 else backbone.get_layer(name))
+        setattr(backbone, key, found)
+    blocks = attributes["layers"].get("transformer_layers")
+    heads = {getattr(backbone.get_layer(n), "num_key_value_heads", None)
+             for n in blocks or ()}
+    if len(heads) == 1 and None not in heads:
+        backbone.num_key_value_heads = heads.pop()
+    elif len(heads) > 1:
+        logger.warning("%s: its blocks keep %s key/value heads; generate() caches one "
+                       "count for every block, so this model scores text but cannot "
+                       "generate", backbone.name, sorted(heads))
+
+
+def _quantize(backbone, quantized: dict) -> None:
+    """Quantize the layers ``quantized`` names (``{path: mode}``) as they were when saved:
+    a block's config rebuilds its inner layers in float, so their weights would not load.
+    """
+    for layer in backbone._flatten_layers(include_self=False):
+        mode = quantized.get(layer.path)
+        if mode and not getattr(layer, "quantization_mode", None):
+            layer.quantize(mode)
+
+
+_CLASS: dict = {}
+
+
+def pruned_backbone_class():
+    """The :class:`PrunedBackbone` class (defined on first use: keras-hub takes seconds to
+    import), registered as ``surgery>PrunedBackbone``."""
+    if "PrunedBackbone" in _CLASS:
+        return _CLASS["PrunedBackbone"]
+    from keras_hub.models import Backbone  # keras-hub takes seconds to import
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="PrunedBackbone")
+    class PrunedBackbone(Backbone):
+        """A keras-hub backbone after a cut: its config holds its graph (each block its
+        own widths) and what its family's task reads (``attributes``)."""
+
+        def __init__(self, inputs=None, outputs=None, *, attributes: dict,
+                     graph: Optional[dict] = None, quantized: Optional[dict] = None,
+                     **kwargs: Any):
+            if graph is not None:  # from a config: the layers are rebuilt from the graph
+                rebuilt = keras.Model.from_config(graph)
+                inputs, outputs = rebuilt.input, rebuilt.output
+            kwargs.pop("dtype", None)  # each layer's policy is in the graph
+            super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+            self.surgery_family = attributes["family"]
+            self.surgery_values = dict(attributes["values"])
+            self._attributes = attributes
+            _bind(self, attributes)
+            _quantize(self, quantized or {})
+
+        def get_config(self) -> dict:
+            graph = keras.Model(self.input, self.output, name=self.name).get_config()
+            quantized = {layer.path: layer.quantization_mode
+                         for layer in self._flatten_layers(include_self=False)
+                         if getattr(layer, "quantization_mode", None)}
+            return {"name": self.name, "trainable": self.trainable, "graph": graph,
+                    "attributes": json.loads(json.dumps(self._attributes)),
+                    "quantized": quantized}
+
+        @classmethod
+        def from_config(cls, config: dict):
+            return cls(**config)
+
+    _CLASS["PrunedBackbone"] = PrunedBackbone
+    return PrunedBackbone
+
+
+def register_lazily() -> None:
+    """Let ``.keras`` files holding a :class:`PrunedBackbone` load (keras-hub is imported
+    only when one does)."""
+
+    class _Lazy:
+        @staticmethod
+        def from_config(config):
+            return pruned_backbone_class().from_config(config)
+
+    keras.saving.get_custom_objects().setdefault(f"{PACKAGE}>PrunedBackbone", _Lazy)

@@ -1,0 +1,80 @@
+"""keras-hub causal LMs (``Llama3CausalLM``, ``Qwen3CausalLM``, ``MistralCausalLM``,
+``Gemma3CausalLM``; small configs, random weights) cut under ``params_target=0.5`` stay
+models of their family: the cut is exact (``verify``), the parameter count is the one
+planned, greedy ``generate`` through the key/value cache picks the tokens that full
+forward passes pick, the input model is untouched, and the model quantizes to int8 (and
+int4), saves as ``.keras`` and reloads equal in a fresh process after ``import surgery``.
+``surgery.distill`` trains the cut model toward the original through ``keras.distillation``
+and, SIGKILLed after a round, resumes from its backup to the very model an uninterrupted
+run ends with.
+
+The cases run in child processes (tests/keras3_lm_cases.py), as in tests/test_keras3_hub.py.
+"""
+
+import signal
+
+import pytest
+from keras3_child import finish, run_case, start
+from keras3_lm_cases import FAMILIES, PROMPT
+
+CLASSES = {"llama3": "Llama3CausalLM", "qwen3": "Qwen3CausalLM",
+           "mistral": "MistralCausalLM", "gemma3": "Gemma3CausalLM"}
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keras3_lm")
+    cut = run_case("tensorflow", "keras3_lm_cases.py", "cut", out, timeout=900)
+    loaded = run_case("tensorflow", "keras3_lm_cases.py", "load", out, timeout=900)
+    return cut, loaded
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_lm_cut_in_half_stays_its_family_and_is_exact(lms, family):
+    r = lms[0][family]
+    assert r["classes"] == [CLASSES[family], CLASSES[family], "PrunedBackbone"]
+    before, planned, after = r["params"]
+    assert planned == after and 0.45 <= after / before <= 0.55, r["params"]
+    assert all(len(axes.get("heads", [])) == 2 and axes.get("intermediate_dim")
+               for axes in r["units"].values()), r["units"]
+    assert r["verify"] <= 1e-5
+    assert r["moved"] > 1e-2  # zeroing the cut units changed the logits
+    assert r["original_unchanged"] == 0.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cut_causal_lm_generates_through_its_cache(lms, family):
+    r = lms[0][family]
+    assert len(r["generated"]) == len(r["greedy"]) > PROMPT
+    assert r["generated"] == r["greedy"]
+    assert r["int8_generated"] == len(r["greedy"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cut_causal_lm_quantizes_saves_and_reloads(lms, family):
+    r, loaded = lms[0][family], lms[1]
+    assert r["int8_layers"] >= 10  # every Dense, EinsumDense and the embedding
+    assert 0 < r["int8_error"] < 0.25
+    for name in (family, f"{family}_int8"):
+        assert loaded[name] == [CLASSES[family], "PrunedBackbone", 0.0], name
+    assert 0 < lms[0]["int4_error"]
+    assert loaded["llama3_int4"] == ["Llama3CausalLM", "PrunedBackbone", 0.0]
+
+
+def test_distillation_killed_after_a_round_resumes_to_the_uninterrupted_result(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    killed = start("tensorflow", "keras3_lm_cases.py", "distill", tmp_path / "a", "kill")
+    killed.communicate(timeout=900)
+    assert killed.returncode in (-signal.SIGKILL, 137)
+    assert (tmp_path / "a" / "backup").exists()
+    resumed = run_case("tensorflow", "keras3_lm_cases.py", "distill", tmp_path / "a",
+                       timeout=900)
+    whole = finish(start("tensorflow", "keras3_lm_cases.py", "distill", tmp_path / "b"), 900)
+    assert whole["rounds_run"] == 3 and resumed["rounds_run"] == 1  # two rounds restored
+    assert resumed["loss"][0] == pytest.approx(whole["loss"][2], rel=1e-5)
+    assert resumed["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-5)
+    before, after, _ = whole["perplexity"]
+    assert abs(after - before) / before > 0.05  # distillation moved the student
+    for run in (resumed, whole):
+        assert run["teacher_unchanged"] == 0.0 and run["teacher_trainable"]
+        assert not run["backup_left"]
