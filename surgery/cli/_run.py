@@ -108,7 +108,7 @@ def _validate(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 # the pipeline
 # --------------------------------------------------------------------------------------
-def _timestamp_folder() -> str:
+def timestamp_folder() -> str:
     base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     out, n = base, 1
     while os.path.exists(out):
@@ -182,7 +182,7 @@ def _set_up(args: argparse.Namespace, kit: Kit) -> RunSetup:
         raise UsageError(f"--tflite needs the TensorFlow backend (this run: {kit.label}); "
                          "set KERAS_BACKEND=tensorflow")
     fit = tuple(kit.fit_data(d) for d in (splits.train, splits.val, splits.test))
-    out = args.out or _timestamp_folder()
+    out = args.out or timestamp_folder()
     in_path = os.path.abspath(args.model_path) if args.model_path else None
     pruned_path = os.path.abspath(os.path.join(out, f"pruned.{kit.ext}"))
     if in_path is not None and pruned_path == in_path:

@@ -40,6 +40,9 @@ from surgery.cli.usage import (  # noqa: E402
     add_keras_arguments, add_run_folder_arguments, command_parser)
 from surgery.cli._planning import plan_flops_target  # noqa: E402,F401
 from surgery.cli._run import RunResult, VERIFY_TOLERANCE, run  # noqa: E402,F401
+from surgery.cli.language_run import (  # noqa: E402
+    add_language_arguments, describe_files, render as render_language, run_language_model,
+    wants_text)
 from surgery.data import DataError  # noqa: E402
 from surgery.pipeline.finetune import STRATEGIES  # noqa: E402
 from surgery.pipeline.report import render_markdown  # noqa: E402
@@ -167,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tflite", action="store_true",
                    help="also export baseline/pruned .tflite (float32, dynamic int8, full "
                         "int8 calibrated on the training split) with accuracy and sizes")
+    add_language_arguments(p)
     return p
 
 
@@ -189,6 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quiet:  # TensorFlow's own warnings (retracing, ...) too
         quiet_tensorflow_logging()
     try:
+        if wants_text(args):  # a keras-hub causal LM on text: Minitron's recipe
+            report = run_language_model(args)
+            print(render_language(report), end="")
+            print(describe_files(report))
+            return 0
         result = run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

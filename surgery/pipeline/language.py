@@ -37,7 +37,7 @@ from surgery.progress import fit_verbose
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["perplexity", "distill"]
+__all__ = ["perplexity", "distill", "tokens_per_second"]
 
 
 def _numpy_batches(data: Any) -> Iterable:
@@ -67,6 +67,35 @@ def perplexity(model, data: Any, *, steps: Optional[int] = None) -> float:
         raise SurgeryError("perplexity(data=...): no tokens to score; pass (x, y) batches "
                            "with x['padding_mask'] ones where tokens are")
     return math.exp(total / count)
+
+
+def _median_seconds(run, repeats: int) -> float:
+    run()  # the first call traces and compiles
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def tokens_per_second(model, x: dict, *, new_tokens: int = 32, repeats: int = 3) -> dict:
+    """Measured throughput of a keras-hub causal LM on this machine: ``prefill`` (tokens of
+    the batch ``x`` read in one forward pass, per second) and ``decode`` (tokens generated
+    one at a time through the key/value cache after the first example's first half, per
+    second; greedy), medians of ``repeats`` after a warm-up call."""
+    prefill = _median_seconds(lambda: model(x, training=False), repeats)
+    ids = np.asarray(x["token_ids"])[:1]
+    prompt = max(1, ids.shape[1] // 2)
+    length = prompt + new_tokens
+    tokens = np.zeros((1, length), "int32")
+    tokens[0, :prompt] = ids[0, :prompt]
+    mask = np.arange(length)[None, :] < prompt
+    model.compile(sampler="greedy")
+    decode = _median_seconds(lambda: model.generate_step(
+        {"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None), repeats)
+    return {"prefill": np.asarray(x["token_ids"]).size / prefill,
+            "decode": new_tokens / decode}
 
 
 def _schedule(learning_rate: float, steps: int, warmup_steps: Optional[int]):
