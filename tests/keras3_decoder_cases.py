@@ -10,8 +10,9 @@ how far the decoder rule's NumPy pass is from the Keras block on the captured in
 (``max |numpy - keras| / max |keras|`` over the blocks; a left-padded example, and the
 windows over a short example's padding, make queries with no key to attend to).
 ``ranking OUT [CASES]`` plants a dead key/value group (its value kernel zero: its two
-query heads' contexts are zero) in block 0 and eight dead feed-forward units (their gate
-and up columns zero) in block 1, then reads the activation scores, and what
+query heads' contexts are zero) in block 0, eight dead feed-forward units (their gate
+and up columns zero) in block 1 and two hidden channels that are zero everywhere, then
+reads the activation scores, and what
 ``plan(params_target=<their share>, criterion="activation", query_groups=True)`` removes
 first (and ``verify`` of the cut model: Gemma 3's post-branch norms sit between its
 other weights), and whether any unit (groups or, in a second plan, heads) fell back to
@@ -65,6 +66,19 @@ def backbone(case, window=True):
     return _randomize(model, seed=1)
 
 
+TASKS = {"llama": "Llama3CausalLM", "mistral": "MistralCausalLM", "qwen3": "Qwen3CausalLM",
+         "gemma3": "Gemma3CausalLM"}
+
+
+def causal_lm(model):
+    """The family's causal LM over ``model`` (a backbone): its output is the logits, so
+    the hidden width is no longer an output the plan must keep."""
+    import keras_hub
+
+    case = next(c for c in TASKS if type(model).__name__.lower().startswith(c))
+    return getattr(keras_hub.models, TASKS[case])(backbone=model, preprocessor=None)
+
+
 def tokens(n=4, seed=2):
     """``n`` examples: full, two right-padded (11 and 5 tokens) and one left-padded."""
     rng = np.random.default_rng(seed)
@@ -116,8 +130,12 @@ def forward(out, cases=",".join(FORWARD_CASES)):
     print("RESULT " + json.dumps(report))
 
 
+DEAD_HIDDEN = [3, 5]
+
+
 def _plant(model):
-    """Block 0: key/value group 0's value kernel zero; block 1: units 0-7 dead."""
+    """Block 0: key/value group 0's value kernel zero; block 1: units 0-7 dead; hidden
+    channels 3 and 5 dead everywhere (zero embedding columns, and no block writes them)."""
     from surgery.engine.rules import rule_for
 
     _, blocks = _decoders(model)
@@ -130,6 +148,14 @@ def _plant(model):
     for role in ("gate", "intermediate"):
         w[at[role]][:, :8] = 0
     second.layer.set_weights(w)
+    for node, block_rule in blocks:
+        w, at = node.layer.get_weights(), block_rule._at(node.info)
+        for role in ("output", "down"):
+            w[at[role]][..., DEAD_HIDDEN] = 0
+        node.layer.set_weights(w)
+    table = model.token_embedding.get_weights()
+    table[0][:, DEAD_HIDDEN] = 0
+    model.token_embedding.set_weights(table)
     return {f"{first.layer.name}:query_groups": [0],
             f"{second.layer.name}:intermediate_dim": list(range(8))}
 
@@ -174,21 +200,26 @@ def _control(model, data):
 
 def ranking(out, cases=",".join(CASES)):
     import surgery
+    from surgery.pruning.criteria import activation
     from surgery.pruning.criteria._registry import logger
 
     report = {}
     for case in cases.split(","):
-        model = backbone(case)
-        planted = _plant(model)
-        graph, blocks = _decoders(model)
+        bone = backbone(case)
+        planted = _plant(bone)
+        graph, blocks = _decoders(bone)
+        model = causal_lm(bone)
         data = tokens(n=8, seed=3)
-        oracle = surgery.PrunePlan.from_deletions({}, units={
+        hidden = {bone.token_embedding.name: DEAD_HIDDEN}
+        oracle = surgery.PrunePlan.from_deletions(hidden, units={
             k.split(":")[0]: {k.split(":")[1]: v} for k, v in planted.items()})
         share = 1 - surgery.apply(model, oracle).count_params() / model.count_params()
         warnings = _Warnings()
         logger.addHandler(warnings)
         try:
             scores = _scores(graph, blocks, data)
+            scores["hidden"] = [round(float(v), 6) for v in activation(
+                bone, [bone.token_embedding.name], data)[bone.token_embedding.name]]
             plan = surgery.plan(model, params_target=share - 1e-7, criterion="activation",
                                 data=data, query_groups=True)
             # heads (not groups) as units: scored by activations too

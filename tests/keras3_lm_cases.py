@@ -99,6 +99,7 @@ def cut(out: str) -> None:
             "params": [lm.count_params(), plan.settings["params_after"],
                        small.count_params()],
             "units": plan.units, "skipped": plan.skipped,
+            "hidden": len(plan.deletions.get(small.backbone.token_embedding.name, [])),
             "verify": surgery.verify(lm, small, plan, x),
             "moved": max_relative_difference(logits(lm, x), logits(zeroed, x)),
             "generated": generated(small, prompt),

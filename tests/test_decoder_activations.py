@@ -47,6 +47,9 @@ def test_dead_heads_and_mlp_units_score_lowest(children, case):
     assert heads[:2] == [0, 0] and min(heads[2:]) > 0, heads
     mlp = scores[units]
     assert mlp[:8] == [0] * 8 and min(mlp[8:]) > 0, mlp
+    hidden = scores.pop("hidden")
+    assert [hidden[c] for c in (3, 5)] == [0, 0], hidden
+    assert min(v for c, v in enumerate(hidden) if c not in (3, 5)) > 0, hidden
     assert all(min(v) > 0 for k, v in scores.items() if not k.startswith(
         (block + ":heads", group, units))), scores
 
@@ -55,7 +58,7 @@ def test_dead_heads_and_mlp_units_score_lowest(children, case):
 def test_dead_units_are_cut_first_under_a_params_target(children, case):
     r = finish(children["ranking"])[case]
     assert r["removed"] == r["planted"], r
-    assert r["deletions"] == {}, r
+    assert r["deletions"] == {"token_embedding": [3, 5]}, r  # the dead hidden channels
     assert r["verify"] <= 1e-5, r
 
 

@@ -40,7 +40,7 @@ def cut(info, masks: list, channels: Optional[Sequence[int]], nested: bool = Fal
             raise SurgeryError(f"layer {info.describe()}: a handler already rebuilt it")
         current = info if replacement is None else info.replaced(*replacement)
         replacement = rule.cut_units(current, {a: list(v) for a, v in units.items() if len(v)})
-    if channels:
+    if channels and rule.flow_of(info) == PRODUCER:  # not a shared layer's other calls
         if replacement is not None and not isinstance(replacement, tuple):
             raise SurgeryError(f"layer {info.describe()}: a handler already rebuilt it")
         current = info if replacement is None else info.replaced(*replacement)

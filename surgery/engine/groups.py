@@ -193,6 +193,8 @@ class _Analysis:
             return np.concatenate(inbound)
         if flow == RESHAPE:
             return self._reshaped(info, first)
+        if flow == MIXING and rule.reads_inputs(info):  # its outputs are not cut
+            return self.new(out_size, f"produced by {info.describe()}")
         reason = rule.blocked(info) if flow == BLOCKING else \
             f"consumed by {info.describe()}, whose own channels no rule cuts"
         self.skips.append((first, reason))

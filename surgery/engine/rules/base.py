@@ -293,6 +293,11 @@ class LayerRule:
         keep = np.repeat(channel_vector(masks[0], axis), self.multiplier(info))
         return mask_for_shape(keep, info.output_shape, axis)
 
+    def reads_inputs(self, info: LayerInfo) -> bool:
+        """Whether a :data:`MIXING` call's :meth:`cut_inputs` takes deleted input channels
+        (a language model's output projection); by default mixing calls stop them."""
+        return False
+
     def input_blocked(self, info: LayerInfo, index: int) -> Optional[str]:
         """Why deleted channels cannot reach tensor input ``index`` (an attention mask),
         or ``None`` when :meth:`cut_inputs` handles them."""

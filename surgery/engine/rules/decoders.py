@@ -4,8 +4,11 @@ Each block is one composite layer (see :mod:`surgery.engine.rules.composite`) wh
 reads its weights by role (query, key, value, output, the gated feed-forward kernels): its
 unit axes are the query heads (an equal number from every key/value group), the whole
 key/value groups (``query_groups``, each with its query heads) and the feed-forward width
-(``intermediate_dim``). Its hidden width passes its RMS norms and residual adds inside. A
-block that keeps its head size but loses heads is rebuilt as its registered equivalent
+(``intermediate_dim``). Its hidden width passes through it: channel ``c`` of its input is
+channel ``c`` of its output (residual adds inside), read by the query, key, value, gate
+and intermediate kernels, written by the attention output and down kernels, and scaled by
+RMS norms over the hidden width, which stay exact as :mod:`~surgery.engine.rules.normalization`
+says (gains × ``sqrt(d/d')``, ``layer_norm_epsilon`` × ``d/d'``). A block that keeps its head size but loses heads is rebuilt as its registered equivalent
 (:mod:`surgery.models.hub_blocks`) where the stock config cannot say so. For the
 ``activation`` criterion each rule scores its units from a NumPy pass over the block
 (:mod:`surgery.engine.rules.decoder_forward`) on the call's captured inputs.
@@ -16,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from surgery.engine.rules.base import BLOCKING, LayerRule, CLASS_KEY
+from surgery.engine.rules.base import CHANNELWISE, LayerRule, CLASS_KEY, channel_vector
 from surgery.engine.rules.composite import positions_of
 from surgery.engine.rules.decoder_forward import DecoderPass, decoder_forward, position_mean
 from surgery.engine.rules.registry import register_rule
@@ -38,7 +41,7 @@ class LlamaDecoderRule(LayerRule):
     head size when it loses heads, as ``surgery>LlamaTransformerDecoder`` (``head_dim``
     in its config)."""
 
-    flow = BLOCKING
+    flow = CHANNELWISE
     registered: Optional[str] = "surgery>LlamaTransformerDecoder"
     head_axis = 1  # of the query, key and value kernels; the output kernel's is 0
     #: each weight's role, in ``get_weights()`` order
@@ -47,9 +50,58 @@ class LlamaDecoderRule(LayerRule):
     #: whose arithmetic the NumPy pass follows (:func:`decoder_forward`)
     family = "llama"
 
-    def blocked(self, info) -> str:
-        return (f"the hidden width of {info.describe()} passes its RMS norms and residual "
-                "adds inside (its query heads and intermediate_dim are pruned)")
+    #: RMS norms over the hidden width apply ``offset + gain`` (Gemma: ``1 + gain``)
+    norm_offset = 0.0
+
+    def has_channel_weights(self, info) -> bool:
+        return True
+
+    def _hidden_axes(self, info) -> dict:
+        """Each weight's hidden axis, by index (the norms' gains: their only axis)."""
+        axes = {}
+        for k, role in enumerate(self._order(info)):
+            if role in ("query", "key", "value"):
+                axes[k] = 1 if self.head_axis == 0 else 0
+            elif role in ("intermediate", "gate"):
+                axes[k] = 0
+            elif role in ("output", "down") or role.endswith("norm") and \
+                    role not in ("query_norm", "key_norm"):
+                axes[k] = -1
+        return axes
+
+    def cut_inputs(self, info, masks):
+        keep = channel_vector(masks[0])
+        if keep.all():
+            return None
+        ratio = len(keep) / int(keep.sum())  # d / d'
+        weights = list(info.weights)
+        roles = self._order(info)
+        for k, axis in self._hidden_axes(info).items():
+            kept = np.compress(keep, weights[k], axis=axis)
+            if roles[k].endswith("norm"):  # exact across the RMS norm (module docstring)
+                gain = kept.astype(np.float64) + self.norm_offset
+                kept = (gain * np.sqrt(ratio) - self.norm_offset).astype(kept.dtype)
+            weights[k] = kept
+        config = dict(info.config, layer_norm_epsilon=float(
+            info.config["layer_norm_epsilon"]) * ratio)
+        if "hidden_dim" in config:
+            config["hidden_dim"] = int(keep.sum())
+        # Llama's block would derive its head size from the hidden width
+        config["head_dim"] = int(weights[self._at(info)["query"]].shape[-1])
+        if self.registered:
+            config[CLASS_KEY] = self.registered
+        return config, weights
+
+    def zero_inputs(self, info, keep):
+        """Zero input channels stay zero: the attention output and down kernels stop
+        writing them."""
+        if keep.all():
+            return None
+        weights = [w.copy() for w in info.weights]
+        at = self._at(info)
+        for k in (at["output"], at["down"]):
+            weights[k][..., ~keep] = 0
+        return weights
 
     def _at(self, info) -> dict:
         """The index of each weight this rule reads, by role."""
@@ -180,6 +232,7 @@ class Gemma3DecoderRule(LlamaDecoderRule):
     registered = None
     head_axis = 0
     family = "gemma3"
+    norm_offset = 1.0
 
     def _order(self, info) -> tuple:
         c = info.config

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from surgery.engine.graph import ModelGraph
-from surgery.engine.rules import CHANNELWISE, LayerRule, rule_for
+from surgery.engine.rules import CHANNELWISE, PRODUCER, LayerRule, rule_for
 from surgery.errors import SurgeryError
 from surgery.pruning.criteria._registry import logger
 
@@ -21,11 +21,16 @@ def _scorable(info) -> bool:
 
 
 def _call(graph: ModelGraph, layer) -> Any:
-    """The layer's first call in the graph's model (data-driven criteria use that one)."""
+    """The layer's call that makes its channels, if one call does; else its first call in
+    the graph's model (data-driven criteria use that one)."""
     calls = graph.nodes_of(layer)
     name = graph.model.name
     if not calls:
         raise SurgeryError(f"layer {layer.name!r} is not connected in model {name!r}")
+    producing = [c for c in calls if rule_for(c.info) is not None
+                 and rule_for(c.info).flow_of(c.info) == PRODUCER]
+    if len(calls) > 1 and len(producing) == 1:  # one call makes the channels (a language
+        return producing[0]  # model's embedding, also called in reverse as its output)
     if len(calls) > 1:
         logger.warning("layer %r is called %d times in model %r; data-driven criteria use "
                        "its first call", layer.name, len(calls), name)
