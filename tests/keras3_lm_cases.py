@@ -158,7 +158,7 @@ class _KillAfter(keras.callbacks.Callback):
             os.kill(os.getpid(), 9)
 
 
-def distill(out: str, kill: str = "") -> None:
+def distill(out: str, kill: str = "", strategy: str = "default") -> None:
     """Cut the Llama 3 LM in half and distil it for 6 steps in rounds of 2 with a backup in
     ``OUT/backup``; ``kill`` SIGKILLs the process after the second round."""
     import tensorflow as tf
@@ -175,10 +175,11 @@ def distill(out: str, kill: str = "") -> None:
     teacher = logits(lm, x)
     history = surgery.distill(small, lm, data, steps=6, checkpoint_every=2, learning_rate=3e-3,
                               checkpoint_dir=os.path.join(out, "backup"), verbose=0,
-                              callbacks=[_KillAfter(1)] if kill else [])
+                              callbacks=[_KillAfter(1)] if kill else [], strategy=strategy)
     student = logits(small, x)
     print("RESULT " + json.dumps({
         "rounds_run": len(history["loss"]), "loss": history["loss"],
+        "replicas": history["replicas"], "backend": keras.config.backend(),
         "perplexity": [before, surgery.perplexity(small, held_out),
                        surgery.perplexity(lm, held_out)],
         "teacher_unchanged": float(np.abs(logits(lm, x) - teacher).max()),

@@ -6,15 +6,19 @@ forward passes pick, the input model is untouched, and the model quantizes to in
 int4), saves as ``.keras`` and reloads equal in a fresh process after ``import surgery``.
 ``surgery.distill`` trains the cut model toward the original through ``keras.distillation``
 and, SIGKILLed after a round, resumes from its backup to the very model an uninterrupted
-run ends with.
+run ends with; it runs on JAX (data-parallel over two forced host devices) and PyTorch too.
 
 The cases run in child processes (tests/keras3_lm_cases.py), as in tests/test_keras3_hub.py.
 """
 
+import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
-from keras3_child import finish, run_case, start
+from keras3_child import HERE, ROOT, finish, keras3_env, run_case, start
 from keras3_lm_cases import FAMILIES, PROMPT
 
 CLASSES = {"llama3": "Llama3CausalLM", "qwen3": "Qwen3CausalLM",
@@ -79,3 +83,20 @@ def test_distillation_killed_after_a_round_resumes_to_the_uninterrupted_result(t
     for run in (resumed, whole):
         assert run["teacher_unchanged"] == 0.0 and run["teacher_trainable"]
         assert not run["backup_left"]
+
+
+@pytest.mark.parametrize("backend,strategy,env", [
+    ("jax", "dataparallel", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+    ("torch", "default", {}),
+], ids=["jax-dataparallel", "torch"])
+def test_distillation_on_other_backends(tmp_path, backend, strategy, env):
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "keras3_lm_cases.py"), "distill",
+                           str(tmp_path), "", strategy], env={**keras3_env(backend), **env},
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT "):])
+    assert r["backend"] == backend and r["replicas"] == (2 if strategy != "default" else 1)
+    before, after, _ = r["perplexity"]
+    assert r["rounds_run"] == 3 and abs(after - before) / before > 0.05  # the student moved
+    assert r["teacher_unchanged"] == 0.0 and not r["backup_left"]

@@ -98,6 +98,14 @@ def tokens_per_second(model, x: dict, *, new_tokens: int = 32, repeats: int = 3)
             "decode": new_tokens / decode}
 
 
+def _placed(model):
+    """A copy of ``model`` made under the current distribution (its variables laid out on
+    every device: JAX refuses a step that mixes them with single-device ones)."""
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _schedule(learning_rate: float, steps: int, warmup_steps: Optional[int]):
     k = keras3().keras
     warmup = max(1, steps // 10) if warmup_steps is None else int(warmup_steps)
@@ -130,7 +138,9 @@ def distill(student, teacher, data: Any, *, steps: int, temperature: float = 2.0
     """Train ``student`` (a cut causal LM, in place) for ``steps`` batches of ``data`` (a
     ``tf.data.Dataset`` of ``(x, y)`` that repeats) toward the frozen ``teacher`` (the model
     it was cut from); Keras ``callbacks`` run after the backup's. Returns Keras's history
-    (``loss``, and ``val_perplexity`` when ``validation_data`` is given) with ``seconds``.
+    (``loss``, and ``val_perplexity`` when ``validation_data`` is given) with ``seconds``
+    and the devices that shared each batch (``replicas``; ``strategy="dataparallel"`` on
+    JAX, ``"mirrored"`` on TensorFlow).
     ``teacher`` is left as it was.
 
     Example::
@@ -142,13 +152,15 @@ def distill(student, teacher, data: Any, *, steps: int, temperature: float = 2.0
     k = keras3().keras
     temperature, alpha = checked_settings(temperature, alpha)
     epochs, per_epoch = _rounds(steps, checkpoint_every, checkpoint_dir)
-    backend = k.config.backend()
-    strategy_object = distribution.make_keras3_strategy(strategy, backend)
+    previous = k.distribution.distribution()
+    strategy_object = distribution.make_keras3_strategy(strategy, k.config.backend())
     trainable = teacher.trainable
     started = time.perf_counter()
     try:
         with distribution.scope(strategy_object):
-            distiller = make_distiller(student, teacher, temperature=temperature, alpha=alpha)
+            runner, frozen = (student, teacher) if strategy_object is None else \
+                (_placed(student), _placed(teacher))
+            distiller = make_distiller(runner, frozen, temperature=temperature, alpha=alpha)
             optimizer = k.optimizers.AdamW(_schedule(learning_rate, steps, warmup_steps),
                                            weight_decay=weight_decay)
             distiller.compile(optimizer=optimizer, loss=k.losses.SparseCategoricalCrossentropy(
@@ -165,10 +177,14 @@ def distill(student, teacher, data: Any, *, steps: int, temperature: float = 2.0
         history = distiller.fit(data, epochs=epochs, steps_per_epoch=per_epoch,
                                 callbacks=backup + list(callbacks),
                                 verbose=fit_verbose(verbose)).history
+        if runner is not student:
+            student.set_weights(runner.get_weights())
     finally:
         teacher.trainable = trainable
+        k.distribution.set_distribution(previous)
     result = {key: [float(v) for v in values] for key, values in history.items()}
     if validation_data is not None:
         result["val_perplexity"] = perplexity(student, validation_data, steps=validation_steps)
     result["seconds"] = time.perf_counter() - started
+    result["replicas"] = distribution.replicas(strategy_object)
     return result
