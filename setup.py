@@ -36,6 +36,9 @@ setup(
     # requirements.txt.
     extras_require={"jax": ["jax>=0.10,<0.11", "jaxlib>=0.10,<0.11"],
                     "torch": ["torch>=2.13,<2.14"],
-                    "onnx": ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "tf2onnx>=1.17,<2"]},
+                    "onnx": ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "tf2onnx>=1.17,<2"],
+                    # language models (surgery.load_text, keras-hub causal LMs)
+                    "lm": ["keras-hub>=0.32,<0.33", "sentencepiece>=0.2,<0.3",
+                           "tqdm>=4.66,<5"]},
     entry_points={"console_scripts": ["keras-surgery=surgery.cli.main:main"]},
 )
