@@ -146,6 +146,38 @@ def load(out: str) -> None:
 
 
 
+def streamed(out: str) -> None:
+    """``verify`` of large models (zeroed call by call, no zeroed copy) against the small
+    models' path (a zeroed copy), on a causal LM (a tied embedding called twice) and a CNN
+    (BatchNormalization, Add), for a right and a wrong cut."""
+    import surgery
+    from surgery.pruning import execution
+
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Add()([h, keras.layers.Conv2D(8, 1, name="c2")(inputs)])
+    cnn = _randomize(keras.Model(inputs, keras.layers.Dense(3)(
+        keras.layers.GlobalAveragePooling2D()(h))))
+    images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    report, default = {}, execution.STREAMED_PARAMS
+    for name, model, x in (("lm", causal_lm("llama3"), tokens()), ("cnn", cnn, images)):
+        plan = surgery.plan(model, ratio=0.5)
+        wrong = surgery.PrunePlan.from_deletions(
+            {k: [(c + 1) % 8 for c in v] for k, v in plan.deletions.items()}, plan.groups,
+            units=plan.units)
+        rows = []
+        for cut in (plan, wrong):
+            small = surgery.apply(model, cut)
+            row = []
+            for limit in (default, 0):  # the small models' path, then the streamed one
+                execution.STREAMED_PARAMS = limit
+                row.append(float(surgery.verify(model, small, plan, x)))
+            rows.append(row)
+        report[name] = rows
+    print("RESULT " + json.dumps(report))
+
+
 class _KillAfter(keras.callbacks.Callback):
     """SIGKILL this process at the end of round ``epoch`` (after the backup is written)."""
 
@@ -189,4 +221,5 @@ def distill(out: str, kill: str = "", strategy: str = "default") -> None:
 
 
 if __name__ == "__main__":
-    {"cut": cut, "load": load, "distill": distill}[sys.argv[1]](*sys.argv[2:])
+    {"cut": cut, "load": load, "distill": distill,
+     "streamed": streamed}[sys.argv[1]](*sys.argv[2:])

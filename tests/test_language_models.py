@@ -100,3 +100,14 @@ def test_distillation_on_other_backends(tmp_path, backend, strategy, env):
     before, after, _ = r["perplexity"]
     assert r["rounds_run"] == 3 and abs(after - before) / before > 0.05  # the student moved
     assert r["teacher_unchanged"] == 0.0 and not r["backup_left"]
+
+
+def test_large_models_verify_call_by_call_as_small_ones_do(tmp_path):
+    """Above ``STREAMED_PARAMS`` parameters ``verify`` zeroes and runs the model call by
+    call instead of building a zeroed copy (a 1 B-parameter model's copy is 2 GB more);
+    forced on small models, it gives the same difference, for a right and a wrong cut."""
+    r = run_case("tensorflow", "keras3_lm_cases.py", "streamed", tmp_path, timeout=900)
+    for name in ("lm", "cnn"):
+        (right, right_streamed), (wrong, wrong_streamed) = r[name]
+        assert right <= 1e-5 and abs(right_streamed - right) <= 1e-6, r
+        assert wrong > 1e-2 and wrong_streamed == pytest.approx(wrong, rel=1e-5), r

@@ -67,6 +67,15 @@ def last_axis(shape) -> int:
         else 1
 
 
+def shaped(info):
+    """``info`` with weights of the same shapes and dtypes that hold no memory (every entry
+    one zero): costs read shapes only, and a cost model that keeps every call described
+    would otherwise hold a whole copy of the model's weights."""
+    return info.replaced(info.config, [
+        np.lib.stride_tricks.as_strided(np.zeros(1, w.dtype), w.shape, (0,) * w.ndim)
+        for w in info.weights])
+
+
 class WidthModel:
     """The costed calls of a model as affine functions of its groups' kept widths.
 
@@ -111,7 +120,7 @@ class WidthModel:
         self.calls, self.layers, seen = [], [], set()
 
         def visit(node, in_vecs):
-            info = node.info
+            info = shaped(node.info)  # kept below: shapes only, never the model's weights
             rule = rule_for(info)
             out_ch = last_axis(info.output_shape)
             ins = [last_axis(s) for s in info.input_shapes]

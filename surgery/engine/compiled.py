@@ -69,13 +69,15 @@ def _jitted(model, training: bool) -> Callable[[np.ndarray], list]:
     return call
 
 
-def run_once(graph: ModelGraph, x) -> list:
+def run_once(graph: ModelGraph, x, compiled: bool = True) -> list:
     """The outputs of ``graph``'s model on one batch ``x``, in inference mode, as a list of
     float64 arrays (a dict of outputs by sorted key): an eager call where that compiles
     nothing (TensorFlow, PyTorch), one compiled call on JAX, where an eager call of a model
     of new shapes compiles each of its operations on its own (about 15 s for a pruned
-    MobileNetV2 on a 2-core CPU, against a few seconds for the whole model at once)."""
-    if graph.backend == "jax":
+    MobileNetV2 on a 2-core CPU, against a few seconds for the whole model at once).
+    ``compiled=False``: the eager call on JAX too (a compiled call of a bfloat16 model on
+    a CPU holds all its weights again in float32 while it runs)."""
+    if compiled and graph.backend == "jax":
         return compiled_call(graph, training=False)(x)
     return _as_list(graph.model(x, training=False))
 

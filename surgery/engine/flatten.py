@@ -45,7 +45,7 @@ def _inlined(graph: ModelGraph) -> ModelGraph:
             used_names.add(config["name"])
             cache[layer] = adapter.new_layer(layer, config)
             if hasattr(layer, "get_weights"):  # Keras 3 operations hold no weights
-                copies.append((cache[layer], layer.get_weights()))
+                copies.append((cache[layer], layer))
         return cache[layer]
 
     def replay(sub, inputs):
@@ -61,7 +61,8 @@ def _inlined(graph: ModelGraph) -> ModelGraph:
 
     new_inputs = adapter.fresh_inputs(model)
     outputs = replay(graph, new_inputs)
-    adapter.set_weights(copies)
+    # each layer's weights read as it is set: all at once they would be one more whole copy
+    adapter.set_weights((new, layer.get_weights()) for new, layer in copies)
     return graph.with_model(adapter.build_model(model, new_inputs, outputs))
 
 

@@ -8,11 +8,14 @@ bias). Deleting those channels must then leave the model's outputs unchanged, wh
 how :func:`surgery.verify` and the tests catch a wrong cut. Masks flow exactly as in
 surgery, through the same rules. :func:`zeroed_weights` computes the same zeroing as new
 weights without copying the model, for a caller that zeroes one working copy again and again
-(the candidate plans of :mod:`surgery.calibration.stand_in`).
+(the candidate plans of :mod:`surgery.calibration.stand_in`); :func:`zeroed_outputs` the
+zeroed model's outputs without copying it at all (large Keras 3 models: one layer's zeroed
+weights at a time).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections import Counter
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -48,11 +51,14 @@ def zeroed_copy(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
 
 
 def zeroed_weights(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
-                   units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None) -> dict:
+                   units: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None,
+                   keep: Optional[Callable] = None) -> dict:
     """The weights that zero ``deletions`` and ``units`` (as in :func:`zero_channels`) in
     ``graph``'s model, which must be flat: ``{layer: new weights}`` for every layer that
     changes, computed from the layers' rules and current weights; nothing is set, so
-    ``graph.adapter.set_weights(result.items())`` zeroes the model in place.
+    ``graph.adapter.set_weights(result.items())`` zeroes the model in place. With
+    ``keep``, only the layers it accepts are in the result (the others' new weights are
+    dropped once their call is zeroed, so that they are never all held at once).
 
     >>> from surgery._backend import keras
     >>> from surgery.engine.graph import resolve
@@ -63,6 +69,22 @@ def zeroed_weights(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
     (['d'], False)
     """
     changed: dict = {}  # layer -> new weights
+    zero = _zeroing(deletions, units, changed)
+
+    def visit(node, masks):
+        out = zero(node, masks)
+        if keep is not None and not keep(node.layer):
+            changed.pop(node.layer, None)
+        return out
+
+    graph.walk(visit, lambda t: None)
+    return changed
+
+
+def _zeroing(deletions: Mapping, units: Optional[Mapping], changed: dict) -> Callable:
+    """The visit of :func:`zeroed_weights`: zeroes one call (its new weights into
+    ``changed``, composed with those of the layer's earlier calls) and returns its
+    outbound mask."""
 
     def visit(node, masks):
         info = node.info
@@ -93,8 +115,36 @@ def zeroed_weights(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
             out = None
         return out
 
-    graph.walk(visit, lambda t: None)
-    return changed
+    return visit
+
+
+def zeroed_outputs(graph: ModelGraph, deletions: Mapping[str, Sequence[int]],
+                   units: Optional[Mapping[str, Mapping[str, Sequence[int]]]], x) -> list:
+    """The outputs, at inference on ``x``, of :func:`zeroed_copy` of ``graph`` (a Keras 3
+    model), as float64 arrays (:func:`output_leaves` order), without that copy: one walk
+    zeroes each call and runs it at once with its zeroed weights (the layer's variables are
+    untouched), so one layer's zeroed weights exist at a time, not a second model. A layer
+    called more than once (shared) is zeroed over all its calls first. Each call runs on
+    its own (eagerly), as ``model(x)`` would run it."""
+    flat = flattened(graph)
+    adapter, model = flat.adapter, flat.model
+    counts = Counter(id(n.layer) for n in flat.calls())
+    shared = {id(layer) for layer in model.layers
+              if counts[id(layer)] > 1 and getattr(layer, "weights", None)}
+    final = zeroed_weights(flat, deletions, units,
+                           keep=lambda layer: id(layer) in shared) if shared else {}
+    changed: dict = {}
+    masks: dict = {}  # tensor key -> mask of the zeroed channels it carries
+    zero = _zeroing(deletions, units, changed)
+
+    def run(node, tensors):
+        mask = zero(node, [masks.get(k) for k in node.input_keys])
+        masks.update(dict.fromkeys(node.output_keys, mask))
+        weights = (final.get(node.layer) if id(node.layer) in shared
+                   else changed.pop(node.layer, None))  # popped: freed once it has run
+        return node.run(tensors, weights)
+
+    return [to_numpy(o) for o in output_leaves(adapter.run_calls(model, x, run))]
 
 
 def to_numpy(value) -> np.ndarray:

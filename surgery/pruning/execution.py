@@ -19,7 +19,7 @@ from surgery.engine.compiled import run_once
 from surgery.engine.cutting import delete_by_rebuild
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.engine.rules.base import approximate
-from surgery.engine.zeroing import max_relative_difference, zeroed_copy
+from surgery.engine.zeroing import max_relative_difference, zeroed_copy, zeroed_outputs
 from surgery.errors import SurgeryError
 from surgery.pruning.compensation import compensated
 from surgery.pruning.plan import PrunePlan
@@ -81,10 +81,22 @@ def delete_channels(model, layer, channels: Iterable[int]):
     return delete_by_rebuild(graph.require_functional(), {name: list(channels)})
 
 
+#: Keras 3 models with more parameters than this are verified call by call
+#: (:func:`~surgery.engine.zeroing.zeroed_outputs`): a zeroed copy would be one more model
+#: in memory (and on JAX, one compiled call of a bfloat16 model holds its weights again
+#: in float32); smaller ones run a zeroed copy, compiled once, which is faster
+STREAMED_PARAMS = 2 ** 28
+
+
 def difference(graph: ModelGraph, pruned, plan: PrunePlan, x) -> float:
     """:func:`verify` of a resolved graph."""
     with approximate(not _exact(plan)):
-        zeroed = zeroed_copy(compensated(graph, plan), plan.deletions, plan.units)
+        source = compensated(graph, plan)
+        if graph.keras3 and graph.model.count_params() > STREAMED_PARAMS:
+            zeroed = zeroed_outputs(source, plan.deletions, plan.units, x)
+            return max_relative_difference(  # both run call by call, eagerly
+                zeroed, run_once(graph.with_model(pruned), x, compiled=False))
+        zeroed = zeroed_copy(source, plan.deletions, plan.units)
     return max_relative_difference(run_once(graph.with_model(zeroed), x),
                                    run_once(graph.with_model(pruned), x))
 
