@@ -107,6 +107,9 @@ def cut(out: str) -> None:
             "original_unchanged": float(np.abs(logits(lm, x) - logits(causal_lm(family), x))
                                         .max()),
         }
+        by_flops = surgery.plan(lm, flops_target=0.5, data=x)
+        r["flops_target"] = [surgery.count_flops(lm), by_flops.settings["flops_after"],
+                             surgery.count_flops(surgery.apply(lm, by_flops))]
         small.save(os.path.join(out, f"{family}.keras"))
         small.quantize("int8")
         y8 = logits(small, x)
@@ -117,6 +120,10 @@ def cut(out: str) -> None:
         small.save(os.path.join(out, f"{family}_int8.keras"))
         np.savez(os.path.join(out, f"{family}.npz"), y=y, y8=y8)
     lm = causal_lm("llama3")
+    try:
+        surgery.plan(lm, latency_target=0.3, runtime="onnxruntime")
+    except surgery.SurgeryError as exc:
+        report["latency_refused"] = str(exc)
     small = surgery.apply(lm, surgery.plan(lm, params_target=0.5))
     y = logits(small, x)
     small.quantize("int4")

@@ -44,6 +44,8 @@ def test_causal_lm_cut_in_half_stays_its_family_and_is_exact(lms, family):
     assert all(axes.get("intermediate_dim") for axes in r["units"].values()), r["units"]
     assert r["verify"] <= 1e-5
     assert r["moved"] > 1e-2  # zeroing the cut units changed the logits
+    flops, predicted, cut = r["flops_target"]  # hidden channels cost FLOPs in every block
+    assert predicted == cut and abs(1 - cut / flops - 0.5) <= 0.02, r["flops_target"]
     assert r["original_unchanged"] == 0.0
 
 
@@ -111,3 +113,9 @@ def test_large_models_verify_call_by_call_as_small_ones_do(tmp_path):
         (right, right_streamed), (wrong, wrong_streamed) = r[name]
         assert right <= 1e-5 and abs(right_streamed - right) <= 1e-6, r
         assert wrong > 1e-2 and wrong_streamed == pytest.approx(wrong, rel=1e-5), r
+
+
+def test_latency_target_on_a_token_sequence_of_any_length_is_refused_in_one_line(lms):
+    message = lms[0]["latency_refused"]
+    assert "any length" in message and "params_target" in message
+    assert len(message.splitlines()) == 1

@@ -51,6 +51,11 @@ _keras_of = keras_of
 
 
 def _batch(shape, batch: int, seed: int = 0) -> np.ndarray:
+    if any(d is None for d in shape):
+        raise SurgeryError(
+            f"latency_target: an input of shape {(None,) + tuple(shape)} has axes of any "
+            "length (a token sequence), and latency is timed at one shape; plan with "
+            "params_target= or flops_target=, or build the model with a fixed length")
     dims = [batch] + [int(d) for d in shape]
     return np.random.default_rng(seed).random(dims, dtype=np.float32)
 

@@ -187,12 +187,17 @@ class LlamaDecoderRule(LayerRule):
         return out
 
     def flops(self, info) -> int:
+        """The projections' multiply-adds per hidden channel, times the hidden width the
+        call reads (so that cost models see what a hidden channel costs), and attention."""
         w, at = info.weights, self._at(info)
         query = w[at["query"]]
         t = positions_of(info)
-        return 2 * t * (query.size + w[at["key"]].size + w[at["value"]].size
-                        + w[at["output"]].size + 3 * w[at["intermediate"]].size
-                        + t * 2 * query.shape[self.head_axis] * query.shape[-1])
+        built = int(w[at["intermediate"]].shape[0])  # the weights' hidden width
+        hidden = int(info.input_shape[-1] or built)
+        per_channel = (query.size + w[at["key"]].size + w[at["value"]].size
+                       + w[at["output"]].size + 3 * w[at["intermediate"]].size) / built
+        return int(round(2 * t * (per_channel * hidden
+                                  + t * 2 * query.shape[self.head_axis] * query.shape[-1])))
 
 
 @register_rule("MistralTransformerDecoder")

@@ -76,4 +76,5 @@ class ReversibleEmbeddingRule(EmbeddingRule):
         if not self._reverse(info):
             return 0
         positions = int(np.prod(concrete(info.input_shape[:-1])))
-        return 2 * positions * int(np.size(info.weights[0]))
+        vocabulary, built = info.weights[0].shape
+        return 2 * positions * int(vocabulary) * int(info.input_shape[-1] or built)
