@@ -120,6 +120,18 @@ def cut(out: str) -> None:
         small.save(os.path.join(out, f"{family}_int8.keras"))
         np.savez(os.path.join(out, f"{family}.npz"), y=y, y8=y8)
     lm = causal_lm("llama3")
+    import logging
+
+    class Lines(logging.Handler):
+        lines: list = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    logging.getLogger("surgery").addHandler(Lines())
+    deep = surgery.plan(lm, params_target=0.5, depth=True)
+    report["depth"] = [sum(len(v) for axes in deep.units.values() for a, v in axes.items()
+                           if a == "blocks"), [m for m in Lines.lines if "depth=True" in m]]
     try:
         surgery.plan(lm, latency_target=0.3, runtime="onnxruntime")
     except surgery.SurgeryError as exc:

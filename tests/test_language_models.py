@@ -119,3 +119,8 @@ def test_latency_target_on_a_token_sequence_of_any_length_is_refused_in_one_line
     message = lms[0]["latency_refused"]
     assert "any length" in message and "params_target" in message
     assert len(message.splitlines()) == 1
+
+
+def test_depth_on_decoder_blocks_says_it_removes_none(lms):
+    blocks, warnings = lms[0]["depth"]
+    assert blocks == 0 and len(warnings) == 1 and "widths only" in warnings[0], warnings

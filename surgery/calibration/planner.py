@@ -19,6 +19,7 @@ from surgery.calibration.candidates import best_candidate
 from surgery.calibration.latency import plan_for_latency
 from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph, resolve
+from surgery.engine.rules import rule_for
 from surgery.engine.rules.base import approximate
 from surgery.pruning.allocation import (
     DEFAULT_MAX_RATIO, Budget, plan_for_flops, plan_for_params,
@@ -100,7 +101,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     spec = PlanSpec(ratio, criterion, policy, threshold, dict(per_layer or {}), tuple(ignore),
                     1 if round_to is None else round_to, min_channels, scope, data, heads,
                     head_dims, exact, units=units, depth=depth, query_groups=query_groups)
-    flat = flattened(graph)
+    flat = _checked_depth(flattened(graph), depth)
     with approximate(not exact):
         if latency_target is not None:
             runtime_ok = check_latency_arguments(latency_target, runtime, batch_size, threads)
@@ -118,6 +119,21 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         logger.warning("plan: nothing to cut in model '%s' (%s); every group is skipped or "
                        "keeps all its units", graph.model.name, _why_empty(result))
     return result
+
+
+def _checked_depth(graph: ModelGraph, depth: bool) -> ModelGraph:
+    """``graph``, after a warning where ``depth=True`` finds no layer with a ``"blocks"``
+    unit axis."""
+    if not depth:
+        return graph
+    for node in graph.calls():
+        rule = rule_for(node.info)
+        if rule is not None and "blocks" in rule.unit_axes(node.info):
+            return graph
+    logger.warning("plan(depth=True): no layer of model '%s' holds whole blocks to remove "
+                   "(keras-hub's ViT and DeiT encoders do; decoder blocks and other separate "
+                   "block layers do not yet); planning widths only", graph.model.name)
+    return graph
 
 
 def _plan_for_target(graph: ModelGraph, spec: PlanSpec, flops_target: Optional[float],

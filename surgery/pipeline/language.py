@@ -174,7 +174,7 @@ def distill(student, teacher, data: Any, *, steps: int, temperature: float = 2.0
         logger.info("distilling %s from %s: %d steps (%d rounds), T=%g, alpha=%g, lr %g",
                     student.name, teacher.name, steps, epochs, temperature, alpha,
                     learning_rate)
-        history = distiller.fit(data, epochs=epochs, steps_per_epoch=per_epoch,
+        history = distiller.fit(data, epochs=epochs, steps_per_epoch=per_epoch, shuffle=False,
                                 callbacks=backup + list(callbacks),
                                 verbose=fit_verbose(verbose)).history
         if runner is not student:
