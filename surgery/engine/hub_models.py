@@ -85,17 +85,12 @@ def _public_scalars(backbone) -> dict:
             and k not in every_model and isinstance(v, _SCALARS)}
 
 
-def _in_cut(cut, tensor):
-    """The tensor of ``cut`` that stands where ``tensor`` stood in the model it was cut
-    from: the same output of the layer of the same name (called once in a flat copy)."""
-    layer, _, index = tensor._keras_history
-    return cut.get_layer(layer.name)._inbound_nodes[0].output_tensors[index]
-
-
-def with_family(original, cut):
+def with_family(original, cut, in_cut):
     """``cut`` (the flat functional model :func:`surgery.apply` made of ``original``)
     as a model of ``original``'s keras-hub family: a :class:`PrunedBackbone` for a
     backbone, the task's own class over one for a task; ``cut`` itself for anything else.
+    ``in_cut(tensor)`` is the tensor of ``cut`` where ``tensor`` stood (the graph
+    adapter's :func:`~surgery.engine.keras3.tensor_in`: graph internals stay there).
     """
     if not (is_backbone(original) or is_task(original)):
         return cut
@@ -106,7 +101,7 @@ def with_family(original, cut):
         inputs = {key: cut.inputs[names.index(t.name)] for key, t in inputs.items()}
     else:
         inputs = cut.input
-    hidden = keras.tree.map_structure(lambda t: _in_cut(cut, t), backbone.output)
+    hidden = keras.tree.map_structure(in_cut, backbone.output)
     new = pruned_backbone_class()(inputs=inputs, outputs=hidden, name=backbone.name,
                                   attributes=family_attributes(backbone))
     if not is_task(original):

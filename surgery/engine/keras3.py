@@ -267,7 +267,14 @@ def new_layer(layer, config: Optional[dict] = None):
 def with_family(original, cut):
     """``cut``, made of ``original``, as a model of ``original``'s keras-hub family
     where it has one (:func:`surgery.engine.hub_models.with_family`)."""
-    return hub_models.with_family(original, cut)
+    return hub_models.with_family(original, cut, lambda t: tensor_in(cut, t))
+
+
+def tensor_in(cut, tensor):
+    """The tensor of ``cut`` that stands where ``tensor`` stood in the model it was cut
+    from: the same output of the layer of the same name (called once in a flat copy)."""
+    layer, _, index = tensor._keras_history
+    return cut.get_layer(layer.name)._inbound_nodes[0].output_tensors[index]
 
 
 def set_weights(pairs: Iterable[tuple], model=None) -> None:
