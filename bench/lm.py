@@ -102,6 +102,7 @@ quiet_tf.import_tensorflow_quietly()
 
 import surgery  # noqa: E402
 from surgery.text_data import load_text  # noqa: E402
+from _outputs import add_output_arguments, read_json, write_json  # noqa: E402
 
 logger = logging.getLogger("bench.lm")
 
@@ -225,10 +226,7 @@ def baseline(text, args) -> tuple:
     meta_path = path[:-len(".keras")] + ".json"
     if os.path.isfile(path):
         logger.info("baseline: cached %s", path)
-        meta = {}
-        if os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
+        meta = read_json(meta_path)
         return load_lm(path, args, meta), dict(meta, path=path, cached=True)
     model, meta = train_baseline(text, args)
     save_lm(model, path, args)
@@ -254,14 +252,6 @@ def load_lm(path: str, args, meta: dict) -> keras.Model:
     model = causal_lm(args, meta.get("vocabulary_size", args.vocab))
     model.load_weights(path)
     return model
-
-
-def write_json(path: str, data) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -531,16 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--distill-lr", type=float, default=1e-3, help="peak distillation lr")
     b.add_argument("--eval-batches", type=int, default=40,
                    help="test batches every perplexity reads (a fixed slice)")
-    p.add_argument("--work-dir", default="/tmp/lm_bench",
-                   help="where the corpus, tokenizer and trained baseline are cached")
-    p.add_argument("--json", default=None, help="write every result here")
-    p.add_argument("--markdown", default=None, help="write the table here")
-    p.add_argument("--plot", default=None, help="perplexity-vs-parameters PNG")
-    p.add_argument("--train-only", action="store_true",
-                   help="train (or load) the baseline, report its perplexity, stop")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: a tiny LM trained for a minute, short distillations, "
-                        "in WORK_DIR/quick")
+    add_output_arguments(
+        p, work_dir="/tmp/lm_bench",
+        work="where the corpus, tokenizer and trained baseline are cached",
+        plot="perplexity-vs-parameters PNG", measure="perplexity",
+        quick="smoke test: a tiny LM trained for a minute, short distillations, in "
+              "WORK_DIR/quick")
     return p
 
 

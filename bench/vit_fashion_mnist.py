@@ -74,7 +74,6 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.pop("TF_USE_LEGACY_KERAS", None)  # Keras 3 first: surgery then works on Keras 3
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet_tf  # noqa: E402
@@ -92,6 +91,7 @@ import surgery  # noqa: E402
 from surgery.data import DataError, as_arrays, load_splits  # noqa: E402
 from surgery.export.saving import save_model_atomic  # noqa: E402
 from surgery.pipeline.finetune import evaluate_accuracy, finetune  # noqa: E402
+from _outputs import add_output_arguments, read_json, write_json  # noqa: E402
 from _plots import accuracy_vs_latency  # noqa: E402
 
 logger = logging.getLogger("bench.vit_fashion_mnist")
@@ -138,10 +138,7 @@ def baseline(splits, args):
     meta_path = path[:-len(".keras")] + ".json"
     if os.path.isfile(path):
         logger.info("baseline: cached %s", path)
-        meta = {}
-        if os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
+        meta = read_json(meta_path)
         return keras.models.load_model(path, compile=False), dict(meta, path=path, cached=True)
     keras.utils.set_random_seed(0)
     model = vit_classifier(args, splits.input_shape, splits.num_classes)
@@ -389,14 +386,6 @@ def plot(acc_base: float, rows: List[dict], path: str) -> str:
                                "Fashion-MNIST, keras-hub ViT pruned to half its latency")
 
 
-def write_json(path: str, data) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -431,17 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune on this many training images only (test stays whole)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                    metavar="NAME", help=f"which plans to run, of: {'; '.join(VARIANTS)}")
-    p.add_argument("--work-dir", default="/tmp/vit_fmnist",
-                   help="where the trained baseline is cached and cut models are written")
-    p.add_argument("--json", default=None, help="write every result here")
-    p.add_argument("--markdown", default=None, help="write the table here")
-    p.add_argument("--plot", default=None, help="accuracy-vs-latency PNG")
-    p.add_argument("--train-only", action="store_true",
-                   help="train (or load) the baseline, report its accuracy, stop")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: fine-tune on 6,000 images for 1 epoch, one seed, "
-                        "fewer search steps (the cached baseline if there, else one "
-                        "trained for 1 epoch on 6,000 images)")
+    add_output_arguments(
+        p, work_dir="/tmp/vit_fmnist",
+        work="where the trained baseline is cached and cut models are written",
+        plot="accuracy-vs-latency PNG", measure="accuracy",
+        quick="smoke test: fine-tune on 6,000 images for 1 epoch, one seed, fewer search "
+              "steps (the cached baseline if there, else one trained for 1 epoch on 6,000 "
+              "images)")
     p.add_argument("--verbose", type=int, default=0, help="Keras progress (0, 1 or 2)")
     return p
 

@@ -83,7 +83,8 @@ def tokens_per_second(model, x: dict, *, new_tokens: int = 32, repeats: int = 3)
     """Measured throughput of a keras-hub causal LM on this machine: ``prefill`` (tokens of
     the batch ``x`` read in one forward pass, per second) and ``decode`` (tokens generated
     one at a time through the key/value cache after the first example's first half, per
-    second; greedy), medians of ``repeats`` after a warm-up call."""
+    second; greedy), medians of ``repeats`` after a warm-up call. It compiles ``model``
+    with a greedy sampler (``generate`` needs one): compile it again for training."""
     prefill = _median_seconds(lambda: model(x, training=False), repeats)
     ids = np.asarray(x["token_ids"])[:1]
     prompt = max(1, ids.shape[1] // 2)
