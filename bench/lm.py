@@ -20,7 +20,10 @@ It is then cut to -30 % and -50 % of its parameters (``--budgets``) three ways:
   criterion="l2")``, ``r`` bisected until the parameter ratio is within ``--tolerance``
   of the target;
 * ``global activation``: ``surgery.plan(lm, params_target=budget, criterion="activation",
-  data=<--calib training sequences>)`` (``params_target`` is the fraction removed);
+  data=<--calib training sequences>, candidates=<--candidates>)`` (``params_target`` is
+  the fraction removed; the candidates share the budget differently between heads, MLP
+  units and hidden channels, and the one whose logits diverge least from the baseline's
+  on the calibration sequences is kept);
 * ``global activation + depth``: the same with ``depth=True``; recorded as "not
   available" when the plan cuts no block (surgery's depth units are keras-hub's ViT/DeiT
   encoder blocks, so on these decoder blocks ``depth=True`` plans exactly what
@@ -330,7 +333,8 @@ def make_plan(name: str, removed: float, base, x_calib, args, plans: dict):
             extra = dict(uniform_ratio=r)
         else:
             p = surgery.plan(base, params_target=removed, criterion="activation",
-                             data=x_calib, depth=name.endswith("depth"))
+                             data=x_calib, depth=name.endswith("depth"),
+                             candidates=args.candidates)
             extra = {}
     except Exception as exc:  # noqa: BLE001  (SurgeryError or not: go on to the others)
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
@@ -512,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME", help=f"which plans, of: {'; '.join(VARIANTS)}")
     b.add_argument("--calib", type=int, default=64,
                    help="training sequences the activation criterion reads")
+    b.add_argument("--candidates", type=int, default=8,
+                   help="candidate allocations the activation plans choose from")
     b.add_argument("--tolerance", type=float, default=0.01,
                    help="how near the uniform plan's parameter ratio must come")
     b.add_argument("--search-steps", type=int, default=8,

@@ -67,7 +67,10 @@ def main(work: str) -> None:
         refused = prune(["--model-path", plain, "--out", os.path.join(work, "no")] + common)
     print("RESULT " + json.dumps({
         "status": status, "printed": stdout.getvalue()[-600:], "report": report,
-        "files": sorted(os.listdir(out)), "reloaded": [type(small).__name__,
+        "files": sorted(os.listdir(out)),
+        "candidate_scores": json.load(open(os.path.join(out, "plan.json")))["settings"].get(
+            "candidate_scores"),
+        "reloaded": [type(small).__name__,
                                                       small.count_params()],
         "input_unchanged": os.path.getsize(path) == report["file_bytes"]["original"],
         "refused": [refused, stderr.getvalue()], "no_folder": os.path.exists(

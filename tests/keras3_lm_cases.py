@@ -197,6 +197,52 @@ def streamed(out: str) -> None:
     print("RESULT " + json.dumps(report))
 
 
+def candidates(out: str) -> None:
+    """The Llama 3 LM planned under ``params_target=0.5`` by activations with 4 candidates:
+    each candidate's kept heads / MLP units / hidden channels and parameters, its score,
+    the same score recomputed from the cut model's logits (minus the mean KL divergence
+    from the original's softmax), the chosen index, ``verify`` and how far the zeroing
+    moved the logits."""
+    import surgery
+    from surgery.calibration import candidates as selection
+    from surgery.engine.zeroing import max_relative_difference
+
+    lm, x = causal_lm("llama3"), tokens(8)
+    seen, real = [], selection.choose_candidate
+
+    def spy(graph, plans, data, **kw):
+        seen.extend(plans)
+        return real(graph, plans, data, **kw)
+
+    selection.choose_candidate = spy
+    best = surgery.plan(lm, params_target=0.5, criterion="activation", data=x, candidates=4)
+    reference = logits(lm, x).astype(np.float64)
+
+    def divergence(y):
+        p = np.exp(reference - reference.max(-1, keepdims=True))
+        q = np.exp(y - y.max(-1, keepdims=True))
+        p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+        return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), -1)))
+
+    rows = []
+    for p in seen:
+        small = surgery.apply(lm, p)
+        kinds = {}
+        for cut in p.cuts:
+            kind = str(cut.unit).rsplit("/", 1)[-1]
+            kinds[kind] = kinds.get(kind, 0) + cut.size - cut.removed
+        rows.append({"kept": kinds, "params": small.count_params() / lm.count_params(),
+                     "score": p.settings["candidate_score"],
+                     "recomputed": -divergence(logits(small, x).astype(np.float64))})
+    small = surgery.apply(lm, best)
+    zeroed = surgery.zero_channels(lm, best.deletions, best.units)
+    print("RESULT " + json.dumps({
+        "candidates": rows, "chosen": best.settings["candidate"],
+        "chosen_is_seen": any(best is p for p in seen),
+        "verify": surgery.verify(lm, small, best, x),
+        "moved": max_relative_difference(logits(lm, x), logits(zeroed, x))}))
+
+
 class _KillAfter(keras.callbacks.Callback):
     """SIGKILL this process at the end of round ``epoch`` (after the backup is written)."""
 
@@ -240,5 +286,5 @@ def distill(out: str, kill: str = "", strategy: str = "default") -> None:
 
 
 if __name__ == "__main__":
-    {"cut": cut, "load": load, "distill": distill,
-     "streamed": streamed}[sys.argv[1]](*sys.argv[2:])
+    {"cut": cut, "load": load, "distill": distill, "streamed": streamed,
+     "candidates": candidates}[sys.argv[1]](*sys.argv[2:])

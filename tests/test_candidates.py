@@ -65,6 +65,36 @@ def test_variants_keep_each_layers_order_and_span_the_same_cuts(model_and_data):
     assert budget.Variant(0).ratios(0.5, [names], 0.9) == {}
 
 
+def test_kind_factors_move_budget_between_kinds_of_unit_and_leave_cnns_alone(
+        model_and_data):
+    """A candidate's factor per kind of unit multiplies that kind's normalised scores: a
+    large factor on heads keeps every head under ``params_target`` where the plain plan
+    cuts some, and on a CNN (channels only) no factor changes the plan."""
+    import transformer_models as tm
+    from surgery.engine.flatten import flattened
+    from surgery.pruning.planning import PlanSpec, Ranking
+
+    def planned(model, target, weight):
+        spec = PlanSpec(criterion="l1")
+        ranking = Ranking(flattened(resolve(model)), spec)
+        if weight is not None:
+            ranking = ranking.with_transform(None, weight)
+        return budget.plan_for_params(ranking, spec, budget.Budget(
+            target, "params_target", "params", greedy=True, by_importance=True))
+
+    def heads_cut(p):
+        return sum(c.removed for c in p.cuts if str(c.unit).endswith("heads"))
+
+    vit = tm.vit(keras)
+    plain = planned(vit, 0.2, None)
+    spared = planned(vit, 0.2, lambda kind: 100.0 if kind == "heads" else 1.0)
+    assert heads_cut(plain) > 0 and heads_cut(spared) == 0, (plain.units, spared.units)
+    assert abs(spared.settings["params_removed"] - 0.2) <= 0.02
+    cnn, _ = model_and_data
+    assert planned(cnn, 0.3, lambda kind: 7.0).deletions == planned(cnn, 0.3, None).deletions
+    assert budget.Variant(1).kind_factor("heads") != budget.Variant(1).kind_factor("mlp")
+
+
 def _agreement_recomputed(model, p, x):
     pruned = surgery.recalibrate_batchnorm(surgery.apply(model, p), x, batches=30,
                                            batch_size=32)

@@ -31,6 +31,8 @@ def test_one_command_cuts_distils_and_quantizes_a_causal_lm(tmp_path):
                           "report.md"]
     assert "| distilled |" in r["printed"] and "pruned_int8.keras" in r["printed"]
     assert json.loads(json.dumps(report["plan"]))
+    scores = r["candidate_scores"]  # --candidates 8 by default: the least divergent kept
+    assert len(scores) == 8 and len(set(scores)) > 1 and max(scores) < 0, scores
     assert r["input_unchanged"]
     status, line = r["refused"]
     assert status == 2 and "not a keras-hub causal LM" in line

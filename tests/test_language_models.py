@@ -124,3 +124,21 @@ def test_latency_target_on_a_token_sequence_of_any_length_is_refused_in_one_line
 def test_depth_on_decoder_blocks_says_it_removes_none(lms):
     blocks, warnings = lms[0]["depth"]
     assert blocks == 0 and len(warnings) == 1 and "widths only" in warnings[0], warnings
+
+
+def test_candidates_trade_kinds_of_unit_and_the_least_divergent_wins(tmp_path):
+    """``candidates=4`` under ``params_target=0.5`` by activations: every candidate
+    reaches the budget, they share it differently between hidden channels, heads and MLP
+    units, each one's score is minus the KL divergence of its cut's next-token
+    distributions from the original's (recomputed here from the cut model), and the
+    highest wins; the winner is an exact cut whose zeroing moved the logits."""
+    r = run_case("tensorflow", "keras3_lm_cases.py", "candidates", tmp_path, timeout=900)
+    rows = r["candidates"]
+    assert len(rows) == 4 and r["chosen_is_seen"]
+    assert all(abs(row["params"] - 0.5) <= 0.02 for row in rows), rows
+    assert len({json.dumps(row["kept"], sort_keys=True) for row in rows}) >= 3, rows
+    for row in rows:
+        assert row["score"] < 0 and row["score"] == pytest.approx(row["recomputed"], abs=1e-5)
+    scores = [row["score"] for row in rows]
+    assert r["chosen"] == scores.index(max(scores)) and len(set(scores)) == 4
+    assert r["verify"] <= 1e-5 and r["moved"] > 1e-2

@@ -1,16 +1,17 @@
 """Candidate allocations of a budget, chosen by what they keep after adaptive BN (EagleEye).
 
 This module owns the candidate step a budget runs when asked (``surgery.plan(...,
-flops_target=F or latency_target=F, candidates=N, data=...)``). The search of
-:mod:`surgery.pruning.allocation` runs ``N`` times: candidate 0 is the caller's plan, and
-each other candidate perturbs how the budget is shared between channel groups (a
-:class:`Variant`), never which channels of a group go first (the criterion's order) or
-the cost removed. Each candidate is cut (imitated by zeroing its cuts on one copy of the
+flops_target=F, params_target=F or latency_target=F, candidates=N, data=...)``). The
+search of :mod:`surgery.pruning.allocation` runs ``N`` times: candidate 0 is the caller's
+plan, and each other candidate perturbs how the budget is shared between groups and
+between kinds of unit (a :class:`Variant`), never which units of a group go first (the
+criterion's order) or the cost removed. Each candidate is cut (imitated by zeroing its cuts on one copy of the
 model, :mod:`~surgery.calibration.stand_in`, so that no candidate compiles a model of its
 own), its BatchNormalization statistics are re-estimated on the data
 (:func:`surgery.recalibrate_batchnorm`), and it is scored by how well it agrees with the
-original model on those examples (top-1 agreement for classifiers, else the negated
-relative output error). The best one wins (EagleEye, ECCV 2020: accuracy
+original model on those examples (:func:`agreement`: the KL divergence of a language
+model's next-token distributions, top-1 agreement for classifiers, else the relative
+output error). The best one wins (EagleEye, ECCV 2020: accuracy
 right after adaptive BN ranks candidate allocations well, raw accuracy does not).
 Candidate 0 is among them, so the chosen plan never scores below the caller's own.
 """
@@ -39,19 +40,41 @@ DEFAULT_EXAMPLES = 512
 
 
 def agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> float:
-    """How well ``outputs`` agree with ``reference`` (lists of output arrays): the mean
-    top-1 agreement where every output is a vector of two or more scores, else minus the
-    largest relative L2 error. Higher is better.
+    """How well ``outputs`` agree with ``reference`` (lists of output arrays): minus the
+    mean KL divergence of their softmaxes where every output is a sequence of logits (a
+    language model's: examples x positions x a vocabulary), else the mean top-1 agreement
+    where every output is a vector of two or more scores, else minus the largest relative
+    L2 error. Higher is better.
 
     >>> a = [np.array([[0.9, 0.1], [0.2, 0.8]])]
     >>> agreement(a, [np.array([[0.6, 0.4], [0.7, 0.3]])])
     0.5
+    >>> logits = [np.log(np.array([[[0.5, 0.5]]]))]
+    >>> round(agreement(logits, [np.log(np.array([[[0.9, 0.1]]]))]), 4)
+    -0.5108
     """
+    if all(r.ndim == 3 and r.shape[-1] > 1 for r in reference):
+        # top-1 agreement of next-token logits moves little between plans whose
+        # perplexities differ widely; the divergence distillation minimises does not
+        return -float(np.mean([np.mean(_kl_divergence(r, o))
+                               for r, o in zip(reference, outputs)]))
     if all(r.ndim >= 2 and r.shape[-1] > 1 for r in reference):
         return float(np.mean([np.mean(np.argmax(r, -1) == np.argmax(o, -1))
                               for r, o in zip(reference, outputs)]))
     return -max(float(np.linalg.norm(r - o) / max(np.linalg.norm(r), 1e-12))
                 for r, o in zip(reference, outputs))
+
+
+def _kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    """``KL(softmax(p) || softmax(q))`` over the last axis."""
+    log_p = p_logits - _logsumexp(p_logits)
+    log_q = q_logits - _logsumexp(q_logits)
+    return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=-1, keepdims=True)
+    return top + np.log(np.sum(np.exp(a - top), axis=-1, keepdims=True))
 
 
 def choose_candidate(graph: ModelGraph, plans: Sequence, data, *, batches: Optional[int] = None,
@@ -98,7 +121,7 @@ def choose_candidate(graph: ModelGraph, plans: Sequence, data, *, batches: Optio
             outputs = model_outputs(compiled_call(graph.with_model(cut), training=False), x)
         p.settings["candidate_score"] = round(agreement(reference, outputs), 6)
         scores.append(p.settings["candidate_score"])
-        logger.info("candidate %d: agreement %.4f after adaptive BN", len(scores) - 1,
+        logger.info("candidate %d: agreement %.4f with the original", len(scores) - 1,
                     scores[-1])
     best = int(np.argmax(scores))
     plans[best].settings.update(candidate=best, candidate_scores=scores)

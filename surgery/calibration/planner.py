@@ -80,8 +80,8 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     ``compensate=True`` (with ``data``) folds removed units' mean outputs into the next
     biases where exact (FLAP, :mod:`surgery.pruning.compensation`; docs/transformers.md).
 
-    ``candidates`` N > 1 (a target, ``data``): N allocations of the budget, the one that
-    agrees best with the original on ``data`` after adaptive BN kept (EagleEye).
+    ``candidates`` N > 1 (a target, ``data``): N ways to share the budget between layers
+    and kinds of unit, the one closest to the original on ``data`` kept (EagleEye).
 
     Example::
 

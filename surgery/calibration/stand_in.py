@@ -16,12 +16,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from surgery._backend import tf
 from surgery.calibration.batchnorm import DEFAULT_BATCHES, BatchNormProbe
 from surgery.engine.compiled import compiled_call
 from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph
 from surgery.engine.zeroing import zeroed_weights
 from surgery.pruning.plan import PrunePlan
+from surgery.pruning.samples import n_examples
 
 
 class StandIn:
@@ -85,5 +87,6 @@ def model_outputs(call: Callable[[np.ndarray], list], x: np.ndarray,
                   batch_size: int = 256) -> list:
     """The outputs of ``call`` (a :func:`~surgery.engine.compiled.compiled_call`) for
     ``x``, run in batches of ``batch_size``, as a list of float64 arrays."""
-    parts = [call(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+    parts = [call(tf.nest.map_structure(lambda a: a[start:start + batch_size], x))
+             for start in range(0, n_examples(x), batch_size)]
     return [np.concatenate(column) for column in zip(*parts)]

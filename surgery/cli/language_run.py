@@ -120,6 +120,8 @@ def _plan(model, text, args):
     calibration = next(text.batches("train", args.calibration_sequences))
     kwargs = dict(criterion=args.criterion, data=calibration, query_groups=args.query_groups,
                   depth=args.depth)
+    if args.ratio is None:  # a budget: Minitron's candidate architectures, least divergent
+        kwargs["candidates"] = args.candidates
     if args.params_target is not None:
         return surgery.plan(model, params_target=args.params_target, **kwargs)
     if args.ratio is not None:

@@ -134,10 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "statistics on N training batches before measuring and fine-tuning "
                         "(surgery.recalibrate_batchnorm); 0 turns it off")
     g.add_argument("--candidates", type=int, default=8, metavar="N",
-                   help="with --flops-target or --latency-target: search N allocations of "
-                        "the budget between layers, cut each, recalibrate its "
-                        "BatchNormalization statistics on training batches and keep the one "
-                        "closest to the original's predictions (EagleEye); 1 turns it off")
+                   help="with --flops-target, --params-target or --latency-target: search "
+                        "N allocations of the budget between layers and kinds of unit, cut "
+                        "each, recalibrate its BatchNormalization statistics on training "
+                        "batches and keep the one closest to the original's predictions "
+                        "(EagleEye; a language model's: the least KL divergence of its "
+                        "next-token distributions); 1 turns it off")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=int, default=30, help="fine-tuning epochs")
     g.add_argument("--warmup-epochs", type=float, default=1.0,

@@ -75,7 +75,11 @@ class Variant:
     non-negative first), which moves a global ranking's cut-off between layers but keeps
     each layer's order; with ``scope="local"`` the uniform ratio ``r`` also becomes
     ``max_ratio * (r / max_ratio) ** factor`` per group, so every candidate spans the same
-    range of cuts.
+    range of cuts. Every kind of unit (channels, heads, MLP units, blocks, ...) gets a
+    factor the same way, which multiplies its groups' normalised scores: candidates then
+    also differ in how much of the budget each kind gives (Minitron's candidate
+    architectures, which trade heads against MLP and hidden width). A model with one kind
+    of unit (a CNN's channels) is not moved by it.
 
     >>> v = Variant(1, seed=0)
     >>> v.factor("conv") == Variant(1, seed=0).factor("conv") != Variant(2).factor("conv")
@@ -93,6 +97,10 @@ class Variant:
         rng = np.random.default_rng([self.seed, self.index, zlib.crc32(name.encode())])
         return float(np.exp(rng.normal(0.0, self.spread)))
 
+    def kind_factor(self, kind: str) -> float:
+        """The factor of unit kind ``kind``'s normalised scores."""
+        return self.factor(f"kind:{kind}")
+
     def scores(self, name: str, s: np.ndarray) -> np.ndarray:
         """Layer ``name``'s scores raised to its factor."""
         s = np.asarray(s, np.float64)
@@ -100,7 +108,8 @@ class Variant:
 
     def ranking(self, ranking: Ranking) -> Ranking:
         """``ranking`` with every layer's scores perturbed (itself for index 0)."""
-        return ranking if self.index == 0 else ranking.with_transform(self.scores)
+        return ranking if self.index == 0 else ranking.with_transform(self.scores,
+                                                                      self.kind_factor)
 
     def ratios(self, ratio: float, groups: Sequence[Sequence[str]], max_ratio: float) -> dict:
         """Per-group ratios (keyed by each group's first producer) for a uniform ``ratio``."""

@@ -180,12 +180,15 @@ class Ranking:
     groups the spec's ``heads`` / ``head_dims`` turn on; ``skipped``: group or layer ->
     why it is left alone (``skipped_sizes`` their widths); ``scores``: layer (or
     ``"layer:axis"``) -> the criterion's scores. ``transform`` (per layer name, e.g. a
-    candidate's perturbation) applies to every score read.
+    candidate's perturbation) applies to every score read; ``kind_weight`` (per kind of
+    unit: ``"channels"``, ``"heads"``, ``"mlp"``, ...) multiplies a group's normalised
+    scores, so that one kind of unit weighs more or less against the others.
     """
 
     def __init__(self, graph: ModelGraph, spec: PlanSpec,
                  transform: Optional[Callable[[str, np.ndarray], np.ndarray]] = None):
         self.graph, self.spec, self.transform = graph, spec, transform
+        self.kind_weight: Optional[Callable[[str], float]] = None
         groups, skipped_layers = analyse(graph)
         labels = dict(zip(map(id, groups), _labels(groups)))
         self.skipped: dict[str, str] = {}
@@ -225,10 +228,13 @@ class Ranking:
             scores.update(unit_scores(self.graph, units, spec.criterion, spec.data))
         return scores
 
-    def with_transform(self, transform) -> "Ranking":
-        """This ranking with ``transform(layer, scores)`` applied to every score read."""
+    def with_transform(self, transform, kind_weight: Optional[Callable[[str], float]] = None
+                       ) -> "Ranking":
+        """This ranking with ``transform(layer, scores)`` applied to every score read, and
+        each group's normalised scores multiplied by ``kind_weight(kind of its units)``."""
         other = object.__new__(Ranking)
-        other.__dict__.update(self.__dict__, transform=transform, _read={})
+        other.__dict__.update(self.__dict__, transform=transform, kind_weight=kind_weight,
+                              _read={})
         return other
 
     def _once(self, key, make: Callable):
@@ -288,12 +294,13 @@ class Ranking:
         """Group ``index``'s units' scores, its members' normalised scores averaged (the
         members scoring every unit; else the unit order)."""
         g = self.groups[index]
+        weight = 1.0 if self.kind_weight is None else self.kind_weight(unit_kind(g.axis))
         if g.axis is not None:
-            return normalised(self.score(g.name))
+            return normalised(self.score(g.name)) * weight
         whole = [p for p in g.producers if np.size(self.scores[p]) == g.size]
         if not whole:
             return np.arange(g.size, dtype=np.float64)
-        return sum(normalised(self.score(p)) for p in whole) / len(whole)
+        return sum(normalised(self.score(p)) for p in whole) / len(whole) * weight
 
     def plan(self, spec: PlanSpec) -> PrunePlan:
         """The plan for ``spec``'s ratio (or threshold), ``per_layer`` and scope."""

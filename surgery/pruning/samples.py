@@ -105,9 +105,15 @@ def _limited(batches, limit) -> Iterator[tuple[Any, Any]]:
             return
 
 
-def first_inputs(data: Any, examples: int) -> np.ndarray:
+def first_inputs(data: Any, examples: int) -> Any:
     """The first ``examples`` inputs of ``data`` (arrays, ``(x, y)`` or batches) as one
-    array."""
-    parts = [np.asarray(x) for x, _ in iter_batches(data, max_samples=examples,
-                                                     batch_size=min(examples, 256))]
-    return np.concatenate(parts)[:examples]
+    array, or one dict of arrays where the inputs are dicts (token batches).
+
+    >>> tokens = {"token_ids": np.ones((3, 5), "int32"), "padding_mask": np.ones((3, 5))}
+    >>> sorted((k, v.shape) for k, v in first_inputs([tokens, tokens], 4).items())
+    [('padding_mask', (4, 5)), ('token_ids', (4, 5))]
+    """
+    parts = [tf.nest.map_structure(np.asarray, x)
+             for x, _ in iter_batches(data, max_samples=examples,
+                                      batch_size=min(examples, 256))]
+    return tf.nest.map_structure(lambda *a: np.concatenate(a)[:examples], *parts)
