@@ -81,7 +81,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -98,163 +97,17 @@ import quiet_tf  # noqa: E402
 _keras3_quietly = getattr(getattr(quiet_tf, "_startup", None), "import_keras3_quietly", None)
 if _keras3_quietly is not None:
     _keras3_quietly()  # Keras 3, then TensorFlow, with TensorFlow's C++ start-up muted
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
 
 quiet_tf.import_tensorflow_quietly()
 
 import surgery  # noqa: E402
 from surgery.text_data import load_text  # noqa: E402
-from _outputs import add_output_arguments, read_json, write_json  # noqa: E402
+from _lm_baseline import baseline, causal_lm  # noqa: E402
+from _lm_report import BUDGETS, VARIANTS, write_report  # noqa: E402
+from _outputs import add_output_arguments  # noqa: E402
 
 logger = logging.getLogger("bench.lm")
 
-BUDGETS = (0.3, 0.5)  # fractions of the parameters removed
-VARIANTS = ("uniform weight norm", "global activation", "global activation + depth")
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def causal_lm(args, vocabulary_size: int) -> keras.Model:
-    """A Llama-style keras-hub ``Llama3CausalLM`` (random init, no preprocessor: it is fed
-    token batches)."""
-    backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=vocabulary_size, num_layers=args.layers,
-        num_query_heads=args.heads, num_key_value_heads=args.kv_heads,
-        hidden_dim=args.hidden, intermediate_dim=args.mlp,
-        tie_word_embeddings=args.tie_embeddings)
-    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=None)
-
-
-def baseline_tag(args) -> str:
-    return (f"l{args.layers}_h{args.hidden}_q{args.heads}_kv{args.kv_heads}_m{args.mlp}"
-            f"_v{args.vocab}_s{args.seq_len}_b{args.batch}_t{int(args.tie_embeddings)}"
-            f"_min{args.train_minutes:g}_n{args.train_steps}")
-
-
-class WallClockCosine(keras.callbacks.Callback):
-    """AdamW's learning rate: a linear warmup over ``warmup`` steps, then a cosine down to
-    a tenth of ``peak``, over whichever ends first, ``max_steps`` or ``minutes`` of wall
-    clock (the schedule follows the time budget, so a busy machine still ends its decay);
-    stops training at the end. Every ``every`` steps the validation perplexity is measured:
-    the best weights are kept and training stops after ``patience`` evaluations without
-    improvement (early stopping)."""
-
-    def __init__(self, peak, warmup, max_steps, minutes, every, patience, val_batches):
-        super().__init__()
-        self.peak, self.warmup, self.max_steps = peak, warmup, max_steps
-        self.seconds, self.every, self.patience = minutes * 60.0, every, patience
-        self.val, self.step, self.start = val_batches, 0, None
-        self.best, self.best_weights, self.bad = math.inf, None, 0
-        self.history: Dict[str, list] = dict(step=[], seconds=[], loss=[], val_perplexity=[],
-                                             lr=[])
-
-    def progress(self) -> float:
-        return max(self.step / self.max_steps, (time.time() - self.start) / self.seconds)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.start is None:
-            self.start = time.time()
-        if self.step < self.warmup:
-            lr = self.peak * (self.step + 1) / self.warmup
-        else:
-            lr = self.peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, self.progress()))))
-        self.model.optimizer.learning_rate = lr
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.progress() >= 1.0:
-            self.model.stop_training = True
-        if self.step % self.every == 0 or self.model.stop_training:
-            self.evaluate(logs or {})
-
-    def evaluate(self, logs):
-        ppl = surgery.perplexity(self.model, self.val)
-        h = self.history
-        for key, value in (("step", self.step), ("seconds", time.time() - self.start),
-                           ("loss", float(logs.get("loss", math.nan))),
-                           ("val_perplexity", ppl),
-                           ("lr", float(self.model.optimizer.learning_rate))):
-            h[key].append(value)
-        logger.info("training: step %d, loss %.3f, validation perplexity %.2f, lr %.2e, "
-                    "%.1f min, %.2f s/step", self.step, h["loss"][-1], ppl, h["lr"][-1],
-                    h["seconds"][-1] / 60, h["seconds"][-1] / self.step)
-        if ppl < self.best:
-            self.best, self.bad = ppl, 0
-            self.best_weights = self.model.get_weights()
-        else:
-            self.bad += 1
-            if self.bad >= self.patience:
-                logger.info("training: no improvement in %d evaluations, stopping", self.bad)
-                self.model.stop_training = True
-
-
-def train_baseline(text, args) -> tuple:
-    """Train the LM from scratch (AdamW, warmup + wall-clock cosine, early stopping on the
-    validation perplexity); the model (best weights) and its record."""
-    keras.utils.set_random_seed(0)
-    model = causal_lm(args, text.vocabulary_size)
-    model.compile(optimizer=keras.optimizers.AdamW(args.lr, weight_decay=0.1, clipnorm=1.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    val = list(text.batches("validation", args.batch, targets=True,
-                            num_batches=args.val_batches))
-    schedule = WallClockCosine(args.lr, args.warmup, args.train_steps, args.train_minutes,
-                               args.eval_every, args.patience, val)
-    logger.info("baseline: training %s (%d parameters) for up to %d steps / %.0f min",
-                baseline_tag(args), model.count_params(), args.train_steps, args.train_minutes)
-    start = time.time()
-    epochs = math.ceil(args.train_steps / args.eval_every)
-    model.fit(text.dataset("train", args.batch).repeat(), epochs=epochs,
-              steps_per_epoch=args.eval_every, callbacks=[schedule], verbose=0)
-    seconds = time.time() - start
-    if schedule.best_weights is not None:
-        model.set_weights(schedule.best_weights)  # early stopping keeps the best evaluation
-    h = schedule.history
-    meta = dict(vocabulary_size=text.vocabulary_size, train_seconds=seconds, steps=schedule.step,
-                tokens=schedule.step * args.batch * args.seq_len,
-                seconds_per_step=seconds / max(1, schedule.step),
-                best_val_perplexity=schedule.best, history=h,
-                epochs_of_train_split=schedule.step * args.batch * args.seq_len
-                / len(text.train))
-    logger.info("baseline: %d steps in %.1f min (%.2f s/step), best validation perplexity "
-                "%.2f", schedule.step, seconds / 60, meta["seconds_per_step"], schedule.best)
-    return model, meta
-
-
-def baseline(text, args) -> tuple:
-    """The trained baseline and its record: from the cache in ``--work-dir`` when there,
-    else trained and saved (atomically, with its history as JSON)."""
-    path = os.path.join(args.work_dir, f"baseline_{baseline_tag(args)}.keras")
-    meta_path = path[:-len(".keras")] + ".json"
-    if os.path.isfile(path):
-        logger.info("baseline: cached %s", path)
-        meta = read_json(meta_path)
-        return load_lm(path, args, meta), dict(meta, path=path, cached=True)
-    model, meta = train_baseline(text, args)
-    save_lm(model, path, args)
-    write_json(meta_path, meta)
-    return model, dict(meta, path=path, cached=False)
-
-
-def save_lm(model, path: str, args) -> None:
-    """Save the trained LM as ``.keras`` without its optimizer, atomically. Not through
-    ``surgery``'s ``save_model_atomic``: it copies the model through ``from_config``, and
-    keras-hub 0.32's ``LlamaBackbone.get_config`` drops ``tie_word_embeddings``, so the copy
-    is untied (21 weights, not 20) and ``set_weights`` fails."""
-    clean = causal_lm(args, model.backbone.vocabulary_size)
-    clean.set_weights(model.get_weights())
-    tmp = f"{path}.tmp{os.getpid()}.keras"
-    clean.save(tmp)
-    os.replace(tmp, path)
-
-
-def load_lm(path: str, args, meta: dict) -> keras.Model:
-    """The cached LM: rebuilt from the arguments, then its weights read from the ``.keras``
-    file (``load_model`` would rebuild it untied; see :func:`save_lm`)."""
-    model = causal_lm(args, meta.get("vocabulary_size", args.vocab))
-    model.load_weights(path)
-    return model
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -297,10 +150,6 @@ def kept_summary(plan) -> Dict[str, List[int]]:
         kept, size = out.setdefault(unit, [0, 0])
         out[unit] = [kept + cut.size - cut.removed, size + cut.size]
     return out
-
-
-def kept_text(kept: Optional[Dict[str, List[int]]]) -> str:
-    return ", ".join(f"{u} {k}/{n}" for u, (k, n) in sorted((kept or {}).items()))
 
 
 # ----------------------------------------------------------------------------- plans
@@ -384,101 +233,6 @@ def run_variant(name, base, p, extra, data, args, folder) -> dict:
                 ppl_int8=ppl_int8, mb=mb, mb_int8=mb8, seconds=times,
                 distill_loss=hist.get("loss"), distill_seconds=hist.get("seconds"),
                 plan=json.loads(p.to_json()))
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def table(base: dict, rows: List[dict]) -> str:
-    fl = lambda r: "n/a" if r.get("flops_ratio") is None else f"{r['flops_ratio']:.3f}"  # noqa
-    lines = ["| budget | variant | params | FLOPs/token | kept | verify | ppl after cut "
-             "| after distillation | after int8 | .keras MB (float → int8) |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
-             f"| | baseline | {base['params'] / 1e6:.2f} M (1.000) | 1.000 | | "
-             f"| {base['ppl']:.2f} | | {base['ppl_int8']:.2f} "
-             f"| {base['mb']:.1f} → {base['mb_int8']:.1f} |"]
-    for r in rows:
-        budget = f"−{r['budget'] * 100:.0f} %"
-        if r["status"] != "ok":
-            status = r["status"] if len(r["status"]) <= 120 else r["status"][:117] + "..."
-            lines.append(f"| {budget} | {r['variant']} | {status} | | | | | | | |")
-            continue
-        verify = f"{r['verify']:.1e}" if isinstance(r["verify"], float) else "n/a"
-        lines.append(f"| {budget} | {r['variant']} | {r['params'] / 1e6:.2f} M "
-                     f"({r['params_ratio']:.3f}) | {fl(r)} | {kept_text(r['kept'])} "
-                     f"| {verify} | {r['ppl_cut']:.2f} | {r['ppl_distilled']:.2f} "
-                     f"| {r['ppl_int8']:.2f} | {r['mb']:.1f} → {r['mb_int8']:.1f} |")
-    return "\n".join(lines)
-
-
-def verdict(ok: bool, text: str) -> str:
-    return f"{'PASS' if ok else 'FAIL'}: {text}"
-
-
-def checks(base: dict, rows: List[dict], distill_steps: int, train_steps: int) -> List[str]:
-    """The issue's checks, one line each (PASS, FAIL or N/A)."""
-    by = {(r["budget"], r["variant"]): r for r in rows if r["status"] == "ok"}
-    b0 = base["ppl"]
-    out = [verdict(math.isfinite(b0), f"baseline test perplexity reported: {b0:.2f}")]
-    for budget, key, limit in ((0.3, "ppl_distilled", 1.10), (0.3, "ppl_int8", 1.12),
-                               (0.5, "ppl_distilled", 1.25)):
-        act = by.get((budget, "global activation"))
-        what = f"-{budget * 100:.0f} % global activation {key[4:]}"
-        if act is None:
-            out.append(f"N/A: {what} (plan not available)")
-            continue
-        out.append(verdict(act[key] <= limit * b0, f"{what} {act[key]:.2f} is "
-                           f"{(act[key] / b0 - 1) * 100:+.1f} % of the baseline's "
-                           f"(<= +{(limit - 1) * 100:.0f} %; params {act['params_ratio']:.3f})"))
-    for budget in BUDGETS:
-        act, uni = by.get((budget, "global activation")), by.get((budget, "uniform weight norm"))
-        for key in ("ppl_cut", "ppl_distilled"):
-            what = f"-{budget * 100:.0f} % global activation beats uniform, {key[4:]}"
-            if act is None or uni is None:
-                out.append(f"N/A: {what} (a plan is not available)")
-                continue
-            out.append(verdict(act[key] < uni[key], f"{what}: {act[key]:.2f} vs "
-                               f"{uni[key]:.2f} (params {act['params_ratio']:.3f} vs "
-                               f"{uni['params_ratio']:.3f})"))
-    out.append(verdict(4 * distill_steps <= train_steps, f"distillation {distill_steps} steps "
-                       f"<= a quarter of the baseline's {train_steps} training steps"))
-    return out
-
-
-def plot(base: dict, rows: List[dict], path: str, title: str) -> str:
-    """Test perplexity against the parameter ratio: each plan after the cut, after
-    distillation and after int8; the baseline as a line (log perplexity)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    ax.axhline(base["ppl"], color="grey", ls="--", lw=1, label="baseline")
-    ax.scatter(1.0, base["ppl"], color="grey", marker="s")
-    colors = dict(zip(VARIANTS, ("tab:orange", "tab:blue", "tab:green")))
-    seen = set()
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        c, x = colors[r["variant"]], r["params_ratio"]
-        label = None if r["variant"] in seen else r["variant"]
-        seen.add(r["variant"])
-        ax.plot([x, x], [r["ppl_cut"], r["ppl_distilled"]], color=c, lw=0.8, alpha=0.6)
-        ax.scatter(x, r["ppl_cut"], facecolors="none", edgecolors=c, marker="o")
-        ax.scatter(x, r["ppl_distilled"], color=c, marker="o", label=label)
-        ax.scatter(x, r["ppl_int8"], color=c, marker="x")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters / baseline parameters")
-    ax.set_ylabel("test perplexity (hollow: cut; filled: distilled; x: int8)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- main
@@ -612,36 +366,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows = run_plans(base, args, data, folder, stages, report)
     report(rows, final=True)
     return 0
-
-
-def write_report(args, b, meta, rows, stages, started, train_steps, final) -> None:
-    """The JSON (every time, when asked); at the end also the table, stage timings, checks,
-    markdown and plot."""
-    minutes = (time.time() - started) / 60
-    verdicts = checks(b, rows, args.distill_steps, train_steps)
-    if args.json:
-        write_json(args.json, dict(baseline=b, training=meta, minutes=minutes, stages=stages,
-                                   checks=verdicts, args=vars(args), rows=rows,
-                                   complete=final))
-    if not final:
-        return
-    text = table(b, rows)
-    head = (f"python_docs, keras-hub Llama3CausalLM ({baseline_tag(args)}, "
-            f"{b['params'] / 1e6:.2f} M parameters), trained {train_steps} steps in "
-            f"{meta.get('train_seconds', 0) / 60:.1f} min; distillation {args.distill_steps} "
-            f"steps a plan; test perplexity on {args.eval_batches} batches of {args.batch} x "
-            f"{args.seq_len} tokens; {minutes:.1f} min in all")
-    timing = "stages: " + "; ".join(f"{k} {v / 60:.2f} min" for k, v in stages.items())
-    print(f"\n{head}\n\n{text}\n\n{timing}\n\n" + "\n".join(verdicts))
-    if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, "w") as f:
-            f.write(f"{head}\n\n{text}\n\n{timing}\n\n"
-                    + "\n".join(f"- {v}" for v in verdicts) + "\n")
-    if args.plot:
-        plot(b, rows, args.plot, f"python_docs: keras-hub Llama3CausalLM "
-             f"({b['params'] / 1e6:.2f} M parameters) cut, distilled "
-             f"{args.distill_steps} steps, int8")
 
 
 def quick(args) -> None:
