@@ -236,9 +236,17 @@ def candidates(out: str) -> None:
                      "recomputed": -divergence(logits(small, x).astype(np.float64))})
     small = surgery.apply(lm, best)
     zeroed = surgery.zero_channels(lm, best.deletions, best.units)
+    chosen_is_seen = any(best is p for p in seen)
+    # outputs of 3 examples at most (12 positions x 64 logits each): scored on those only
+    selection.MAX_OUTPUT_VALUES, few = 3 * SEQ * VOCAB + SEQ, {k: v[:3] for k, v in x.items()}
+    reference, seen[:] = logits(lm, few).astype(np.float64), []
+    bounded = surgery.plan(lm, params_target=0.5, criterion="activation", data=x, candidates=2)
     print("RESULT " + json.dumps({
+        "bounded": [[p.settings["candidate_score"], -divergence(logits(
+            surgery.apply(lm, p), few).astype(np.float64))] for p in seen],
+        "bounded_chosen": bounded.settings["candidate"],
         "candidates": rows, "chosen": best.settings["candidate"],
-        "chosen_is_seen": any(best is p for p in seen),
+        "chosen_is_seen": chosen_is_seen,
         "verify": surgery.verify(lm, small, best, x),
         "moved": max_relative_difference(logits(lm, x), logits(zeroed, x))}))
 

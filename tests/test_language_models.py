@@ -142,3 +142,7 @@ def test_candidates_trade_kinds_of_unit_and_the_least_divergent_wins(tmp_path):
     scores = [row["score"] for row in rows]
     assert r["chosen"] == scores.index(max(scores)) and len(set(scores)) == 4
     assert r["verify"] <= 1e-5 and r["moved"] > 1e-2
+    # where the logits would exceed MAX_OUTPUT_VALUES, the first examples within it are used
+    for score, recomputed in r["bounded"]:
+        assert score == pytest.approx(recomputed, abs=1e-5)
+    assert len(r["bounded"]) == 2

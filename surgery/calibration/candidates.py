@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from surgery._backend import tf
 from surgery.calibration.batchnorm import DEFAULT_BATCHES, recalibrate_batchnorm
 from surgery.engine.compiled import compiled_call
 from surgery.calibration.stand_in import StandIn, model_outputs
@@ -31,12 +32,15 @@ from surgery.progress import bars_wanted
 from surgery.pruning.allocation import Variant
 from surgery.pruning.execution import cut_graph
 from surgery.pruning.plan import PrunePlan
-from surgery.pruning.samples import first_inputs
+from surgery.pruning.samples import first_inputs, n_examples
 
 logger = logging.getLogger(__name__)
 
 #: Examples each candidate is scored on.
 DEFAULT_EXAMPLES = 512
+#: Output values (float64) compared per candidate at most: fewer examples are scored where
+#: the outputs are larger (a language model's logits: positions x vocabulary each).
+MAX_OUTPUT_VALUES = 2 ** 26
 
 
 def agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> float:
@@ -56,13 +60,28 @@ def agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) ->
     if all(r.ndim == 3 and r.shape[-1] > 1 for r in reference):
         # top-1 agreement of next-token logits moves little between plans whose
         # perplexities differ widely; the divergence distillation minimises does not
-        return -float(np.mean([np.mean(_kl_divergence(r, o))
+        # (one example at a time: a vocabulary's temporaries stay small)
+        return -float(np.mean([np.mean([np.mean(_kl_divergence(r[i], o[i]))
+                                        for i in range(len(r))])
                                for r, o in zip(reference, outputs)]))
     if all(r.ndim >= 2 and r.shape[-1] > 1 for r in reference):
         return float(np.mean([np.mean(np.argmax(r, -1) == np.argmax(o, -1))
                               for r, o in zip(reference, outputs)]))
     return -max(float(np.linalg.norm(r - o) / max(np.linalg.norm(r), 1e-12))
                 for r, o in zip(reference, outputs))
+
+
+def _within_output_budget(stand_in: StandIn, x):
+    """``x``, or its first examples, so that the model's outputs on them hold at most
+    :data:`MAX_OUTPUT_VALUES` values (measured on one example)."""
+    per_example = sum(int(np.size(o)) for o in stand_in.outputs(
+        tf.nest.map_structure(lambda a: a[:1], x)))
+    keep = max(1, MAX_OUTPUT_VALUES // max(per_example, 1))
+    if keep >= n_examples(x):
+        return x
+    logger.info("candidates are compared on %d examples, not %d: each gives %d output "
+                "values", keep, n_examples(x), per_example)
+    return tf.nest.map_structure(lambda a: a[:keep], x)
 
 
 def _kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
@@ -104,8 +123,8 @@ def choose_candidate(graph: ModelGraph, plans: Sequence, data, *, batches: Optio
 
         best = choose_candidate(graph, [plan_a, plan_b], (x_train, y_train))
     """
-    x = first_inputs(data, examples)
     stand_in = StandIn(graph)
+    x = _within_output_budget(stand_in, first_inputs(data, examples))
     reference = stand_in.outputs(x)
     batches = batches or DEFAULT_BATCHES
     scores = []
