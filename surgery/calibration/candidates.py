@@ -5,14 +5,14 @@ flops_target=F, params_target=F or latency_target=F, candidates=N, data=...)``).
 search of :mod:`surgery.pruning.allocation` runs ``N`` times: candidate 0 is the caller's
 plan, and each other candidate perturbs how the budget is shared between groups and
 between kinds of unit (a :class:`Variant`), never which units of a group go first (the
-criterion's order) or the cost removed. Each candidate is cut (imitated by zeroing its cuts on one copy of the
-model, :mod:`~surgery.calibration.stand_in`, so that no candidate compiles a model of its
-own), its BatchNormalization statistics are re-estimated on the data
-(:func:`surgery.recalibrate_batchnorm`), and it is scored by how well it agrees with the
-original model on those examples (:func:`agreement`: the KL divergence of a language
+criterion's order) or the cost removed. Each candidate is cut (imitated by zeroing its
+cuts on one copy of the model, :mod:`~surgery.calibration.stand_in`, so that no candidate
+compiles a model of its own), its BatchNormalization statistics are re-estimated on the
+data (:func:`surgery.recalibrate_batchnorm`), and it is scored by how well it agrees with
+the original model on those examples (:func:`agreement`: the KL divergence of a language
 model's next-token distributions, top-1 agreement for classifiers, else the relative
-output error). The best one wins (EagleEye, ECCV 2020: accuracy
-right after adaptive BN ranks candidate allocations well, raw accuracy does not).
+output error). The best one wins (EagleEye, ECCV 2020: accuracy right after adaptive BN
+ranks candidate allocations well, raw accuracy does not).
 Candidate 0 is among them, so the chosen plan never scores below the caller's own.
 """
 from __future__ import annotations
