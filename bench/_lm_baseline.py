@@ -33,7 +33,8 @@ def causal_lm(args, vocabulary_size: int) -> keras.Model:
 def baseline_tag(args) -> str:
     return (f"l{args.layers}_h{args.hidden}_q{args.heads}_kv{args.kv_heads}_m{args.mlp}"
             f"_v{args.vocab}_s{args.seq_len}_b{args.batch}_t{int(args.tie_embeddings)}"
-            f"_min{args.train_minutes:g}_n{args.train_steps}")
+            f"_min{args.train_minutes:g}_n{args.train_steps}"
+            + (f"_seed{args.seed}" if args.seed else ""))
 
 
 class WallClockCosine(keras.callbacks.Callback):
@@ -96,7 +97,7 @@ class WallClockCosine(keras.callbacks.Callback):
 def train_baseline(text, args) -> tuple:
     """Train the LM from scratch (AdamW, warmup + wall-clock cosine, early stopping on the
     validation perplexity); the model (best weights) and its record."""
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(args.seed)
     model = causal_lm(args, text.vocabulary_size)
     model.compile(optimizer=keras.optimizers.AdamW(args.lr, weight_decay=0.1, clipnorm=1.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

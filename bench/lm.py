@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument_group("the LM (keras-hub Llama3Backbone) and its training")
+    a.add_argument("--seed", type=int, default=0,
+                   help="the baseline's initialisation (and calibration sample: seed + 1)")
     a.add_argument("--layers", type=int, default=6)
     a.add_argument("--hidden", type=int, default=256)
     a.add_argument("--heads", type=int, default=8, help="query heads")
@@ -344,7 +346,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     base, meta = timed(stages, "baseline: train or load", baseline, text, args)
     data = dict(test=list(text.batches("test", args.batch, targets=True,
                                        num_batches=args.eval_batches)),
-                calib=next(text.batches("train", args.calib, shuffle=True, seed=1)),
+                calib=next(text.batches("train", args.calib, shuffle=True,
+                                        seed=args.seed + 1)),
                 train=lambda: text.dataset("train", args.batch).repeat(),
                 flops=flops(base))
     data["check"] = data["test"][0][0]
