@@ -45,10 +45,11 @@ MAX_OUTPUT_VALUES = 2 ** 26
 
 def agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> float:
     """How well ``outputs`` agree with ``reference`` (lists of output arrays): minus the
-    mean KL divergence of their softmaxes where every output is a sequence of logits (a
-    language model's: examples x positions x a vocabulary), else the mean top-1 agreement
-    where every output is a vector of two or more scores, else minus the largest relative
-    L2 error. Higher is better.
+    mean KL divergence of their softmaxes where every output holds scores of two or more
+    classes at every position (examples x positions x classes: a language model's
+    logits; before, such outputs were compared by per-position top-1 agreement), else
+    the mean top-1 agreement where every output is a vector of two or more scores, else
+    minus the largest relative L2 error. Higher is better.
 
     >>> a = [np.array([[0.9, 0.1], [0.2, 0.8]])]
     >>> agreement(a, [np.array([[0.6, 0.4], [0.7, 0.3]])])
@@ -58,9 +59,8 @@ def agreement(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) ->
     -0.5108
     """
     if all(r.ndim == 3 and r.shape[-1] > 1 for r in reference):
-        # top-1 agreement of next-token logits moves little between plans whose
-        # perplexities differ widely; the divergence distillation minimises does not
-        # (one example at a time: a vocabulary's temporaries stay small)
+        # the divergence distillation minimises, one example at a time (a vocabulary's
+        # temporaries stay small)
         return -float(np.mean([np.mean([np.mean(_kl_divergence(r[i], o[i]))
                                         for i in range(len(r))])
                                for r, o in zip(reference, outputs)]))
