@@ -130,8 +130,8 @@ def cut(out: str) -> None:
 
     logging.getLogger("surgery").addHandler(Lines())
     deep = surgery.plan(lm, params_target=0.5, depth=True)
-    report["depth"] = [sum(len(v) for axes in deep.units.values() for a, v in axes.items()
-                           if a == "blocks"), [m for m in Lines.lines if "depth=True" in m]]
+    report["depth"] = [sorted(layer for layer, axes in deep.units.items() if "blocks" in axes),
+                       [m for m in Lines.lines if "depth=True" in m]]
     try:
         surgery.plan(lm, latency_target=0.3, runtime="onnxruntime")
     except surgery.SurgeryError as exc:

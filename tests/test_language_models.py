@@ -121,9 +121,11 @@ def test_latency_target_on_a_token_sequence_of_any_length_is_refused_in_one_line
     assert len(message.splitlines()) == 1
 
 
-def test_depth_on_decoder_blocks_says_it_removes_none(lms):
+def test_depth_on_decoder_blocks_plans_them_as_one_group(lms):
+    """Both blocks of the Llama 3 LM are planned as units of depth, with no warning (their
+    removal is tested in tests/test_decoder_depth.py)."""
     blocks, warnings = lms[0]["depth"]
-    assert blocks == 0 and len(warnings) == 1 and "widths only" in warnings[0], warnings
+    assert blocks == ["transformer_layer_0", "transformer_layer_1"] and not warnings
 
 
 def test_candidates_trade_kinds_of_unit_and_the_least_divergent_wins(tmp_path):

@@ -263,6 +263,12 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
     spec = (spec or PlanSpec()).replace(head_dims=False)
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
     ranking = Ranking(graph, spec)
+    stacked = [g.name for g in ranking.groups if g.axis is not None and len(g.producers) > 1]
+    if stacked:  # the tables time one layer's units; these blocks are layers of their own
+        raise SurgeryError(
+            f"latency_target with depth=True: the blocks of {stacked[0]} are layers of their "
+            "own, which the latency tables cannot time yet; plan them with flops_target= or "
+            "params_target=, or with depth=False")
     bench = _Bench.open(graph, rt, batch_size, threads or default_threads(), cache_dir,
                         timed=check or whole is None,
                         kinds=[unit_kind(g.axis) for g in ranking.groups])

@@ -72,11 +72,11 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     outputs (``settings["deviation"]``).
 
     Units no tensor carries are groups of their own, cut at the same ratio: ``heads``
-    (whole heads), ``head_dims`` (per-head widths), ``depth`` (whole blocks of keras-hub's
-    ViT and DeiT encoders), ``query_groups`` (whole key/value groups of grouped-query
-    attention, with their query heads); ``units=False``: channels only. Budgets cost and
-    allocate them with the channels (not head widths); ``round_to`` may name a multiple
-    per kind (``{"channels": 8, "mlp": 64}``; an integer never rounds heads).
+    (whole heads), ``head_dims`` (per-head widths), ``depth`` (whole blocks: keras-hub ViT
+    and DeiT encoders', pre-norm decoders'), ``query_groups`` (whole key/value groups of
+    grouped-query attention, with their query heads); ``units=False``: channels only.
+    Budgets cost and allocate them with the channels (not head widths); ``round_to`` may
+    name a multiple per kind (``{"channels": 8, "mlp": 64}``; an integer never rounds heads).
     ``compensate=True`` (with ``data``) folds removed units' mean outputs into the next
     biases where exact (FLAP, :mod:`surgery.pruning.compensation`; docs/transformers.md).
 
@@ -122,17 +122,22 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
 
 
 def _checked_depth(graph: ModelGraph, depth: bool) -> ModelGraph:
-    """``graph``, after a warning where ``depth=True`` finds no layer with a ``"blocks"``
-    unit axis."""
+    """``graph``, after a warning where ``depth=True`` finds no blocks to remove: no layer
+    with a ``"blocks"`` unit axis of several blocks, nor several blocks that are layers of
+    their own (:mod:`surgery.engine.rules.depth`)."""
     if not depth:
         return graph
+    counts = []
     for node in graph.calls():
         rule = rule_for(node.info)
-        if rule is not None and "blocks" in rule.unit_axes(node.info):
-            return graph
-    logger.warning("plan(depth=True): no layer of model '%s' holds whole blocks to remove "
-                   "(keras-hub's ViT and DeiT encoders do; decoder blocks and other separate "
-                   "block layers do not yet); planning widths only", graph.model.name)
+        if rule is not None:
+            counts.append(int(rule.unit_axes(node.info).get("blocks", 0)))
+    if max(counts, default=0) > 1 or counts.count(1) > 1:
+        return graph
+    logger.warning("plan(depth=True): model '%s' has no blocks to remove (keras-hub's ViT "
+                   "and DeiT encoders and pre-norm decoder blocks are; post-norm blocks, "
+                   "such as BERT's, and a lone block are not); planning widths only",
+                   graph.model.name)
     return graph
 
 

@@ -76,7 +76,8 @@ def checked_channels(info, channels) -> list[int]:
 
 def checked_units(info, units: Mapping[str, Sequence[int]]) -> dict:
     """``units`` (``{axis: indices}``) as sorted unique indices, refused when the layer
-    has no such axis, an index is out of range, or every unit of an axis would go."""
+    has no such axis, an index is out of range, or every unit of an axis would go (but
+    for a block that is a layer of its own: its one ``"blocks"`` unit, the whole layer)."""
     rule = rule_for(info)
     axes = rule.unit_axes(info) if rule is not None else {}
     result = {}
@@ -88,7 +89,8 @@ def checked_units(info, units: Mapping[str, Sequence[int]]) -> dict:
                 "attention layers")
         chosen = sorted({int(c) for c in chosen})
         size = int(axes[axis])
-        if any(not 0 <= c < size for c in chosen) or (chosen and len(chosen) == size):
+        whole = chosen and len(chosen) == size and not (axis == "blocks" and size == 1)
+        if any(not 0 <= c < size for c in chosen) or whole:  # a block of its own may go
             raise SurgeryError(
                 f"cannot delete {axis} {chosen} of layer {info.describe()}, which has "
                 f"{size} (0..{size - 1}); keep at least one.")

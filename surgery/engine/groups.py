@@ -46,7 +46,9 @@ class ChannelGroup:
     ``approximate`` the layers the channels cross that a deletion changes only
     approximately (LayerNormalization, in ``exact=False`` plans). A group
     with an ``axis`` holds units that no tensor carries, inside its one producer (the
-    ``"heads"`` of a MultiHeadAttention; see ``LayerRule.unit_axes``).
+    ``"heads"`` of a MultiHeadAttention; see ``LayerRule.unit_axes``), or one unit in each
+    of its producers: the ``"blocks"`` of a model whose blocks are layers of their own
+    (:func:`stacked_blocks`).
     """
 
     producers: list[str]
@@ -61,6 +63,8 @@ class ChannelGroup:
     @property
     def name(self) -> str:
         name = self.producers[0] if self.producers else "<input>"
+        if self.axis and len(self.producers) > 1:
+            name = f"{name}..{self.producers[-1]}"
         return f"{name}:{self.axis}" if self.axis else name
 
     def member_channels(self, producer: str, positions) -> list[int]:
@@ -257,7 +261,23 @@ class _Analysis:
             if hits and all(h is not None and h[0] == hits[0][0] for h in hits) and \
                     [h[1] for h in hits] == list(range(result[hits[0][0]].size)):
                 result[hits[0][0]].followers.append(name)
-        return result + list(self.units.values())
+        return result + stacked_blocks(list(self.units.values()))
+
+
+def stacked_blocks(units: list[ChannelGroup]) -> list[ChannelGroup]:
+    """``units`` with the one-unit ``"blocks"`` axes of blocks that are layers of their
+    own (:mod:`surgery.engine.rules.depth`) pooled into one group, block ``i`` its unit
+    ``i``, so that blocks are ranked and removed against each other; a lone block, which
+    a plan would keep anyway, offers none."""
+    single = [g for g in units if g.axis == "blocks" and g.size == 1]
+    rest = [g for g in units if not (g.axis == "blocks" and g.size == 1)]
+    if len(single) < 2:
+        return rest
+    names = [g.producers[0] for g in single]
+    stack = ChannelGroup(names, len(names), axis="blocks")
+    stack.channels = {n: [[0] if j == i else [] for j in range(len(names))]
+                      for i, n in enumerate(names)}
+    return rest + [stack]
 
 
 def analyse(graph: ModelGraph) -> tuple[list[ChannelGroup], dict[str, str]]:

@@ -119,9 +119,10 @@ def _bind(backbone, attributes: dict) -> None:
         found = ([backbone.get_layer(n) for n in name] if isinstance(name, list)
                  else backbone.get_layer(name))
         setattr(backbone, key, found)
-    blocks = attributes["layers"].get("transformer_layers")
-    heads = {getattr(backbone.get_layer(n), "num_key_value_heads", None)
-             for n in blocks or ()}
+    blocks = [backbone.get_layer(n) for n in attributes["layers"].get("transformer_layers")
+              or ()]
+    heads = {getattr(b, "num_key_value_heads", None) for b in blocks
+             if type(b).__name__ != "SkippedBlock"}  # a removed block caches nothing
     if len(heads) == 1 and None not in heads:
         backbone.num_key_value_heads = heads.pop()
     elif len(heads) > 1:

@@ -30,7 +30,8 @@ _CLASSES = {"TransformerEncoder": "transformer_encoder_class",
             "LlamaTransformerDecoder": "llama_decoder_class",
             "Qwen3TransformerDecoder": "qwen3_decoder_class",
             "DeiTEncoder": "deit_encoder_class",
-            "DeiTEmbeddings": "deit_embedding_class"}
+            "DeiTEmbeddings": "deit_embedding_class",
+            "SkippedBlock": "skipped_block_class"}
 
 
 def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) -> None:
@@ -317,6 +318,37 @@ def deit_encoder_class():
                 blocks=getattr(layer, "blocks", None))
 
     return DeiTEncoder
+
+
+@functools.lru_cache(maxsize=None)
+def skipped_block_class():
+    """``surgery>SkippedBlock``: a residual block removed by depth pruning (a decoder block
+    of a keras-hub language model), which passes the residual stream on unchanged; called
+    with a key/value cache (``generate``), it returns the cache as it got it."""
+
+    @keras.saving.register_keras_serializable(package=PACKAGE, name="SkippedBlock")
+    class SkippedBlock(keras.layers.Layer):
+        def __init__(self, skipped: str = "", **kwargs):
+            super().__init__(**kwargs)
+            self.skipped = skipped  # the class of the block it stands for
+            self.supports_masking = True
+
+        # each argument the blocks it stands for take, by name: Keras refuses a **kwargs
+        # that mixes tensors and plain values (Gemma 3's cache_update_index=0 and masks)
+        def call(self, inputs, decoder_padding_mask=None, decoder_attention_mask=None,
+                 self_attention_cache=None, self_attention_cache_update_index=None,
+                 padding_mask=None, vision_mask=None, cache=None, cache_update_index=None,
+                 cache_update_mask=None, use_causal_mask=None, training=None):
+            kept = self_attention_cache if self_attention_cache is not None else cache
+            return inputs if kept is None else (inputs, kept)
+
+        def compute_output_shape(self, input_shape, *args, **kwargs):
+            return input_shape
+
+        def get_config(self):
+            return dict(super().get_config(), skipped=self.skipped)
+
+    return SkippedBlock
 
 
 class _Lazy:

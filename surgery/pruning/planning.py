@@ -40,7 +40,8 @@ class PlanSpec:
     ``{"channels": 8, "heads": 2, "mlp": 64}``, kinds not named unrounded) and never below
     ``min_channels`` (heads and blocks: at least one stays); ``heads`` / ``head_dims``
     turn attention heads and head widths on; ``depth`` whole residual blocks (a composite
-    encoder's ``"blocks"`` axis); ``query_groups`` whole key/value groups of grouped-query
+    encoder's ``"blocks"`` axis, or pre-norm blocks that are layers of their own, pooled in
+    one group); ``query_groups`` whole key/value groups of grouped-query
     attention (with their query heads; such a layer's heads then go only by groups);
     ``units=False`` leaves every unit axis alone (heads, head widths, block widths and
     blocks: channels only).
@@ -223,9 +224,12 @@ class Ranking:
         if spec.policy == "depthwise":
             names += [n for n in _scored_followers(self.graph, channels) if n not in names]
         scores = channel_scores(self.graph, names, spec.criterion, spec.data) if names else {}
-        units = [(g.producers[0], g.axis) for g in self.groups if g.axis is not None]
+        units = [(p, g.axis) for g in self.groups if g.axis is not None for p in g.producers]
         if units:
             scores.update(unit_scores(self.graph, units, spec.criterion, spec.data))
+        for g in self.groups:  # blocks that are layers of their own: one unit each
+            if g.axis is not None and len(g.producers) > 1:
+                scores[g.name] = np.concatenate([scores[f"{p}:{g.axis}"] for p in g.producers])
         return scores
 
     def with_transform(self, transform, kind_weight: Optional[Callable[[str], float]] = None
@@ -266,11 +270,15 @@ class Ranking:
         g = self.groups[index]
         if g.axis is None or unit_kind(g.axis) != "blocks":
             return []
-        node = next(n for n in self.graph.calls() if n.layer.name == g.producers[0])
+        nodes = {n.layer.name: n for n in self.graph.calls()}
         at = {(h.producers[0], h.axis): i for i, h in enumerate(self.groups)}
-        return [[at[(g.producers[0], a)] for a in rule_for(node.info).block_axes(node.info, b)
-                 if (g.producers[0], a) in at]
-                for b in np.argsort(self.combined(index), kind="stable")]
+
+        def inside(b: int) -> list[int]:  # block b: of one encoder, or a layer of its own
+            layer, block = (g.producers[b], 0) if len(g.producers) > 1 else (g.producers[0], b)
+            info = nodes[layer].info
+            return [at[(layer, a)] for a in rule_for(info).block_axes(info, block)
+                    if (layer, a) in at]
+        return [inside(int(b)) for b in np.argsort(self.combined(index), kind="stable")]
 
     def member_scores(self, index: int, policy: str) -> dict[str, np.ndarray]:
         """One score per unit of group ``index`` for each member (a producer split between
@@ -334,9 +342,7 @@ class Ranking:
     @staticmethod
     def _cut(label: str, g: ChannelGroup, chosen) -> Cut:
         chosen = sorted(int(c) for c in chosen)
-        if g.axis is not None:
-            return Cut(label, g.axis, g.size, len(chosen), {g.producers[0]: chosen})
-        return Cut(label, CHANNELS, g.size, len(chosen),
+        return Cut(label, CHANNELS if g.axis is None else g.axis, g.size, len(chosen),
                    {p: g.member_channels(p, chosen) for p in g.producers})
 
     def _global_keep_counts(self, spec: PlanSpec) -> dict[int, int]:

@@ -16,7 +16,7 @@ from surgery.engine.rules.base import (  # noqa: F401  (the rule vocabulary)
 from surgery.engine.rules.registry import register_rule, registered, rule_for  # noqa: F401
 # Importing the families registers the built-in rules.
 from surgery.engine.rules import (  # noqa: F401
-    activations, attention, composite, convolutions, decoders, dense, einsum, embedding,
+    activations, attention, composite, convolutions, decoders, dense, depth, einsum, embedding,
     keras_ops, merging, normalization, preprocessing, recurrent, reshaping, spatial, tf_ops,
     wrappers,
 )

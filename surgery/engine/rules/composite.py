@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from surgery.engine.rules.base import BLOCKING, LayerRule, CLASS_KEY, concrete, with_config
+from surgery.engine.rules.depth import BlockDepth, is_skipped
 from surgery.engine.rules.registry import register_rule, rule_for
 
 _HEAD_AXES = ("heads", "key_dim", "value_dim")
@@ -140,17 +141,31 @@ class TransformerEncoderRule(LayerRule):
 
 
 @register_rule("TransformerDecoder")
-class TransformerDecoderRule(TransformerEncoderRule):
+class TransformerDecoderRule(BlockDepth, TransformerEncoderRule):
     """``keras_hub.layers.TransformerDecoder`` without cross-attention (GPT-2's block).
     Weights: self-attention (8), its LayerNormalization (2), the intermediate Dense (2),
     the output Dense (2) and the feed-forward LayerNormalization (2). A decoder with
-    cross-attention (more weights) offers no units."""
+    cross-attention (more weights) offers no units. A pre-norm block
+    (``normalize_first``, GPT-2's) is also a unit of depth
+    (:mod:`~surgery.engine.rules.depth`): with its attention output and output Dense zero
+    (kernels and biases) it is the identity."""
 
     intermediate, output = 10, 12
     registered = "surgery>TransformerDecoder"
 
     def unit_axes(self, info) -> dict:
-        return super().unit_axes(info) if len(info.weights) == 16 else {}
+        if len(info.weights) != 16:
+            return {}
+        return dict(super().unit_axes(info), **self.depth_axes(info))
+
+    def has_depth(self, info) -> bool:
+        return bool(info.config.get("normalize_first"))
+
+    def branch_ends(self, info) -> list:
+        return [6, 7, self.output, self.output + 1]
+
+    def flops(self, info) -> int:
+        return 0 if is_skipped(info) else super().flops(info)
 
 
 @register_rule("ViTEncoder")

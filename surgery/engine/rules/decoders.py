@@ -22,11 +22,13 @@ import numpy as np
 from surgery.engine.rules.base import CHANNELWISE, LayerRule, CLASS_KEY, channel_vector
 from surgery.engine.rules.composite import positions_of
 from surgery.engine.rules.decoder_forward import DecoderPass, decoder_forward, position_mean
+from surgery.engine.rules.depth import (BLOCKS, BlockDepth, block_change, is_skipped,
+                                        skipped_block)
 from surgery.engine.rules.registry import register_rule
 
 
 @register_rule("LlamaTransformerDecoder")
-class LlamaDecoderRule(LayerRule):
+class LlamaDecoderRule(BlockDepth, LayerRule):
     """keras-hub's ``LlamaTransformerDecoder`` (grouped-query attention, gated FFN).
     Weights: query ``(hidden, heads, head_dim)``, key and value ``(hidden, kv_heads,
     head_dim)``, output ``(heads, head_dim, hidden)``, the attention RMS norm, the
@@ -118,7 +120,11 @@ class LlamaDecoderRule(LayerRule):
         axes = {"heads": heads, "intermediate_dim": int(w[at["intermediate"]].shape[1])}
         if 1 < groups < heads:  # grouped-query attention: whole key/value groups
             axes["query_groups"] = groups
-        return axes
+        return dict(axes, **self.depth_axes(info))
+
+    def branch_ends(self, info) -> list:
+        at = self._at(info)
+        return [at["output"], at["down"]]
 
     def unit_blocks(self, info, axis) -> int:
         return int(info.weights[self._at(info)["key"]].shape[self.head_axis]) \
@@ -135,6 +141,8 @@ class LlamaDecoderRule(LayerRule):
         return super().unit_slices(info, axis)
 
     def cut_units(self, info, cuts):
+        if len(cuts.get(BLOCKS, ())):
+            return skipped_block(info)
         weights, at = list(info.weights), self._at(info)
         config = dict(info.config)
         heads = list(cuts.get("heads", ()))
@@ -175,12 +183,14 @@ class LlamaDecoderRule(LayerRule):
         """Per example, over the tokens the padding mask keeps: each query head's context
         norm (L2 over its width, as :class:`MultiHeadAttentionRule` scores heads), each
         key/value group's sum of its query heads' (a group takes them all along) and each
-        ``intermediate_dim`` unit's mean ``|act(gate) * up|``."""
+        ``intermediate_dim`` unit's mean ``|act(gate) * up|``, and the block's change of
+        the residual stream (:func:`~surgery.engine.rules.depth.block_change`)."""
         run = self._forward(info, inputs)
         if run is None:
             return {}
         heads = position_mean(np.sqrt(np.square(run.contexts).sum(axis=-1)), run.valid)
-        out = {"heads": heads, "intermediate_dim": position_mean(np.abs(run.hidden), run.valid)}
+        out = {"heads": heads, "intermediate_dim": position_mean(np.abs(run.hidden), run.valid),
+               BLOCKS: block_change(inputs[0], run.output, run.valid)}
         groups = self.unit_axes(info).get("query_groups")
         if groups:
             out["query_groups"] = heads.reshape(len(heads), groups, -1).sum(axis=-1)
@@ -188,7 +198,10 @@ class LlamaDecoderRule(LayerRule):
 
     def flops(self, info) -> int:
         """The projections' multiply-adds per hidden channel, times the hidden width the
-        call reads (so that cost models see what a hidden channel costs), and attention."""
+        call reads (so that cost models see what a hidden channel costs), and attention;
+        none once the block is removed."""
+        if is_skipped(info):
+            return 0
         w, at = info.weights, self._at(info)
         query = w[at["query"]]
         t = positions_of(info)
