@@ -24,10 +24,8 @@ It is then cut to -30 % and -50 % of its parameters (``--budgets``) three ways:
   the fraction removed; the candidates share the budget differently between heads, MLP
   units and hidden channels, and the one whose logits diverge least from the baseline's
   on the calibration sequences is kept);
-* ``global activation + depth``: the same with ``depth=True``; recorded as "not
-  available" when the plan cuts no block (surgery's depth units are keras-hub's ViT/DeiT
-  encoder blocks, so on these decoder blocks ``depth=True`` plans exactly what
-  ``global activation`` does).
+* ``global activation + depth``: the same with ``depth=True`` (whole decoder blocks
+  compete with the widths); recorded as "not available" when the plan removes no block.
 
 A plan that raises (``surgery.SurgeryError`` or other) is recorded with its reason, and the
 run goes on. Each cut is checked with ``surgery.verify`` on one test batch, counted
@@ -194,11 +192,13 @@ def make_plan(name: str, removed: float, base, x_calib, args, plans: dict):
     extra.update(kept=kept, settings=settings, skipped=getattr(p, "skipped", None))
     if p.empty:
         return None, dict(extra, status="not available: the plan removes nothing")
-    if name.endswith("depth") and "blocks" not in kept:
-        same = kept == plans.get("global activation")
-        why = ("depth=True cut no decoder block (surgery's depth units are keras-hub "
-               "ViT/DeiT encoder blocks)" + ("; the plan equals global activation's"
-                                             if same else ""))
+    blocks = kept.get("blocks")
+    if name.endswith("depth") and (blocks is None or blocks[0] == blocks[1]):
+        same = {k: v for k, v in kept.items() if k != "blocks"} == \
+            plans.get("global activation")
+        why = ("depth=True removed no decoder block (its candidates' closest to the "
+               "baseline keeps them all)" + ("; the plan equals global activation's"
+                                            if same else ""))
         logger.info("%s: not available: %s", name, why)
         return None, dict(extra, status=f"not available: {why}")
     plans[name] = kept

@@ -10,6 +10,9 @@ name ``surgery>ClassName``, and loads in any process that ran ``import surgery``
 subclass, rather than a config key the stock class would reject, is the only way a saved
 file stays loadable: keras-hub's ``from_config`` passes every key to ``__init__``.
 
+``surgery>SkippedBlock`` stands for a decoder block removed by depth pruning (the identity
+on the residual stream; :mod:`surgery.engine.rules.depth`).
+
 ``import surgery`` registers :func:`register_lazily`'s proxies, which import keras-hub
 (slow: about 10 s) only when a file that uses them is loaded.
 """
