@@ -14,6 +14,8 @@ for each, prints in one JSON line:
   by activations: which blocks and other units each removes, the parameters predicted
   and counted, ``verify``, and whether greedy ``generate`` through the key/value cache of
   the model without the block picks the tokens full forward passes pick;
+* ``passes``: BERT's and GPT-2's blocks in the NumPy pass behind their activation scores,
+  against Keras;
 * ``post_norm``: ``depth=True`` on BERT (post-norm blocks: not the identity with their
   branches zero) warns and removes no block;
 * the cut model saved as ``OUT/<family>.keras`` with its logits in ``OUT/<family>.npy``.
@@ -160,11 +162,50 @@ def post_norm() -> dict:
                 heads=sum(c.removed for c in plan.cuts if c.unit == "heads"))
 
 
+def passes() -> dict:
+    """BERT's and GPT-2's blocks in the NumPy pass behind their activation scores against
+    Keras (the largest difference of the block outputs at the tokens the padding mask keeps,
+    the mask hiding 4 and 7 of 12 tokens in two examples), and whether a plan by
+    activations fell back to weights for any of their units."""
+    import keras_hub
+    import surgery
+    from surgery.engine.rules.decoder_forward import transformer_forward
+
+    rng = np.random.default_rng(0)
+    pad = np.array([[1] * 12, [1] * 8 + [0] * 4, [1] * 5 + [0] * 7], "int32")
+    common = dict(vocabulary_size=VOCAB, num_layers=2, num_heads=4, hidden_dim=16,
+                  intermediate_dim=32, max_sequence_length=12)
+    report = {}
+    for name in ("bert", "gpt2"):
+        keras.utils.set_random_seed(0)
+        x = {"token_ids": rng.integers(1, VOCAB, (3, 12)).astype("int32"), "padding_mask": pad}
+        if name == "bert":
+            model = _randomize(keras_hub.models.BertBackbone(dropout=0.0, **common))
+            x["segment_ids"] = np.zeros((3, 12), "int32")
+        else:
+            model = _randomize(keras_hub.models.GPT2Backbone(**common))
+        block = model.transformer_layers[1]
+        mask = "padding_mask" if name == "bert" else "decoder_padding_mask"
+        h = rng.normal(size=(3, 12, 16)).astype("float32")
+        expected = keras.ops.convert_to_numpy(block(h, **{mask: pad}))
+        rule = surgery.rule_for(type(block).__name__)
+        run = transformer_forward(block.get_config(),
+                                  dict(zip(rule.weight_order, block.get_weights())),
+                                  [h, pad], ["", mask], causal=name == "gpt2")
+        with Warnings() as said:
+            surgery.plan(model, ratio=0.5, criterion="activation", data=x)
+        report[name] = dict(error=float(np.abs(np.where(pad[..., None] > 0,
+                                                        run.output - expected, 0)).max()),
+                            by_weights=[m for m in said if "no activations" in m])
+    return report
+
+
 def cut(out: str) -> None:
     x = tokens()
     report = {family: dict(oracle=oracle(family, x), ranking=ranking(family, x, out))
               for family in FAMILIES}
     report["post_norm"] = post_norm()
+    report["passes"] = passes()
     print("RESULT " + json.dumps(report, default=str))
 
 

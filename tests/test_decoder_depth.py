@@ -5,7 +5,8 @@ residual branches end in zeros is the identity, so removing it (it becomes a
 what ``plan(params_target=<its share>, depth=True)`` removes, by weight norm and by
 activations; the model without it generates through its key/value cache exactly as full
 forward passes do, saves, and reloads in a fresh process. BERT's post-norm blocks are no
-units of depth. Cases in tests/keras3_decoder_depth_cases.py, in Keras 3 child processes
+units of depth; BERT's and GPT-2's blocks are scored by activations through a NumPy pass
+that reproduces them. Cases in tests/keras3_decoder_depth_cases.py, in Keras 3 child processes
 (keras-hub has no tf-keras form)."""
 import pytest
 from keras3_child import run_case
@@ -40,8 +41,7 @@ def test_a_dead_decoder_block_goes_first_under_a_params_target(report, family, c
                                            "blocks": [0]}}, plan
     assert plan["deletions"] == {}
     assert plan["predicted"] == r["counted"]
-    # GPT-2's block has no NumPy pass for activations: its units are scored by weights
-    assert bool(plan["by_weights"]) == (criterion == "activation" and family == "gpt2")
+    assert not plan["by_weights"]  # by activations: every unit scored from data
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -56,3 +56,10 @@ def test_post_norm_blocks_are_no_units_of_depth(report):
     r = report[0]["post_norm"]
     assert len(r["said"]) == 1 and "post-norm" in r["said"][0], r
     assert r["blocks"] == [] and r["heads"] > 0
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_bert_and_gpt2_blocks_are_scored_by_a_numpy_pass_that_matches_keras(report, name):
+    r = report[0]["passes"][name]
+    assert r["error"] <= 1e-4, r
+    assert not r["by_weights"], r

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "importance")
     g.add_argument("--depth", action="store_true",
                    help="also remove whole transformer blocks (keras-hub ViT and DeiT "
-                        "encoders), costed with the heads and widths")
+                        "encoders, pre-norm LM decoders), costed with the heads and widths")
     g.add_argument("--query-groups", action="store_true",
                    help="grouped-query attention loses whole key/value groups (with their "
                         "query heads) instead of query heads from every group")

@@ -55,7 +55,7 @@ def _layer_names(graph: ModelGraph) -> set:
 #: what each unit switch of ``surgery.plan`` turns on, for messages
 _UNIT_SWITCHES = dict(heads="attention layers lose whole heads",
                       head_dims="attention layers lose head widths",
-                      depth="encoders lose whole blocks",
+                      depth="whole residual blocks are removed",
                       query_groups="grouped-query attention loses whole key/value groups",
                       units="heads, block widths and blocks are planned at all",
                       compensate="removed units' mean outputs are folded into biases",

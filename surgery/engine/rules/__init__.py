@@ -18,5 +18,5 @@ from surgery.engine.rules.registry import register_rule, registered, rule_for  #
 from surgery.engine.rules import (  # noqa: F401
     activations, attention, composite, convolutions, decoders, dense, depth, einsum, embedding,
     keras_ops, merging, normalization, preprocessing, recurrent, reshaping, spatial, tf_ops,
-    wrappers,
+    vit, wrappers,
 )

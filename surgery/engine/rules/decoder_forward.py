@@ -1,5 +1,4 @@
-"""A NumPy pass through one keras-hub grouped-query decoder block (Llama, Mistral, Qwen3,
-Gemma 3), for the ``activation`` criterion.
+"""A NumPy pass through one keras-hub transformer block, for the ``activation`` criterion.
 
 This module owns what :class:`~surgery.engine.rules.decoders.LlamaDecoderRule` and its
 subclasses need to score their units from data: :func:`decoder_forward` runs a block's
@@ -16,6 +15,9 @@ padding mask over keys, sliding windows (Mistral, Qwen3, Gemma 3), Gemma 3's vis
 tokens and bidirectional mode. A query with no key to attend to gets a zero context, as
 Keras's masked ``Softmax`` gives it. Computed in float64 on the non-fused path (the
 TensorFlow backend's; JAX's fused attention skips Qwen3's sliding window).
+:func:`transformer_forward` does the same for keras-hub's generic blocks, BERT's
+``TransformerEncoder`` and GPT-2's ``TransformerDecoder`` (LayerNorms before or after
+each branch, GELU exact or in its tanh form).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from surgery.engine.rules.composite import _gelu  # Keras's exact (erf) GELU
+from surgery.engine.rules.numerics import gelu, gelu_tanh, layer_norm, silu
 
 #: the RMS-norm epsilon of Qwen3's query/key norms and of Gemma 3's (their blocks keep
 #: their own ``layer_norm_epsilon`` for the block's norms only)
@@ -58,15 +60,8 @@ def _rms_norm(x: np.ndarray, scale: np.ndarray, eps: float, plus_one: bool) -> n
     return normed * (1.0 + scale if plus_one else scale)
 
 
-def _silu(x):
-    return x / (1.0 + np.exp(-x))
-
-
-def _gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-_ACTIVATIONS = {"silu": _silu, "swish": _silu, "gelu": _gelu, "linear": lambda x: x,
+_ACTIVATIONS = {"silu": silu, "swish": silu, "gelu": gelu, "gelu_approximate": gelu_tanh,
+                "linear": lambda x: x,
                 "relu": lambda x: np.maximum(x, 0.0)}
 
 
@@ -74,10 +69,12 @@ def activation_of(family: str, config: dict):
     """The feed-forward gate's activation as a NumPy function, or ``None`` when it is
     not one this pass knows (Gemma 3's is GELU in its tanh form, whatever the config)."""
     if family == "gemma3":
-        return _gelu_tanh
+        return gelu_tanh
     name = config.get("activation", "silu")
     if isinstance(name, dict):  # a serialized function
         name = name.get("config", name.get("class_name"))
+    if isinstance(name, str):  # "keras_hub>gelu_approximate": a registered function
+        name = name.rpartition(">")[2]
     return _ACTIVATIONS.get(name) if isinstance(name, str) else None
 
 
@@ -250,3 +247,46 @@ def decoder_forward(family: str, config: dict, weights: dict, inputs: list,
     pad = given.get("padding")
     valid = np.ones(h.shape[:2]) if pad is None else (np.asarray(pad) > 0.5).astype(float)
     return DecoderPass(contexts, hidden, mid + out, valid)
+
+
+def transformer_forward(config: dict, weights: dict, inputs: list, roles: list,
+                        causal: bool) -> Optional[DecoderPass]:
+    """keras-hub's ``TransformerEncoder`` (BERT's block) or, ``causal``, its
+    ``TransformerDecoder`` without cross-attention (GPT-2's), pre-norm or post-norm
+    (``normalize_first``), with ``weights`` by role (query, key, value, output and
+    intermediate, down kernels, each with its ``_bias``; attention_norm and ffw_norm, each
+    with its ``_beta``) on the call's ``inputs`` (named by ``roles``); ``None`` where its
+    activation is not one this pass knows."""
+    act = activation_of("transformer", config)
+    if act is None:
+        return None
+    w = {role: np.asarray(v, np.float64) for role, v in weights.items()}
+    given = _call_inputs(inputs, roles)
+    h = given["sequence"]
+    batch, t = h.shape[:2]
+    eps = float(config.get("layer_norm_epsilon", 1e-5))
+    first = bool(config.get("normalize_first"))
+
+    def norm(x, role):
+        return layer_norm(x, w[role], w[f"{role}_beta"], eps)
+
+    def project(x, role):
+        return np.einsum("btm,mnd->btnd", x, w[role]) + w[f"{role}_bias"]
+    pad = given.get("padding")
+    keys = np.ones((batch, 1, t), bool) if pad is None else (pad > 0.5)[:, None, :]
+    mask = np.broadcast_to(keys, (batch, t, t))
+    if causal:
+        mask = mask & (np.arange(t)[:, None] >= np.arange(t)[None, :])[None]
+    if given.get("attention") is not None:
+        mask = mask & (given["attention"] > 0.5)
+    x = norm(h, "attention_norm") if first else h
+    q, k, v = (project(x, role) for role in ("query", "key", "value"))
+    contexts = np.stack([_attend(q[:, :, u], k[:, :, u], v[:, :, u], mask, None)
+                         for u in range(q.shape[2])], axis=2)
+    mid = h + np.einsum("btnd,ndm->btm", contexts, w["output"]) + w["output_bias"]
+    mid = mid if first else norm(mid, "attention_norm")
+    x = norm(mid, "ffw_norm") if first else mid
+    hidden = act(x @ w["intermediate"] + w["intermediate_bias"])
+    out = mid + hidden @ w["down"] + w["down_bias"]
+    valid = np.ones((batch, t)) if pad is None else (np.asarray(pad) > 0.5).astype(float)
+    return DecoderPass(contexts, hidden, out if first else norm(out, "ffw_norm"), valid)
