@@ -113,9 +113,10 @@ class Runtime:
                          cache_folder)
 
 
-#: changes when what :func:`surgery.export_onnx` writes changes (2: ``Erfc`` rewritten),
+#: changes when what :func:`surgery.export_onnx` writes changes (2: ``Erfc`` rewritten; 3:
+#: LayerNormalization chains fused),
 #: so files converted before are not read from a cost cache
-ONNX_EXPORT_REVISION = 2
+ONNX_EXPORT_REVISION = 3
 
 
 class OnnxRuntime(Runtime):

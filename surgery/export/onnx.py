@@ -6,10 +6,11 @@ models through Keras 3's own ``model.export(path, format="onnx")`` on the Tensor
 PyTorch backends (on JAX through ``jax2onnx`` where it is installed, else the same model
 exported by tf2onnx in a TensorFlow-backend process) — and can check
 the file against the Keras model on given inputs before publishing it; and
-:func:`onnx_predict`, which runs a file with ONNX Runtime. Nodes no ONNX opset defines
-that the converters emit (``Erfc``, from TensorFlow's exact GELU) are rewritten in ONNX
-operators before the file is published. ``onnx``, ``onnxruntime`` and
-``tf2onnx`` (the ``onnx`` extra) are imported only when these functions run.
+:func:`onnx_predict`, which runs a file with ONNX Runtime. Before the file is published,
+nodes no ONNX opset defines that the converters emit (``Erfc``, from TensorFlow's exact
+GELU) are rewritten in ONNX operators, and Keras's LayerNormalization chains become
+``LayerNormalization`` nodes (:mod:`surgery.export.onnx_graph`). ``onnx``,
+``onnxruntime`` and ``tf2onnx`` (the ``onnx`` extra) are imported only when these functions run.
 
 >>> import tempfile
 >>> import numpy as np
@@ -41,6 +42,7 @@ from surgery.atomic import write_atomically
 from surgery.engine.adapters import keras_of
 from surgery.engine.graph import resolve
 from surgery.errors import SurgeryError
+from surgery.export import onnx_graph
 from surgery.export.saving import save_model_atomic
 
 logger = logging.getLogger(__name__)
@@ -65,30 +67,20 @@ def _require(module: str, what: str) -> None:
             "pinned in requirements.txt).")
 
 
-def _without_erfc(path: str) -> None:
-    """Rewrite every ``Erfc`` node of the ONNX file at ``path`` as ``1 - Erf``: TensorFlow's
-    exact GELU (keras-hub's ViT and BERT blocks) converts to an ``Erfc`` node, which
-    tf2onnx 1.17 passes through and no ONNX opset defines, so ONNX Runtime refuses the
-    whole model ("No Op registered for Erfc")."""
+def _rewritten(path: str, opset: Optional[int]) -> None:
+    """The converted file at ``path`` with :mod:`surgery.export.onnx_graph`'s rewrites:
+    ``Erfc`` nodes as ``1 - Erf``, and (unless an ``opset`` below 17 was asked for) Keras's
+    LayerNormalization chains as ``LayerNormalization`` nodes."""
     import onnx  # lazy, with the rest of the ONNX extra
-    from onnx import helper, numpy_helper
 
     proto = onnx.load(path)
-    nodes, changed = [], 0
-    for node in proto.graph.node:
-        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
-            nodes.append(node)
-            continue
-        erf, one = f"{node.name}/erf", f"{node.name}/one"
-        proto.graph.initializer.append(numpy_helper.from_array(np.ones((), np.float32), one))
-        nodes += [helper.make_node("Erf", list(node.input), [erf], name=erf),
-                  helper.make_node("Sub", [one, erf], list(node.output), name=node.name)]
-        changed += 1
-    if changed:
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
+    erfc = onnx_graph.without_erfc(proto)
+    fused = onnx_graph.fused_layer_norms(proto) \
+        if opset is None or opset >= onnx_graph.LAYER_NORM_OPSET else 0
+    if erfc or fused:
         onnx.save(proto, path)
-        logger.debug("%s: %d Erfc nodes rewritten as 1 - Erf", path, changed)
+        logger.debug("%s: %d Erfc nodes rewritten as 1 - Erf, %d LayerNormalization chains "
+                     "fused", path, erfc, fused)
 
 
 def _keras2_onnx(model: Any, target: str, opset: Optional[int]) -> None:
@@ -259,7 +251,7 @@ def export_onnx(model: Any, path: str, *, verify_with: Optional[Arrays] = None,
         with tempfile.TemporaryDirectory(prefix="surgery-onnx-") as folder:
             staged = os.path.join(folder, "model.onnx")
             (_keras3_onnx if keras3 else _keras2_onnx)(model, staged, opset)
-            _without_erfc(staged)
+            _rewritten(staged, opset)
             if verify_with is not None:
                 error = _check(model, staged, verify_with, atol, os.fspath(path))
                 logger.info("%s: ONNX Runtime matches Keras to %.3g", path, error)
