@@ -64,11 +64,11 @@ bisection 5-6 plans + applies), a perplexity of 40 batches 12-26 s (int8: 16-45 
 ``quantize("int8")`` 18-21 s, 300 distillation steps 3.1-5.7 min (0.6-1.1 s a step); the
 whole comparison 25.3 min after training. At -30 % / -50 % of the parameters, right
 after the cut / after distillation / after int8: uniform weight norm 65.7 / 50.30 / 50.30
-and 120.9 / 51.74 / 51.76; global activation 83.1 / 50.58 / 50.59 and 156.3 / 52.69 /
-52.70; depth not available. So the distillation and int8 checks pass and "global
-activation beats uniform" fails at both budgets, before and after distillation (global
-activation keeps more of the width and cuts heads and MLP units; uniform cuts no query head
-at r = 0.23 / 0.41, 2 query heads a key/value group, and cuts the width more). A control,
+and 120.9 / 51.74 / 51.76; global activation with 8 candidates 58.87 / 50.21 / 50.21 and
+108.35 / 51.45 / 51.47 (with 1 candidate, before kind factors: 83.1 / 50.58 / 50.59 and
+156.3 / 52.69 / 52.70); with depth, the candidates that remove decoder blocks diverge more
+from the baseline than the best one, which removes none (bench/results/lm.md). So every
+check passes (uniform cuts no query head at r = 0.23 / 0.41 and cuts the width more). A control,
 the uncut baseline distilled from itself with the same budget (300 steps, lr 1e-3; 4.0
 min), ends at 49.79: the recovery is the cut models', not extra training, though the
 baseline itself was still improving. ``--quick`` took 6.0 min (its 0.6 M baseline, trained
