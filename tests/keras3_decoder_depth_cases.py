@@ -16,6 +16,7 @@ for each, prints in one JSON line:
   the model without the block picks the tokens full forward passes pick;
 * ``passes``: BERT's and GPT-2's blocks in the NumPy pass behind their activation scores,
   against Keras;
+* ``latency_refused``: ``latency_target`` with ``depth=True`` on the Llama 3 LM;
 * ``post_norm``: ``depth=True`` on BERT (post-norm blocks: not the identity with their
   branches zero) warns and removes no block;
 * the cut model saved as ``OUT/<family>.keras`` with its logits in ``OUT/<family>.npy``.
@@ -206,6 +207,11 @@ def cut(out: str) -> None:
               for family in FAMILIES}
     report["post_norm"] = post_norm()
     report["passes"] = passes()
+    import surgery
+    try:
+        surgery.plan(causal_lm("llama3"), latency_target=0.3, depth=True)
+    except surgery.SurgeryError as exc:
+        report["latency_refused"] = str(exc)
     print("RESULT " + json.dumps(report, default=str))
 
 

@@ -63,3 +63,9 @@ def test_bert_and_gpt2_blocks_are_scored_by_a_numpy_pass_that_matches_keras(repo
     r = report[0]["passes"][name]
     assert r["error"] <= 1e-4, r
     assert not r["by_weights"], r
+
+
+def test_latency_target_with_decoder_depth_is_refused_in_one_line(report):
+    message = report[0]["latency_refused"]
+    assert "depth=True" in message and "params_target" in message, message
+    assert len(message.splitlines()) == 1

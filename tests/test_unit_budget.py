@@ -13,6 +13,7 @@ import pytest
 
 import surgery
 from surgery._backend import keras
+from surgery.cost.params import ParamsEstimator
 from surgery.cost.width import FlopsEstimator
 from surgery.engine.graph import resolve
 from surgery.engine.zeroing import max_relative_difference
@@ -196,3 +197,37 @@ def test_plans_that_cut_other_kinds_of_unit_keep_their_own_latency_curve(tmp_pat
     bench = _Bench.open(graph, rt, 1, 1, str(tmp_path), timed=False)
     assert keys[0] == bench.architecture == bench.curve_key
     assert len({keys[0], keys[1], keys[2]}) == 3 and keys[2] == keys[3]
+
+
+@pytest.mark.parametrize("case", tuple(tm.BUILDERS))
+def test_head_widths_are_costed_with_the_head_count_under_a_budget(case):
+    """``head_dims=True`` under a FLOPs and a parameter target: key and value widths go
+    along with whole heads of the same layers, and the cut model's FLOPs and parameters are
+    exactly the predicted ones (a head's width multiplies with the head count: the cost
+    models hold a term in both counts, without which these estimates miss)."""
+    model = tm.BUILDERS[case](keras)
+    x = tm.inputs(case, "float32")
+    graph = resolve(model)
+    ranking = Ranking(graph, PlanSpec(ratio=0.0, head_dims=True))
+    estimators = (FlopsEstimator(graph, ranking.width_groups(), ranking.unit_groups()),
+                  ParamsEstimator(graph, ranking.width_groups(), ranking.unit_groups()))
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # any kept widths, not only the planned ones
+        per_layer = {label: float(rng.uniform(0.3, 0.9)) for label in ranking.labels}
+        plan = ranking.plan(PlanSpec(ratio=0.0, per_layer=per_layer, scope="local",
+                                     head_dims=True))
+        pruned = surgery.apply(model, plan)
+        assert all({"heads", "key_dim", "value_dim"} <= set(axes) and
+                   all(axes.values()) for axes in plan.units.values()), plan.units
+        assert estimators[0].cost_of(plan.removed) == surgery.count_flops(pruned)
+        assert estimators[1].cost_of(plan.removed) == pruned.count_params()
+    for target, count in (("flops", surgery.count_flops), ("params", keras.Model.count_params)):
+        plan = surgery.plan(model, head_dims=True, **{f"{target}_target": 0.5})
+        pruned = surgery.apply(model, plan)
+        assert plan.settings[f"{target}_after"] == count(pruned)
+        assert abs(1 - count(pruned) / count(model) - 0.5) <= 0.02
+        assert any(axes.get("key_dim") or axes.get("value_dim")
+                   for axes in plan.units.values()), plan.units
+        zeroed = surgery.zero_channels(model, plan.deletions, plan.units)(x)
+        assert max_relative_difference(model(x), zeroed) > 1e-2
+        assert surgery.verify(model, pruned, plan, x) <= 1e-5

@@ -222,6 +222,29 @@ class _Bench:
         return timed
 
 
+def _timed_spec(spec: Optional[PlanSpec]) -> PlanSpec:
+    """``spec`` without head widths, which the tables do not time (their cost multiplies
+    with the head count, and a table times one axis at a time); said when asked for."""
+    if spec is not None and spec.head_dims:
+        logger.warning("latency_target: the latency tables do not time head widths; "
+                       "planning them whole (head_dims=True works with flops_target= and "
+                       "params_target=)")
+    return (spec or PlanSpec()).replace(head_dims=False)
+
+
+def _timed_ranking(graph: ModelGraph, spec: PlanSpec) -> Ranking:
+    """The ranking of ``graph``'s groups, refused where it holds blocks that are layers of
+    their own (a table times one layer's units)."""
+    ranking = Ranking(graph, spec)
+    stacked = [g.name for g in ranking.groups if g.axis is not None and len(g.producers) > 1]
+    if stacked:
+        raise SurgeryError(
+            f"latency_target with depth=True: the blocks of {stacked[0]} are layers of their "
+            "own, which the latency tables cannot time yet; plan them with flops_target= or "
+            "params_target=, or with depth=False")
+    return ranking
+
+
 def plan_for_latency(graph: ModelGraph, latency_target: float, *,
                      spec: Optional[PlanSpec] = None, runtime: str = "onnxruntime",
                      batch_size: int = 1, threads: Optional[int] = None,
@@ -259,16 +282,9 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
         p.settings["latency_removed"]   # 0.47 .. 0.53
     """
     started = time.perf_counter()
-    # head widths multiply with the head count: the tables time one axis at a time
-    spec = (spec or PlanSpec()).replace(head_dims=False)
+    spec = _timed_spec(spec)
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
-    ranking = Ranking(graph, spec)
-    stacked = [g.name for g in ranking.groups if g.axis is not None and len(g.producers) > 1]
-    if stacked:  # the tables time one layer's units; these blocks are layers of their own
-        raise SurgeryError(
-            f"latency_target with depth=True: the blocks of {stacked[0]} are layers of their "
-            "own, which the latency tables cannot time yet; plan them with flops_target= or "
-            "params_target=, or with depth=False")
+    ranking = _timed_ranking(graph, spec)
     bench = _Bench.open(graph, rt, batch_size, threads or default_threads(), cache_dir,
                         timed=check or whole is None,
                         kinds=[unit_kind(g.axis) for g in ranking.groups])

@@ -75,13 +75,12 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     (whole heads), ``head_dims`` (per-head widths), ``depth`` (whole blocks: keras-hub ViT
     and DeiT encoders', pre-norm decoders'), ``query_groups`` (whole key/value groups of
     grouped-query attention, with their query heads); ``units=False``: channels only.
-    Budgets cost and allocate them with the channels (not head widths); ``round_to`` may
-    name a multiple per kind (``{"channels": 8, "mlp": 64}``; an integer never rounds heads).
-    ``compensate=True`` (with ``data``) folds removed units' mean outputs into the next
-    biases where exact (FLAP, :mod:`surgery.pruning.compensation`; docs/transformers.md).
-
-    ``candidates`` N > 1 (a target, ``data``): N ways to share the budget between layers
-    and kinds of unit, the one closest to the original on ``data`` kept (EagleEye).
+    Budgets cost and allocate them with the channels (head widths: not by latency);
+    ``round_to`` may name a multiple per kind (``{"channels": 8, "mlp": 64}``; an integer
+    never rounds heads). ``compensate=True`` (with ``data``) folds removed units' mean
+    outputs into the next biases where exact (FLAP; docs/transformers.md). ``candidates``
+    N > 1 (a target, ``data``): N ways to share the budget between layers and kinds of
+    unit, the one closest to the original on ``data`` kept (EagleEye).
 
     Example::
 
@@ -159,9 +158,7 @@ def _plan_for_target(graph: ModelGraph, spec: PlanSpec, flops_target: Optional[f
 def _plan_for_budget(graph: ModelGraph, spec: PlanSpec, budget: Budget, candidates: int,
                      plan_for: Callable) -> PrunePlan:
     """A FLOPs or parameter target's plan (``plan_for``: the allocation over its cost):
-    channels, heads and block widths costed together; head widths stay (their cost
-    multiplies with the head count)."""
-    spec = spec.replace(head_dims=False)
+    channels, heads, head widths (``head_dims=True``) and block widths costed together."""
     ranking = Ranking(graph, spec)
 
     def search(variant):

@@ -23,15 +23,15 @@ from surgery.engine.rules.base import concrete
 from surgery.errors import SurgeryError
 
 
-def _count(info, drop_in: list, drop_out: bool, unit: Optional[str]) -> float:
+def _count(info, drop_in: list, drop_out: bool, units: tuple) -> float:
     """``info``'s parameters after losing channel 0 of the inputs ``drop_in`` (indices),
-    output channel 0 (``drop_out``) and unit 0 of axis ``unit``."""
+    output channel 0 (``drop_out``) and unit 0 of each axis in ``units``."""
     masks = [None] * len(info.input_shapes)
     for k in drop_in:
         masks[k] = np.ones(concrete(info.input_shapes[k]), bool)
         masks[k][..., 0] = False
     replacement, _ = cut(info, masks, [0] if drop_out else None,
-                         units={unit: [0]} if unit else None)
+                         units={unit: [0] for unit in units} or None)
     if replacement is not None and not isinstance(replacement, tuple):
         raise SurgeryError(f"params_target: layer {info.describe()} is cut by an old-style "
                            "handler, whose parameters cannot be predicted; plan with "
@@ -40,13 +40,13 @@ def _count(info, drop_in: list, drop_out: bool, unit: Optional[str]) -> float:
     return float(sum(np.size(w) for w in weights))
 
 
-def _terms(info, vary_in: list, vary_out: bool, unit: Optional[str] = None) -> tuple:
+def _terms(info, vary_in: list, vary_out: bool, units: tuple = ()) -> tuple:
     """``(a, b, c, d)`` with ``a·i·o + b·i + c·o + d`` the layer's parameters at ``i``
-    input and ``o`` output channels (with one unit of axis ``unit`` fewer)."""
+    input and ``o`` output channels (with one unit fewer of each axis in ``units``)."""
     i0, o0 = last_axis(info.input_shapes[0]), last_axis(info.output_shape)
 
     def count(drop_in, drop_out):
-        return _count(info, vary_in if drop_in else [], drop_out, unit)
+        return _count(info, vary_in if drop_in else [], drop_out, units)
     f00 = count(False, False)
     fi = count(True, False) if vary_in else f00
     fo = count(False, True) if vary_out else f00
@@ -79,14 +79,21 @@ class ParamsEstimator(WidthModel):
                       and np.any(r[:-1])] if rule is not None else []
             vary_out = rule is not None and rule.flow_of(info) == PRODUCER and \
                 bool(np.any(out_row[:-1]))
-            whole = _terms(info, varies, vary_out) if rule is not None else \
-                (0.0, 0.0, 0.0, float(sum(np.size(w) for w in info.weights)))
+            whole = np.asarray(_terms(info, varies, vary_out) if rule is not None else
+                               (0.0, 0.0, 0.0, float(sum(np.size(w) for w in info.weights))))
             rows_in.append(in_rows[0] if in_rows else np.eye(len(out_row))[-1])
             rows_out.append(out_row)
             coefs.append(whole)
+            fewer = {axis: np.asarray(_terms(info, varies, vary_out, (axis,)))
+                     for _, axis in unit_axes}
             for g, axis in unit_axes:
-                fewer = _terms(info, varies, vary_out, axis)
-                unit_rows.append((len(coefs) - 1, g, tuple(np.subtract(whole, fewer))))
+                unit_rows.append((len(coefs) - 1, g, tuple(whole - fewer[axis])))
+            group = {axis: g for g, axis in unit_axes}
+            for a, b in rule.interacting_axes(info) if rule is not None else ():
+                if a in group and b in group:  # a head's width times the head count
+                    both = np.asarray(_terms(info, varies, vary_out, (a, b)))
+                    self.pair_terms.append((len(coefs) - 1, group[a], group[b],
+                                            tuple(whole - fewer[a] - fewer[b] + both)))
         n = len(self.sizes) + 1
         self._rows_in = np.array(rows_in).reshape(-1, n)
         self._rows_out = np.array(rows_out).reshape(-1, n)
@@ -109,6 +116,6 @@ class ParamsEstimator(WidthModel):
             a, b, c, d = self._unit_abcd.T
             gone = kept[..., self._unit_group] - self.sizes[self._unit_group]
             total = total + (gone * (a * i * o + b * i + c * o + d)).sum(axis=-1)
-        return total
+        return total + self.pairs(kept, full @ self._rows_in.T, full @ self._rows_out.T)
 
     cost = params

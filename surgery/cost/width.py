@@ -55,6 +55,20 @@ def unit_cost_terms(info, rule, axis: str, cost) -> tuple:
     return _bilinear(lambda i, o: cost(info, i, o) - cost(fewer, i, o), i0, o0)
 
 
+def pair_cost_terms(info, rule, axes: tuple, cost) -> tuple:
+    """What losing one unit of each of two interacting axes (``rule.interacting_axes``)
+    changes beyond their own :func:`unit_cost_terms`: ``cost`` of the call, less the call
+    without one unit of either, plus the call without one of each; as ``(a, b, c, d)``."""
+    first, second = axes
+
+    def without(*cut_axes):
+        return info.replaced(*rule.cut_units(info, {a: [0] for a in cut_axes}))
+    fewer_a, fewer_b, fewer_both = without(first), without(second), without(first, second)
+    i0, o0 = call_widths(info)
+    return _bilinear(lambda i, o: cost(info, i, o) - cost(fewer_a, i, o) - cost(fewer_b, i, o)
+                     + cost(fewer_both, i, o), i0, o0)
+
+
 def call_widths(info) -> tuple:
     """The input and output channel counts of one call, as built."""
     return last_axis(info.input_shapes[0]), last_axis(info.output_shape)
@@ -111,6 +125,10 @@ class WidthModel:
         for i, (_, layer, axis, _) in enumerate(units):
             unit_axes.setdefault(layer, []).append((len(groups) + i, axis))
         self.unit_calls: list[tuple] = []
+        #: ``(call or layer row, group a, group b, (a, b, c, d))`` of each pair of unit
+        #: groups of one layer whose costs multiply (filled by the subclasses)
+        self.pair_terms: list[tuple] = []
+        self.pair_calls: list[tuple] = []  # (call index, group a, group b, axis a, axis b)
 
         def constant(channels: int) -> np.ndarray:
             v = np.zeros(n)
@@ -144,6 +162,10 @@ class WidthModel:
             if rule is not None and ins and rule.flops(info):
                 self.unit_calls += [(len(self.calls), g, axis)
                                     for g, axis in unit_axes.get(info.name, ())]
+                group = {axis: g for g, axis in unit_axes.get(info.name, ())}
+                self.pair_calls += [(len(self.calls), group[a], group[b], a, b)
+                                    for a, b in rule.interacting_axes(info)
+                                    if a in group and b in group]
                 self.calls.append((info, rule, in_vecs[0], out))
             return out
 
@@ -159,6 +181,19 @@ class WidthModel:
 
     def cost(self, kept):  # pragma: no cover  (abstract)
         raise NotImplementedError
+
+    def pairs(self, kept, i, o):
+        """The :attr:`pair_terms`' share of the cost at ``kept``, with ``i`` and ``o`` the
+        input and output channel counts of the rows the terms belong to."""
+        if not self.pair_terms:
+            return 0.0
+        kept = np.asarray(kept, np.float64)
+        rows = np.array([r for r, _, _, _ in self.pair_terms], int)
+        gone = [kept[..., np.array([t[k] for t in self.pair_terms], int)]
+                - self.sizes[np.array([t[k] for t in self.pair_terms], int)] for k in (1, 2)]
+        a, b, c, d = np.array([t for _, _, _, t in self.pair_terms]).reshape(-1, 4).T
+        i, o = i[..., rows], o[..., rows]
+        return (gone[0] * gone[1] * (a * i * o + b * i + c * o + d)).sum(axis=-1)
 
     def kept(self, removed: dict) -> np.ndarray:
         """The kept width of every group when group ``label`` loses ``removed[label]``
@@ -177,8 +212,9 @@ class FlopsEstimator(WidthModel):
     channel counts, with the coefficients read off the layer rules at the unpruned widths,
     plus, for each unit group of its layer, ``(kept - size)`` times such a term (what one
     unit costs). Exact where each unit axis's FLOPs are linear in its count alone: heads
-    and feed-forward widths; a head's width multiplies with the head count, so a plan
-    cutting both is estimated.
+    and feed-forward widths; a head's width multiplies with the head count, and each such
+    pair of axes (``LayerRule.interacting_axes``) adds a term in both counts, so a plan
+    cutting both is exact too.
 
     Example::
 
@@ -203,6 +239,10 @@ class FlopsEstimator(WidthModel):
             for c, _, axis in self.unit_calls]).reshape(-1, 4)
         self._unit_call = np.array([c for c, _, _ in self.unit_calls], int)
         self._unit_group = np.array([g for _, g, _ in self.unit_calls], int)
+        self.pair_terms = [(c, ga, gb, pair_cost_terms(
+            self.calls[c][0], self.calls[c][1], (a, b),
+            lambda info, i, o, rule=self.calls[c][1]: _call_flops(info, rule, i, o) / 2))
+            for c, ga, gb, a, b in self.pair_calls]
         self.total = self.flops(self.sizes)
 
     def flops(self, kept) -> float:
@@ -217,6 +257,6 @@ class FlopsEstimator(WidthModel):
             a, b, c, d = self._unit_abcd.T
             gone = kept[..., self._unit_group] - self.sizes[self._unit_group]
             total = total + (gone * (a * i * o + b * i + c * o + d)).sum(axis=-1)
-        return 2 * total
+        return 2 * (total + self.pairs(kept, *self.channels(kept)))
 
     cost = flops

@@ -134,6 +134,9 @@ class MultiHeadAttentionRule(LayerRule):
         heads, key_dim, value_dim = self._dims(info)
         return {"heads": heads, "key_dim": key_dim, "value_dim": value_dim}
 
+    def interacting_axes(self, info) -> list:
+        return [("heads", "key_dim"), ("heads", "value_dim")]
+
     def unit_slices(self, info, axis):
         parts = self._parts(info)
 

@@ -339,6 +339,11 @@ class LayerRule:
         ``None`` where the layer cannot."""
         return None
 
+    def interacting_axes(self, info: LayerInfo) -> list:
+        """Pairs of unit axes whose costs multiply (a head's width with the head count):
+        cost models add a term for each pair that both lose units."""
+        return []
+
     def block_axes(self, info: LayerInfo, block: int) -> list:
         """The unit axes inside block ``block`` of the layer's ``"blocks"`` axis (they go
         with it: a removed block's heads are no longer there to cut)."""

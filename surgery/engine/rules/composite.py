@@ -90,6 +90,10 @@ class TransformerEncoderRule(LayerRule):
         sub, rule = self._attention(info)
         return {**rule.unit_axes(sub), "intermediate_dim": int(info.config["intermediate_dim"])}
 
+    def interacting_axes(self, info) -> list:
+        sub, rule = self._attention(info)
+        return rule.interacting_axes(sub)
+
     def unit_slices(self, info, axis):
         if axis in _HEAD_AXES:  # the attention's weights come first: same indices
             sub, rule = self._attention(info)
