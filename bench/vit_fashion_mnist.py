@@ -21,7 +21,8 @@ ways:
   heads=True)``, ``r`` bisected until the measured latency ratio is within ``--tolerance``
   of 0.5;
 * ``global activation``: ``surgery.plan(latency_target=0.5, ..., criterion="activation",
-  data=x_calib)`` (``--calib`` training images);
+  data=x_calib, candidates=N)`` (``--calib`` training images; ``--candidates`` N, default
+  8: allocations trading kinds of unit, the closest to the original on them kept);
 * ``global activation + depth``: the same with ``depth=True``.
 
 A plan that cannot be made (a ``surgery.SurgeryError``: on this ViT, "channels only" has
@@ -240,15 +241,16 @@ def kept_text(kept: Optional[Dict[str, List[int]]]) -> str:
 # ----------------------------------------------------------------------------- plans
 
 
-def plan_kwargs(name: str, x_calib) -> dict:
+def plan_kwargs(name: str, x_calib, candidates: int = 1) -> dict:
     """``surgery.plan``'s arguments for a latency-target variant."""
     common = dict(latency_target=GOAL, runtime=RUNTIME, batch_size=BATCH, threads=THREADS)
     if name == "channels only":
         return dict(common, units=False)
+    ours = dict(common, criterion="activation", data=x_calib, candidates=candidates)
     if name == "global activation":
-        return dict(common, criterion="activation", data=x_calib)
+        return ours
     if name == "global activation + depth":
-        return dict(common, criterion="activation", data=x_calib, depth=True)
+        return dict(ours, depth=True)
     raise ValueError(name)
 
 
@@ -279,7 +281,7 @@ def make_plan(name: str, base, timer: Timer, x_calib, args):
             p, r, timing = uniform_plan(base, timer, args.tolerance, args.search_steps)
             extra = dict(uniform_ratio=r, timing=timing)
         else:
-            p, extra = surgery.plan(base, **plan_kwargs(name, x_calib)), {}
+            p, extra = surgery.plan(base, **plan_kwargs(name, x_calib, args.candidates)), {}
     except (TypeError, surgery.SurgeryError) as exc:
         reason = " ".join(str(exc).split())[:400] or type(exc).__name__
         logger.info("%s: not available: %s", name, reason)
@@ -411,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bisection steps for the uniform plan's ratio")
     p.add_argument("--runs", type=int, default=7,
                    help="interleaved timing runs per round (compare's runs)")
+    p.add_argument("--candidates", type=int, default=8,
+                   help="allocations the global activation plans compare on the calibration "
+                        "images (surgery.plan(candidates=N))")
     p.add_argument("--calib", type=int, default=512,
                    help="training images the activation criterion reads")
     p.add_argument("--finetune-epochs", type=int, default=3)
