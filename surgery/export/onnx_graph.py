@@ -9,7 +9,8 @@ This module owns what the converters leave that ONNX Runtime cannot run, or runs
   twelve or thirteen element-wise nodes (two ``GlobalAveragePool`` means, ``Sub``,
   ``Mul``, ``Add``, ``Sqrt``, ``Reciprocal``, ``Neg``, ...), which ONNX Runtime's own
   fusion does not recognise; each such chain becomes one ``LayerNormalization`` node
-  (opset 17), which cut a small ViT's ONNX Runtime time by 13 % (batch 32, 2 threads).
+  (opset 17): a small ViT then took 0.905 of its time in ONNX Runtime (batch 32, 2
+  threads; bench/results/vit_latency_floor.txt).
 
 Each function rewrites an ``onnx.ModelProto`` in place and returns how many nodes it
 replaced.
@@ -78,6 +79,8 @@ class _Graph:
 
     def constant_pair(self, node) -> Optional[tuple]:
         """``(other input, constant)`` of a two-input node with one constant input."""
+        if len(node.input) != 2:
+            return None
         a, b = node.input
         if b in self.constants and a not in self.constants:
             return a, self.constants[b]
@@ -110,6 +113,10 @@ def _match_layer_norm(g: _Graph, out) -> Optional[tuple]:
         nodes = [out, scaled, shifted] + inner + ([shift] if beta is not None else [])
         if width is not None and beta is not None and np.size(beta) != width:
             continue
+        ends = [(scaled, out), (shifted, shift if beta is not None else out)] + \
+            ([(shift, out)] if beta is not None else [])
+        if not all(g.only_read_by(n.output[0], [reader]) for n, reader in ends):
+            continue  # a partial result read elsewhere too: the chain must stay
         return nodes, x, gamma, beta, eps
     return None
 
