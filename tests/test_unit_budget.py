@@ -14,6 +14,7 @@ import pytest
 import surgery
 from surgery._backend import keras
 from surgery.cost.params import ParamsEstimator
+from surgery.cost.table import LatencyEstimator, LatencyTable
 from surgery.cost.width import FlopsEstimator
 from surgery.engine.graph import resolve
 from surgery.engine.zeroing import max_relative_difference
@@ -107,7 +108,6 @@ def test_a_latency_plan_spends_on_heads_its_tables_price():
     count), as channels by theirs: with heads priced cheap to keep and MLP units dear, the
     plan cuts heads; the tables' prediction is what the plan records."""
     from surgery.calibration.latency import plan_for_latency
-    from surgery.cost.table import LatencyTable
 
     graph = resolve(tm.vit(keras))
     tables = {f"mha{b}:heads": LatencyTable([1, 2, 4], [0], [[0.1], [0.2], [0.4]])
@@ -231,3 +231,99 @@ def test_head_widths_are_costed_with_the_head_count_under_a_budget(case):
         zeroed = surgery.zero_channels(model, plan.deletions, plan.units)(x)
         assert max_relative_difference(model(x), zeroed) > 1e-2
         assert surgery.verify(model, pruned, plan, x) <= 1e-5
+
+
+def _bilinear_tables(heads, key_dim, value_dim, alpha=1e-3, beta=2e-3):
+    """The "true" time of one attention layer, ``alpha·h·k + beta·h·v`` (h heads of key
+    width k and value width v), and its tables: the one-axis ones (the others whole) and
+    the two-axis ones, keyed by axis."""
+    def true(h, k, v):
+        return alpha * h * k + beta * h * v
+    grid_h, grid_k, grid_v = [1, 2, 4], [2, 4, 8], [2, 4, 8]
+    one = {"heads": LatencyTable(grid_h, [0], [[true(h, key_dim, value_dim)] for h in grid_h]),
+           "key_dim": LatencyTable(grid_k, [0], [[true(heads, k, value_dim)] for k in grid_k]),
+           "value_dim": LatencyTable(grid_v, [0], [[true(heads, key_dim, v)]
+                                                   for v in grid_v])}
+    two = {"heads*key_dim": LatencyTable(grid_h, grid_k, [[true(h, k, value_dim) for k in grid_k]
+                                                          for h in grid_h]),
+           "heads*value_dim": LatencyTable(grid_h, grid_v, [[true(h, key_dim, v)
+                                                             for v in grid_v]
+                                                            for h in grid_h])}
+    return true, one, two
+
+
+def test_a_latency_plan_costs_head_widths_with_the_head_count():
+    """Under ``latency_target`` with ``head_dims=True``, a head's width and the head count
+    are priced together: a two-axis table over both counts (``"layer:heads*key_dim"``) adds
+    what cutting both saves beyond the one-axis tables. On tables of a time bilinear in
+    the counts, the estimate equals that time for any kept widths, and without the
+    two-axis tables it does not; a plan from them cuts head widths and verifies."""
+    from surgery.calibration.latency import plan_for_latency
+
+    model = tm.vit(keras)
+    graph = resolve(model)
+    ranking = Ranking(graph, PlanSpec(ratio=0.0, head_dims=True))
+    true, one, two = _bilinear_tables(tm.HEADS, tm.KEY_DIM, tm.KEY_DIM)
+    tables = {f"mha{b}:{axis}": t for b in (0, 1) for axis, t in {**one, **two}.items()}
+    whole = 2 * true(tm.HEADS, tm.KEY_DIM, tm.KEY_DIM) + 0.1
+    est = LatencyEstimator(graph, ranking.width_groups(), whole=whole, tables=tables,
+                           units=ranking.unit_groups())
+    without = LatencyEstimator(graph, ranking.width_groups(), whole=whole,
+                               tables={k: v for k, v in tables.items() if "*" not in k},
+                               units=ranking.unit_groups())
+    index = {label: i for i, label in enumerate(est.labels)}
+    rng = np.random.default_rng(0)
+    misses = []
+    for _ in range(5):
+        kept = est.sizes.copy()
+        counts = {}
+        for b in (0, 1):
+            h, k, v = int(rng.integers(1, 5)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+            kept[[index[f"mha{b}:heads"], index[f"mha{b}:key_dim"],
+                  index[f"mha{b}:value_dim"]]] = h, k, v
+            counts[b] = true(h, k, v)
+        expected = 0.1 + counts[0] + counts[1]
+        assert float(est.cost(kept)) == pytest.approx(expected, rel=1e-9)
+        misses.append(abs(float(without.cost(kept)) - expected))
+    assert max(misses) > 1e-3, misses  # the two-axis tables are what makes it exact
+    p = plan_for_latency(graph, 0.4, spec=PlanSpec(head_dims=True), tables=tables,
+                         whole=whole, check=False, round_to=1, progress=False)
+    assert any(axes.get("key_dim") or axes.get("value_dim") for axes in p.units.values()), \
+        p.units
+    assert abs(p.settings["latency_predicted"] - 0.4) <= 0.03
+    x = tm.inputs("vit", "float32")
+    pruned = surgery.apply(model, p)
+    zeroed = surgery.zero_channels(model, p.deletions, p.units)(x)
+    assert max_relative_difference(model(x), zeroed) > 1e-2
+    assert surgery.verify(model, pruned, p, x) <= 1e-5
+
+
+def test_the_tables_time_self_attention_heads_and_widths_in_pairs(tmp_path):
+    """Measured in ONNX Runtime: a ``MultiHeadAttention(x, x)`` layer gets one-axis tables
+    (heads, key and value widths) and a two-axis table per interacting pair, built from
+    the same micro-models: the layer whole is timed once, and a pair table's edges (one
+    axis whole) are the one-axis tables' own times."""
+    pytest.importorskip("onnxruntime")
+    from surgery.cost.cache import TableCache
+    from surgery.cost.runtimes import get_runtime
+
+    graph = resolve(tm.vit(keras))
+    ranking = Ranking(graph, PlanSpec(ratio=0.0, head_dims=True))
+    est = LatencyEstimator(graph, ranking.width_groups(), whole=1.0,
+                           runtime=get_runtime("onnxruntime"), batch=4, threads=1,
+                           cache=TableCache(dict(runtime="onnxruntime", threads=1, batch=4),
+                                            str(tmp_path)),
+                           units=ranking.unit_groups(), progress=False)
+    for b in (0, 1):
+        for width in ("key_dim", "value_dim"):
+            pair = est.tables[f"mha{b}:heads*{width}"]
+            assert pair.seconds.shape == (3, 3) and np.all(pair.seconds > 0)
+            assert np.all(np.diff(pair.seconds, axis=0) >= 0)
+            assert np.all(np.diff(pair.seconds, axis=1) >= 0)
+    assert len(est._pairs) == 4
+    one_axis = {sig for _, _, entries in est._unit_entries(graph) for sig, _ in entries}
+    for key, grid_a, grid_b, rows in est._pair_entries(graph):
+        edges = {sig for sig, _ in rows[0]} | {row[0][0] for row in rows}  # a or b whole
+        inner = {sig for row in rows[1:] for sig, _ in row[1:]}
+        assert grid_a[0] == 4 and grid_b[0] == 8, key
+        assert edges <= one_axis and not inner & one_axis, key

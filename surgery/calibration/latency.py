@@ -222,16 +222,6 @@ class _Bench:
         return timed
 
 
-def _timed_spec(spec: Optional[PlanSpec]) -> PlanSpec:
-    """``spec`` without head widths, which the tables do not time (their cost multiplies
-    with the head count, and a table times one axis at a time); said when asked for."""
-    if spec is not None and spec.head_dims:
-        logger.warning("latency_target: the latency tables do not time head widths; "
-                       "planning them whole (head_dims=True works with flops_target= and "
-                       "params_target=)")
-    return (spec or PlanSpec()).replace(head_dims=False)
-
-
 def _timed_ranking(graph: ModelGraph, spec: PlanSpec) -> Ranking:
     """The ranking of ``graph``'s groups, refused where it holds blocks that are layers of
     their own (a table times one layer's units)."""
@@ -282,7 +272,7 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
         p.settings["latency_removed"]   # 0.47 .. 0.53
     """
     started = time.perf_counter()
-    spec = _timed_spec(spec)
+    spec = spec or PlanSpec()
     rt = check_latency_arguments(latency_target, runtime, batch_size, threads)
     ranking = _timed_ranking(graph, spec)
     bench = _Bench.open(graph, rt, batch_size, threads or default_threads(), cache_dir,

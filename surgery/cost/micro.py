@@ -5,8 +5,9 @@ names a micro-model (layer class, config without the layer's name, input shape, 
 output widths), so layers of identical shape and config share one measurement;
 :func:`micro_layer` rebuilds the layer from its config at other widths (the layer's own
 ``from_config``, so both Keras generations and user layers work), and
-:func:`unit_entry` a layer with fewer units of one axis (its rule's own ``cut_units``:
-a composite transformer block with fewer heads or a narrower MLP); :func:`measure` builds
+:func:`unit_entry` a layer with fewer units of one axis or two (its rule's own
+``cut_units``: a composite transformer block with fewer heads or a narrower MLP, an
+attention layer with fewer and narrower heads); :func:`measure` builds
 the missing micro-models as the branches of *one* Keras model per chunk, converts it once
 (:meth:`Runtime.runners` with ``branches=True``), times every branch (median of a few runs
 after a warm-up), with a tqdm bar, and stores the seconds in a :class:`TableCache`.
@@ -18,7 +19,7 @@ import json
 import logging
 import statistics
 import time
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
@@ -64,28 +65,34 @@ def channel_entry(info, in_channels: int, out_channels: int, followers: Sequence
                               followers=tuple(followers)))
 
 
-def unit_entry(info, rule, axis: str, kept: int, new_layer: Callable) -> Entry:
-    """The micro-model of ``info``'s layer keeping ``kept`` units of unit ``axis`` (the
-    rule cuts the first ones: the time does not depend on which), at its own channel
-    widths; ``new_layer(layer, config)`` is the graph adapter's rebuild of a layer, which
-    knows keras-hub's registered equivalents. An axis inside one block of an encoder
+def unit_entry(info, rule, kept: Mapping[str, int], new_layer: Callable) -> Entry:
+    """The micro-model of ``info``'s layer keeping ``kept[axis]`` units of each unit axis
+    named (the rule cuts the first ones: the time does not depend on which; a pair of
+    axes for the terms of :attr:`LayerRule.interacting_axes`), at its own channel widths;
+    ``new_layer(layer, config)`` is the graph adapter's rebuild of a layer, which knows
+    keras-hub's registered equivalents. An axis inside one block of an encoder
     (``"<block>/heads"``) is timed in that block alone: in the whole encoder, the time a
     head saves is lost in the noise of the other blocks' time."""
-    size, blocks = int(rule.unit_axes(info)[axis]), int(rule.unit_blocks(info, axis))
-    per, gone = size // blocks, (size - kept) // blocks  # as many from every block
-    cuts = {axis: [b * per + j for b in range(blocks) for j in range(gone)]} if gone > 0 \
-        else {}
-    others = _other_blocks(info, rule, axis)
+    cuts: dict = {}
+    for axis, k in kept.items():
+        size, blocks = int(rule.unit_axes(info)[axis]), int(rule.unit_blocks(info, axis))
+        per, gone = size // blocks, (size - k) // blocks  # as many from every block
+        if gone > 0:
+            cuts[axis] = [b * per + j for b in range(blocks) for j in range(gone)]
+    # the layer whole is one micro-model, whichever axis's table it starts
+    named = ",".join(f"{axis}={int(kept[axis])}" for axis in cuts) or "whole"
+    others = _other_blocks(info, rule, next(iter(kept)))
     if others:
         cuts["blocks"] = others
     config = info.replaced(*rule.cut_units(info, cuts)).config if cuts else dict(info.config)
     shape = tuple(int(d) for d in info.input_shapes[0])
-    sig = f"{info.class_name}:{list(shape)}:{axis}={int(kept)}:" + digest(json.loads(
+    sig = f"{info.class_name}:{list(shape)}:{named}:" + digest(json.loads(
         json.dumps({k: v for k, v in config.items() if k != "name"}, default=str)))
 
     def build(keras, index: int):
         x = keras.Input(shape, name=f"micro_in_{index}")
-        return x, new_layer(info.layer, dict(config, name=f"micro_{index}_0"))(x)
+        layer = new_layer(info.layer, dict(config, name=f"micro_{index}_0"))
+        return x, layer(*[x] * len(info.input_shapes))
     return sig, build
 
 
@@ -124,6 +131,15 @@ def measurable(info) -> bool:
     """Single-input layers (not bare operations) that the cost tables time."""
     return info.op is None and info.layer is not None and len(info.input_shapes) == 1 \
         and len(info.input_shapes[0]) >= 1 and None not in tuple(info.input_shapes[0])
+
+
+def measurable_units(info) -> bool:
+    """Layers whose unit tables the cost tables time: :func:`measurable` ones, and layers
+    called on several inputs of one shape (self-attention: ``MultiHeadAttention(x, x)``),
+    timed on one input given to each."""
+    shapes = [tuple(s) for s in info.input_shapes]
+    return info.op is None and info.layer is not None and bool(shapes) \
+        and len(shapes[0]) >= 1 and None not in shapes[0] and len(set(shapes)) == 1
 
 
 def micro_layer(info, in_channels: int, out_channels: int, keras, index: int = 0,

@@ -11,7 +11,9 @@ different groups a 3 × 3 grid, calls with no prunable width none at all. A laye
 groups (a transformer block's heads and MLP width) gets a one-dimensional table per unit
 axis, over the kept count of that axis with everything else whole (a head is timed like a
 channel: the block rebuilt with fewer, by its rule), keyed ``"layer:axis"``; its savings add
-to the channels'. Tables come from :func:`surgery.cost.micro.measure` (cached on disk) or,
+to the channels'. Two axes whose costs multiply (a head count and a head width:
+``LayerRule.interacting_axes``) also get a table over both counts, keyed ``"layer:a*b"``,
+which adds what cutting both saves beyond the two one-axis tables. Tables come from :func:`surgery.cost.micro.measure` (cached on disk) or,
 in tests, are given by hand.
 
 >>> t = LatencyTable([8, 16], [8, 16], [[1.0, 2.0], [3.0, 4.0]])
@@ -108,6 +110,9 @@ class LatencyEstimator(WidthModel):
                        for c, g, a in self.unit_calls
                        if f"{self.calls[c][0].name}:{a}" in self.tables]
         self._units = [(g, t) for _, g, t in unit_tables]
+        self._pairs = [(ga, gb, self.tables[f"{self.calls[c][0].name}:{a}*{b}"])
+                       for c, ga, gb, a, b in self.pair_calls
+                       if f"{self.calls[c][0].name}:{a}*{b}" in self.tables]
         self._full = sum(float(t(*call_widths(self.calls[k][0]))) for k, t in self._used)
         # a unit table times its layer (or one block of it) at full size: count each layer
         # once, by its largest table (the "blocks" table times the whole encoder)
@@ -142,8 +147,9 @@ class LatencyEstimator(WidthModel):
             entries += [micro.channel_entry(info, i, o, after) for prow in pairs
                         for i, o in prow]
             plans[info.name] = (ins, outs, tied, i0, o0, sigs)
-        units = self._unit_entries(graph)
+        units, pairs = self._unit_entries(graph), self._pair_entries(graph)
         entries += [e for _, _, sigs in units for e in sigs]
+        entries += [e for _, _, _, rows in pairs for row in rows for e in row]
         if not entries:
             return {}
         seconds = micro.measure(entries, runtime, batch, threads, cache,
@@ -151,6 +157,9 @@ class LatencyEstimator(WidthModel):
                                 progress=progress)
         tables = {key: _Tied(kept, _monotone(kept, [seconds[s] for s, _ in sigs]), None)
                   for key, kept, sigs in units}
+        for key, grid_a, grid_b, rows in pairs:
+            tables[key] = LatencyTable(grid_a, grid_b, _monotone_grid(
+                grid_a, grid_b, [[seconds[s] for s, _ in row] for row in rows]))
         for name, (ins, outs, tied, i0, o0, sigs) in plans.items():
             values = [[seconds[s] for s in row] for row in sigs]
             if outs is None:  # one point per input width; the output follows it (or not)
@@ -159,20 +168,40 @@ class LatencyEstimator(WidthModel):
                 tables[name] = LatencyTable(ins, outs, values)
         return tables
 
+    def _timed_layers(self, rows: Sequence[tuple], key_of):
+        """``(table key, info, rule, row)`` for each of ``rows`` (``unit_calls`` or
+        ``pair_calls``: a call index first) whose layer the unit tables can time, once per
+        ``key_of(layer name, row)``."""
+        seen = set()
+        for row in rows:
+            info, rule = self.calls[row[0]][0], self.calls[row[0]][1]
+            key = key_of(info.name, row)
+            if key not in seen and micro.measurable_units(info):
+                seen.add(key)
+                yield key, info, rule, row
+
     def _unit_entries(self, graph: ModelGraph) -> list:
         """``(table key, kept counts, entries)`` of every unit axis's table to measure."""
-        out, seen = [], set()
-        for c, g, axis in self.unit_calls:
-            info, rule = self.calls[c][0], self.calls[c][1]
-            key = f"{info.name}:{axis}"
-            if key in seen or not micro.measurable(info):
-                continue
-            seen.add(key)
-            size, blocks = int(self.sizes[g]), int(rule.unit_blocks(info, axis))
-            kept = sorted({max(blocks, int(round(f * size / blocks)) * blocks)
-                           for f in FRACTIONS_UNITS}, reverse=True)
-            out.append((key, kept, [micro.unit_entry(info, rule, axis, k,
+        out = []
+        for key, info, rule, (_, g, axis) in self._timed_layers(
+                self.unit_calls, lambda name, row: f"{name}:{row[2]}"):
+            kept = _unit_grid(rule, info, axis, int(self.sizes[g]))
+            out.append((key, kept, [micro.unit_entry(info, rule, {axis: k},
                                                      graph.adapter.new_layer) for k in kept]))
+        return out
+
+    def _pair_entries(self, graph: ModelGraph) -> list:
+        """``(table key, kept counts of a, of b, entries by row)`` of every pair of
+        interacting unit axes (a head count and a head width) to measure: a grid of both
+        counts, whose edges (one axis whole) are the one-axis tables' own micro-models."""
+        out = []
+        for key, info, rule, (_, ga, gb, a, b) in self._timed_layers(
+                self.pair_calls, lambda name, row: f"{name}:{row[3]}*{row[4]}"):
+            grid_a = _unit_grid(rule, info, a, int(self.sizes[ga]))
+            grid_b = _unit_grid(rule, info, b, int(self.sizes[gb]))
+            out.append((key, grid_a, grid_b, [
+                [micro.unit_entry(info, rule, {a: ka, b: kb}, graph.adapter.new_layer)
+                 for kb in grid_b] for ka in grid_a]))
         return out
 
     def cost(self, kept):
@@ -184,11 +213,15 @@ class LatencyEstimator(WidthModel):
             kept = np.asarray(kept, np.float64)
             saved = saved + sum(t(self.sizes[g], 0) - t(kept[..., g], 0)
                                 for g, t in self._units)
+            # what a cut in both of two interacting axes saves beyond their own tables
+            saved = saved + sum(t(kept[..., a], self.sizes[b]) + t(self.sizes[a], kept[..., b])
+                                - t(kept[..., a], kept[..., b]) - t(self.sizes[a], self.sizes[b])
+                                for a, b, t in self._pairs)
         return np.maximum(self.total - self.scale * saved, self.floor * self.total)
 
     def summary(self) -> dict:
         """How much of the whole model's time the tables cover."""
-        return dict(whole=self.total, tables=len(self._used) + len(self._units),
+        return dict(whole=self.total, tables=len(self._used) + len(self._units) + len(self._pairs),
                     covered=self._covered)
 
 
@@ -205,6 +238,24 @@ def _monotone(kept: Sequence[int], seconds: Sequence[float]) -> list:
     out = np.empty_like(fixed)
     out[order] = fixed
     return out.tolist()
+
+
+def _unit_grid(rule, info, axis: str, size: int) -> list:
+    """The kept counts a unit table of ``axis`` measures (whole numbers of its blocks)."""
+    blocks = int(rule.unit_blocks(info, axis))
+    return sorted({max(blocks, int(round(f * size / blocks)) * blocks)
+                   for f in FRACTIONS_UNITS}, reverse=True)
+
+
+def _monotone_grid(grid_a: Sequence[int], grid_b: Sequence[int], seconds) -> list:
+    """A two-axis table's ``seconds[i][j]`` never falling as either count grows
+    (:func:`_monotone` along both axes).
+
+    >>> _monotone_grid([4, 2], [8, 4], [[3.0, 2.0], [3.5, 1.0]])
+    [[3.5, 2.0], [3.5, 1.0]]
+    """
+    fixed = np.array([_monotone(grid_b, row) for row in seconds], np.float64)
+    return np.array([_monotone(grid_a, col) for col in fixed.T]).T.tolist()
 
 
 class _Tied(LatencyTable):
