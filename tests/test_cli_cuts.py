@@ -61,6 +61,29 @@ def test_a_vit_classifier_under_a_target_loses_heads_and_mlp_width(tmp_path, bud
     assert abs(1 - report[f"{budget}_after"] / report[f"{budget}_before"] - 0.5) <= 0.02, report
 
 
+def test_head_widths_through_the_command_line(tmp_path):
+    """``--head-dims``: a functional model on Keras's ``MultiHeadAttention`` loses head
+    widths with whole heads (at ``--ratio 0.5``, every kind of unit loses half), verifies
+    and reloads with the parameters reported; under ``--params-target`` the widths are
+    offered to the allocation (its choice is by importance: tests/test_unit_budget.py)."""
+    made = run_case("tensorflow", "keras3_vit_cases.py", "make_mha", tmp_path)
+    for flags in (["--ratio", "0.5"], ["--params-target", "0.5"]):
+        out = tmp_path / flags[0][2:]
+        proc = _cli(["--model-path", made["path"], "--data", "digits", *flags, "--head-dims",
+                     "--finetune-epochs", "1", "--out", str(out)])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads((out / "report.json").read_text())
+        plan = json.loads((out / "plan.json").read_text())
+        widths = [c for c in plan["cuts"] if c["unit"] in ("key_dim", "value_dim")]
+        assert len(widths) == 4, plan["cuts"]  # both layers' key and value widths
+        assert report["verify_max_diff"] is not None and report["verify_max_diff"] <= 1e-5
+        if flags[0] == "--ratio":
+            assert all(c["removed"] == c["size"] // 2 for c in widths), widths
+    assert abs(1 - report["params_after"] / report["params_before"] - 0.5) <= 0.02, report
+    saved = run_case("tensorflow", "keras3_vit_cases.py", "load", out / "pruned.keras")
+    assert saved["params"] == report["params_after"]
+
+
 @pytest.mark.parametrize("flags", (["--params-target", "1.5"],
                                    ["--params-target", "0.5", "--ratio", "0.3"]))
 def test_a_bad_params_target_is_one_line(tmp_path, capsys, flags):

@@ -58,7 +58,7 @@ def _cached_criterion(name: str):
 def _plan_kwargs(args, criterion, data, scope=None, candidates=1) -> dict:
     kwargs = dict(criterion=criterion, policy=args.policy, round_to=args.round_to,
                   min_channels=args.min_channels, scope=scope or args.scope, data=data)
-    for switch in ("depth", "query_groups", "compensate"):  # off unless asked for
+    for switch in ("depth", "head_dims", "query_groups", "compensate"):  # off unless asked
         if getattr(args, switch, False):
             kwargs[switch] = True
     if candidates > 1:  # EagleEye: compare allocations of the budget after adaptive BN

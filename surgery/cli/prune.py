@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depth", action="store_true",
                    help="also remove whole transformer blocks (keras-hub ViT and DeiT "
                         "encoders, pre-norm LM decoders), costed with the heads and widths")
+    g.add_argument("--head-dims", action="store_true",
+                   help="attention layers (MultiHeadAttention) also lose per-head query/key "
+                        "and value widths, costed with the head count")
     g.add_argument("--query-groups", action="store_true",
                    help="grouped-query attention loses whole key/value groups (with their "
                         "query heads) instead of query heads from every group")
