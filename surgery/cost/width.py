@@ -128,6 +128,7 @@ class WidthModel:
         #: ``(call or layer row, group a, group b, (a, b, c, d))`` of each pair of unit
         #: groups of one layer whose costs multiply (filled by the subclasses)
         self.pair_terms: list[tuple] = []
+        self._pair_arrays = None  # pair_terms as arrays, made by the first pairs() call
         self.pair_calls: list[tuple] = []  # (call index, group a, group b, axis a, axis b)
 
         def constant(channels: int) -> np.ndarray:
@@ -187,11 +188,13 @@ class WidthModel:
         input and output channel counts of the rows the terms belong to."""
         if not self.pair_terms:
             return 0.0
+        if self._pair_arrays is None:  # pair_terms are set once, by the subclass
+            groups = [np.array([t[k] for t in self.pair_terms], int) for k in (1, 2)]
+            self._pair_arrays = (np.array([r for r, _, _, _ in self.pair_terms], int), groups,
+                                 np.array([t for _, _, _, t in self.pair_terms]).reshape(-1, 4).T)
+        rows, groups, (a, b, c, d) = self._pair_arrays
         kept = np.asarray(kept, np.float64)
-        rows = np.array([r for r, _, _, _ in self.pair_terms], int)
-        gone = [kept[..., np.array([t[k] for t in self.pair_terms], int)]
-                - self.sizes[np.array([t[k] for t in self.pair_terms], int)] for k in (1, 2)]
-        a, b, c, d = np.array([t for _, _, _, t in self.pair_terms]).reshape(-1, 4).T
+        gone = [kept[..., g] - self.sizes[g] for g in groups]
         i, o = i[..., rows], o[..., rows]
         return (gone[0] * gone[1] * (a * i * o + b * i + c * o + d)).sum(axis=-1)
 
