@@ -19,6 +19,9 @@ blocks, 4 heads, hidden 16, MLP 32, random weights) and prints one JSON line:
   key/value groups (each with its query heads), by ratio and under ``params_target``;
 * ``compensation``: the ViT at half its heads and MLP units with ``compensate=True``: the
   MLP units' mean outputs folded into each block's second Dense bias;
+* ``latency_tables``: ``plan_for_latency`` on tables given by hand: where only the
+  ``"blocks"`` table saves time, the plan removes one block and nothing else; where the
+  blocks table is flat (a block saves nothing), it removes heads and MLP units, no block;
 * the pruned model saved as ``OUT/depth.keras`` and reloaded (``reloaded``: the largest
   output difference), and exported to ONNX and run in ONNX Runtime (``onnx``).
 """
@@ -101,6 +104,39 @@ def _query_groups(out):
     return report
 
 
+def _latency_tables():
+    """What a latency plan removes when the tables price only blocks, or all but blocks
+    (seconds over the kept count; the whole model takes 3), for a third of its time."""
+    import surgery
+    from surgery.calibration.latency import plan_for_latency
+    from surgery.cost.table import LatencyTable
+    from surgery.engine.zeroing import max_relative_difference
+    from surgery.engine.graph import resolve
+    from surgery.pruning.planning import PlanSpec
+
+    model, x = _model()
+    graph = resolve(model)
+    out = {}
+    for case, (block_time, width_time) in {"blocks_priced": ((1.0, 2.0, 3.0), 0.0),
+                                           "blocks_flat": ((3.0, 3.0, 3.0), 0.1)}.items():
+        tables = {f"{ENC}:blocks": LatencyTable([1, 2, 3], [0], [[t] for t in block_time])}
+        for b in (1, 2, 3):
+            tables[f"{ENC}:transformer_block_{b}/heads"] = LatencyTable(
+                [1, 2, 4], [0], [[width_time * h] for h in (1, 2, 4)])
+            tables[f"{ENC}:transformer_block_{b}/mlp_dim"] = LatencyTable(
+                [8, 16, 32], [0], [[width_time * m / 8] for m in (8, 16, 32)])
+        p = plan_for_latency(graph, 0.33, spec=PlanSpec(depth=True), tables=tables,
+                             whole=3.0, check=False, round_to=1, progress=False)
+        out[case] = dict(
+            removed={axis: len(v) for axes in p.units.values() for axis, v in axes.items()
+                     if v},
+            predicted=p.settings["latency_predicted"],
+            verify=surgery.verify(model, surgery.apply(model, p), p, x),
+            moved=max_relative_difference(_outputs(model, x), _outputs(
+                surgery.zero_channels(model, p.deletions, p.units), x)))
+    return out
+
+
 def run(out):
     import surgery
     from surgery.engine.zeroing import max_relative_difference
@@ -176,6 +212,7 @@ def run(out):
         folded=sorted(a for axes in record["units"].values() for a in axes),
         skipped=record["skipped"], verify=surgery.verify(fresh, small, folded, x),
         moved=max_relative_difference(_outputs(small, x), _outputs(plain, x)))
+    report["latency_tables"] = _latency_tables()
     path = os.path.join(out, "depth.keras")
     pruned.save(path)
     reloaded = keras.saving.load_model(path)

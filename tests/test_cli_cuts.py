@@ -33,9 +33,8 @@ def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path):
 
 def _run_vit(tmp_path, *flags):
     """The ViT classifier through the command line with ``flags``: (report, plan, cut
-    units); the run succeeded, cut heads and MLP widths (or a block, which takes both,
-    and one of them), verified, and saved a model
-    that loads with the parameters and FLOPs reported."""
+    units); the run succeeded, cut something, verified, and saved a model that loads with
+    the parameters and FLOPs reported."""
     made = run_case("tensorflow", "keras3_vit_cases.py", "make", tmp_path)
     out = tmp_path / "run"
     proc = _cli(["--model-path", made["path"], "--data", "digits", *flags,
@@ -44,9 +43,7 @@ def _run_vit(tmp_path, *flags):
     report = json.loads((out / "report.json").read_text())
     plan = json.loads((out / "plan.json").read_text())
     cut = {c["unit"] for c in plan["cuts"] if c["removed"]}
-    kinds = [any(u.endswith(kind) for u in cut) for kind in ("heads", "mlp_dim")]
-    # a latency plan's mix follows the measured tables: a removed block is heads and MLP
-    assert all(kinds) or ("blocks" in cut and any(kinds)), cut
+    assert cut, plan["cuts"]
     assert report["verify_max_diff"] is not None and report["verify_max_diff"] <= 1e-5
     saved = run_case("tensorflow", "keras3_vit_cases.py", "load", out / "pruned.keras")
     assert (saved["params"], saved["flops"]) == (report["params_after"], report["flops_after"])
@@ -57,7 +54,8 @@ def _run_vit(tmp_path, *flags):
 def test_a_vit_classifier_under_a_target_loses_heads_and_mlp_width(tmp_path, budget):
     """Issue 30: FLOPs and parameter budgets cost heads and block widths with the
     channels, so the plan lands within 2 points of the target and cuts both."""
-    report, _, _ = _run_vit(tmp_path, f"--{budget}-target", "0.5")
+    report, _, cut = _run_vit(tmp_path, f"--{budget}-target", "0.5")
+    assert {u.rsplit("/", 1)[-1] for u in cut} == {"heads", "mlp_dim"}, cut
     assert abs(1 - report[f"{budget}_after"] / report[f"{budget}_before"] - 0.5) <= 0.02, report
 
 
@@ -105,11 +103,19 @@ def test_a_plan_that_removes_nothing_stops_with_one_line(tmp_path, capsys):
     assert not out.exists() or not os.listdir(out)
 
 
-def test_a_vit_classifier_under_a_latency_target_loses_heads_mlp_width_and_a_block(tmp_path):
+def test_a_vit_classifier_under_a_latency_target_prices_heads_mlp_width_and_blocks(tmp_path):
     """Issue 30: the latency tables time a keras-hub block with fewer heads, MLP units or
-    blocks as they time a layer with fewer channels, so a latency plan cuts all three,
-    exactly. (How near the measured cut lands is the bench's to show, not a test's.)"""
+    blocks as they time a layer with fewer channels, so all three are offered to one
+    allocation, and what it cuts is exact. Which of them it takes follows measured times
+    of a few hundred microseconds, whose noise decides between near-equal mixes (seen:
+    one block alone, or one block's heads and MLP units), so the mix is not asserted here;
+    tests/test_unit_budget.py checks the choice on tables given by hand, and how near the
+    measured cut lands is the bench's to show."""
     _, plan, cut = _run_vit(tmp_path, "--latency-target", "0.5", "--latency-batch-size", "32",
                             "--threads", "2", "--depth")
-    assert "blocks" in cut, plan["cuts"]
-    assert plan["settings"]["latency_checks"], plan["settings"]
+    offered = {c["unit"].rsplit("/", 1)[-1]: c["size"] for c in plan["cuts"]}
+    assert offered == {"heads": 4, "mlp_dim": 128, "blocks": 2}, plan["cuts"]
+    settings = plan["settings"]
+    assert settings["latency_checks"] and settings["latency_reachable"], settings
+    # timed, the cut model is faster (seen: 45 % to 63 % less time, for a 50 % target)
+    assert settings["latency_removed"] >= 0.2, settings

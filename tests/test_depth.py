@@ -67,3 +67,18 @@ def test_keras_hub_mlp_units_means_fold_into_the_next_bias(report):
     assert all(k.endswith("heads") for k in r["skipped"]) and len(r["skipped"]) == 3
     assert r["verify"] <= 1e-5          # against the compensated zeroed original
     assert r["moved"] > 1e-3            # compensation changed the cut model
+
+
+def test_a_latency_plan_removes_blocks_as_their_table_prices_them(report):
+    """Under ``latency_target``, a block is priced by the ``"blocks"`` table as heads and
+    MLP units by theirs: tables that save time only by blocks give a plan of one block,
+    and a flat blocks table (a block saves nothing) a plan of heads and MLP units alone.
+    (The command line's measured tables: tests/test_cli_cuts.py.)"""
+    r = report["latency_tables"]
+    assert r["blocks_priced"]["removed"] == {"blocks": 1}, r
+    flat = r["blocks_flat"]["removed"]
+    assert flat and "blocks" not in flat, r
+    assert r["blocks_priced"]["predicted"] == pytest.approx(1 / 3, abs=1e-4)
+    assert abs(r["blocks_flat"]["predicted"] - 0.33) <= 0.02, r
+    for case in r.values():
+        assert case["verify"] <= 1e-5 and case["moved"] > 1e-2, r
