@@ -21,6 +21,9 @@ from keras import layers, ops  # noqa: E402
 T, D, HEADS, HEAD, FF = 6, 16, 2, 8, 32
 CASES = ("llama_block", "hub_norms")
 BACKBONES = ("vit", "deit", "bert", "llama", "mistral", "qwen3", "gemma3", "gpt2")
+#: the backbones whose blocks' attention loses head widths (the decoders with rotary
+#: position embeddings offer heads and query groups only)
+HEAD_WIDTHS = ("vit", "deit", "bert", "gpt2")
 
 
 def _randomize(model, seed=0):
@@ -207,6 +210,24 @@ def prune(out):
         np.savez(os.path.join(out, f"{case}.npz"), y=_outputs(pruned, data),
                  **(data if isinstance(data, dict) else {"x": data}))
 
+    for case in HEAD_WIDTHS:  # head widths with heads, under a FLOPs target
+        model, data = backbone(case)
+        plan = surgery.plan(model, flops_target=0.5, head_dims=True)
+        pruned = surgery.apply(model, plan)
+        zeroed = surgery.zero_channels(model, plan.deletions, plan.units)
+        report[f"{case}_head_dims"] = {
+            "widths": {f"{layer}:{axis}": len(v) for layer, axes in plan.units.items()
+                       for axis, v in axes.items()
+                       if v and axis.rpartition("/")[2] in ("key_dim", "value_dim")},
+            "verify": surgery.verify(model, pruned, plan, data),
+            "moved": max_relative_difference(_outputs(model, data), _outputs(zeroed, data)),
+            "flops": [surgery.count_flops(model), plan.settings["flops_after"],
+                      surgery.count_flops(pruned)],
+        }
+        pruned.save(os.path.join(out, f"{case}_head_dims.keras"))
+        np.savez(os.path.join(out, f"{case}_head_dims.npz"), y=_outputs(pruned, data),
+                 **(data if isinstance(data, dict) else {"x": data}))
+
     keras.config.set_floatx("float64")
     keras.utils.set_random_seed(0)
     model = _randomize(layernorm_model())
@@ -237,7 +258,8 @@ def load(out):
         y = _outputs(model, saved["x"])
         report[case] = float(np.max(np.abs(y - saved["y"])) / np.max(np.abs(saved["y"])))
     keras.config.set_floatx("float32")
-    for case in BACKBONES + tuple(f"{b}_params" for b in BACKBONES):
+    for case in BACKBONES + tuple(f"{b}_params" for b in BACKBONES) + \
+            tuple(f"{b}_head_dims" for b in HEAD_WIDTHS):
         model = keras.saving.load_model(os.path.join(out, f"{case}.keras"))
         saved = dict(np.load(os.path.join(out, f"{case}.npz")))
         expected = saved.pop("y")

@@ -75,10 +75,24 @@ def test_keras_hub_backbones_lose_half_their_heads_and_mlp_width_exactly(pruned,
     assert r["params_target_verify"] <= 1e-5
 
 
+@pytest.mark.parametrize("case", ("vit", "deit", "bert", "gpt2"))
+def test_keras_hub_blocks_lose_head_widths_under_a_flops_target(pruned, case):
+    """``head_dims=True``: each block's key and value widths are offered with its heads
+    (ViT and DeiT encoders hold every block in one layer: ``"<block>/key_dim"``); the plan
+    under ``flops_target=0.5`` cuts some, its FLOPs are exactly the cut model's, within 2
+    points of the target, and the cut model matches the zeroed original."""
+    r = pruned[1][f"{case}_head_dims"]
+    assert r["widths"], r
+    before, predicted, measured = r["flops"]
+    assert predicted == measured and abs(1 - measured / before - 0.5) <= 0.02, r
+    assert r["verify"] <= 1e-5 and r["moved"] > 1e-2, r
+
+
 def test_pruned_models_reload_in_a_fresh_process(pruned):
     report = _child("load", pruned[0])
     hub = ["vit", "deit", "bert", "llama", "mistral", "qwen3", "gemma3", "gpt2"]
-    for case in list(TOLERANCE) + hub + [f"{b}_params" for b in hub]:
+    widths = [f"{b}_head_dims" for b in ("vit", "deit", "bert", "gpt2")]
+    for case in list(TOLERANCE) + hub + [f"{b}_params" for b in hub] + widths:
         assert report[case] == pytest.approx(0.0, abs=1e-6), case
     # blocks whose widths the stock config cannot express load as surgery's equivalents
     assert "surgery.ViTEncoder" in report["vit_classes"]

@@ -63,10 +63,29 @@ class _HeadWidths:
         return dict(super().get_config(), key_dim=self.key_dim, value_dim=self.value_dim)
 
 
+class _BlockHeadWidths:
+    """What the ViT and DeiT encoder blocks' equivalents share: a ``key_dim`` (read by the
+    stock build) and a ``value_dim`` (``None``: the key width, as in the stock block; else
+    the block's attention is rebuilt at both widths once built)."""
+
+    def __init__(self, *args, key_dim: Optional[int] = None, value_dim: Optional[int] = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        if key_dim is not None:
+            self.key_dim = int(key_dim)
+        self.value_dim = None if value_dim is None else int(value_dim)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.value_dim is not None and self.value_dim != self.key_dim:
+            _replace_attention(self, "mha", input_shape, self.key_dim, self.value_dim)
+
+
 class _PerBlockWidths:
     """What the ViT and DeiT encoder equivalents share: each block's ``num_heads``,
-    ``key_dim`` and ``mlp_dim`` in their config (``blocks``; ``None``: all blocks as the
-    stock config), and the built blocks swapped for ones at those widths (``_block``)."""
+    ``key_dim``, ``value_dim`` (optional) and ``mlp_dim`` in their config (``blocks``;
+    ``None``: all blocks as the stock config), and the built blocks swapped for ones at
+    those widths (``_block``)."""
 
     def __init__(self, *args, blocks: Optional[list] = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,7 +99,7 @@ class _PerBlockWidths:
             old = self.encoder_layers[i]
             new = self._block(dims, dict(
                 num_heads=dims["num_heads"], key_dim=dims["key_dim"],
-                hidden_dim=self.hidden_dim, dropout_rate=self.dropout_rate,
+                value_dim=dims.get("value_dim"), hidden_dim=self.hidden_dim, dropout_rate=self.dropout_rate,
                 use_mha_bias=self.use_mha_bias, attention_dropout=self.attention_dropout,
                 layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
                 name=old.name))
@@ -135,15 +154,12 @@ def transformer_decoder_class():
 @functools.lru_cache(maxsize=None)
 def vit_encoder_class():
     """keras-hub's ``ViTEncoder`` whose config may list each block's ``num_heads``,
-    ``key_dim`` and ``mlp_dim`` (``blocks``; ``None``: all blocks as the stock config)."""
+    ``key_dim``, ``value_dim`` and ``mlp_dim`` (``blocks``; ``None``: all blocks as the stock config)."""
     from keras_hub.src.models.vit.vit_layers import ViTEncoder as Stock  # lazy: slow import
     from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock as StockBlock
 
-    class ViTEncoderBlock(StockBlock):
-        def __init__(self, *args, key_dim: Optional[int] = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            if key_dim is not None:
-                self.key_dim = int(key_dim)  # read by the stock build
+    class ViTEncoderBlock(_BlockHeadWidths, StockBlock):
+        pass
 
     @keras.saving.register_keras_serializable(package=PACKAGE, name="ViTEncoder")
     class ViTEncoder(_PerBlockWidths, Stock):
@@ -298,11 +314,8 @@ def deit_encoder_class():
     its config (``blocks``)."""
     from keras_hub.src.models.deit import deit_layers  # lazy: keras-hub takes 10 s
 
-    class DeiTEncoderBlock(deit_layers.DeiTEncoderBlock):
-        def __init__(self, *args, key_dim: Optional[int] = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            if key_dim is not None:
-                self.key_dim = int(key_dim)  # read by the stock build
+    class DeiTEncoderBlock(_BlockHeadWidths, deit_layers.DeiTEncoderBlock):
+        pass
 
     @keras.saving.register_keras_serializable(package=PACKAGE, name="DeiTEncoder")
     class DeiTEncoder(_PerBlockWidths, _ConfigOfAttributes, deit_layers.DeiTEncoder):

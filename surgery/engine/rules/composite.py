@@ -29,7 +29,8 @@ from surgery.engine.rules.depth import BLOCKS, BlockDepth, block_change, is_skip
 from surgery.engine.rules.decoder_forward import position_mean, transformer_forward
 from surgery.engine.rules.registry import register_rule, rule_for
 
-_HEAD_AXES = ("heads", "key_dim", "value_dim")
+#: The unit axes of a block's self-attention (the MultiHeadAttention rule's).
+ATTENTION_AXES = ("heads", "key_dim", "value_dim")
 
 
 def attention_call(info, name: str, weights, heads: int, key_dim: int, value_dim: int,
@@ -95,7 +96,7 @@ class TransformerEncoderRule(LayerRule):
         return rule.interacting_axes(sub)
 
     def unit_slices(self, info, axis):
-        if axis in _HEAD_AXES:  # the attention's weights come first: same indices
+        if axis in ATTENTION_AXES:  # the attention's weights come first: same indices
             sub, rule = self._attention(info)
             return rule.unit_slices(sub, axis)
         if axis == "intermediate_dim":
@@ -103,7 +104,7 @@ class TransformerEncoderRule(LayerRule):
         return super().unit_slices(info, axis)
 
     def unit_matrix(self, info, axis):
-        if axis in _HEAD_AXES:
+        if axis in ATTENTION_AXES:
             sub, rule = self._attention(info)
             return rule.unit_matrix(sub, axis)
         return super().unit_matrix(info, axis)
@@ -111,7 +112,7 @@ class TransformerEncoderRule(LayerRule):
     def cut_units(self, info, cuts):
         weights = list(info.weights)
         config = dict(info.config)
-        attention_cuts = {a: v for a, v in cuts.items() if a in _HEAD_AXES and len(v)}
+        attention_cuts = {a: v for a, v in cuts.items() if a in ATTENTION_AXES and len(v)}
         if attention_cuts:
             sub, rule = self._attention(info)
             sub_config, weights[self.attention] = rule.cut_units(sub, attention_cuts)

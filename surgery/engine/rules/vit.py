@@ -2,7 +2,8 @@
 
 The encoder's rule opens it as :mod:`surgery.engine.rules.composite` opens one block: it
 finds each block's sublayers among the encoder's weights, lets the attention rule cut each
-block's heads, cuts each block's MLP width itself, and offers the blocks as the unit axis
+block's heads and head widths (key and value widths: ``"<block>/key_dim"``,
+``"<block>/value_dim"``, offered with ``head_dims=True``), cuts each block's MLP width itself, and offers the blocks as the unit axis
 ``"blocks"`` (depth). For the ``activation`` criterion it runs the blocks in one NumPy pass
 on the encoder's input.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from surgery.engine.rules.base import BLOCKING, CLASS_KEY, LayerRule, with_config
-from surgery.engine.rules.composite import attention_call, positions_of
+from surgery.engine.rules.composite import ATTENTION_AXES, attention_call, positions_of
 from surgery.engine.rules.numerics import gelu, layer_norm
 from surgery.engine.rules.registry import register_rule
 
@@ -22,11 +23,12 @@ class ViTEncoderRule(LayerRule):
     (``transformer_block_{i+1}``) holds ``ln_1`` (2 weights), ``mha`` (8, or 4 without
     biases), ``ln_2`` (2) and an MLP ``dense_1`` / ``dense_2`` (2 each, 1 without biases);
     the final ``ln`` (2) comes last. Each block's unit axes are ``"<block>/heads"`` and
-    ``"<block>/mlp_dim"``, and the blocks themselves are the axis ``"blocks"`` (depth: a
+    ``"<block>/mlp_dim"`` (and its head widths ``"<block>/key_dim"`` and
+    ``"<block>/value_dim"``), and the blocks themselves are the axis ``"blocks"`` (depth: a
     block adds its attention and MLP branches to the residual stream, so with both
     branches' output projections zero it is the identity, and removing it changes
     nothing); the pruned encoder is rebuilt as ``surgery>ViTEncoder``, whose config lists
-    each remaining block's ``num_heads``, ``key_dim`` and ``mlp_dim``."""
+    each remaining block's ``num_heads``, ``key_dim``, ``value_dim`` and ``mlp_dim``."""
 
     flow = BLOCKING
     registered = "surgery>ViTEncoder"
@@ -48,6 +50,7 @@ class ViTEncoderRule(LayerRule):
         dense = 2 if config.get("use_mlp_bias", True) else 1
         blocks, start = [], 0
         for i, d in enumerate(dims):
+            d = dict(d, value_dim=d.get("value_dim") or d["key_dim"])
             blocks.append(dict(d, name=f"transformer_block_{i + 1}", mha=start + 2,
                                mha_end=start + 2 + mha, dense_1=start + 4 + mha,
                                dense_2=start + 4 + mha + dense, bias=dense == 2,
@@ -59,13 +62,13 @@ class ViTEncoderRule(LayerRule):
         return attention_call(
             info, f"{block['name']}/mha",
             info.weights[block["mha"]:block["mha_end"]] if weights is None else weights,
-            block["num_heads"], block["key_dim"], block["key_dim"],
+            block["num_heads"], block["key_dim"], block["value_dim"],
             bool(info.config.get("use_mha_bias", True)))
 
     def _find(self, info, axis):
         name, _, unit = axis.rpartition("/")
         block = next((b for b in self._blocks(info) if b["name"] == name), None)
-        if block is None or unit not in ("heads", "mlp_dim"):
+        if block is None or unit not in (*ATTENTION_AXES, "mlp_dim"):
             return super().unit_slices(info, axis)
         return block, unit
 
@@ -74,6 +77,8 @@ class ViTEncoderRule(LayerRule):
         blocks = self._blocks(info)
         for b in blocks:
             axes[f"{b['name']}/heads"] = b["num_heads"]
+            axes[f"{b['name']}/key_dim"] = b["key_dim"]
+            axes[f"{b['name']}/value_dim"] = b["value_dim"]
             axes[f"{b['name']}/mlp_dim"] = b["mlp_dim"]
         if len(blocks) > 1:
             axes["blocks"] = len(blocks)
@@ -81,7 +86,11 @@ class ViTEncoderRule(LayerRule):
 
     def block_axes(self, info, block: int) -> list:
         name = self._blocks(info)[block]["name"]
-        return [f"{name}/heads", f"{name}/mlp_dim"]
+        return [f"{name}/{axis}" for axis in (*ATTENTION_AXES, "mlp_dim")]
+
+    def interacting_axes(self, info) -> list:
+        return [(f"{b['name']}/heads", f"{b['name']}/{width}") for b in self._blocks(info)
+                for width in ("key_dim", "value_dim")]
 
     @staticmethod
     def _branch_outputs(block) -> list:
@@ -106,9 +115,9 @@ class ViTEncoderRule(LayerRule):
         if axis == "blocks":
             raise NotImplementedError("a block is zeroed by zero_units, not by slices")
         block, unit = self._find(info, axis)
-        if unit == "heads":
+        if unit in ATTENTION_AXES:
             sub, rule = self._attention(info, block)
-            return [(block["mha"] + i, a) for i, a in rule.unit_slices(sub, "heads")]
+            return [(block["mha"] + i, a) for i, a in rule.unit_slices(sub, unit)]
         slices = [(block["dense_1"], -1)]
         return slices + [(block["dense_1"] + 1, 0)] if block["bias"] else slices
 
@@ -121,9 +130,9 @@ class ViTEncoderRule(LayerRule):
                 matrix[i, :len(r)] = r
             return matrix
         block, unit = self._find(info, axis)
-        if unit == "heads":
+        if unit in ATTENTION_AXES:
             sub, rule = self._attention(info, block)
-            return rule.unit_matrix(sub, "heads")
+            return rule.unit_matrix(sub, unit)
         return super().unit_matrix(info, axis)
 
     def _forward(self, info, inputs: list):
@@ -183,18 +192,21 @@ class ViTEncoderRule(LayerRule):
         for i, b in enumerate(blocks):
             if i in removed:
                 continue
-            heads = list(cuts.get(f"{b['name']}/heads", ()))
+            attention = {a: list(cuts[f"{b['name']}/{a}"]) for a in ATTENTION_AXES
+                         if cuts.get(f"{b['name']}/{a}")}
             gone = list(cuts.get(f"{b['name']}/mlp_dim", ()))
-            if heads:
+            if attention:  # the attention rule folds a key width cut into the query scale
                 sub, rule = self._attention(info, b)
-                _, weights[b["mha"]:b["mha_end"]] = rule.cut_units(sub, {"heads": heads})
+                _, weights[b["mha"]:b["mha_end"]] = rule.cut_units(sub, attention)
             if gone:
                 k = b["dense_1"]
                 weights[k] = np.delete(weights[k], gone, axis=-1)
                 if b["bias"]:
                     weights[k + 1] = np.delete(weights[k + 1], gone, axis=0)
                 weights[b["dense_2"]] = np.delete(weights[b["dense_2"]], gone, axis=0)
-            dims.append(dict(num_heads=b["num_heads"] - len(heads), key_dim=b["key_dim"],
+            dims.append(dict(num_heads=b["num_heads"] - len(attention.get("heads", ())),
+                             key_dim=b["key_dim"] - len(attention.get("key_dim", ())),
+                             value_dim=b["value_dim"] - len(attention.get("value_dim", ())),
                              mlp_dim=b["mlp_dim"] - len(gone)))
         for b in sorted((blocks[i] for i in removed), key=lambda b: -b["start"]):
             del weights[b["start"]:b["end"]]  # from the last: earlier indices stay valid
