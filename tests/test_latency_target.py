@@ -565,3 +565,41 @@ def test_compare_pairs_each_pruned_run_with_the_original_runs_beside_it(monkeypa
     assert more["rounds"] == 8 and more["ratios"][:4] == noisy["ratios"], more["ratios"]
     assert len(more["times"]["pruned"]) == 56 and len(noisy["times"]["pruned"]) == 28
     assert more["spread"] < noisy["spread"]
+
+
+def test_a_stale_curve_that_makes_the_same_plan_again_is_corrected_by_the_plan_alone(
+        tmp_path, monkeypatch):
+    """Checks of this architecture from other runs (here: twenty saying that a plan of the
+    first plan's depth cuts 40 %) can pull the curve so that its correction makes the plan
+    just checked again. That plan's own check then sets the scale alone, once: the next
+    plan moves, and lands (measured cut = 2 × depth², as above)."""
+    import surgery.cost.timing as timing
+
+    def check(original, pruned, runners, **kwargs):
+        runners["original"](), runners["pruned"]()
+        wa, wb = pruned.get_layer("a").filters, pruned.get_layer("b").filters
+        depth = (100.0 * (32 - wa) + 10.0 * (32 - wb)) / 4000.0
+        ratio = 1.0 - 2.0 * depth ** 2
+        return dict(before=1.0, after=ratio, ratio=ratio, rounds=2, ratios=[ratio],
+                    spread=0.01)
+
+    monkeypatch.setattr(timing, "compare", check)
+    model = _model()
+    kw = dict(runtime="tensorflow", threads=1, round_to=1, tables=_tables("a"), whole=4000.0,
+              progress=False)
+    first = plan_for_latency(model, 0.4, corrections=0, cache_dir=str(tmp_path / "fresh"),
+                             **kw).settings
+    predicted, measured, scale = first["latency_checks"][0]
+    depth = round(predicted / scale, 4)
+    assert abs(measured - 0.4) > 0.03  # the tables alone miss
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    cache = TableCache(cpu_key(get_runtime("tensorflow"), resolve(model).model, 1, 1),
+                       str(stale))
+    open(cache.path, "w").write(json.dumps(dict(
+        version=2, key=cache.key, whole={}, curves={_architecture(model): [[depth, 0.4]] * 20},
+        scales={})))
+    s = plan_for_latency(model, 0.4, cache_dir=str(stale), **kw).settings
+    checks = s["latency_checks"]
+    assert round(checks[0][0] / checks[0][2], 4) == depth  # the stale curve's plan
+    assert len(checks) >= 2 and s["latency_removed"] == pytest.approx(0.4, abs=0.03), checks

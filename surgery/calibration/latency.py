@@ -333,15 +333,24 @@ def _calibrate(search: Callable[[], _Check], est: LatencyEstimator, bench: _Benc
                curve: LatencyCurve, rule: Tolerance, corrections: int
                ) -> Tuple[_Check, List[_Check], _Check]:
     """Plan, time, and correct the scale along ``curve`` until ``rule`` settles, a
-    correction comes back to a plan already checked, or ``corrections`` are spent. Returns
+    correction comes back to a plan already checked (after one correction by that plan's
+    own check alone), or ``corrections`` are spent. Returns
     the check nearest the target, every check timed, and the last plan searched."""
     checks: List[_Check] = []
+    alone = False  # whether a repeated plan's own check has set the scale
     for _ in range(corrections + 1):
         last = search()
-        if checks and last.depth in [c.depth for c in checks]:
+        again = next((c for c in checks if c.depth == last.depth), None)
+        if again is not None and (alone or not again.on_curve):
             logger.info("latency_target=%.3f: the corrected plan is one already checked; the "
                         "channel steps are too coarse to move by less", rule.target)
             break
+        if again is not None:
+            # the curve (other plans' checks pooled with it, some from other runs) made this
+            # plan again: correct once by its own check alone
+            est.scale, alone = LatencyCurve([(again.depth, again.measured)]).scale_for(
+                rule.target), True
+            continue
         last.timed = bench.time(last, rule)
         checks.append(last)
         logger.info("latency_target=%.3f: the plan removes %.1f%% measured, %.1f%% predicted",
