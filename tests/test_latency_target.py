@@ -211,6 +211,16 @@ def test_a_new_plan_aims_closer_once_and_a_repeated_plan_accepts_its_landing(tmp
     assert "more than 3 points away" in caplog.text
 
 
+def _depth_squared_check(original, pruned, runners, **kwargs):
+    """A timing check made up from the plan's depth (what ``_tables`` unscaled predict it
+    removes) by a curve the tables do not know: measured cut = 2 × depth²."""
+    runners["original"](), runners["pruned"]()
+    wa, wb = pruned.get_layer("a").filters, pruned.get_layer("b").filters
+    depth = (100.0 * (32 - wa) + 10.0 * (32 - wb)) / 4000.0
+    ratio = 1.0 - 2.0 * depth ** 2
+    return dict(before=1.0, after=ratio, ratio=ratio, rounds=2, ratios=[ratio], spread=0.01)
+
+
 def test_a_new_target_starts_where_earlier_checks_of_the_architecture_put_it(tmp_path,
                                                                             monkeypatch):
     """Timing checks made up from the plan's depth (what the tables, unscaled, predict it
@@ -220,15 +230,7 @@ def test_a_new_target_starts_where_earlier_checks_of_the_architecture_put_it(tmp
     it would remove 15.6 %, and need another check."""
     import surgery.cost.timing as timing
 
-    def check(original, pruned, runners, **kwargs):
-        runners["original"](), runners["pruned"]()
-        wa, wb = pruned.get_layer("a").filters, pruned.get_layer("b").filters
-        depth = (100.0 * (32 - wa) + 10.0 * (32 - wb)) / 4000.0
-        ratio = 1.0 - 2.0 * depth ** 2
-        return dict(before=1.0, after=ratio, ratio=ratio, rounds=2, ratios=[ratio],
-                    spread=0.01)
-
-    monkeypatch.setattr(timing, "compare", check)
+    monkeypatch.setattr(timing, "compare", _depth_squared_check)
     model = _model()
     kw = dict(runtime="tensorflow", threads=1, round_to=1, tables=_tables("a"), whole=4000.0,
               cache_dir=str(tmp_path), progress=False)
@@ -575,15 +577,7 @@ def test_a_stale_curve_that_makes_the_same_plan_again_is_corrected_by_the_plan_a
     plan moves, and lands (measured cut = 2 × depth², as above)."""
     import surgery.cost.timing as timing
 
-    def check(original, pruned, runners, **kwargs):
-        runners["original"](), runners["pruned"]()
-        wa, wb = pruned.get_layer("a").filters, pruned.get_layer("b").filters
-        depth = (100.0 * (32 - wa) + 10.0 * (32 - wb)) / 4000.0
-        ratio = 1.0 - 2.0 * depth ** 2
-        return dict(before=1.0, after=ratio, ratio=ratio, rounds=2, ratios=[ratio],
-                    spread=0.01)
-
-    monkeypatch.setattr(timing, "compare", check)
+    monkeypatch.setattr(timing, "compare", _depth_squared_check)
     model = _model()
     kw = dict(runtime="tensorflow", threads=1, round_to=1, tables=_tables("a"), whole=4000.0,
               progress=False)
