@@ -99,7 +99,8 @@ class _PerBlockWidths:
             old = self.encoder_layers[i]
             new = self._block(dims, dict(
                 num_heads=dims["num_heads"], key_dim=dims["key_dim"],
-                value_dim=dims.get("value_dim"), hidden_dim=self.hidden_dim, dropout_rate=self.dropout_rate,
+                value_dim=dims.get("value_dim"), hidden_dim=self.hidden_dim,
+                dropout_rate=self.dropout_rate,
                 use_mha_bias=self.use_mha_bias, attention_dropout=self.attention_dropout,
                 layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
                 name=old.name))
@@ -154,7 +155,8 @@ def transformer_decoder_class():
 @functools.lru_cache(maxsize=None)
 def vit_encoder_class():
     """keras-hub's ``ViTEncoder`` whose config may list each block's ``num_heads``,
-    ``key_dim``, ``value_dim`` and ``mlp_dim`` (``blocks``; ``None``: all blocks as the stock config)."""
+    ``key_dim``, ``value_dim`` and ``mlp_dim`` (``blocks``; ``None``: all blocks as the
+    stock config)."""
     from keras_hub.src.models.vit.vit_layers import ViTEncoder as Stock  # lazy: slow import
     from keras_hub.src.models.vit.vit_layers import ViTEncoderBlock as StockBlock
 

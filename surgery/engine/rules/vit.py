@@ -2,10 +2,10 @@
 
 The encoder's rule opens it as :mod:`surgery.engine.rules.composite` opens one block: it
 finds each block's sublayers among the encoder's weights, lets the attention rule cut each
-block's heads and head widths (key and value widths: ``"<block>/key_dim"``,
-``"<block>/value_dim"``, offered with ``head_dims=True``), cuts each block's MLP width itself, and offers the blocks as the unit axis
-``"blocks"`` (depth). For the ``activation`` criterion it runs the blocks in one NumPy pass
-on the encoder's input.
+block's heads and head widths (``"<block>/key_dim"``, ``"<block>/value_dim"``: offered
+with ``head_dims=True``), cuts each block's MLP width itself, and offers the blocks as the
+unit axis ``"blocks"`` (depth). For the ``activation`` criterion it runs the blocks in one
+NumPy pass on the encoder's input.
 """
 from __future__ import annotations
 
