@@ -23,7 +23,9 @@ ways:
 * ``global activation``: ``surgery.plan(latency_target=0.5, ..., criterion="activation",
   data=x_calib, candidates=N)`` (``--calib`` training images; ``--candidates`` N, default
   8: allocations trading kinds of unit, the closest to the original on them kept);
-* ``global activation + depth``: the same with ``depth=True``.
+* ``global activation + depth``: the same with ``depth=True``;
+* (only when named in ``--variants``) ``global activation + head widths``: the same with
+  ``head_dims=True`` (each block's key and value widths offered too).
 
 A plan that cannot be made (a ``surgery.SurgeryError``: on this ViT, "channels only" has
 nothing to cut, since the hidden width crosses mean-centred LayerNorms and every other
@@ -102,6 +104,8 @@ RUNTIME = "onnxruntime"
 GOAL = 0.5  # the latency ratio every plan aims at
 VARIANTS = ("channels only", "uniform weight norm", "global activation",
             "global activation + depth")
+#: run when named in ``--variants`` (not by default): the global plan with head widths
+EXTRA_VARIANTS = ("global activation + head widths",)
 
 
 # ----------------------------------------------------------------------------- model
@@ -250,6 +254,8 @@ def plan_kwargs(name: str, x_calib, candidates: int = 1) -> dict:
         return ours
     if name == "global activation + depth":
         return dict(ours, depth=True)
+    if name == "global activation + head widths":
+        return dict(ours, head_dims=True)
     raise ValueError(name)
 
 
@@ -422,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--train-limit", type=int, default=None,
                    help="fine-tune on this many training images only (test stays whole)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
-                   metavar="NAME", help=f"which plans to run, of: {'; '.join(VARIANTS)}")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                   choices=VARIANTS + EXTRA_VARIANTS, metavar="NAME",
+                   help=f"which plans to run, of: {'; '.join(VARIANTS + EXTRA_VARIANTS)}")
     add_output_arguments(
         p, work_dir="/tmp/vit_fmnist",
         work="where the trained baseline is cached and cut models are written",

@@ -93,6 +93,37 @@ def test_planted_dead_heads_and_mlp_units_are_the_first_to_go(criterion):
     assert max_relative_difference(model(x), pruned(x)) <= 1e-5
 
 
+def test_head_widths_by_activation_are_those_the_data_leaves_unused():
+    """Minitron's activations for head widths: a key channel whose query weights are zero
+    adds nothing to the attention logits, and a value channel whose values are a thousandth
+    of the rest next to nothing to the contexts, whatever their other weights (ten times
+    the rest here, so weight norms keep them). With one key and one value channel to go
+    from each layer, the activations take exactly those; weight norms take others."""
+    model = tm.vit(keras)
+    for i in range(2):
+        layer = model.get_layer(f"mha{i}")
+        # query, key, value and output kernels, each with its bias
+        qk, qb, kk, kb, vk, vb, ok, ob = layer.get_weights()
+        qk[..., 2], qb[..., 2], kk[..., 2] = 0.0, 0.0, 10 * kk[..., 2]
+        vk[..., 5], vb[..., 5], ok[:, 5] = 1e-3 * vk[..., 5], 1e-3 * vb[..., 5], 10 * ok[:, 5]
+        layer.set_weights([qk, qb, kk, kb, vk, vb, ok, ob])
+    x = tm.inputs("vit", "float32")
+    planted = {(f"mha{i}", axis): [c] for i in range(2)
+               for axis, c in (("key_dim", 2), ("value_dim", 5))}
+    for criterion in ("activation", "l2"):
+        plan = surgery.plan(model, ratio=1 / tm.KEY_DIM, heads=False, head_dims=True,
+                            criterion=criterion, data=x)
+        widths = {(layer, axis): v for layer, axes in plan.units.items()
+                  for axis, v in axes.items() if axis in ("key_dim", "value_dim")}
+        assert set(widths) == set(planted), widths
+        if criterion == "activation":
+            assert widths == planted, widths
+            pruned = surgery.apply(model, plan)
+            assert surgery.verify(model, pruned, plan, x) <= 1e-5
+        else:
+            assert all(widths[k] != planted[k] for k in planted), widths
+
+
 def test_a_cost_model_blind_to_units_cuts_none():
     """``units=False`` (channels only) leaves every head alone, while the same ratio with
     units cuts heads."""

@@ -22,6 +22,7 @@ output, each kernel followed by its bias when ``use_bias``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -199,18 +200,32 @@ class MultiHeadAttentionRule(LayerRule):
 
     # ---- activations (scores from data) ------------------------------------------------
     def unit_activations(self, info, inputs: list) -> dict:
-        """``{"heads": (batch, heads)}``: each head's context (before the output
-        projection), its L2 norm over the head's width averaged over query positions,
-        per example, from a NumPy pass over the weights on the call's ``inputs``
-        (query, value[, key]; no attention mask: self-attention of full sequences)."""
+        """Per example, from a NumPy pass over the weights on the call's ``inputs``
+        (query, value[, key]; no attention mask: self-attention of full sequences):
+        ``"heads"``, each head's context (before the output projection), its L2 norm over
+        the head's width averaged over query positions; ``"value_dim"``, each value
+        channel's context, its L2 norm over the heads averaged over query positions;
+        ``"key_dim"``, each query/key channel's share of the attention logits (mean |q|
+        times mean |k| over positions), its L2 norm over the heads."""
         if any(np.ndim(t) != 3 for t in inputs) or info.config.get("use_gate"):
             return {}  # attention over several axes, or gated: scored by weights
-        heads = self.heads_forward(info, inputs)[0]
-        return {"heads": np.sqrt(np.square(heads).sum(axis=-1)).mean(axis=1)}
+        scores: dict = {}
+        self.heads_forward(info, inputs, scores)
+        return scores
 
-    def heads_forward(self, info, inputs: list) -> tuple:
+    @staticmethod
+    def _scores(q, k, contexts) -> dict:
+        """The activations of :meth:`unit_activations` from a pass's projections and
+        contexts (``(batch, positions, heads, width)`` each)."""
+        logits = np.abs(q).mean(axis=1) * np.abs(k).mean(axis=1)  # (batch, heads, key_dim)
+        return {"heads": np.sqrt(np.square(contexts).sum(axis=-1)).mean(axis=1),
+                "value_dim": np.sqrt(np.square(contexts).sum(axis=2)).mean(axis=1),
+                "key_dim": np.sqrt(np.square(logits).sum(axis=1))}
+
+    def heads_forward(self, info, inputs: list, scores_out: Optional[dict] = None) -> tuple:
         """``(contexts (batch, tq, heads, value_dim), output (batch, tq, out))`` of the
-        layer on ``inputs`` (a gated attention is not covered)."""
+        layer on ``inputs`` (a gated attention is not covered); ``scores_out``, when given,
+        receives :meth:`unit_activations`' activations of the same pass."""
         parts, w = self._parts(info), [np.asarray(v, np.float64) for v in info.weights]
         given = dict(zip(self._roles(info), [np.asarray(t, np.float64) for t in inputs]))
         given.setdefault("value", given["query"])
@@ -224,6 +239,8 @@ class MultiHeadAttentionRule(LayerRule):
         scores = np.einsum("btnd,bsnd->bnts", q, k) / math.sqrt(q.shape[-1])
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         contexts = np.einsum("bnts,bsnd->btnd", scores / scores.sum(-1, keepdims=True), v)
+        if scores_out is not None:
+            scores_out.update(self._scores(q, k, contexts))
         kernel, bias = parts["output"]
         out = np.einsum("btnd,ndo->bto", contexts, w[kernel])
         return contexts, out if bias is None else out + w[bias]

@@ -136,8 +136,9 @@ class ViTEncoderRule(LayerRule):
         return super().unit_matrix(info, axis)
 
     def _forward(self, info, inputs: list):
-        """A NumPy pass over the blocks' weights: per block, ``(block, input, head
-        contexts, MLP activations, output)``."""
+        """A NumPy pass over the blocks' weights: per block, ``(block, input, attention
+        activations (the attention rule's heads, key_dim and value_dim), MLP activations,
+        output)``."""
         w = [np.asarray(v, np.float64) for v in info.weights]
         eps = float(info.config.get("layer_norm_epsilon", 1e-6))
         h = np.asarray(inputs[0], np.float64)
@@ -145,23 +146,24 @@ class ViTEncoderRule(LayerRule):
             sub, rule = self._attention(info, b)
             start = b["mha"] - 2
             x = layer_norm(h, w[start], w[start + 1], eps)
-            contexts, attended = rule.heads_forward(sub, [x, x])
+            scores: dict = {}
+            _, attended = rule.heads_forward(sub, [x, x], scores)
             mid = h + attended
             k = b["dense_1"]
             x = layer_norm(mid, w[k - 2], w[k - 1], eps) @ w[k]
             a = gelu(x + w[k + 1] if b["bias"] else x)
             y = a @ w[b["dense_2"]]
             new = mid + (y + w[b["dense_2"] + 1] if b["bias"] else y)
-            yield b, h, contexts, a, new
+            yield b, h, scores, a, new
             h = new
 
     def unit_activations(self, info, inputs: list) -> dict:
-        """Per example: each head's context norm, each MLP unit's mean |GELU output| and
-        each block's mean change of the residual stream (L2 over the hidden width), over
-        the tokens."""
+        """Per example: each head's context norm and each head width's activation (the
+        attention rule's), each MLP unit's mean |GELU output| and each block's mean change
+        of the residual stream (L2 over the hidden width), over the tokens."""
         out, changes = {}, []
-        for b, h, contexts, a, new in self._forward(info, inputs):
-            out[f"{b['name']}/heads"] = np.sqrt(np.square(contexts).sum(-1)).mean(axis=1)
+        for b, h, scores, a, new in self._forward(info, inputs):
+            out.update({f"{b['name']}/{axis}": v for axis, v in scores.items()})
             out[f"{b['name']}/mlp_dim"] = np.abs(a).mean(axis=1)
             changes.append(np.sqrt(np.square(new - h).sum(-1)).mean(axis=1))
         out["blocks"] = np.stack(changes, axis=1)
