@@ -19,6 +19,9 @@ blocks, 4 heads, hidden 16, MLP 32, random weights) and prints one JSON line:
   key/value groups (each with its query heads), by ratio and under ``params_target``;
 * ``compensation``: the ViT at half its heads and MLP units with ``compensate=True``: the
   MLP units' mean outputs folded into each block's second Dense bias;
+* ``width_activations``: block 2's key channel 1 made useless to the logits (zero query
+  weights, key weights ten times the rest): which key channel of that block activation
+  and weight-norm plans (``ratio=0.25``, head widths only) cut;
 * ``latency_tables``: ``plan_for_latency`` on tables given by hand: where only the
   ``"blocks"`` table saves time, the plan removes one block and nothing else; where the
   blocks table is flat (a block saves nothing), it removes heads and MLP units, no block;
@@ -102,6 +105,25 @@ def _query_groups(out):
             budget_verify=surgery.verify(model, smaller, budget, x),
             reloaded=float(np.max(np.abs(_outputs(reloaded, x) - _outputs(pruned, x)))))
     return report
+
+
+def _width_activations():
+    """What ``criterion="activation"`` cuts of the head widths when block 2's query
+    channel 1 has zero weights (every head) and its key channel 1 ten times the rest: a
+    channel that adds nothing to the logits, which weight norms would keep."""
+    import surgery
+
+    model, x = _model()
+    mha = model.get_layer(ENC).encoder_layers[1].mha
+    qk, qb, kk, *rest = mha.get_weights()
+    qk[..., 1], qb[..., 1], kk[..., 1] = 0.0, 0.0, 10 * kk[..., 1]
+    mha.set_weights([qk, qb, kk, *rest])
+    out = {}
+    for criterion in ("activation", "l2"):
+        p = surgery.plan(model, ratio=0.25, heads=False, head_dims=True, criterion=criterion,
+                         data=x)
+        out[criterion] = p.units[ENC].get("transformer_block_2/key_dim")
+    return out
 
 
 def _latency_tables():
@@ -213,6 +235,7 @@ def run(out):
         skipped=record["skipped"], verify=surgery.verify(fresh, small, folded, x),
         moved=max_relative_difference(_outputs(small, x), _outputs(plain, x)))
     report["latency_tables"] = _latency_tables()
+    report["width_activations"] = _width_activations()
     path = os.path.join(out, "depth.keras")
     pruned.save(path)
     reloaded = keras.saving.load_model(path)

@@ -82,3 +82,12 @@ def test_a_latency_plan_removes_blocks_as_their_table_prices_them(report):
     assert abs(r["blocks_flat"]["predicted"] - 0.33) <= 0.02, r
     for case in r.values():
         assert case["verify"] <= 1e-5 and case["moved"] > 1e-2, r
+
+
+def test_keras_hub_head_widths_scored_by_activation(report):
+    """The ViT encoder's head widths get the attention rule's activations: a key channel
+    with zero query weights adds nothing to the logits and goes first; weight norms keep
+    it (its key weights are ten times the rest)."""
+    r = report["width_activations"]
+    assert r["activation"] == [1], r
+    assert r["l2"] and r["l2"] != [1], r
