@@ -228,6 +228,18 @@ def prune(out):
         np.savez(os.path.join(out, f"{case}_head_dims.npz"), y=_outputs(pruned, data),
                  **(data if isinstance(data, dict) else {"x": data}))
 
+    for case in ("bert", "gpt2"):  # head widths by activation: a key channel of no use
+        model, data = backbone(case)
+        block = next(l for l in model.layers if type(l).__name__.startswith("Transformer"))
+        mha = block._self_attention_layer
+        qk, qb, kk, *rest = mha.get_weights()
+        qk[..., 1], qb[..., 1], kk[..., 1] = 0.0, 0.0, 10 * kk[..., 1]
+        mha.set_weights([qk, qb, kk, *rest])
+        report[f"{case}_width_activations"] = {
+            criterion: surgery.plan(model, ratio=0.25, heads=False, head_dims=True,
+                                    criterion=criterion, data=data).units[block.name]
+            .get("key_dim") for criterion in ("activation", "l2")}
+
     keras.config.set_floatx("float64")
     keras.utils.set_random_seed(0)
     model = _randomize(layernorm_model())

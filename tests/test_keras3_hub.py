@@ -88,6 +88,16 @@ def test_keras_hub_blocks_lose_head_widths_under_a_flops_target(pruned, case):
     assert r["verify"] <= 1e-5 and r["moved"] > 1e-2, r
 
 
+@pytest.mark.parametrize("case", ("bert", "gpt2"))
+def test_keras_hub_block_head_widths_scored_by_activation(pruned, case):
+    """A key channel with zero query weights adds nothing to the logits: activations
+    (on the block's NumPy pass, padding-aware) cut it first; weight norms keep it (its key
+    weights are ten times the rest)."""
+    r = pruned[1][f"{case}_width_activations"]
+    assert r["activation"] == [1], r
+    assert r["l2"] and r["l2"] != [1], r
+
+
 def test_pruned_models_reload_in_a_fresh_process(pruned):
     report = _child("load", pruned[0])
     hub = ["vit", "deit", "bert", "llama", "mistral", "qwen3", "gemma3", "gpt2"]

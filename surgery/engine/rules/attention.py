@@ -22,7 +22,7 @@ output, each kernel followed by its bias when ``use_bias``.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -31,6 +31,21 @@ from surgery.engine.rules.registry import register_rule
 from surgery.engine.rules.convolutions import positions
 
 _QKV = ("query", "value", "key")
+
+
+def attention_scores(q, k, contexts, mean: Optional[Callable] = None) -> dict:
+    """Per example, the activations of an attention's units from one pass's query and key
+    projections and contexts (``(batch, positions, heads, width)`` each): ``"heads"``, a
+    head's context norm over its width; ``"value_dim"``, a value channel's context norm
+    over the heads, both averaged over positions; ``"key_dim"``, a query/key channel's
+    share of the logits (mean |q| times mean |k|), its norm over the heads. ``mean``
+    averages over the positions (default: all of them; a block's pass keeps those its
+    padding mask keeps)."""
+    mean = mean or (lambda a: a.mean(axis=1))
+    logits = mean(np.abs(q)) * mean(np.abs(k))  # (batch, heads, key_dim)
+    return {"heads": mean(np.sqrt(np.square(contexts).sum(axis=-1))),
+            "value_dim": mean(np.sqrt(np.square(contexts).sum(axis=2))),
+            "key_dim": np.sqrt(np.square(logits).sum(axis=1))}
 
 
 def attention_scale(key_dim: int, keras: int, dtype) -> float:
@@ -213,15 +228,6 @@ class MultiHeadAttentionRule(LayerRule):
         self.heads_forward(info, inputs, scores)
         return scores
 
-    @staticmethod
-    def _scores(q, k, contexts) -> dict:
-        """The activations of :meth:`unit_activations` from a pass's projections and
-        contexts (``(batch, positions, heads, width)`` each)."""
-        logits = np.abs(q).mean(axis=1) * np.abs(k).mean(axis=1)  # (batch, heads, key_dim)
-        return {"heads": np.sqrt(np.square(contexts).sum(axis=-1)).mean(axis=1),
-                "value_dim": np.sqrt(np.square(contexts).sum(axis=2)).mean(axis=1),
-                "key_dim": np.sqrt(np.square(logits).sum(axis=1))}
-
     def heads_forward(self, info, inputs: list, scores_out: Optional[dict] = None) -> tuple:
         """``(contexts (batch, tq, heads, value_dim), output (batch, tq, out))`` of the
         layer on ``inputs`` (a gated attention is not covered); ``scores_out``, when given,
@@ -240,7 +246,7 @@ class MultiHeadAttentionRule(LayerRule):
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         contexts = np.einsum("bnts,bsnd->btnd", scores / scores.sum(-1, keepdims=True), v)
         if scores_out is not None:
-            scores_out.update(self._scores(q, k, contexts))
+            scores_out.update(attention_scores(q, k, contexts))
         kernel, bias = parts["output"]
         out = np.einsum("btnd,ndo->bto", contexts, w[kernel])
         return contexts, out if bias is None else out + w[bias]

@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from surgery.engine.rules.attention import attention_scores
 from surgery.engine.rules.base import BLOCKING, LayerRule, CLASS_KEY, concrete, with_config
 from surgery.engine.rules.depth import BLOCKS, BlockDepth, block_change, is_skipped
 from surgery.engine.rules.decoder_forward import position_mean, transformer_forward
@@ -129,7 +130,8 @@ class TransformerEncoderRule(LayerRule):
         return with_config(config), weights
 
     def unit_activations(self, info, inputs: list) -> dict:
-        """Per example, over the tokens the padding mask keeps: each head's context norm,
+        """Per example, over the tokens the padding mask keeps: the attention's activations
+        (:func:`~surgery.engine.rules.attention.attention_scores`: heads and head widths),
         each ``intermediate_dim`` unit's mean |activation| and (a unit of depth) the
         block's change of the residual stream; from a NumPy pass over the block
         (:func:`~surgery.engine.rules.decoder_forward.transformer_forward`)."""
@@ -139,8 +141,9 @@ class TransformerEncoderRule(LayerRule):
                                   inputs, list(info.input_roles), self.causal)
         if run is None:
             return {}
-        out = {"heads": position_mean(np.sqrt(np.square(run.contexts).sum(-1)), run.valid),
-               "intermediate_dim": position_mean(np.abs(run.hidden), run.valid)}
+        out = dict(attention_scores(run.queries, run.keys, run.contexts,
+                                    lambda a: position_mean(a, run.valid)),
+                   intermediate_dim=position_mean(np.abs(run.hidden), run.valid))
         if BLOCKS in self.unit_axes(info):
             out[BLOCKS] = block_change(inputs[0], run.output, run.valid)
         return out

@@ -42,16 +42,18 @@ class DecoderPass(NamedTuple):
     hidden: np.ndarray     # (batch, positions, intermediate_dim): act(gate) * up
     output: np.ndarray     # (batch, positions, hidden): the block's output
     valid: np.ndarray      # (batch, positions): 1 where the padding mask keeps a token
+    queries: Optional[np.ndarray] = None  # (batch, positions, heads, key_dim), where kept
+    keys: Optional[np.ndarray] = None     # the same for the keys
 
 
 def position_mean(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``(batch, positions, units)`` → ``(batch, units)``: the mean over the positions
+    """``(batch, positions, *units)`` → ``(batch, *units)``: the mean over the positions
     ``valid`` keeps (0 for an example with none).
 
     >>> position_mean(np.array([[[1.0], [3.0], [8.0]]]), np.array([[1.0, 1.0, 0.0]]))
     array([[2.]])
     """
-    weights = valid[:, :, None]
+    weights = valid.reshape(valid.shape + (1,) * (values.ndim - 2))
     return (values * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
 
 
@@ -289,4 +291,5 @@ def transformer_forward(config: dict, weights: dict, inputs: list, roles: list,
     hidden = act(x @ w["intermediate"] + w["intermediate_bias"])
     out = mid + hidden @ w["down"] + w["down_bias"]
     valid = np.ones((batch, t)) if pad is None else (np.asarray(pad) > 0.5).astype(float)
-    return DecoderPass(contexts, hidden, out if first else norm(out, "ffw_norm"), valid)
+    return DecoderPass(contexts, hidden, out if first else norm(out, "ffw_norm"), valid,
+                       queries=q, keys=k)
