@@ -569,12 +569,12 @@ def test_compare_pairs_each_pruned_run_with_the_original_runs_beside_it(monkeypa
     assert more["spread"] < noisy["spread"]
 
 
-def test_a_stale_curve_that_makes_the_same_plan_again_is_corrected_by_the_plan_alone(
+def test_a_stale_curve_that_would_make_the_same_plan_again_does_not_hold_it(
         tmp_path, monkeypatch):
     """Checks of this architecture from other runs (here: twenty saying that a plan of the
-    first plan's depth cuts 40 %) can pull the curve so that its correction makes the plan
-    just checked again. That plan's own check then sets the scale alone, once: the next
-    plan moves, and lands (measured cut = 2 × depth², as above)."""
+    first plan's depth cuts 40 %), pooled with this run's check, would make the plan just
+    checked again. They set only where the plan starts: the correction follows this run's
+    check, the next plan moves, and lands (measured cut = 2 × depth², as above)."""
     import surgery.cost.timing as timing
 
     monkeypatch.setattr(timing, "compare", _depth_squared_check)
@@ -596,4 +596,32 @@ def test_a_stale_curve_that_makes_the_same_plan_again_is_corrected_by_the_plan_a
     s = plan_for_latency(model, 0.4, cache_dir=str(stale), **kw).settings
     checks = s["latency_checks"]
     assert round(checks[0][0] / checks[0][2], 4) == depth  # the stale curve's plan
+    assert len(checks) >= 2 and s["latency_removed"] == pytest.approx(0.4, abs=0.03), checks
+
+
+def test_checks_of_this_run_correct_the_plan_whatever_other_runs_measured(tmp_path,
+                                                                          monkeypatch):
+    """Checks from other runs (other processes time one plan several points apart on a
+    busy machine) set where a plan starts, not how it is corrected. Here the stored curve
+    says a fifth less than this run measures at every depth (cut = 1.6 × depth², three
+    checks a depth): the first plan misses by 10 points, and the correction, made from
+    this run's checks alone, lands (measured cut = 2 × depth²)."""
+    import surgery.cost.timing as timing
+
+    monkeypatch.setattr(timing, "compare", _depth_squared_check)
+    model = _model()
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    cache = TableCache(cpu_key(get_runtime("tensorflow"), resolve(model).model, 1, 1),
+                       str(stale))
+    points = [[round(0.3 + 0.025 * i, 4), round(1.6 * (0.3 + 0.025 * i) ** 2, 4)]
+              for i in range(13)] * 3
+    open(cache.path, "w").write(json.dumps(dict(
+        version=2, key=cache.key, whole={}, curves={_architecture(model): points},
+        scales={})))
+    s = plan_for_latency(model, 0.4, runtime="tensorflow", threads=1, round_to=1,
+                         tables=_tables("a"), whole=4000.0, progress=False,
+                         cache_dir=str(stale)).settings
+    checks = s["latency_checks"]
+    assert checks[0][1] == pytest.approx(0.5, abs=0.02), checks  # the stored curve's plan
     assert len(checks) >= 2 and s["latency_removed"] == pytest.approx(0.4, abs=0.03), checks

@@ -14,12 +14,12 @@ The plan is then checked by timing: the pruned model is built and timed interlea
 the original (:func:`surgery.cost.timing.compare`, rounds until the standard error of the
 paired ratio is within 2 points). The tables miss what they do not cover (layout changes,
 memory traffic), so their predicted savings carry a *scale*, and each check is a point of
-the architecture's :class:`~surgery.calibration.curve.LatencyCurve` (plan depth -> measured
-cut), which gives the scale of the next plan, up to ``corrections`` times. One rule,
+a :class:`~surgery.calibration.curve.LatencyCurve` (plan depth -> measured cut); the curve
+of this run's checks gives the scale of the next plan, up to ``corrections`` times. One rule,
 :class:`Tolerance`, says when a check is close enough; a correction that comes back to a
 plan already checked stops (the channel steps are too coarse to move by less); then it
-warns with what it reached. The curve's points and the scale each target kept are stored
-in the cost cache, so a new target starts where the curve puts it and a repeated plan makes
+warns with what it reached. The checks and the scale each target kept are stored in the
+cost cache, so a new target starts where the stored curve puts it and a repeated plan makes
 the same plan and usually needs one check; the converted original and checked candidates
 are cached beside the tables (:mod:`surgery.cost.converted`). ``plan.settings`` says what
 was asked, chosen and measured.
@@ -291,7 +291,7 @@ def plan_for_latency(graph: ModelGraph, latency_target: float, *,
     rule = Tolerance(latency_target, tolerance, aimed=curve.repeated(latency_target))
     if check:
         corrections = DEFAULT_CORRECTIONS if corrections is None else corrections
-        best, checks, last = _calibrate(search, est, bench, curve, rule, corrections)
+        best, checks, last = _calibrate(search, est, bench, rule, corrections)
         _remember(bench, checks, best, latency_target)
     else:
         best = last = search()
@@ -330,27 +330,24 @@ def _searcher(graph: ModelGraph, ranking: Ranking, spec: PlanSpec, est: LatencyE
 
 
 def _calibrate(search: Callable[[], _Check], est: LatencyEstimator, bench: _Bench,
-               curve: LatencyCurve, rule: Tolerance, corrections: int
-               ) -> Tuple[_Check, List[_Check], _Check]:
-    """Plan, time, and correct the scale along ``curve`` until ``rule`` settles, a
-    correction comes back to a plan already checked (after one correction by that plan's
-    own check alone), or ``corrections`` are spent. Returns
-    the check nearest the target, every check timed, and the last plan searched."""
+               rule: Tolerance, corrections: int) -> Tuple[_Check, List[_Check], _Check]:
+    """Plan, time, and correct the scale along the curve of this run's checks until
+    ``rule`` settles, a correction comes back to a plan already checked, or
+    ``corrections`` are spent. Returns the check nearest the target, every check timed,
+    and the last plan searched.
+
+    Checks stored from earlier runs set only where the first plan starts: another process
+    times the same plan several points apart on a busy machine (bench/results/
+    vit_fashion_mnist.md), and pooled with this run's checks they held its corrections
+    back (a plan stopped 7 points short)."""
     checks: List[_Check] = []
-    alone = False  # whether a repeated plan's own check has set the scale
+    curve = LatencyCurve()
     for _ in range(corrections + 1):
         last = search()
-        again = next((c for c in checks if c.depth == last.depth), None)
-        if again is not None and (alone or not again.on_curve):
+        if any(c.depth == last.depth for c in checks):
             logger.info("latency_target=%.3f: the corrected plan is one already checked; the "
                         "channel steps are too coarse to move by less", rule.target)
             break
-        if again is not None:
-            # the curve (other plans' checks pooled with it, some from other runs) made this
-            # plan again: correct once by its own check alone
-            est.scale, alone = LatencyCurve([(again.depth, again.measured)]).scale_for(
-                rule.target), True
-            continue
         last.timed = bench.time(last, rule)
         checks.append(last)
         logger.info("latency_target=%.3f: the plan removes %.1f%% measured, %.1f%% predicted",
