@@ -165,6 +165,48 @@ def load(out: str) -> None:
 
 
 
+def gpt2(out: str) -> None:
+    """A ``GPT2CausalLM`` cut two ways: heads (what its generation cache cannot hold) and
+    MLP width alone. For each: the warnings ``apply`` logged, ``verify``, and what greedy
+    ``generate`` gave (the tokens, or the error it raised) beside full forward passes."""
+    import logging
+
+    import keras_hub
+    import surgery
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=VOCAB, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=SEQ)
+    lm = keras_hub.models.GPT2CausalLM(backbone=_randomize(backbone), preprocessor=None)
+    x = tokens()
+    prompt = x["token_ids"][0, :PROMPT]
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    report = {}
+    for name, heads in (("heads", True), ("mlp", False)):
+        plan = surgery.plan(lm, ratio=0.5, heads=heads)
+        lines = Lines()
+        logging.getLogger("surgery").addHandler(lines)
+        small = surgery.apply(lm, plan)
+        logging.getLogger("surgery").removeHandler(lines)
+        try:
+            made = generated(small, prompt)
+        except Exception as exc:  # noqa: BLE001  (what a user calling generate meets)
+            made = type(exc).__name__
+        report[name] = {"units": plan.units, "verify": surgery.verify(lm, small, plan, x),
+                        "warnings": [m for m in lines.lines if "cannot generate" in m],
+                        "generated": made, "greedy": greedy_without_cache(small, prompt)}
+    print("RESULT " + json.dumps(report, default=str))
+
+
 def streamed(out: str) -> None:
     """``verify`` of large models (zeroed call by call, no zeroed copy) against the small
     models' path (a zeroed copy), on a causal LM (a tied embedding called twice) and a CNN
@@ -295,4 +337,4 @@ def distill(out: str, kill: str = "", strategy: str = "default") -> None:
 
 if __name__ == "__main__":
     {"cut": cut, "load": load, "distill": distill, "streamed": streamed,
-     "candidates": candidates}[sys.argv[1]](*sys.argv[2:])
+     "candidates": candidates, "gpt2": gpt2}[sys.argv[1]](*sys.argv[2:])

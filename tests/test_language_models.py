@@ -148,3 +148,19 @@ def test_candidates_trade_kinds_of_unit_and_the_least_divergent_wins(tmp_path):
     for score, recomputed in r["bounded"]:
         assert score == pytest.approx(recomputed, abs=1e-5)
     assert len(r["bounded"]) == 2
+
+
+def test_a_gpt2_whose_cut_its_generation_cache_cannot_hold_says_so(tmp_path):
+    """GPT-2's task caches ``num_heads`` heads of width ``hidden_dim // num_heads`` in
+    every block: a cut ``GPT2CausalLM`` that lost heads still scores text exactly, and
+    ``apply`` logs that it cannot generate (generate does raise); one that lost MLP width
+    alone logs nothing and generates what full forward passes pick."""
+    r = run_case("tensorflow", "keras3_lm_cases.py", "gpt2", tmp_path, timeout=900)
+    heads, mlp = r["heads"], r["mlp"]
+    assert all(axes.get("heads") for axes in heads["units"].values()), heads["units"]
+    assert heads["verify"] <= 1e-5 and mlp["verify"] <= 1e-5
+    assert len(heads["warnings"]) == 1 and "cannot generate" in heads["warnings"][0]
+    assert not isinstance(heads["generated"], list), heads["generated"]  # it raised
+    assert not any(axes.get("heads") for axes in mlp["units"].values()), mlp["units"]
+    assert not mlp["warnings"] and mlp["generated"] == mlp["greedy"], mlp
+    assert len(mlp["greedy"]) > PROMPT

@@ -15,7 +15,9 @@ imported ``surgery``.
 
 Generation caches keys and values in one tensor for all blocks, so ``generate`` needs
 the same number of key/value heads in every block; a plan that cut query groups unevenly
-leaves a model that scores text but logs that it cannot generate.
+leaves a model that scores text but logs that it cannot generate. GPT-2's task caches
+``num_heads`` heads of width ``hidden_dim // num_heads``, so a GPT-2 that lost heads or
+head widths logs the same.
 """
 from __future__ import annotations
 
@@ -129,6 +131,28 @@ def _bind(backbone, attributes: dict) -> None:
         logger.warning("%s: its blocks keep %s key/value heads; generate() caches one "
                        "count for every block, so this model scores text but cannot "
                        "generate", backbone.name, sorted(heads))
+    _check_decoder_cache(backbone, blocks)
+
+
+def _check_decoder_cache(backbone, blocks: list) -> None:
+    """Warn where keras-hub's generic decoder blocks (GPT-2's ``TransformerDecoder``) no
+    longer fit the cache their task builds for generation: ``num_heads`` heads of width
+    ``hidden_dim // num_heads`` for keys and values in every block (a cut that removed
+    heads or head widths)."""
+    heads, hidden = getattr(backbone, "num_heads", None), getattr(backbone, "hidden_dim", None)
+    if not isinstance(heads, int) or not isinstance(hidden, int) or heads < 1:
+        return
+    cached = (heads, hidden // heads, hidden // heads)
+    kept = set()
+    for block in blocks:
+        attention = getattr(block, "_self_attention_layer", None)
+        if type(block).__name__ == "TransformerDecoder" and hasattr(attention, "key_dim"):
+            kept.add((int(attention.num_heads), int(attention.key_dim),
+                      int(attention.value_dim or attention.key_dim)))
+    if kept and kept != {cached}:
+        logger.warning("%s: its blocks keep (heads, key width, value width) %s; generate() "
+                       "caches %s in every block, so this model scores text but cannot "
+                       "generate", backbone.name, sorted(kept), cached)
 
 
 def _quantize(backbone, quantized: dict) -> None:
