@@ -166,9 +166,12 @@ def load(out: str) -> None:
 
 
 def gpt2(out: str) -> None:
-    """A ``GPT2CausalLM`` cut two ways: heads (what its generation cache cannot hold) and
-    MLP width alone. For each: the warnings ``apply`` logged, ``verify``, and what greedy
-    ``generate`` gave (the tokens, or the error it raised) beside full forward passes."""
+    """A ``GPT2CausalLM`` cut two ways: heads (its blocks then read part of the task's
+    generation cache) and, under a FLOPs target with ``head_dims=True``, heads and head
+    widths. For each: each block's kept (heads, key width, value width), the warnings
+    ``apply`` logged, ``verify``, what greedy ``generate`` gave (the tokens, or the error
+    it raised) beside full forward passes, and for the first, generation after a save and
+    reload."""
     import logging
 
     import keras_hub
@@ -190,20 +193,31 @@ def gpt2(out: str) -> None:
         def emit(self, record):
             self.lines.append(record.getMessage())
 
+    def generate(model):
+        try:
+            return generated(model, prompt)
+        except Exception as exc:  # noqa: BLE001  (what a user calling generate meets)
+            return type(exc).__name__
+
     report = {}
-    for name, heads in (("heads", True), ("mlp", False)):
-        plan = surgery.plan(lm, ratio=0.5, heads=heads)
+    for name, kwargs in (("heads", dict(ratio=0.5)),
+                         ("widths", dict(flops_target=0.5, head_dims=True))):
+        plan = surgery.plan(lm, **kwargs)
         lines = Lines()
         logging.getLogger("surgery").addHandler(lines)
         small = surgery.apply(lm, plan)
         logging.getLogger("surgery").removeHandler(lines)
-        try:
-            made = generated(small, prompt)
-        except Exception as exc:  # noqa: BLE001  (what a user calling generate meets)
-            made = type(exc).__name__
-        report[name] = {"units": plan.units, "verify": surgery.verify(lm, small, plan, x),
+        attention = [b._self_attention_layer for b in small.backbone.transformer_layers]
+        report[name] = {"kept": [[a.num_heads, a.key_dim, a.value_dim or a.key_dim]
+                                 for a in attention],
+                        "verify": surgery.verify(lm, small, plan, x),
                         "warnings": [m for m in lines.lines if "cannot generate" in m],
-                        "generated": made, "greedy": greedy_without_cache(small, prompt)}
+                        "generated": generate(small),
+                        "greedy": greedy_without_cache(small, prompt)}
+        if name == "heads":
+            path = os.path.join(out, "gpt2.keras")
+            small.save(path)
+            report[name]["reloaded"] = generate(keras.saving.load_model(path))
     print("RESULT " + json.dumps(report, default=str))
 
 

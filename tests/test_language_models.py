@@ -150,17 +150,19 @@ def test_candidates_trade_kinds_of_unit_and_the_least_divergent_wins(tmp_path):
     assert len(r["bounded"]) == 2
 
 
-def test_a_gpt2_whose_cut_its_generation_cache_cannot_hold_says_so(tmp_path):
+def test_a_cut_gpt2_generates_through_its_task_cache_where_keys_and_values_fit(tmp_path):
     """GPT-2's task caches ``num_heads`` heads of width ``hidden_dim // num_heads`` in
-    every block: a cut ``GPT2CausalLM`` that lost heads still scores text exactly, and
-    ``apply`` logs that it cannot generate (generate does raise); one that lost MLP width
-    alone logs nothing and generates what full forward passes pick."""
+    every block. A ``GPT2CausalLM`` that lost heads generates through it what full forward
+    passes pick (each block reads the part it uses), also after a save and reload; one
+    whose block kept key and value widths that differ (``head_dims=True``) still scores
+    text exactly, and ``apply`` logs that it cannot generate (generate does raise)."""
     r = run_case("tensorflow", "keras3_lm_cases.py", "gpt2", tmp_path, timeout=900)
-    heads, mlp = r["heads"], r["mlp"]
-    assert all(axes.get("heads") for axes in heads["units"].values()), heads["units"]
-    assert heads["verify"] <= 1e-5 and mlp["verify"] <= 1e-5
-    assert len(heads["warnings"]) == 1 and "cannot generate" in heads["warnings"][0]
-    assert not isinstance(heads["generated"], list), heads["generated"]  # it raised
-    assert not any(axes.get("heads") for axes in mlp["units"].values()), mlp["units"]
-    assert not mlp["warnings"] and mlp["generated"] == mlp["greedy"], mlp
-    assert len(mlp["greedy"]) > PROMPT
+    heads, widths = r["heads"], r["widths"]
+    assert all(h < 4 for h, _, _ in heads["kept"]), heads["kept"]  # heads were cut
+    assert heads["verify"] <= 1e-5 and not heads["warnings"]
+    assert len(heads["greedy"]) > PROMPT and heads["generated"] == heads["greedy"], heads
+    assert heads["reloaded"] == heads["greedy"]
+    assert widths["verify"] <= 1e-5
+    assert any(k != v for _, k, v in widths["kept"]), widths["kept"]
+    assert len(widths["warnings"]) == 1 and "cannot generate" in widths["warnings"][0]
+    assert not isinstance(widths["generated"], list), widths["generated"]  # it raised

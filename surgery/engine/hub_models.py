@@ -15,9 +15,9 @@ imported ``surgery``.
 
 Generation caches keys and values in one tensor for all blocks, so ``generate`` needs
 the same number of key/value heads in every block; a plan that cut query groups unevenly
-leaves a model that scores text but logs that it cannot generate. GPT-2's task caches
-``num_heads`` heads of width ``hidden_dim // num_heads``, so a GPT-2 that lost heads or
-head widths logs the same.
+leaves a model that scores text but logs that it cannot generate. GPT-2's blocks read
+the part of their task's cache that they use (:mod:`surgery.models.hub_transformer`); one
+whose key and value widths differ cannot, and the model logs the same.
 """
 from __future__ import annotations
 
@@ -137,22 +137,20 @@ def _bind(backbone, attributes: dict) -> None:
 def _check_decoder_cache(backbone, blocks: list) -> None:
     """Warn where keras-hub's generic decoder blocks (GPT-2's ``TransformerDecoder``) no
     longer fit the cache their task builds for generation: ``num_heads`` heads of width
-    ``hidden_dim // num_heads`` for keys and values in every block (a cut that removed
-    heads or head widths)."""
+    ``hidden_dim // num_heads`` for keys and values in every block. A cut block (an
+    equivalent of :mod:`surgery.models.hub_transformer`) reads the part of it that it
+    uses, unless its key and value widths differ (its ``fits_cache``)."""
     heads, hidden = getattr(backbone, "num_heads", None), getattr(backbone, "hidden_dim", None)
     if not isinstance(heads, int) or not isinstance(hidden, int) or heads < 1:
         return
-    cached = (heads, hidden // heads, hidden // heads)
-    kept = set()
-    for block in blocks:
-        attention = getattr(block, "_self_attention_layer", None)
-        if type(block).__name__ == "TransformerDecoder" and hasattr(attention, "key_dim"):
-            kept.add((int(attention.num_heads), int(attention.key_dim),
-                      int(attention.value_dim or attention.key_dim)))
-    if kept and kept != {cached}:
-        logger.warning("%s: its blocks keep (heads, key width, value width) %s; generate() "
-                       "caches %s in every block, so this model scores text but cannot "
-                       "generate", backbone.name, sorted(kept), cached)
+    # a stock block is uncut: it fits the cache its config makes
+    unfit = sorted(b.name for b in blocks if hasattr(b, "fits_cache")
+                   and not b.fits_cache(heads, hidden // heads))
+    if unfit:
+        logger.warning("%s: blocks %s keep key and value widths that differ; generate() "
+                       "caches keys and values at one width, so this model scores text but "
+                       "cannot generate (plan with head_dims=False to keep them equal)",
+                       backbone.name, unfit)
 
 
 def _quantize(backbone, quantized: dict) -> None:

@@ -10,8 +10,10 @@ name ``surgery>ClassName``, and loads in any process that ran ``import surgery``
 subclass, rather than a config key the stock class would reject, is the only way a saved
 file stays loadable: keras-hub's ``from_config`` passes every key to ``__init__``.
 
-``surgery>SkippedBlock`` stands for a decoder block removed by depth pruning (the identity
-on the residual stream; :mod:`surgery.engine.rules.depth`).
+The generic blocks' equivalents (BERT's ``TransformerEncoder``, GPT-2's
+``TransformerDecoder``) live in :mod:`surgery.models.hub_transformer`; they are registered
+here with the rest. ``surgery>SkippedBlock`` stands for a decoder block removed by depth
+pruning (the identity on the residual stream; :mod:`surgery.engine.rules.depth`).
 
 ``import surgery`` registers :func:`register_lazily`'s proxies, which import keras-hub
 (slow: about 10 s) only when a file that uses them is loaded.
@@ -24,7 +26,9 @@ from typing import Optional
 
 import keras
 
-PACKAGE = "surgery"
+from surgery.models.hub_transformer import (PACKAGE, replace_attention,  # noqa: F401
+                                            transformer_decoder_class,
+                                            transformer_encoder_class)
 #: registered name -> attribute of this module that makes the class
 _CLASSES = {"TransformerEncoder": "transformer_encoder_class",
             "TransformerDecoder": "transformer_decoder_class",
@@ -35,32 +39,6 @@ _CLASSES = {"TransformerEncoder": "transformer_encoder_class",
             "DeiTEncoder": "deit_encoder_class",
             "DeiTEmbeddings": "deit_embedding_class",
             "SkippedBlock": "skipped_block_class"}
-
-
-def _replace_attention(block, attribute: str, inputs_shape, key_dim, value_dim) -> None:
-    """Swap a built block's MultiHeadAttention for one with the given head widths,
-    keeping its place among the block's layers (weights keep their order and paths)."""
-    old = getattr(block, attribute)
-    config = old.get_config()
-    config.update(key_dim=int(key_dim), value_dim=int(value_dim or key_dim))
-    new = type(old).from_config(config)  # MultiHeadAttention, or keras-hub's cached one
-    new.build(query_shape=inputs_shape, value_shape=inputs_shape)
-    block._tracker.replace_tracked_value("layers", old, new)
-    object.__setattr__(block, attribute, new)
-
-
-class _HeadWidths:
-    """What keras-hub's TransformerEncoder and TransformerDecoder equivalents share: the
-    head widths ``key_dim`` / ``value_dim`` in their config, and their self-attention
-    rebuilt at those widths once built."""
-
-    def _resize_attention(self, inputs_shape) -> None:
-        if self.key_dim is not None:
-            _replace_attention(self, "_self_attention_layer", inputs_shape, self.key_dim,
-                               self.value_dim)
-
-    def get_config(self):
-        return dict(super().get_config(), key_dim=self.key_dim, value_dim=self.value_dim)
 
 
 class _BlockHeadWidths:
@@ -78,7 +56,7 @@ class _BlockHeadWidths:
     def build(self, input_shape):
         super().build(input_shape)
         if self.value_dim is not None and self.value_dim != self.key_dim:
-            _replace_attention(self, "mha", input_shape, self.key_dim, self.value_dim)
+            replace_attention(self, "mha", input_shape, self.key_dim, self.value_dim)
 
 
 class _PerBlockWidths:
@@ -107,49 +85,6 @@ class _PerBlockWidths:
             new.build((None, None, self.hidden_dim))
             self._tracker.replace_tracked_value("layers", old, new)
             list.__setitem__(self.encoder_layers, i, new)
-
-
-@functools.lru_cache(maxsize=None)
-def transformer_encoder_class():
-    """``keras_hub.layers.TransformerEncoder`` with ``key_dim`` / ``value_dim`` in its
-    config."""
-    from keras_hub.layers import TransformerEncoder as Stock  # lazy: keras-hub takes 10 s
-
-    @keras.saving.register_keras_serializable(package=PACKAGE, name="TransformerEncoder")
-    class TransformerEncoder(_HeadWidths, Stock):
-        def __init__(self, *args, key_dim: Optional[int] = None,
-                     value_dim: Optional[int] = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.key_dim, self.value_dim = key_dim, value_dim
-
-        def build(self, inputs_shape):
-            super().build(inputs_shape)
-            self._resize_attention(inputs_shape)
-
-    return TransformerEncoder
-
-
-@functools.lru_cache(maxsize=None)
-def transformer_decoder_class():
-    """``keras_hub.layers.TransformerDecoder`` (GPT-2's block) with ``key_dim`` /
-    ``value_dim`` in its config."""
-    from keras_hub.layers import TransformerDecoder as Stock  # lazy: keras-hub takes 10 s
-
-    @keras.saving.register_keras_serializable(package=PACKAGE, name="TransformerDecoder")
-    class TransformerDecoder(_HeadWidths, Stock):
-        def __init__(self, *args, key_dim: Optional[int] = None,
-                     value_dim: Optional[int] = None, decoder_sequence_shape=None,
-                     encoder_sequence_shape=None, **kwargs):
-            super().__init__(*args, **kwargs)  # the stock one builds when given shapes
-            self.key_dim, self.value_dim = key_dim, value_dim
-            if decoder_sequence_shape:  # ... so build here, with the head widths known
-                self.build(decoder_sequence_shape, encoder_sequence_shape)
-
-        def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
-            super().build(decoder_sequence_shape, encoder_sequence_shape)
-            self._resize_attention(decoder_sequence_shape)
-
-    return TransformerDecoder
 
 
 @functools.lru_cache(maxsize=None)
@@ -379,7 +314,7 @@ class _Lazy:
         return globals()[self.factory]().from_config(config)
 
     def config_of(self, layer) -> Optional[dict]:
-        if not type(layer).__module__.startswith(("keras_hub", __name__)):
+        if not type(layer).__module__.startswith(("keras_hub", "surgery.models.")):
             return None  # another library's class of the same name: not keras-hub's fix
         cls = globals()[self.factory]()
         return cls.config_of(layer) if hasattr(cls, "config_of") else None
