@@ -6,6 +6,7 @@ and prints one JSON line of measurements; ``python tests/keras3_hub_cases.py loa
 loads them in a fresh process after only ``import surgery`` and prints the output
 differences.
 """
+import contextlib
 import json
 import os
 import sys
@@ -259,6 +260,68 @@ def prune(out):
     print("RESULT " + json.dumps(report, default=str))
 
 
+def tasks(out):
+    """keras-hub classifier tasks (``BertTextClassifier``, ``ViTImageClassifier``) over the
+    ``bert`` and ``vit`` backbones, random weights (their heads' too), cut by ratio 0.5:
+    the class ``apply`` returns, ``verify`` (a head rebuilt with fresh weights would fail
+    it), how far zeroing moved the logits, a same-process reload and the input model's
+    logits before and after."""
+    import keras_hub
+    import surgery
+    from surgery.engine.zeroing import max_relative_difference
+
+    report = {}
+    for case, task in (("bert", "BertTextClassifier"), ("vit", "ViTImageClassifier")):
+        inner, x = backbone(case)
+        model = _randomize(getattr(keras_hub.models, task)(backbone=inner, num_classes=3,
+                                                          preprocessor=None))
+        before = _outputs(model, x)
+        plan = surgery.plan(model, ratio=0.5)
+        small = surgery.apply(model, plan)
+        zeroed = surgery.zero_channels(model, plan.deletions, plan.units)
+        path = os.path.join(out, f"{case}_task.keras")
+        small.save(path)
+        report[case] = {
+            "class": type(small).__name__, "verify": surgery.verify(model, small, plan, x),
+            "moved": max_relative_difference(before, _outputs(zeroed, x)),
+            "reloaded": float(np.abs(_outputs(keras.saving.load_model(path), x)
+                                     - _outputs(small, x)).max()),
+            "original_unchanged": float(np.abs(_outputs(model, x) - before).max()),
+            "params": [model.count_params(), small.count_params()]}
+
+    class Unbuildable(keras_hub.models.ViTImageClassifier):  # a config that cannot rebuild it
+        def get_config(self):
+            return {k: v for k, v in super().get_config().items() if k != "num_classes"}
+
+    inner, x = backbone("vit")
+    model = _randomize(Unbuildable(backbone=inner, num_classes=3, preprocessor=None))
+    plan = surgery.plan(model, ratio=0.5)
+    with _logged() as lines:
+        small = surgery.apply(model, plan)
+    report["unbuildable"] = {"class": type(small).__name__,
+                             "verify": surgery.verify(model, small, plan, x),
+                             "warnings": [m for m in lines if "functional" in m]}
+    print("RESULT " + json.dumps(report))
+
+
+@contextlib.contextmanager
+def _logged():
+    """The messages surgery logs inside the block."""
+    import logging
+
+    lines = []
+
+    class Lines(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+    handler = Lines()
+    logging.getLogger("surgery").addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger("surgery").removeHandler(handler)
+
+
 def load(out):
     import surgery  # noqa: F401  (the only import a user needs)
 
@@ -284,4 +347,4 @@ def load(out):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    {"prune": prune, "load": load}[sys.argv[1]](sys.argv[2])
+    {"prune": prune, "load": load, "tasks": tasks}[sys.argv[1]](sys.argv[2])

@@ -120,3 +120,22 @@ def test_layernorm_blocks_unless_exact_false_which_reports_its_deviation(pruned)
     assert r["settings"]["deviation"] == pytest.approx(r["verify"], rel=1e-9)
     assert r["settings"]["deviation"] > 1e-3      # mean-centring is not exact: it says so
     assert r["shapes"] == [8, 8]
+
+
+def test_keras_hub_classifier_tasks_come_back_as_their_class_with_their_heads(tmp_path):
+    """``apply`` on a ``BertTextClassifier`` or ``ViTImageClassifier`` returns that class
+    (rebuilt from the task's config: ``num_classes`` and the rest), its head holding the
+    original's weights: the cut is exact against the zeroed original, reloads, and leaves
+    the input model as it was (before: a TypeError, the task rebuilt without
+    ``num_classes``)."""
+    r = _child("tasks", tmp_path)
+    for case, cls in (("bert", "BertTextClassifier"), ("vit", "ViTImageClassifier")):
+        c = r[case]
+        assert c["class"] == cls, c
+        assert c["verify"] <= 1e-5 and c["moved"] > 1e-2, c
+        assert c["reloaded"] <= 1e-6 and c["original_unchanged"] == 0.0, c
+        assert c["params"][1] < 0.8 * c["params"][0], c
+    # a task whose config cannot rebuild it: the cut, as a functional model, and a warning
+    c = r["unbuildable"]
+    assert c["class"] == "Functional" and c["verify"] <= 1e-5, c
+    assert len(c["warnings"]) == 1 and "cannot be rebuilt" in c["warnings"][0], c

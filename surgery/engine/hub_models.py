@@ -9,7 +9,8 @@ one MLP width for every block. :func:`with_family` rebuilds the cut graph as a
 :class:`PrunedBackbone` (registered as ``surgery>PrunedBackbone``), a keras-hub
 ``Backbone`` whose config is its graph, which keeps the attributes the family's task reads
 (``token_embedding``, ``transformer_layers``, ``layer_norm``, ``num_key_value_heads``,
-...), and wraps it in the task's own class with the task's preprocessor. The result is a
+...), and wraps it in the task's own class, rebuilt from the task's config with the
+task's preprocessor (a classifier's head keeps its weights). The result is a
 ``Llama3CausalLM`` that generates, saves as ``.keras`` and reloads in a process that has
 imported ``surgery``.
 
@@ -108,8 +109,36 @@ def with_family(original, cut, in_cut):
                                   attributes=family_attributes(backbone))
     if not is_task(original):
         return new
-    return type(original)(backbone=new, preprocessor=original.preprocessor,
-                          name=original.name)
+    return _task_over(original, new, cut)
+
+
+def _task_over(original, backbone, cut):
+    """``original``'s task class over ``backbone``, from ``original``'s config (a
+    classifier's ``num_classes``, activation, dropout, ...), its own layers (a classifier's
+    head) holding the weights of their namesakes in ``cut``; ``cut`` itself, with a
+    warning, where the task cannot be rebuilt so."""
+    def fallback(why: str):
+        logger.warning("%s: %s, so apply() returns the cut model as a functional Keras "
+                       "model (its outputs are the task's)", original.name, why)
+        return cut
+    try:
+        config = dict(original.get_config(), backbone=backbone,
+                      preprocessor=original.preprocessor)
+        task = type(original).from_config(config)
+    except Exception as exc:  # noqa: BLE001  (a task class's own constructor)
+        return fallback(f"{type(original).__name__} cannot be rebuilt from its config "
+                        f"({type(exc).__name__}: {exc})")
+    names = {layer.name for layer in cut.layers}
+    for layer in task.layers:
+        if layer is backbone or not layer.weights:
+            continue
+        if layer.name not in names:
+            return fallback(f"its layer '{layer.name}' has no namesake in the cut model")
+        weights = cut.get_layer(layer.name).get_weights()
+        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+            return fallback(f"its layer '{layer.name}' changed shape in the cut")
+        layer.set_weights(weights)
+    return task
 
 
 def _bind(backbone, attributes: dict) -> None:
