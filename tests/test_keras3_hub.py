@@ -139,3 +139,7 @@ def test_keras_hub_classifier_tasks_come_back_as_their_class_with_their_heads(tm
     c = r["unbuildable"]
     assert c["class"] == "Functional" and c["verify"] <= 1e-5, c
     assert len(c["warnings"]) == 1 and "cannot be rebuilt" in c["warnings"][0], c
+    # a layer reading another's weight (BertMaskedLM's head, the token embedding): refused
+    message = r["masked_lm"]
+    assert "'mlm_head'" in message and "token_embedding" in message, message
+    assert "task.backbone" in message and len(message.splitlines()) == 1

@@ -11,6 +11,7 @@ nested).
 from __future__ import annotations
 
 from surgery.engine.graph import ModelGraph, resolve
+from surgery.errors import SurgeryError
 
 
 def flatten_model(model):
@@ -61,9 +62,26 @@ def _inlined(graph: ModelGraph) -> ModelGraph:
 
     new_inputs = adapter.fresh_inputs(model)
     outputs = replay(graph, new_inputs)
+    _refuse_shared_weights([layer for _, layer in copies])
     # each layer's weights read as it is set: all at once they would be one more whole copy
     adapter.set_weights((new, layer.get_weights()) for new, layer in copies)
     return graph.with_model(adapter.build_model(model, new_inputs, outputs))
+
+
+def _refuse_shared_weights(layers: list) -> None:
+    """Raise where a layer reads a weight another layer owns (keras-hub's ``MaskedLMHead``
+    reads its backbone's token embedding): each copy gets weights of its own, so the tie
+    would be lost (and the copy's weights do not line up)."""
+    owner: dict = {}
+    for layer in layers:
+        for weight in layer.weights:
+            other = owner.setdefault(id(weight), layer)
+            if other is not layer:
+                raise SurgeryError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) reads weight "
+                    f"'{weight.path}' of layer '{other.name}', and a copy cannot keep them "
+                    "tied; plan and apply the model without that layer (a keras-hub "
+                    "task's backbone: surgery.plan(task.backbone, ...))")
 
 
 def flattened(graph: ModelGraph) -> ModelGraph:
