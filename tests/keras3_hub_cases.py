@@ -265,7 +265,8 @@ def tasks(out):
     ``bert`` and ``vit`` backbones, random weights (their heads' too), cut by ratio 0.5:
     the class ``apply`` returns, ``verify`` (a head rebuilt with fresh weights would fail
     it), how far zeroing moved the logits, a same-process reload and the input model's
-    logits before and after."""
+    logits before and after; a task whose config cannot rebuild it; ALBERT (one block
+    called for both layers) cut by ratio 0.5; and the error a ``BertMaskedLM`` gets."""
     import keras_hub
     import surgery
     from surgery.engine.zeroing import max_relative_difference
@@ -301,6 +302,21 @@ def tasks(out):
     report["unbuildable"] = {"class": type(small).__name__,
                              "verify": surgery.verify(model, small, plan, x),
                              "warnings": [m for m in lines if "functional" in m]}
+
+    # ALBERT calls one block for every layer: the cut backbone's outputs are the last call's
+    keras.utils.set_random_seed(0)
+    model = _randomize(keras_hub.models.AlbertBackbone(
+        vocabulary_size=50, num_layers=2, num_heads=4, embedding_dim=16, hidden_dim=32,
+        intermediate_dim=64, num_groups=1, num_inner_repetitions=1, max_sequence_length=10))
+    rng = np.random.default_rng(3)
+    x = {"token_ids": rng.integers(1, 50, (3, 10)).astype("int32"),
+         "segment_ids": np.zeros((3, 10), "int32"), "padding_mask": np.ones((3, 10), "int32")}
+    plan = surgery.plan(model, ratio=0.5)
+    small = surgery.apply(model, plan)
+    zeroed = surgery.zero_channels(model, plan.deletions, plan.units)
+    report["albert"] = {"units": plan.units, "verify": surgery.verify(model, small, plan, x),
+                        "moved": max_relative_difference(_outputs(model, x),
+                                                         _outputs(zeroed, x))}
 
     # a masked LM's head reads its backbone's token embedding: refused in one error
     inner, x = backbone("bert")

@@ -122,12 +122,14 @@ def test_layernorm_blocks_unless_exact_false_which_reports_its_deviation(pruned)
     assert r["shapes"] == [8, 8]
 
 
-def test_keras_hub_classifier_tasks_come_back_as_their_class_with_their_heads(tmp_path):
+def test_keras_hub_tasks_and_shared_blocks_are_cut_exactly_or_refused(tmp_path):
     """``apply`` on a ``BertTextClassifier`` or ``ViTImageClassifier`` returns that class
     (rebuilt from the task's config: ``num_classes`` and the rest), its head holding the
     original's weights: the cut is exact against the zeroed original, reloads, and leaves
     the input model as it was (before: a TypeError, the task rebuilt without
-    ``num_classes``)."""
+    ``num_classes``); a task whose config cannot rebuild it comes back functional, with a
+    warning. ALBERT's one block, called for every layer, is cut exactly; a layer that
+    reads another's weight (``BertMaskedLM``'s head) is refused in one line."""
     r = _child("tasks", tmp_path)
     for case, cls in (("bert", "BertTextClassifier"), ("vit", "ViTImageClassifier")):
         c = r[case]
@@ -139,6 +141,11 @@ def test_keras_hub_classifier_tasks_come_back_as_their_class_with_their_heads(tm
     c = r["unbuildable"]
     assert c["class"] == "Functional" and c["verify"] <= 1e-5, c
     assert len(c["warnings"]) == 1 and "cannot be rebuilt" in c["warnings"][0], c
+    # ALBERT's one block, called for both layers, loses heads and MLP units exactly (before:
+    # the cut backbone's sequence output was the first call's, 8e-3 away)
+    c = r["albert"]
+    assert list(c["units"]) == ["group_0_inner_layer_0"], c
+    assert c["verify"] <= 1e-5 and c["moved"] > 1e-2, c
     # a layer reading another's weight (BertMaskedLM's head, the token embedding): refused
     message = r["masked_lm"]
     assert "'mlm_head'" in message and "token_embedding" in message, message

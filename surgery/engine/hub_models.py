@@ -92,8 +92,9 @@ def with_family(original, cut, in_cut):
     """``cut`` (the flat functional model :func:`surgery.apply` made of ``original``)
     as a model of ``original``'s keras-hub family: a :class:`PrunedBackbone` for a
     backbone, the task's own class over one for a task; ``cut`` itself for anything else.
-    ``in_cut(tensor)`` is the tensor of ``cut`` where ``tensor`` stood (the graph
-    adapter's :func:`~surgery.engine.keras3.tensor_in`: graph internals stay there).
+    ``in_cut(tensor, model)`` is the tensor of ``cut`` where ``tensor`` of ``model`` stood
+    (the graph adapter's :func:`~surgery.engine.keras3.tensor_in`: graph internals stay
+    there).
     """
     if not (is_backbone(original) or is_task(original)):
         return cut
@@ -104,7 +105,7 @@ def with_family(original, cut, in_cut):
         inputs = {key: cut.inputs[names.index(t.name)] for key, t in inputs.items()}
     else:
         inputs = cut.input
-    hidden = keras.tree.map_structure(in_cut, backbone.output)
+    hidden = keras.tree.map_structure(lambda t: in_cut(t, backbone), backbone.output)
     new = pruned_backbone_class()(inputs=inputs, outputs=hidden, name=backbone.name,
                                   attributes=family_attributes(backbone))
     if not is_task(original):

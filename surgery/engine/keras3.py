@@ -21,6 +21,7 @@ import keras
 from keras import tree
 from keras.src.backend.common import global_state
 from keras.src.backend.common.variables import initialize_all_variables
+from keras.src.ops.function import make_node_key
 
 from surgery.errors import SurgeryError
 from surgery.engine import adapter_base, hub_models
@@ -267,14 +268,25 @@ def new_layer(layer, config: Optional[dict] = None):
 def with_family(original, cut):
     """``cut``, made of ``original``, as a model of ``original``'s keras-hub family
     where it has one (:func:`surgery.engine.hub_models.with_family`)."""
-    return hub_models.with_family(original, cut, lambda t: tensor_in(cut, t))
+    return hub_models.with_family(original, cut,
+                                  lambda t, source: tensor_in(cut, t, source))
 
 
-def tensor_in(cut, tensor):
-    """The tensor of ``cut`` that stands where ``tensor`` stood in the model it was cut
-    from: the same output of the layer of the same name (called once in a flat copy)."""
-    layer, _, index = tensor._keras_history
-    return cut.get_layer(layer.name)._inbound_nodes[0].output_tensors[index]
+def tensor_in(cut, tensor, source):
+    """The tensor of ``cut`` that stands where ``tensor`` of model ``source`` stood: the
+    same output of the same call (ALBERT calls one block several times) of the layer of
+    the same name."""
+    layer, node, index = tensor._keras_history
+    calls = _calls_in(source, layer)
+    copy = cut.get_layer(layer.name)
+    return copy._inbound_nodes[_calls_in(cut, copy)[calls.index(node)]].output_tensors[index]
+
+
+def _calls_in(model, layer) -> list:
+    """The indices of ``layer``'s inbound nodes that belong to ``model``'s graph (a layer
+    may also have been called in other models), in the order they were made."""
+    return [i for i in range(len(layer._inbound_nodes))
+            if make_node_key(layer, i) in model._nodes]
 
 
 def set_weights(pairs: Iterable[tuple], model=None) -> None:
