@@ -218,6 +218,22 @@ def gpt2(out: str) -> None:
             path = os.path.join(out, "gpt2.keras")
             small.save(path)
             report[name]["reloaded"] = generate(keras.saving.load_model(path))
+
+    # OPT: the same blocks; its task reads the token embedding held by the backbone's
+    # TokenAndPositionEmbedding, and calls it again for the logits (tied)
+    keras.utils.set_random_seed(0)
+    lm = keras_hub.models.OPTCausalLM(backbone=_randomize(keras_hub.models.OPTBackbone(
+        vocabulary_size=VOCAB, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=64,
+        max_sequence_length=SEQ)), preprocessor=None)
+    plan = surgery.plan(lm, ratio=0.5)
+    small = surgery.apply(lm, plan)
+    path = os.path.join(out, "opt.keras")
+    small.save(path)
+    report["opt"] = {"class": type(small).__name__, "verify": surgery.verify(lm, small, plan, x),
+                     "params": [lm.count_params(), plan.settings.get("params_after"),
+                                small.count_params()],
+                     "generated": generate(small), "greedy": greedy_without_cache(small, prompt),
+                     "reloaded": generate(keras.saving.load_model(path))}
     print("RESULT " + json.dumps(report, default=str))
 
 

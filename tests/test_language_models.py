@@ -166,3 +166,9 @@ def test_a_cut_gpt2_generates_through_its_task_cache_where_keys_and_values_fit(t
     assert any(k != v for _, k, v in widths["kept"]), widths["kept"]
     assert len(widths["warnings"]) == 1 and "cannot generate" in widths["warnings"][0]
     assert not isinstance(widths["generated"], list), widths["generated"]  # it raised
+    # OPT (the same blocks; a token embedding held by the embeddings layer, tied to the
+    # logits): an OPTCausalLM that generates, also reloaded (before: a TypeError in apply)
+    opt = r["opt"]
+    assert opt["class"] == "OPTCausalLM" and opt["verify"] <= 1e-5, opt
+    assert opt["generated"] == opt["greedy"] == opt["reloaded"], opt
+    assert len(opt["greedy"]) > PROMPT

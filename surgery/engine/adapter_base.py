@@ -3,8 +3,9 @@
 This module owns the parts of :mod:`surgery.engine.keras2` and :mod:`surgery.engine.keras3`
 that do not depend on the Keras generation: :class:`NodeBase`, the common half of an
 adapter's call record; :func:`walk`, every call once in topological order;
-:func:`carried`, how they copy a layer that no cut touches; and :func:`input_roles`, which
-call argument each tensor input of a call is.
+:func:`carried`, how they copy a layer that no cut touches; :func:`input_roles`, which
+call argument each tensor input of a call is; and :func:`sublayers`, the layers a layer
+holds.
 """
 from __future__ import annotations
 
@@ -109,3 +110,10 @@ def input_roles(layer, args: Sequence, kwargs: dict, inputs: Sequence,
     for name, value in pairs + sorted(kwargs.items()):
         roles += [name] * sum(1 for v in flatten(value) if id(v) in ids)
     return roles if len(roles) == len(inputs) else [""] * len(inputs)
+
+
+def sublayers(layer) -> list:
+    """The layers ``layer`` holds, at any depth, in the order both Keras generations
+    track them (the same for two layers made from one config)."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    return list(flatten(include_self=False)) if flatten is not None else []

@@ -10,6 +10,7 @@ nested).
 """
 from __future__ import annotations
 
+from surgery.engine.adapter_base import sublayers
 from surgery.engine.graph import ModelGraph, resolve
 from surgery.errors import SurgeryError
 
@@ -38,6 +39,10 @@ def _inlined(graph: ModelGraph) -> ModelGraph:
 
     def copy_of(layer):
         if layer not in cache:
+            held = _held_copy(layer, cache)
+            if held is not None:  # called on its own too (OPT's token embedding): one copy
+                cache[layer] = held
+                return held
             config = dict(adapter.layer_config(layer))
             name, i = config["name"], 1
             while config["name"] in used_names:
@@ -66,6 +71,16 @@ def _inlined(graph: ModelGraph) -> ModelGraph:
     # each layer's weights read as it is set: all at once they would be one more whole copy
     adapter.set_weights((new, layer.get_weights()) for new, layer in copies)
     return graph.with_model(adapter.build_model(model, new_inputs, outputs))
+
+
+def _held_copy(layer, cache: dict):
+    """Where ``layer`` is held by a layer copied already (``cache``: original -> copy), the
+    copy's layer in its place; else ``None``."""
+    for original, copy in cache.items():
+        inside = sublayers(original)
+        if any(sub is layer for sub in inside):
+            return sublayers(copy)[next(i for i, sub in enumerate(inside) if sub is layer)]
+    return None
 
 
 def _refuse_shared_weights(layers: list) -> None:

@@ -28,6 +28,8 @@ from typing import Any, Optional
 
 import keras
 
+from surgery.engine.adapter_base import sublayers
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "surgery"
@@ -54,8 +56,11 @@ def is_task(model) -> bool:
 
 def family_attributes(backbone) -> dict:
     """What a task reads from its backbone, by name: its layers (``{"layers": {attribute:
-    layer name or [names]}}``) and the plain values of its config (``{"values": ...}``)."""
+    layer name, [names], or {"inside": name, "at": index} for a layer another holds}}``)
+    and the plain values of its config (``{"values": ...}``)."""
     ids = {id(layer) for layer in backbone.layers}
+    held = {id(sub): {"inside": layer.name, "at": i} for layer in backbone.layers
+            for i, sub in enumerate(sublayers(layer))}  # OPT's token embedding
     layers, cls = {}, type(backbone)
     keras_own = {k for c in cls.__mro__ if c.__module__.startswith("keras.src.")
                  for k in vars(c)}
@@ -68,6 +73,8 @@ def family_attributes(backbone) -> dict:
             continue
         if hasattr(value, "name") and id(value) in ids:
             layers[key] = value.name
+        elif hasattr(value, "name") and id(value) in held:
+            layers[key] = held[id(value)]
         elif (isinstance(value, (list, tuple)) and value
               and all(id(v) in ids for v in value)):
             layers[key] = [v.name for v in value]
@@ -148,8 +155,11 @@ def _bind(backbone, attributes: dict) -> None:
         if not hasattr(type(backbone), key):
             setattr(backbone, key, value)
     for key, name in attributes["layers"].items():
-        found = ([backbone.get_layer(n) for n in name] if isinstance(name, list)
-                 else backbone.get_layer(name))
+        if isinstance(name, dict):  # a layer held by one of the backbone's layers
+            found = sublayers(backbone.get_layer(name["inside"]))[name["at"]]
+        else:
+            found = ([backbone.get_layer(n) for n in name] if isinstance(name, list)
+                     else backbone.get_layer(name))
         setattr(backbone, key, found)
     blocks = [backbone.get_layer(n) for n in attributes["layers"].get("transformer_layers")
               or ()]
