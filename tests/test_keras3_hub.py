@@ -127,16 +127,20 @@ def test_keras_hub_tasks_and_shared_blocks_are_cut_exactly_or_refused(tmp_path):
     (rebuilt from the task's config: ``num_classes`` and the rest), its head holding the
     original's weights: the cut is exact against the zeroed original, reloads, and leaves
     the input model as it was (before: a TypeError, the task rebuilt without
-    ``num_classes``); a task whose config cannot rebuild it comes back functional, with a
-    warning. ALBERT's one block, called for every layer, is cut exactly; a layer that
+    ``num_classes``); a task's own head keeps its widths (DistilBERT's ``pooled_dense``),
+    so the task can be rebuilt; a task whose config cannot rebuild it comes back
+    functional, with a warning. ALBERT's one block, called for every layer, is cut exactly; a layer that
     reads another's weight (``BertMaskedLM``'s head) is refused in one line."""
     r = _child("tasks", tmp_path)
-    for case, cls in (("bert", "BertTextClassifier"), ("vit", "ViTImageClassifier")):
+    for case, cls in (("bert", "BertTextClassifier"), ("vit", "ViTImageClassifier"),
+                      ("distilbert", "DistilBertTextClassifier")):
         c = r[case]
         assert c["class"] == cls, c
         assert c["verify"] <= 1e-5 and c["moved"] > 1e-2, c
         assert c["reloaded"] <= 1e-6 and c["original_unchanged"] == 0.0, c
         assert c["params"][1] < 0.8 * c["params"][0], c
+    # DistilBERT's head keeps its hidden-width Dense (pruned, the task could not rebuild it)
+    assert "ignored" in r["distilbert"]["skipped"].get("pooled_dense", ""), r["distilbert"]
     # a task whose config cannot rebuild it: the cut, as a functional model, and a warning
     c = r["unbuildable"]
     assert c["class"] == "Functional" and c["verify"] <= 1e-5, c

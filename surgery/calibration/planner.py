@@ -19,6 +19,7 @@ from surgery.calibration.candidates import best_candidate
 from surgery.calibration.latency import plan_for_latency
 from surgery.engine.flatten import flattened
 from surgery.engine.graph import ModelGraph, resolve
+from surgery.engine.hub_models import task_head
 from surgery.engine.rules import rule_for
 from surgery.engine.rules.base import approximate
 from surgery.pruning.allocation import (
@@ -100,6 +101,11 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     spec = PlanSpec(ratio, criterion, policy, threshold, dict(per_layer or {}), tuple(ignore),
                     1 if round_to is None else round_to, min_channels, scope, data, heads,
                     head_dims, exact, units=units, depth=depth, query_groups=query_groups)
+    head = [name for name in task_head(model) if name not in spec.ignore]
+    if head:  # else the cut could not be rebuilt as the task (hub_models.with_family)
+        logger.info("plan: %s's head (%s) keeps its widths, so the cut is rebuilt as %s",
+                    model.name, ", ".join(head), type(model).__name__)
+        spec = spec.replace(ignore=spec.ignore + tuple(head))
     flat = _checked_depth(flattened(graph), depth)
     with approximate(not exact):
         if latency_target is not None:

@@ -54,6 +54,17 @@ def is_task(model) -> bool:
     return _hub_base(model, "Task") and is_backbone(getattr(model, "backbone", None))
 
 
+def task_head(model) -> tuple:
+    """The names of a keras-hub task's own layers with weights (a classifier's
+    ``pooled_dense`` and ``output_dense``), which keep their widths so that the cut is
+    rebuilt as the task (:func:`with_family`); ``()`` for anything else."""
+    if not is_task(model):
+        return ()
+    inside = {id(layer) for layer in sublayers(model.backbone)} | {id(model.backbone)}
+    return tuple(layer.name for layer in model.layers
+                 if id(layer) not in inside and layer.weights)
+
+
 def family_attributes(backbone) -> dict:
     """What a task reads from its backbone, by name: its layers (``{"layers": {attribute:
     layer name, [names], or {"inside": name, "at": index} for a layer another holds}}``)
