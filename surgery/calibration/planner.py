@@ -101,11 +101,7 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
     spec = PlanSpec(ratio, criterion, policy, threshold, dict(per_layer or {}), tuple(ignore),
                     1 if round_to is None else round_to, min_channels, scope, data, heads,
                     head_dims, exact, units=units, depth=depth, query_groups=query_groups)
-    head = [name for name in task_head(model) if name not in spec.ignore]
-    if head:  # else the cut could not be rebuilt as the task (hub_models.with_family)
-        logger.info("plan: %s's head (%s) keeps its widths, so the cut is rebuilt as %s",
-                    model.name, ", ".join(head), type(model).__name__)
-        spec = spec.replace(ignore=spec.ignore + tuple(head))
+    spec = _keeping_task_head(model, spec)
     flat = _checked_depth(flattened(graph), depth)
     with approximate(not exact):
         if latency_target is not None:
@@ -124,6 +120,17 @@ def plan(model, ratio: Optional[float] = 0.3, criterion="l1",
         logger.warning("plan: nothing to cut in model '%s' (%s); every group is skipped or "
                        "keeps all its units", graph.model.name, _why_empty(result))
     return result
+
+
+def _keeping_task_head(model, spec: PlanSpec) -> PlanSpec:
+    """``spec`` with a keras-hub task's own head (a classifier's ``pooled_dense``) among
+    the layers it ignores: cut, the task could not be rebuilt (hub_models.with_family)."""
+    head = tuple(name for name in task_head(model) if name not in spec.ignore)
+    if not head:
+        return spec
+    logger.info("plan: %s's head (%s) keeps its widths, so the cut is rebuilt as %s",
+                model.name, ", ".join(head), type(model).__name__)
+    return spec.replace(ignore=spec.ignore + head)
 
 
 def _checked_depth(graph: ModelGraph, depth: bool) -> ModelGraph:
