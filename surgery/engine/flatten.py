@@ -92,11 +92,12 @@ def _refuse_shared_weights(layers: list) -> None:
         for weight in layer.weights:
             other = owner.setdefault(id(weight), layer)
             if other is not layer:
+                name = getattr(weight, "path", weight.name)  # tf-keras: name
                 raise SurgeryError(
-                    f"layer '{layer.name}' ({type(layer).__name__}) reads weight "
-                    f"'{weight.path}' of layer '{other.name}', and a copy cannot keep them "
-                    "tied; plan and apply the model without that layer (a keras-hub "
-                    "task's backbone: surgery.plan(task.backbone, ...))")
+                    f"layer '{layer.name}' ({type(layer).__name__}) reads weight '{name}' "
+                    f"of layer '{other.name}', and a copy cannot keep them tied; plan and "
+                    "apply the model without that layer (a keras-hub task's backbone: "
+                    "surgery.plan(task.backbone, ...))")
 
 
 def flattened(graph: ModelGraph) -> ModelGraph:
