@@ -305,7 +305,7 @@ def tasks(out):
     inner, x = backbone("vit")
     model = _randomize(Unbuildable(backbone=inner, num_classes=3, preprocessor=None))
     plan = surgery.plan(model, ratio=0.5)
-    with _logged() as lines:
+    with logged() as lines:
         small = surgery.apply(model, plan)
     report["unbuildable"] = {"class": type(small).__name__,
                              "verify": surgery.verify(model, small, plan, x),
@@ -337,7 +337,7 @@ def tasks(out):
 
 
 @contextlib.contextmanager
-def _logged():
+def logged():
     """The messages surgery logs inside the block."""
     import logging
 

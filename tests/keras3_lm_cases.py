@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from keras3_hub_cases import _randomize  # noqa: E402
+from keras3_hub_cases import _randomize, logged  # noqa: E402
 
 FAMILIES = ("llama3", "qwen3", "mistral", "gemma3")
 VOCAB, SEQ, PROMPT = 64, 12, 4
@@ -120,18 +120,10 @@ def cut(out: str) -> None:
         small.save(os.path.join(out, f"{family}_int8.keras"))
         np.savez(os.path.join(out, f"{family}.npz"), y=y, y8=y8)
     lm = causal_lm("llama3")
-    import logging
-
-    class Lines(logging.Handler):
-        lines: list = []
-
-        def emit(self, record):
-            self.lines.append(record.getMessage())
-
-    logging.getLogger("surgery").addHandler(Lines())
-    deep = surgery.plan(lm, params_target=0.5, depth=True)
+    with logged() as lines:
+        deep = surgery.plan(lm, params_target=0.5, depth=True)
     report["depth"] = [sorted(layer for layer, axes in deep.units.items() if "blocks" in axes),
-                       [m for m in Lines.lines if "depth=True" in m]]
+                       [m for m in lines if "depth=True" in m]]
     try:
         surgery.plan(lm, latency_target=0.3, runtime="onnxruntime")
     except surgery.SurgeryError as exc:
@@ -172,8 +164,6 @@ def gpt2(out: str) -> None:
     ``apply`` logged, ``verify``, what greedy ``generate`` gave (the tokens, or the error
     it raised) beside full forward passes, and for the first, generation after a save and
     reload."""
-    import logging
-
     import keras_hub
     import surgery
 
@@ -185,14 +175,6 @@ def gpt2(out: str) -> None:
     x = tokens()
     prompt = x["token_ids"][0, :PROMPT]
 
-    class Lines(logging.Handler):
-        def __init__(self):
-            super().__init__()
-            self.lines = []
-
-        def emit(self, record):
-            self.lines.append(record.getMessage())
-
     def generate(model):
         try:
             return generated(model, prompt)
@@ -203,15 +185,13 @@ def gpt2(out: str) -> None:
     for name, kwargs in (("heads", dict(ratio=0.5)),
                          ("widths", dict(flops_target=0.5, head_dims=True))):
         plan = surgery.plan(lm, **kwargs)
-        lines = Lines()
-        logging.getLogger("surgery").addHandler(lines)
-        small = surgery.apply(lm, plan)
-        logging.getLogger("surgery").removeHandler(lines)
+        with logged() as lines:
+            small = surgery.apply(lm, plan)
         attention = [b._self_attention_layer for b in small.backbone.transformer_layers]
         report[name] = {"kept": [[a.num_heads, a.key_dim, a.value_dim or a.key_dim]
                                  for a in attention],
                         "verify": surgery.verify(lm, small, plan, x),
-                        "warnings": [m for m in lines.lines if "cannot generate" in m],
+                        "warnings": [m for m in lines if "cannot generate" in m],
                         "generated": generate(small),
                         "greedy": greedy_without_cache(small, prompt)}
         if name == "heads":
