@@ -157,7 +157,8 @@ def _plan_for_target(graph: ModelGraph, spec: PlanSpec, flops_target: Optional[f
                      params_target: Optional[float], candidates: int, **budget) -> PrunePlan:
     """The plan of a FLOPs or parameter target, or else of ``spec``'s ratio or threshold.
     A parameter target fills greedily: every unit, from none cut, the least important
-    (normalised within its group) first, whatever its size."""
+    (normalised per kind of unit in its layer: surgery.pruning.unit_scales) first,
+    whatever its size."""
     if flops_target is not None:
         return _plan_for_budget(graph, spec, Budget(flops_target, **budget), candidates,
                                 plan_for_flops)

@@ -79,8 +79,11 @@ def unit_entry(info, rule, kept: Mapping[str, int], new_layer: Callable) -> Entr
         per, gone = size // blocks, (size - k) // blocks  # as many from every block
         if gone > 0:
             cuts[axis] = [b * per + j for b in range(blocks) for j in range(gone)]
-    # the layer whole is one micro-model, whichever axis's table it starts
-    named = ",".join(f"{axis}={int(kept[axis])}" for axis in cuts) or "whole"
+    # the layer whole is one micro-model, whichever axis's table it starts; an axis is
+    # named without its block ("heads", not "block_2/heads"): identical blocks of an
+    # encoder, timed alone, are one micro-model, measured once (and their tables agree)
+    named = ",".join(f"{axis.rpartition('/')[2]}={int(kept[axis])}" for axis in cuts) \
+        or "whole"
     others = _other_blocks(info, rule, next(iter(kept)))
     if others:
         cuts["blocks"] = others

@@ -40,6 +40,21 @@ def _count(info, drop_in: list, drop_out: bool, units: tuple) -> float:
     return float(sum(np.size(w) for w in weights))
 
 
+def unit_params(info, axis: str) -> float:
+    """The parameters one unit of ``info``'s unit ``axis`` holds: what the layer loses when
+    its rule cuts one (a head: its query, key, value and output weights)."""
+    return _count(info, [], False, ()) - _count(info, [], False, (axis,))
+
+
+def _emptied(info, axis: str, size: int) -> float:
+    """``info``'s parameters with every unit of ``axis`` gone (an emptiable axis: the
+    layer rebuilt without it may drop more than its units' weights, such as the norm
+    before a block's attention)."""
+    replacement, _ = cut(info, [None] * len(info.input_shapes), None,
+                         units={axis: list(range(size))})
+    return float(sum(np.size(w) for w in replacement[1]))
+
+
 def _terms(info, vary_in: list, vary_out: bool, units: tuple = ()) -> tuple:
     """``(a, b, c, d)`` with ``a·i·o + b·i + c·o + d`` the layer's parameters at ``i``
     input and ``o`` output channels (with one unit fewer of each axis in ``units``)."""
@@ -72,6 +87,7 @@ class ParamsEstimator(WidthModel):
                  units: Sequence[tuple] = ()):
         super().__init__(graph, groups, units)
         rows_in, rows_out, coefs, unit_rows = [], [], [], []
+        self._empty: list = []  # (unit group, parameters beyond the linear terms at 0)
         for info, rule, in_rows, out_row, unit_axes in self.layers:
             if not info.weights:
                 continue
@@ -86,8 +102,13 @@ class ParamsEstimator(WidthModel):
             coefs.append(whole)
             fewer = {axis: np.asarray(_terms(info, varies, vary_out, (axis,)))
                      for _, axis in unit_axes}
+            emptiable = set(rule.emptiable_axes(info)) if rule is not None else set()
             for g, axis in unit_axes:
                 unit_rows.append((len(coefs) - 1, g, tuple(whole - fewer[axis])))
+                if axis in emptiable:  # what the linear terms miss at no unit at all
+                    size, full = int(self.sizes[g]), _count(info, [], False, ())
+                    linear = full - size * (full - _count(info, [], False, (axis,)))
+                    self._empty.append((g, _emptied(info, axis, size) - linear))
             group = {axis: g for g, axis in unit_axes}
             for a, b in rule.interacting_axes(info) if rule is not None else ():
                 if a in group and b in group:  # a head's width times the head count
@@ -116,6 +137,8 @@ class ParamsEstimator(WidthModel):
             a, b, c, d = self._unit_abcd.T
             gone = kept[..., self._unit_group] - self.sizes[self._unit_group]
             total = total + (gone * (a * i * o + b * i + c * o + d)).sum(axis=-1)
+        for g, extra in self._empty:
+            total = total + extra * (kept[..., g] == 0)
         return total + self.pairs(kept, full @ self._rows_in.T, full @ self._rows_out.T)
 
     cost = params

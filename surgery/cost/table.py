@@ -243,8 +243,9 @@ def _monotone(kept: Sequence[int], seconds: Sequence[float]) -> list:
 def _unit_grid(rule, info, axis: str, size: int) -> list:
     """The kept counts a unit table of ``axis`` measures (whole numbers of its blocks)."""
     blocks = int(rule.unit_blocks(info, axis))
+    empty = [0] if axis in rule.emptiable_axes(info) else []  # the layer without them
     return sorted({max(blocks, int(round(f * size / blocks)) * blocks)
-                   for f in FRACTIONS_UNITS}, reverse=True)
+                   for f in FRACTIONS_UNITS}.union(empty), reverse=True)
 
 
 def _monotone_grid(grid_a: Sequence[int], grid_b: Sequence[int], seconds) -> list:

@@ -77,9 +77,11 @@ def checked_channels(info, channels) -> list[int]:
 def checked_units(info, units: Mapping[str, Sequence[int]]) -> dict:
     """``units`` (``{axis: indices}``) as sorted unique indices, refused when the layer
     has no such axis, an index is out of range, or every unit of an axis would go (but
-    for a block that is a layer of its own: its one ``"blocks"`` unit, the whole layer)."""
+    for a block that is a layer of its own: its one ``"blocks"`` unit, the whole layer,
+    and for the rule's ``emptiable_axes``)."""
     rule = rule_for(info)
     axes = rule.unit_axes(info) if rule is not None else {}
+    emptiable = set(rule.emptiable_axes(info)) if rule is not None else set()
     result = {}
     for axis, chosen in units.items():
         if axis not in axes:
@@ -89,7 +91,8 @@ def checked_units(info, units: Mapping[str, Sequence[int]]) -> dict:
                 "attention layers")
         chosen = sorted({int(c) for c in chosen})
         size = int(axes[axis])
-        whole = chosen and len(chosen) == size and not (axis == "blocks" and size == 1)
+        whole = chosen and len(chosen) == size and not (axis == "blocks" and size == 1) \
+            and axis not in emptiable
         if any(not 0 <= c < size for c in chosen) or whole:  # a block of its own may go
             raise SurgeryError(
                 f"cannot delete {axis} {chosen} of layer {info.describe()}, which has "

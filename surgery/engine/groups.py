@@ -59,6 +59,7 @@ class ChannelGroup:
     approximate: list[str] = dataclasses.field(default_factory=list)
     channels: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict, repr=False)
     axis: Optional[str] = None
+    emptiable: bool = False  # a unit axis whose units may all go (LayerRule.emptiable_axes)
 
     @property
     def name(self) -> str:
@@ -208,9 +209,11 @@ class _Analysis:
 
     def _units(self, info, rule) -> None:
         """One group per unit axis of the layer (its heads, its head widths)."""
+        emptiable = set(rule.emptiable_axes(info))
         for axis, size in rule.unit_axes(info).items():
             group = ChannelGroup([info.name], int(size), axis=axis,
-                                 blocks=rule.unit_blocks(info, axis))
+                                 blocks=rule.unit_blocks(info, axis),
+                                 emptiable=axis in emptiable)
             group.channels = {info.name: [[i] for i in range(int(size))]}
             self.units.setdefault(group.name, group)
 

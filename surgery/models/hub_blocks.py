@@ -13,7 +13,9 @@ file stays loadable: keras-hub's ``from_config`` passes every key to ``__init__`
 The generic blocks' equivalents (BERT's ``TransformerEncoder``, GPT-2's
 ``TransformerDecoder``) live in :mod:`surgery.models.hub_transformer`; they are registered
 here with the rest. ``surgery>SkippedBlock`` stands for a decoder block removed by depth
-pruning (the identity on the residual stream; :mod:`surgery.engine.rules.depth`).
+pruning (the identity on the residual stream; :mod:`surgery.engine.rules.depth`); a ViT
+block that lost all its heads is built by ``surgery>ViTEncoder`` as an attention-free
+block (its attention's output bias, then its MLP).
 
 ``import surgery`` registers :func:`register_lazily`'s proxies, which import keras-hub
 (slow: about 10 s) only when a file that uses them is loaded.
@@ -101,6 +103,13 @@ def vit_encoder_class():
     @keras.saving.register_keras_serializable(package=PACKAGE, name="ViTEncoder")
     class ViTEncoder(_PerBlockWidths, Stock):
         def _block(self, dims, common):
+            if not dims["num_heads"]:
+                return attention_free_block_class()(
+                    hidden_dim=self.hidden_dim, mlp_dim=dims["mlp_dim"],
+                    use_mha_bias=self.use_mha_bias, use_mlp_bias=self.use_mlp_bias,
+                    dropout_rate=self.dropout_rate,
+                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+                    name=common["name"])
             return ViTEncoderBlock(mlp_dim=dims["mlp_dim"], use_mlp_bias=self.use_mlp_bias,
                                    **common)
 
@@ -108,6 +117,43 @@ def vit_encoder_class():
             return dict(super().get_config(), blocks=self.blocks)
 
     return ViTEncoder
+
+
+@functools.lru_cache(maxsize=None)
+def attention_free_block_class():
+    """A ViT block whose heads all went: with no head, its attention adds only its output
+    bias to the residual stream (``x + b``; ``x`` without biases), then the block's MLP as
+    the stock block (``ln_2``, ``mlp``). Weights: that bias (with ``use_mha_bias``), then
+    ``ln_2`` and the MLP's. Built by ``surgery>ViTEncoder`` for a block with
+    ``num_heads=0``, never on its own."""
+    from keras_hub.src.models.vit.vit_layers import MLP  # lazy: slow import
+
+    class AttentionFreeBlock(keras.layers.Layer):
+        def __init__(self, hidden_dim, mlp_dim, use_mha_bias=True, use_mlp_bias=True,
+                     dropout_rate=0.0, layer_norm_epsilon=1e-6, **kwargs):
+            super().__init__(**kwargs)
+            self.hidden_dim, self.mlp_dim = int(hidden_dim), int(mlp_dim)
+            self.use_mha_bias, self.use_mlp_bias = use_mha_bias, use_mlp_bias
+            self.dropout_rate, self.layer_norm_epsilon = dropout_rate, layer_norm_epsilon
+
+        def build(self, input_shape):
+            self.attention_bias = self.add_weight(
+                shape=(self.hidden_dim,), initializer="zeros",
+                name="attention_bias") if self.use_mha_bias else None
+            self.layer_norm_2 = keras.layers.LayerNormalization(
+                epsilon=self.layer_norm_epsilon, name="ln_2", dtype=self.dtype_policy)
+            self.layer_norm_2.build((None, None, self.hidden_dim))
+            self.mlp = MLP(hidden_dim=self.hidden_dim, mlp_dim=self.mlp_dim,
+                           use_bias=self.use_mlp_bias, dropout_rate=self.dropout_rate,
+                           name="mlp", dtype=self.dtype_policy)
+            self.mlp.build((None, None, self.hidden_dim))
+            self.built = True
+
+        def call(self, inputs):
+            x = inputs if self.attention_bias is None else inputs + self.attention_bias
+            return x + self.mlp(self.layer_norm_2(x))
+
+    return AttentionFreeBlock
 
 
 @functools.lru_cache(maxsize=None)

@@ -247,10 +247,14 @@ class _Fill:
             widths = {keep_count(size, d / size, spec.multiple(axis), spec.minimum(axis), blocks)
                       for d in range(size + 1)}
             self.steps[g] = sorted((w for w in widths if hi_k[g] <= w < lo_k[g]), reverse=True)
+            if search.ranking.groups[g].emptiable:  # past the largest ratio, to none at all
+                self.steps[g].append(0)
         self.kept = lo_k.astype(np.float64).copy()
         self.goal = (1.0 - search.budget.target) * search.reference
         # a removed block takes its heads and widths along: they count as whole, and stay
         self.members = {g: search.ranking.block_members(g) for g in movable}
+        self.weights = {g: search.ranking.unit_weight(g) if search.ranking.groups[g].axis
+                        else 1.0 for g in movable}
 
     def _step(self, kept: np.ndarray, g: int) -> np.ndarray:
         """``kept`` after group ``g``'s next step (a block's own unit groups made whole)."""
@@ -295,13 +299,15 @@ class _Fill:
         return history
 
     def _price(self, g: int, saved: float) -> float:
-        """The importance group ``g``'s next step gives up per unit of cost it saves (with
-        ``by_importance``: the mean importance of the units it removes)."""
+        """The importance group ``g``'s next step gives up per unit of cost it saves, each
+        unit's normalised importance times its size (:meth:`Ranking.unit_weight`); with
+        ``by_importance``: the mean importance of the units it removes."""
         size = int(self.cost.sizes[g])
         gone = self.ranked[g][size - int(self.kept[g]):size - int(self.steps[g][0])]
         if self.search.budget.by_importance:
             return float(gone.mean())
-        return gone.sum() / max(saved, 1e-9)
+        # per unit of cost, a unit's importance counts its size (a head against an MLP unit)
+        return gone.sum() * self.weights[g] / max(saved, 1e-9)
 
 
 def allocate(ranking: Ranking, spec: PlanSpec, cost: WidthModel, budget: Budget,

@@ -25,6 +25,7 @@ from surgery.engine.rules import LayerRule, rule_for
 from surgery.pruning.criteria import channel_scores
 from surgery.pruning.criteria.units import unit_axis_wanted, unit_kind, unit_scores
 from surgery.pruning.plan import CHANNELS, Cut, PrunePlan
+from surgery.pruning import unit_scales
 from surgery.pruning.policies import BelowThreshold, LowestK, get_policy, normalised
 
 
@@ -114,10 +115,12 @@ def keep_count(size: int, ratio: float, round_to: int, min_channels: int, blocks
 
     >>> keep_count(32, 0.3, 8, 1, 1), keep_count(32, 0.99, 1, 4, 1), keep_count(30, 0.5, 1, 1, 4)
     (24, 4, 16)
+    >>> keep_count(4, 0.95, 1, 0, 1), keep_count(4, 1.0, 1, 0, 1)  # a group that may empty
+    (1, 0)
     """
     keep = size - math.floor(size * ratio + 1e-9)
     keep = math.ceil(keep / round_to) * round_to
-    keep = max(keep, min_channels, blocks)
+    keep = max(keep, min_channels, blocks if min_channels else 0)  # 0: may keep none
     keep = math.ceil(keep / blocks) * blocks
     return min(size, keep)
 
@@ -304,11 +307,23 @@ class Ranking:
         g = self.groups[index]
         weight = 1.0 if self.kind_weight is None else self.kind_weight(unit_kind(g.axis))
         if g.axis is not None:
-            return normalised(self.score(g.name)) * weight
+            scale = self._kind_mean(index)
+            return (self.score(g.name) / scale if scale > 0 else 0 * self.score(g.name)) \
+                * weight
         whole = [p for p in g.producers if np.size(self.scores[p]) == g.size]
         if not whole:
             return np.arange(g.size, dtype=np.float64)
         return sum(normalised(self.score(p)) for p in whole) / len(whole) * weight
+
+    def unit_weight(self, index: int) -> float:
+        """What group ``index``'s normalised importance is multiplied by where steps are
+        priced per unit of cost (:func:`surgery.pruning.unit_scales.unit_weight`)."""
+        return self._once(("unit weight", index), lambda: unit_scales.unit_weight(self, index))
+
+    def _kind_mean(self, index: int) -> float:
+        g = self.groups[index]
+        return self._once(("kind mean", tuple(g.producers), unit_kind(g.axis)),
+                          lambda: unit_scales.kind_mean(self, index))
 
     def plan(self, spec: PlanSpec) -> PrunePlan:
         """The plan for ``spec``'s ratio (or threshold), ``per_layer`` and scope."""
@@ -329,7 +344,8 @@ class Ranking:
                 ratio = max((spec.per_layer[p] for p in keys if p in spec.per_layer),
                             default=spec.ratio)
                 keep = global_keep.get(index) or keep_count(
-                    g.size, ratio, spec.multiple(g.axis), spec.minimum(g.axis), g.blocks)
+                    g.size, ratio, spec.multiple(g.axis),
+                    0 if g.emptiable else spec.minimum(g.axis), g.blocks)
                 chosen = policy_fn(members, LowestK(g.size - keep, g.blocks), depthwise)
             cuts.append(self._cut(label, g, chosen))
         result = PrunePlan(cuts, dict(self.skipped), spec.settings(), dict(self.skipped_sizes))

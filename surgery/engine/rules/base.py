@@ -344,6 +344,12 @@ class LayerRule:
         cost models add a term for each pair that both lose units."""
         return []
 
+    def emptiable_axes(self, info: LayerInfo) -> list:
+        """The unit axes whose units may all go (the layer computes exactly the same
+        without them, rebuilt by its rule): budgets may empty them, where every other
+        axis keeps at least one unit."""
+        return []
+
     def block_axes(self, info: LayerInfo, block: int) -> list:
         """The unit axes inside block ``block`` of the layer's ``"blocks"`` axis (they go
         with it: a removed block's heads are no longer there to cut)."""

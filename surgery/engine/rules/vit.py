@@ -5,7 +5,9 @@ finds each block's sublayers among the encoder's weights, lets the attention rul
 block's heads and head widths (``"<block>/key_dim"``, ``"<block>/value_dim"``: offered
 with ``head_dims=True``), cuts each block's MLP width itself, and offers the blocks as the
 unit axis ``"blocks"`` (depth). For the ``activation`` criterion it runs the blocks in one
-NumPy pass on the encoder's input.
+NumPy pass on the encoder's input. A ViT block may lose all its heads
+(:meth:`ViTEncoderRule.emptiable_axes`): it is rebuilt attention-free, adding only its
+attention's output bias (:func:`surgery.models.hub_blocks.attention_free_block_class`).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class ViTEncoderRule(LayerRule):
     flow = BLOCKING
     registered = "surgery>ViTEncoder"
     mlp = "mlp_dim"  # the stock config's key of the MLP width
+    attention_free = True  # whether a block may lose all its heads (see emptiable_axes)
 
     def blocked(self, info) -> str:
         return (f"the hidden width of {info.describe()} passes its LayerNormalizations and "
@@ -51,11 +54,15 @@ class ViTEncoderRule(LayerRule):
         blocks, start = [], 0
         for i, d in enumerate(dims):
             d = dict(d, value_dim=d.get("value_dim") or d["key_dim"])
-            blocks.append(dict(d, name=f"transformer_block_{i + 1}", mha=start + 2,
-                               mha_end=start + 2 + mha, dense_1=start + 4 + mha,
-                               dense_2=start + 4 + mha + dense, bias=dense == 2,
-                               start=start, end=start + 4 + mha + 2 * dense))
-            start += 4 + mha + 2 * dense
+            # an attention-free block (its heads all gone) holds the attention's output
+            # bias alone, and no ln_1
+            norm, attention = (2, mha) if d["num_heads"] else (0, mha // 8)
+            mlp = start + norm + attention + 2
+            blocks.append(dict(d, name=f"transformer_block_{i + 1}", mha=start + norm,
+                               mha_end=start + norm + attention, dense_1=mlp,
+                               dense_2=mlp + dense, bias=dense == 2,
+                               start=start, end=mlp + 2 * dense))
+            start = mlp + 2 * dense
         return blocks
 
     def _attention(self, info, block, weights=None):
@@ -76,28 +83,40 @@ class ViTEncoderRule(LayerRule):
         axes = {}
         blocks = self._blocks(info)
         for b in blocks:
-            axes[f"{b['name']}/heads"] = b["num_heads"]
-            axes[f"{b['name']}/key_dim"] = b["key_dim"]
-            axes[f"{b['name']}/value_dim"] = b["value_dim"]
+            if b["num_heads"]:
+                axes[f"{b['name']}/heads"] = b["num_heads"]
+                axes[f"{b['name']}/key_dim"] = b["key_dim"]
+                axes[f"{b['name']}/value_dim"] = b["value_dim"]
             axes[f"{b['name']}/mlp_dim"] = b["mlp_dim"]
         if len(blocks) > 1:
             axes["blocks"] = len(blocks)
         return axes
 
     def block_axes(self, info, block: int) -> list:
-        name = self._blocks(info)[block]["name"]
-        return [f"{name}/{axis}" for axis in (*ATTENTION_AXES, "mlp_dim")]
+        b = self._blocks(info)[block]
+        return [f"{b['name']}/{axis}"
+                for axis in ((*ATTENTION_AXES, "mlp_dim") if b["num_heads"] else ("mlp_dim",))]
 
     def interacting_axes(self, info) -> list:
         return [(f"{b['name']}/heads", f"{b['name']}/{width}") for b in self._blocks(info)
-                for width in ("key_dim", "value_dim")]
+                for width in ("key_dim", "value_dim") if b["num_heads"]]
+
+    def emptiable_axes(self, info) -> list:
+        """Each block's heads may all go (FLAP's global ranking empties whole attention
+        layers): the block then adds the attention's output bias alone
+        (``surgery>ViTEncoder`` rebuilds it attention-free), exactly what the attention
+        adds with every head's value and output weights zero."""
+        return [f"{b['name']}/heads" for b in self._blocks(info) if b["num_heads"]] \
+            if self.attention_free else []
 
     @staticmethod
     def _branch_outputs(block) -> list:
         """The weights that end a block's two residual branches: the attention's output
-        kernel (and bias) and the MLP's ``dense_2`` kernel (and bias)."""
+        kernel (and bias; an attention-free block's bias alone) and the MLP's ``dense_2``
+        kernel (and bias)."""
         mha = block["mha_end"] - block["mha"]
-        outputs = [block["mha"] + 6, block["mha"] + 7] if mha == 8 else [block["mha"] + 3]
+        outputs = [block["mha"] + 6, block["mha"] + 7] if mha == 8 else [block["mha"] + 3] \
+            if mha == 4 else list(range(block["mha"], block["mha_end"]))
         return outputs + [block["dense_2"]] + ([block["dense_2"] + 1] if block["bias"]
                                                else [])
 
@@ -143,12 +162,15 @@ class ViTEncoderRule(LayerRule):
         eps = float(info.config.get("layer_norm_epsilon", 1e-6))
         h = np.asarray(inputs[0], np.float64)
         for b in self._blocks(info):
-            sub, rule = self._attention(info, b)
-            start = b["mha"] - 2
-            x = layer_norm(h, w[start], w[start + 1], eps)
             scores: dict = {}
-            _, attended = rule.heads_forward(sub, [x, x], scores)
-            mid = h + attended
+            if b["num_heads"]:
+                sub, rule = self._attention(info, b)
+                start = b["mha"] - 2
+                x = layer_norm(h, w[start], w[start + 1], eps)
+                _, attended = rule.heads_forward(sub, [x, x], scores)
+                mid = h + attended
+            else:  # attention-free: its output bias (if any) alone
+                mid = h + sum(w[b["mha"]:b["mha_end"]], np.zeros(h.shape[-1]))
             k = b["dense_1"]
             x = layer_norm(mid, w[k - 2], w[k - 1], eps) @ w[k]
             a = gelu(x + w[k + 1] if b["bias"] else x)
@@ -160,11 +182,16 @@ class ViTEncoderRule(LayerRule):
     def unit_activations(self, info, inputs: list) -> dict:
         """Per example: each head's context norm and each head width's activation (the
         attention rule's), each MLP unit's mean |GELU output| and each block's mean change
-        of the residual stream (L2 over the hidden width), over the tokens."""
+        of the residual stream (L2 over the hidden width), over the tokens. Heads, head
+        widths and MLP units are divided by the mean norm of the residual stream their
+        block reads: the stream grows through the blocks (in a trained ViT, tenfold), so a
+        unit's share of it, not its size, is what removing it changes, and the planner
+        compares the blocks' units on one scale."""
         out, changes = {}, []
         for b, h, scores, a, new in self._forward(info, inputs):
-            out.update({f"{b['name']}/{axis}": v for axis, v in scores.items()})
-            out[f"{b['name']}/mlp_dim"] = np.abs(a).mean(axis=1)
+            stream = np.maximum(np.sqrt(np.square(h).sum(-1)).mean(axis=1), 1e-12)[:, None]
+            out.update({f"{b['name']}/{axis}": v / stream for axis, v in scores.items()})
+            out[f"{b['name']}/mlp_dim"] = np.abs(a).mean(axis=1) / stream
             changes.append(np.sqrt(np.square(new - h).sum(-1)).mean(axis=1))
         out["blocks"] = np.stack(changes, axis=1)
         return out
@@ -187,39 +214,51 @@ class ViTEncoderRule(LayerRule):
         return weights
 
     def cut_units(self, info, cuts):
-        weights = list(info.weights)
-        dims = []
         removed = set(cuts.get("blocks", ()))
         blocks = self._blocks(info)
+        weights, dims = [], []
         for i, b in enumerate(blocks):
-            if i in removed:
-                continue
-            attention = {a: list(cuts[f"{b['name']}/{a}"]) for a in ATTENTION_AXES
-                         if cuts.get(f"{b['name']}/{a}")}
-            gone = list(cuts.get(f"{b['name']}/mlp_dim", ()))
-            if attention:  # the attention rule folds a key width cut into the query scale
-                sub, rule = self._attention(info, b)
-                _, weights[b["mha"]:b["mha_end"]] = rule.cut_units(sub, attention)
-            if gone:
-                k = b["dense_1"]
-                weights[k] = np.delete(weights[k], gone, axis=-1)
-                if b["bias"]:
-                    weights[k + 1] = np.delete(weights[k + 1], gone, axis=0)
-                weights[b["dense_2"]] = np.delete(weights[b["dense_2"]], gone, axis=0)
-            dims.append(dict(num_heads=b["num_heads"] - len(attention.get("heads", ())),
-                             key_dim=b["key_dim"] - len(attention.get("key_dim", ())),
-                             value_dim=b["value_dim"] - len(attention.get("value_dim", ())),
-                             mlp_dim=b["mlp_dim"] - len(gone)))
-        for b in sorted((blocks[i] for i in removed), key=lambda b: -b["start"]):
-            del weights[b["start"]:b["end"]]  # from the last: earlier indices stay valid
+            if i not in removed:
+                block_weights, block_dims = self._cut_block(info, b, cuts)
+                weights += block_weights
+                dims.append(block_dims)
+        weights += list(info.weights[blocks[-1]["end"]:])  # the final ln
         return with_config(info.config, blocks=dims, num_layers=len(dims),
                            **{CLASS_KEY: self.registered}), weights
+
+    def _cut_block(self, info, b, cuts) -> tuple:
+        """Block ``b``'s weights and widths after ``cuts``; a block that lost all its
+        heads keeps its attention's output bias alone (and no ``ln_1``)."""
+        w = list(info.weights[b["start"]:b["end"]])
+        mha, mha_end, k, out = (b[key] - b["start"] for key in
+                                ("mha", "mha_end", "dense_1", "dense_2"))
+        attention = {a: list(cuts[f"{b['name']}/{a}"]) for a in ATTENTION_AXES
+                     if cuts.get(f"{b['name']}/{a}")}
+        gone = list(cuts.get(f"{b['name']}/mlp_dim", ()))
+        if gone:
+            w[k] = np.delete(w[k], gone, axis=-1)
+            if b["bias"]:
+                w[k + 1] = np.delete(w[k + 1], gone, axis=0)
+            w[out] = np.delete(w[out], gone, axis=0)
+        heads = b["num_heads"] - len(attention.get("heads", ()))
+        dims = dict(num_heads=heads, key_dim=b["key_dim"] - len(attention.get("key_dim", ())),
+                    value_dim=b["value_dim"] - len(attention.get("value_dim", ())),
+                    mlp_dim=b["mlp_dim"] - len(gone))
+        if attention and not heads:  # attention-free
+            w = (w[mha + 7:mha + 8] if mha_end - mha == 8 else []) + w[mha_end:]
+            dims.update(key_dim=b["key_dim"], value_dim=b["value_dim"])
+        elif attention:  # the attention rule folds a key width cut into the query scale
+            sub, rule = self._attention(info, b)
+            _, w[mha:mha_end] = rule.cut_units(sub, attention)
+        return w, dims
 
     def flops(self, info) -> int:
         total = 0
         for b in self._blocks(info):
-            sub, rule = self._attention(info, b)
-            total += rule.flops(sub) + \
+            if b["num_heads"]:
+                sub, rule = self._attention(info, b)
+                total += rule.flops(sub)
+            total += \
                 2 * 2 * positions_of(info) * int(info.config["hidden_dim"]) * b["mlp_dim"]
         return total
 
@@ -235,3 +274,4 @@ class DeiTEncoderRule(ViTEncoderRule):
 
     registered = "surgery>DeiTEncoder"
     mlp = "intermediate_dim"
+    attention_free = False  # surgery>DeiTEncoder has no attention-free block
