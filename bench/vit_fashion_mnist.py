@@ -53,7 +53,7 @@ Run (Keras 3 on TensorFlow; the baseline is trained once, then cached)::
 Measured on this 2-core machine: training the baseline (20 epochs of 57,000 images,
 batch 128, peak lr 2e-3, 2 warmup epochs, flips) took 17.4 min, about 52 s an epoch, and
 reached 88.90 % test accuracy (train 95.4 %, validation 88.9 %; with ``--mlp 128``,
-88.99 %); the four plans with 4 fine-tuning epochs and 3 seeds took 20 min;
+88.99 %); the four plans with 4 fine-tuning epochs and 3 seeds took 18.6 min;
 ``--quick`` with the baseline and the cost tables cached took 2.0 min. The first
 latency-target plan also measures surgery's cost tables (a few dozen micro-models, cached
 in ``WORK_DIR/cost-cache`` unless ``SURGERY_COST_CACHE`` is set): a few minutes more.
