@@ -159,8 +159,8 @@ def load(out: str) -> None:
 
 def gpt2(out: str) -> None:
     """A ``GPT2CausalLM`` cut two ways: heads (its blocks then read part of the task's
-    generation cache) and, under a FLOPs target with ``head_dims=True``, heads and head
-    widths. For each: each block's kept (heads, key width, value width), the warnings
+    generation cache) and, with ``head_dims=True``, heads and head widths (values cut
+    deeper than keys, so the widths differ). For each: each block's kept (heads, key width, value width), the warnings
     ``apply`` logged, ``verify``, what greedy ``generate`` gave (the tokens, or the error
     it raised) beside full forward passes, and for the first, generation after a save and
     reload."""
@@ -183,8 +183,13 @@ def gpt2(out: str) -> None:
 
     report = {}
     for name, kwargs in (("heads", dict(ratio=0.5)),
-                         ("widths", dict(flops_target=0.5, head_dims=True))):
+                         ("widths", dict(ratio=0.5, head_dims=True))):
         plan = surgery.plan(lm, **kwargs)
+        if name == "widths":  # one value channel more than key channels in every block
+            units = {layer: dict(axes, value_dim=sorted(axes["value_dim"]) + [
+                min(set(range(8)) - set(axes["value_dim"]))]) if "value_dim" in axes else axes
+                for layer, axes in plan.units.items()}
+            plan = surgery.PrunePlan.from_deletions(plan.deletions, plan.groups, units=units)
         with logged() as lines:
             small = surgery.apply(lm, plan)
         attention = [b._self_attention_layer for b in small.backbone.transformer_layers]

@@ -220,6 +220,7 @@ class Ranking:
         self.labels = [labels[id(g)] for g in self.groups]
         self.scores = self._score()
         self._read: dict = {}  # what the search reads many times, worked out once
+        self._unit_sizes: dict = {}  # per layer: its units' sizes (shared by with_transform)
 
     def _score(self) -> dict[str, np.ndarray]:
         spec, channels = self.spec, [g for g in self.groups if g.axis is None]
@@ -318,11 +319,12 @@ class Ranking:
     def unit_weight(self, index: int) -> float:
         """What group ``index``'s normalised importance is multiplied by where steps are
         priced per unit of cost (:func:`surgery.pruning.unit_scales.unit_weight`)."""
-        return self._once(("unit weight", index), lambda: unit_scales.unit_weight(self, index))
+        return self._once(("unit weight", index),
+                          lambda: unit_scales.unit_weight(self, index, self._unit_sizes))
 
     def _kind_mean(self, index: int) -> float:
         g = self.groups[index]
-        return self._once(("kind mean", tuple(g.producers), unit_kind(g.axis)),
+        return self._once(("kind mean", tuple(g.producers), unit_scales.unit_name(g.axis)),
                           lambda: unit_scales.kind_mean(self, index))
 
     def plan(self, spec: PlanSpec) -> PrunePlan:

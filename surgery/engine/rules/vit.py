@@ -105,7 +105,7 @@ class ViTEncoderRule(LayerRule):
         """Each block's heads may all go (FLAP's global ranking empties whole attention
         layers): the block then adds the attention's output bias alone
         (``surgery>ViTEncoder`` rebuilds it attention-free), exactly what the attention
-        adds with every head's value and output weights zero."""
+        adds with every head's value weights zero (the zeroing oracle)."""
         return [f"{b['name']}/heads" for b in self._blocks(info) if b["num_heads"]] \
             if self.attention_free else []
 
