@@ -11,8 +11,14 @@ from keras3_child import run_case
 from test_keras3_pipeline import _cli
 
 
-def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path):
-    made = run_case("tensorflow", "keras3_vit_cases.py", "make", tmp_path)
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """The ViT classifier, trained once for this file's command lines (each reads it)."""
+    return run_case("tensorflow", "keras3_vit_cases.py", "make",
+                    tmp_path_factory.mktemp("vit"))
+
+
+def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path, made):
     out = tmp_path / "run"
     proc = _cli(["--model-path", made["path"], "--data", "digits", "--ratio", "0.5",
                  "--compensate", "--finetune-epochs", "1", "--out", str(out)])
@@ -31,11 +37,10 @@ def test_a_vit_classifier_cut_by_ratio_is_reported_as_saved(tmp_path):
     assert (saved["params"], saved["flops"]) == (report["params_after"], report["flops_after"])
 
 
-def _run_vit(tmp_path, *flags):
-    """The ViT classifier through the command line with ``flags``: (report, plan, cut
-    units); the run succeeded, cut something, verified, and saved a model that loads with
-    the parameters and FLOPs reported."""
-    made = run_case("tensorflow", "keras3_vit_cases.py", "make", tmp_path)
+def _run_vit(tmp_path, made, *flags):
+    """The ViT classifier (``made``) through the command line with ``flags``: (report,
+    plan, cut units); the run succeeded, cut something, verified, and saved a model that
+    loads with the parameters and FLOPs reported."""
     out = tmp_path / "run"
     proc = _cli(["--model-path", made["path"], "--data", "digits", *flags,
                  "--finetune-epochs", "1", "--candidates", "1", "--out", str(out)])
@@ -51,10 +56,10 @@ def _run_vit(tmp_path, *flags):
 
 
 @pytest.mark.parametrize("budget", ("flops", "params"))
-def test_a_vit_classifier_under_a_target_loses_heads_and_mlp_width(tmp_path, budget):
+def test_a_vit_classifier_under_a_target_loses_heads_and_mlp_width(tmp_path, made, budget):
     """Issue 30: FLOPs and parameter budgets cost heads and block widths with the
     channels, so the plan lands within 2 points of the target and cuts both."""
-    report, _, cut = _run_vit(tmp_path, f"--{budget}-target", "0.5")
+    report, _, cut = _run_vit(tmp_path, made, f"--{budget}-target", "0.5")
     assert {u.rsplit("/", 1)[-1] for u in cut} == {"heads", "mlp_dim"}, cut
     assert abs(1 - report[f"{budget}_after"] / report[f"{budget}_before"] - 0.5) <= 0.02, report
 
@@ -103,8 +108,8 @@ def test_a_plan_that_removes_nothing_stops_with_one_line(tmp_path, capsys):
     assert not out.exists() or not os.listdir(out)
 
 
-def test_a_vit_classifier_under_a_latency_target_prices_heads_mlp_width_and_blocks(tmp_path,
-                                                                                   monkeypatch):
+def test_a_vit_classifier_under_a_latency_target_prices_heads_mlp_width_and_blocks(
+        tmp_path, made, monkeypatch):
     """Issue 30: the latency tables time a keras-hub block with fewer heads, MLP units or
     blocks as they time a layer with fewer channels, so all three are offered to one
     allocation, and what it cuts is exact. Which of them it takes follows measured times
@@ -114,8 +119,8 @@ def test_a_vit_classifier_under_a_latency_target_prices_heads_mlp_width_and_bloc
     measured cut lands is the bench's to show."""
     # tables and checks of this run alone (not those of earlier runs, on other code)
     monkeypatch.setenv("SURGERY_COST_CACHE", str(tmp_path / "cost-cache"))
-    _, plan, cut = _run_vit(tmp_path, "--latency-target", "0.5", "--latency-batch-size", "32",
-                            "--threads", "2", "--depth")
+    _, plan, cut = _run_vit(tmp_path, made, "--latency-target", "0.5",
+                            "--latency-batch-size", "32", "--threads", "2", "--depth")
     offered = {c["unit"].rsplit("/", 1)[-1]: c["size"] for c in plan["cuts"]}
     assert offered == {"heads": 4, "mlp_dim": 128, "blocks": 2}, plan["cuts"]
     settings = plan["settings"]
