@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from surgery.cost.params import unit_params
+from surgery.errors import SurgeryError
 
 
 def unit_name(axis: str) -> str:
@@ -48,8 +49,8 @@ def _size(ranking, index: int) -> Optional[float]:
     info = next(n.info for n in ranking.graph.calls() if n.layer.name == g.producers[0])
     try:
         return unit_params(info, g.axis) or None
-    except (NotImplementedError, KeyError, ValueError, TypeError):
-        return None
+    except (NotImplementedError, KeyError, ValueError, TypeError, SurgeryError):
+        return None  # e.g. a layer with one head: it cannot lose one alone
 
 
 def unit_weight(ranking, index: int, cache: Optional[dict] = None) -> float:
