@@ -54,9 +54,9 @@ class ViTEncoderRule(LayerRule):
         blocks, start = [], 0
         for i, d in enumerate(dims):
             d = dict(d, value_dim=d.get("value_dim") or d["key_dim"])
-            # an attention-free block (its heads all gone) holds the attention's output
-            # bias alone, and no ln_1
-            norm, attention = (2, mha) if d["num_heads"] else (0, mha // 8)
+            # an attention-free block (its heads all gone) holds no ln_1, and of its
+            # attention only the output bias (when the attention had biases)
+            norm, attention = (2, mha) if d["num_heads"] else (0, 1 if mha == 8 else 0)
             mlp = start + norm + attention + 2
             blocks.append(dict(d, name=f"transformer_block_{i + 1}", mha=start + norm,
                                mha_end=start + norm + attention, dense_1=mlp,
