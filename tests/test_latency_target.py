@@ -201,10 +201,19 @@ def test_a_new_plan_aims_closer_once_and_a_repeated_plan_accepts_its_landing(tmp
     on = plan_for_latency(model, 0.35, **{**kw, "cache_dir": str(tmp_path / "new")}).settings
     assert [c[1] for c in on["latency_checks"]] == [0.33, 0.345] and not ratios + resumed
     assert on["latency_removed"] == 0.345 and on["latency_stability"] == 0.01
-    # a correction that comes back to a plan already checked is not timed again
+    # a correction that comes back to a plan already checked is not timed again: it is
+    # searched at a scale nudged past it, toward the target (6 short: deeper, a smaller
+    # scale), and the new plan is timed
     monkeypatch.setattr(LatencyCurve, "scale_for", lambda curve, target: target / curve.points[
         -1][0] if curve.points else None)  # the scale of the plan just checked
-    ratios[:] = [(0.66, 0.01)]  # 6 points short; timing it again would find no ratio left
+    ratios[:] = [(0.66, 0.01), (0.605, 0.01)]
+    nudged = plan_for_latency(model, 0.4, **{**kw, "cache_dir": str(tmp_path / "nudged")})
+    checks = nudged.settings["latency_checks"]
+    assert [c[1] for c in checks] == [0.34, 0.395] and not ratios
+    assert checks[1][2] < checks[0][2] and nudged.settings["latency_removed"] == 0.395
+    # where no nudge is left to find a new plan, the loop stops with what it reached
+    monkeypatch.setattr(latency, "NUDGES", 0)
+    ratios[:] = [(0.66, 0.01)]  # timing it again would find no ratio left
     with caplog.at_level(logging.WARNING, logger="surgery.calibration.latency"):
         stuck = plan_for_latency(model, 0.4, **{**kw, "cache_dir": str(tmp_path / "stuck")})
     assert len(stuck.settings["latency_checks"]) == 1 and not ratios

@@ -17,8 +17,8 @@ memory traffic), so their predicted savings carry a *scale*, and each check is a
 a :class:`~surgery.calibration.curve.LatencyCurve` (plan depth -> measured cut); the curve
 of this run's checks gives the scale of the next plan, up to ``corrections`` times. One rule,
 :class:`Tolerance`, says when a check is close enough; a correction that comes back to a
-plan already checked stops (the channel steps are too coarse to move by less); then it
-warns with what it reached. The checks and the scale each target kept are stored in the
+plan already checked is searched again a little past it, and stops where that finds no new
+plan (the steps are too coarse to move by less); then it warns with what it reached. The checks and the scale each target kept are stored in the
 cost cache, so a new target starts where the stored curve puts it and a repeated plan makes
 the same plan and usually needs one check; the converted original and checked candidates
 are cached beside the tables (:mod:`surgery.cost.converted`). ``plan.settings`` says what
@@ -32,7 +32,7 @@ import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from surgery.calibration.candidates import best_candidate
-from surgery.calibration.curve import MIN_CUT, LatencyCurve, target_key
+from surgery.calibration.curve import MIN_CUT, SCALE_RANGE, LatencyCurve, target_key
 from surgery.cost.alignment import choose_alignment
 from surgery.cost.cache import TableCache, digest
 from surgery.cost.converted import architecture_of
@@ -68,6 +68,10 @@ FINEST_STANDARD_ERROR = 0.005
 TIME_ON_ROUNDS = 2
 #: re-plans after the first timing check
 DEFAULT_CORRECTIONS = 3
+#: a correction that makes a plan already checked is searched again at a scale this much
+#: farther (then twice, four times ... as far), at most ``NUDGES`` times
+NUDGE_STEP = 0.05
+NUDGES = 4
 #: seconds the whole model is timed for, once per architecture: every scale rests on it
 WHOLE_MODEL_SECONDS = 1.0
 
@@ -332,9 +336,9 @@ def _searcher(graph: ModelGraph, ranking: Ranking, spec: PlanSpec, est: LatencyE
 def _calibrate(search: Callable[[], _Check], est: LatencyEstimator, bench: _Bench,
                rule: Tolerance, corrections: int) -> Tuple[_Check, List[_Check], _Check]:
     """Plan, time, and correct the scale along the curve of this run's checks until
-    ``rule`` settles, a correction comes back to a plan already checked, or
-    ``corrections`` are spent. Returns the check nearest the target, every check timed,
-    and the last plan searched.
+    ``rule`` settles, a correction comes back to plans already checked however it is
+    nudged (:func:`_unchecked`), or ``corrections`` are spent. Returns the check nearest
+    the target, every check timed, and the last one.
 
     Checks stored from earlier runs set only where the first plan starts: another process
     times the same plan several points apart on a busy machine (bench/results/
@@ -343,11 +347,13 @@ def _calibrate(search: Callable[[], _Check], est: LatencyEstimator, bench: _Benc
     checks: List[_Check] = []
     curve = LatencyCurve()
     for _ in range(corrections + 1):
-        last = search()
-        if any(c.depth == last.depth for c in checks):
-            logger.info("latency_target=%.3f: the corrected plan is one already checked; the "
-                        "channel steps are too coarse to move by less", rule.target)
+        searched = _unchecked(search, est, checks, rule)
+        if searched is None:
+            logger.info("latency_target=%.3f: the corrected plans are all ones already "
+                        "checked; the channel steps are too coarse to move by less",
+                        rule.target)
             break
+        last = searched
         last.timed = bench.time(last, rule)
         checks.append(last)
         logger.info("latency_target=%.3f: the plan removes %.1f%% measured, %.1f%% predicted",
@@ -360,6 +366,27 @@ def _calibrate(search: Callable[[], _Check], est: LatencyEstimator, bench: _Benc
         if last.on_curve:
             est.scale = curve.scale_for(rule.target)
     return best, checks, last
+
+
+def _unchecked(search: Callable[[], _Check], est: LatencyEstimator, checks: List[_Check],
+               rule: Tolerance) -> Optional[_Check]:
+    """The plan at ``est``'s scale; where it is one already checked, the plan at a scale
+    nudged past it (toward the target from what that check measured, by a growing step),
+    up to :data:`NUDGES` times; ``None`` where every plan searched was checked before.
+
+    With units as coarse as a ViT's heads, a corrected scale often makes a plan already
+    timed (a head stays the cheapest step over a range of scales); before the nudge the
+    loop stopped there, a few points from the target with corrections left."""
+    for nudge in range(NUDGES + 1):
+        last = search()
+        same = [c for c in checks if c.depth == last.depth]
+        if not same:
+            return last
+        # a cut past the target asks for a shallower plan: a larger scale
+        step = NUDGE_STEP * 2 ** nudge
+        est.scale = min(max(est.scale * ((1 + step) if same[0].measured > rule.target else
+                                         1 / (1 + step)), SCALE_RANGE[0]), SCALE_RANGE[1])
+    return None
 
 
 def _remember(bench: _Bench, checks: List[_Check], best: _Check, target: float) -> None:
