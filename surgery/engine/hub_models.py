@@ -26,8 +26,6 @@ import json
 import logging
 from typing import Any, Optional
 
-import keras
-
 from surgery.engine.adapter_base import sublayers
 
 logger = logging.getLogger(__name__)
@@ -100,6 +98,8 @@ def family_attributes(backbone) -> dict:
 def _public_scalars(backbone) -> dict:
     """The plain values a family sets on its backbone beyond its config (Gemma 3's
     ``text_only_model``), not those every Keras model has (``built``)."""
+    import keras  # Keras 3, imported on use: a Keras 2 process never loads it
+
     probe = keras.Input((1,))
     every_model = set(vars(keras.Model(probe, keras.layers.Identity()(probe))))
     return {k: v for k, v in vars(backbone).items() if not k.startswith("_")
@@ -114,6 +114,8 @@ def with_family(original, cut, in_cut):
     (the graph adapter's :func:`~surgery.engine.keras3.tensor_in`: graph internals stay
     there).
     """
+    import keras  # Keras 3, imported on use: a Keras 2 process never loads it
+
     if not (is_backbone(original) or is_task(original)):
         return cut
     backbone = original.backbone if is_task(original) else original
@@ -220,6 +222,8 @@ _CLASS: dict = {}
 def pruned_backbone_class():
     """The :class:`PrunedBackbone` class (defined on first use: keras-hub takes seconds to
     import), registered as ``surgery>PrunedBackbone``."""
+    import keras  # Keras 3, imported on use: a Keras 2 process never loads it
+
     if "PrunedBackbone" in _CLASS:
         return _CLASS["PrunedBackbone"]
     from keras_hub.models import Backbone  # keras-hub takes seconds to import
@@ -263,6 +267,8 @@ def pruned_backbone_class():
 def register_lazily() -> None:
     """Let ``.keras`` files holding a :class:`PrunedBackbone` load (keras-hub is imported
     only when one does)."""
+    import keras  # Keras 3, imported on use: a Keras 2 process never loads it
+
 
     class _Lazy:
         @staticmethod
