@@ -18,9 +18,10 @@ a :class:`~surgery.calibration.curve.LatencyCurve` (plan depth -> measured cut);
 of this run's checks gives the scale of the next plan, up to ``corrections`` times. One rule,
 :class:`Tolerance`, says when a check is close enough; a correction that comes back to a
 plan already checked is searched again a little past it, and stops where that finds no new
-plan (the steps are too coarse to move by less); then it warns with what it reached. The checks and the scale each target kept are stored in the
-cost cache, so a new target starts where the stored curve puts it and a repeated plan makes
-the same plan and usually needs one check; the converted original and checked candidates
+plan (the steps are too coarse to move by less); then it warns with what it reached. The
+checks and the scale each target kept are stored in the cost cache, so a new target starts
+where the stored curve puts it and a repeated plan makes the same plan and usually needs
+one check; the converted original and checked candidates
 are cached beside the tables (:mod:`surgery.cost.converted`). ``plan.settings`` says what
 was asked, chosen and measured.
 """

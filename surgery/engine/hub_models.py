@@ -269,7 +269,6 @@ def register_lazily() -> None:
     only when one does)."""
     import keras  # Keras 3, imported on use: a Keras 2 process never loads it
 
-
     class _Lazy:
         @staticmethod
         def from_config(config):
